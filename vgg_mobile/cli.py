@@ -1,0 +1,200 @@
+"""The `vgg-mobile` command line: the only module that parses flags and talks to the terminal.
+
+Exit codes: 0 success; 1 internal or environment error (e.g. disk full); 2 bad input (usage,
+data, run directory, option values); 3 a size or accuracy budget was missed; 130 interrupted.
+Progress goes to stderr, results to stdout (`--json` prints only JSON there).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from vgg_mobile import __version__
+from vgg_mobile.errors import VggMobileError
+
+EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class _Group(click.Group):
+    """Turns the library's exceptions into one-line messages and exit codes."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VggMobileError as err:
+            _log(f"error: {err}")
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            _log("interrupted" + (f"; {ctx.meta['resume_hint']}" if ctx.meta.get("resume_hint") else ""))
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                _log(f"error: no space left on the device while writing {err.filename or 'output'}; "
+                     "finished files were kept, the unfinished one was discarded")
+            else:
+                _log(f"error: {err.filename or ''}: {err.strerror or err}")
+            if ctx.meta.get("debug"):
+                traceback.print_exc()
+            sys.exit(EXIT_INTERNAL)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - the last line of defence for a CLI
+            _log(f"internal error: {type(err).__name__}: {err}")
+            if ctx.meta.get("debug"):
+                traceback.print_exc()
+            else:
+                _log("(run with --debug for the traceback)")
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="vgg-mobile")
+@click.option("--debug", is_flag=True, help="Print tracebacks of internal errors.")
+@click.pass_context
+def main(ctx, debug):
+    """Fine-tune VGG16 on a folder of labelled images and ship it to phones and browsers.
+
+    Every command reads a data folder or a run directory and writes a new run directory
+    (model, labels.txt, manifest.json).
+    """
+    ctx.meta["debug"] = debug
+
+
+@main.command("sample-data")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--images-per-class", default=60, show_default=True, help="Images in each class.")
+@click.option("--image-size", default=64, show_default=True, help="Side of each image in pixels.")
+@click.option("--seed", default=0, show_default=True, help="The same seed writes the same files.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def sample_data_cmd(out, images_per_class, image_size, seed, force):
+    """Write the built-in sample dataset (4 classes of shapes, JPEG and PNG) to OUT."""
+    from vgg_mobile.sample_data import SAMPLE_CLASSES, write_sample_data
+
+    write_sample_data(out, images_per_class, image_size, seed, overwrite=force)
+    click.echo(f"wrote {len(SAMPLE_CLASSES) * images_per_class} images in "
+               f"{len(SAMPLE_CLASSES)} classes ({', '.join(SAMPLE_CLASSES)}) to {out}")
+
+
+def _weights_choice(weights: str, architecture: str) -> str:
+    """`auto` means ImageNet weights if they are in the local Keras cache, else random."""
+    from vgg_mobile.models import get_architecture, keras_cache_dir
+
+    if weights != "auto":
+        return weights
+    cached = keras_cache_dir() / get_architecture(architecture).imagenet_file
+    if cached.is_file():
+        _log(f"using ImageNet weights from {cached}")
+        return "imagenet"
+    _log(f"no ImageNet weights at {cached}: training from scratch (--weights none)")
+    return "none"
+
+
+@main.command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Run directory to write.")
+@click.option("--weights", default="auto", show_default=True,
+              help="imagenet (from the local Keras cache, never downloaded), none, a path to an "
+                   ".h5 backbone weights file, or auto (imagenet if cached, else none).")
+@click.option("--architecture", default="vgg16", show_default=True, help="Teacher architecture.")
+@click.option("--image-size", default=224, show_default=True, help="Input side in pixels (>= 32).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True,
+              help="Peak learning rate (warm-up, then cosine decay).")
+@click.option("--warmup-epochs", default=1.0, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--dropout", default=0.3, show_default=True)
+@click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0: none).")
+@click.option("--fine-tune", default="auto", show_default=True,
+              type=click.Choice(["auto", "full", "feature-extraction", "last-blocks", "progressive"]),
+              help="Which layers train: auto is full from scratch, progressive from pretrained weights.")
+@click.option("--unfreeze-blocks", default=2, show_default=True,
+              help="Backbone blocks trained by last-blocks and reached by progressive.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="Share of each class held out (folders without train/ and val/).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--strict", is_flag=True, help="Fail on any bad image instead of skipping it.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@click.pass_context
+def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
+              warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
+              unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
+              force, as_json, quiet):
+    """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
+    from vgg_mobile.hyperparameters import TrainConfig
+    from vgg_mobile.models import ModelOptions
+    from vgg_mobile.training import train
+
+    options = ModelOptions(architecture=architecture, image_size=image_size,
+                           weights=_weights_choice(weights, architecture), dropout=dropout,
+                           head_units=head_units)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                         label_smoothing=label_smoothing, fine_tune=fine_tune,
+                         unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
+                         augment=not no_augment, class_weights=class_weights, strict=strict)
+    command = ["vgg-mobile", *sys.argv[1:]]
+    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile train {data} --out {out} --resume "
+                               "(and the same options)")
+    result = train(data, out, options, config, resume=resume, force=force, command=command,
+                   log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+    summary = {"run": str(result.run_dir), "epochs": result.epochs_run,
+               "resumed_from_epoch": result.resumed_from_epoch,
+               "images_per_second": round(result.images_per_second, 1),
+               "val_accuracy": result.metrics.get("accuracy"),
+               "val_top_k_accuracy": next((v for k, v in result.metrics.items()
+                                           if k.startswith("top_")), None)}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"run: {result.run_dir}\nval accuracy: {summary['val_accuracy']}\n"
+                   f"training throughput: {summary['images_per_second']} images/s")
+
+
+@main.command("evaluate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Image folder.")
+@click.option("--split", default="auto", show_default=True,
+              type=click.Choice(["auto", "val", "train", "all"]),
+              help="auto: the held-out images of the training folder, val/ of a pre-split "
+                   "folder, or every image of another folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder. Defaults to RUN/eval.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
+def evaluate_cmd(run, data, split, out, batch_size, as_json):
+    """Evaluate the model of run directory RUN on an image folder."""
+    from vgg_mobile.evaluation import evaluate_run
+
+    report = evaluate_run(run, data, split=split, out_dir=out, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    top_key = next(k for k in report if k.startswith("top_"))
+    click.echo(f"{report['num_images']} images ({report['split']} split) of {report['data']}")
+    click.echo(f"accuracy {report['accuracy']:.4f}  {top_key.replace('_', '-')} "
+               f"{report[top_key]:.4f}  macro F1 {report['macro_f1']:.4f}")
+    width = max(len(c) for c in report["classes"])
+    click.echo(f"{'class':<{width}}  precision  recall  f1      support")
+    for name, m in report["per_class"].items():
+        click.echo(f"{name:<{width}}  {m['precision']:<9.3f}  {m['recall']:<6.3f}  "
+                   f"{m['f1']:<6.3f}  {m['support']}")
+    click.echo(f"report: {report['files']['metrics']}; confusion matrix: "
+               f"{report['files']['confusion_matrix_png']}")

@@ -1,0 +1,31 @@
+"""Exceptions that the CLI turns into exit codes.
+
+Library functions raise these with a message that names the file and the value at fault;
+`cli.py` prints the message and exits with the class's `exit_code`.
+"""
+
+
+class VggMobileError(Exception):
+    """Base class of every error vgg-mobile raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInputError(VggMobileError, ValueError):
+    """The user's input (data folder, run directory, option value) cannot be used."""
+
+    exit_code = 2
+
+
+class DataError(BadInputError):
+    """A data folder or an image in it is unusable."""
+
+
+class RunDirError(BadInputError):
+    """A run directory is missing, incomplete, or holds something unexpected."""
+
+
+class BudgetError(VggMobileError):
+    """A size or accuracy budget was missed."""
+
+    exit_code = 3

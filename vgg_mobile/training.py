@@ -1,0 +1,279 @@
+"""Training a classifier from an image folder into a run directory, resumably.
+
+After every epoch the model and optimizer state go to `RUN/checkpoints/` and a small
+`state.json` records the epochs done and the history so far. `state.json` is replaced
+atomically after the checkpoint is complete, so it always names a whole checkpoint. A killed
+run resumes from it with `resume=True` and ends after the same number of epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from vgg_mobile import dataset, models
+from vgg_mobile.errors import RunDirError
+from vgg_mobile.hyperparameters import Phase, TrainConfig, plan_phases
+from vgg_mobile.models import ModelOptions
+from vgg_mobile.run_dir import CHECKPOINTS, finish_run, new_manifest, prepare_out_dir, write_json
+
+STATE = "state.json"
+
+
+def _warmup_cosine_class():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warm-up to `peak`, then cosine decay to 0 at `total_steps`.
+
+        `offset` is the global step at which this optimizer starts, so that a fresh optimizer
+        created for a later fine-tuning phase continues the same curve.
+        """
+
+        def __init__(self, peak, total_steps, warmup_steps, offset=0):
+            self.peak, self.total_steps = float(peak), float(max(total_steps, 1))
+            self.warmup_steps, self.offset = float(warmup_steps), float(offset)
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32) + self.offset
+            warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1.0)
+            progress = tf.clip_by_value(
+                (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1.0), 0.0, 1.0)
+            cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+            return tf.where(step < self.warmup_steps, warm, cosine)
+
+        def get_config(self):
+            return {"peak": self.peak, "total_steps": self.total_steps,
+                    "warmup_steps": self.warmup_steps, "offset": self.offset}
+
+    return WarmupCosine
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    history: dict
+    epochs_run: int
+    images_per_second: float
+    resumed_from_epoch: int
+
+
+def _checkpoint_callback(ckpt_dir: Path, tf_checkpoint, state: dict, history: dict, log):
+    import tf_keras as keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                history.setdefault(key, []).append(float(value))
+            name = f"epoch-{epoch + 1:04d}"
+            staging = ckpt_dir / f".{name}.partial"
+            if staging.exists():
+                shutil.rmtree(staging)
+            tf_checkpoint.write(str(staging / "ckpt"))
+            final = ckpt_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            state.update(epochs_done=epoch + 1, checkpoint=name, history=history,
+                         train_seconds=state.get("train_seconds", 0.0) + self.epoch_seconds())
+            write_json(ckpt_dir / STATE, state)
+            for old in ckpt_dir.glob("epoch-*"):
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def epoch_seconds(self):
+            return time.perf_counter() - getattr(self, "_t0", time.perf_counter())
+
+    return EpochCheckpoint()
+
+
+def _compile(model, config: TrainConfig, phase: Phase, steps_per_epoch: int, n_classes: int):
+    import tf_keras as keras
+
+    schedule = _warmup_cosine_class()(
+        peak=config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        offset=phase.start * steps_per_epoch,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if n_classes > 3:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=3, name="top_3_accuracy"))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=metrics,
+    )
+    # Create the slot variables now so that a checkpoint restore fills them immediately.
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def _run_config(options: ModelOptions, config: TrainConfig) -> dict:
+    return {"model": dataclasses.asdict(options), "train": dataclasses.asdict(config)}
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    options: ModelOptions = ModelOptions(),
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    force: bool = False,
+    command: list[str] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+    verbose: int = 0,
+) -> TrainResult:
+    """Trains a classifier on an image folder and writes a finished run directory.
+
+    Args:
+        data_dir: Image folder (`<class>/...` or `train/` + `val/`).
+        out_dir: Run directory to write.
+        options: Architecture, input size, weights. Defaults to `ModelOptions()`.
+        config: Training hyperparameters. Defaults to `TrainConfig()`.
+        resume: Continue the interrupted run in `out_dir` from its last checkpoint; the data,
+            options and config must be the same as when it started. Defaults to `False`.
+        force: Replace a finished or interrupted run in `out_dir`. Defaults to `False`.
+        command: The command line that asked for this, recorded in the manifest.
+        log: Receives one-line progress messages. Defaults to discarding them.
+        verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+
+    Returns:
+        A `TrainResult`.
+
+    Raises:
+        DataError: The data folder fails its checks.
+        RunDirError: `out_dir` cannot be written (see `run_dir.prepare_out_dir`), or a resume
+            does not match the interrupted run.
+        BadInputError: Bad options (e.g. ImageNet weights not in the local cache).
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from vgg_mobile import evaluation, plots
+
+    out = Path(out_dir)
+    folder = dataset.scan_folder(data_dir, strict=config.strict)
+    for check in folder.bad:
+        log(f"skipped {check.path}: {check.problem}")
+    if folder.converted:
+        log(f"{len(folder.converted)} image(s) converted to RGB on reading (e.g. "
+            f"{folder.converted[0].path.name}: {'; '.join(folder.converted[0].notes)})")
+    parts = dataset.split(folder, config.val_fraction, config.seed)
+    n_classes = len(folder.classes)
+    run_config = _run_config(options, config)
+    fingerprint = folder.fingerprint()
+    ckpt_dir = out / CHECKPOINTS
+    spec = models.get_architecture(options.architecture)
+
+    prepare_out_dir(out, resume=resume, force=force)
+    if resume:
+        try:
+            state = json.loads((ckpt_dir / STATE).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{ckpt_dir / STATE}: cannot read the interrupted run's state ({err})") from None
+        if state.get("config") != json.loads(json.dumps(run_config)):
+            raise RunDirError(
+                f"{out}: options differ from the interrupted run's; resume with the same options "
+                f"({state.get('config')}) or pass --force to start over")
+        if state.get("data_fingerprint") != fingerprint:
+            raise RunDirError(f"{out}: the data in {folder.root} changed since the interrupted run "
+                              "started; pass --force to start over")
+        # Resuming without a checkpoint yet (killed during epoch 1) restarts from scratch.
+        build_options = dataclasses.replace(options, weights="none") if state.get("checkpoint") else options
+    else:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {"config": run_config, "data_fingerprint": fingerprint, "epochs_done": 0,
+                 "checkpoint": None, "history": {}, "command": command}
+        write_json(ckpt_dir / STATE, state)
+        build_options = options
+    done = start_epoch = int(state.get("epochs_done", 0))
+    history: dict[str, list[float]] = state.get("history", {})
+
+    keras.utils.set_random_seed(config.seed + done)
+    model = models.build_classifier(build_options, n_classes)
+    phases = plan_phases(config, pretrained=options.weights != "none", n_blocks=len(spec.blocks))
+    train_ds = dataset.make_dataset(
+        parts.train, options.image_size, config.batch_size, n_classes, training=True,
+        augmentation=dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION,
+        seed=config.seed + done)
+    val_ds = (dataset.make_dataset(parts.val, options.image_size, config.batch_size, n_classes)
+              if parts.val else None)
+    steps_per_epoch = math.ceil(len(parts.train) / config.batch_size)
+    weights = dataset.class_weights(parts.train, n_classes) if config.class_weights else None
+    log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes, "
+        f"{options.architecture} at {options.image_size}px, {config.epochs} epochs"
+        + (f", resuming after epoch {done}" if resume else ""))
+
+    t_start = time.perf_counter()
+    for phase in phases:
+        if phase.end <= done:
+            continue
+        models.set_trainable_blocks(model, options.architecture, phase.trainable_blocks)
+        optimizer = _compile(model, config, phase, steps_per_epoch, n_classes)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        if state.get("checkpoint"):
+            path = str(ckpt_dir / state["checkpoint"] / "ckpt")
+            if phase.start < done:
+                checkpoint.restore(path).assert_existing_objects_matched()
+            else:
+                # A new phase starts with a fresh optimizer: restore only the weights.
+                tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        if len(phases) > 1:
+            log(f"phase epochs {phase.start + 1}-{phase.end}: training the head and the last "
+                f"{phase.trainable_blocks} backbone block(s)")
+        callback = _checkpoint_callback(ckpt_dir, checkpoint, state, history, log)
+        callbacks = [callback, keras.callbacks.TensorBoard(str(out / "logs"), profile_batch=0)]
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=max(phase.start, done),
+                  epochs=phase.end, class_weight=weights, callbacks=callbacks, verbose=verbose)
+        done = phase.end
+    seconds_this_process = time.perf_counter() - t_start
+
+    metrics = {}
+    if parts.val:
+        probs, labels = evaluation.predict(model, parts.val, options.image_size, n_classes,
+                                           config.batch_size)
+        full = evaluation.classification_metrics(probs, labels, folder.classes)
+        metrics = {k: v for k, v in full.items() if k not in ("classes",)}
+    train_seconds = state.get("train_seconds", seconds_this_process) or seconds_this_process
+    throughput = config.epochs * len(parts.train) / train_seconds if train_seconds else 0.0
+    write_json(out / "history.json", history)
+    plots.training_curves_png(history, out / "training_curves.png")
+    manifest = new_manifest(
+        "train", folder.classes,
+        architecture=options.architecture,
+        input={"size": [options.image_size, options.image_size], "channels": 3,
+               "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC",
+               "resize": {"method": "bilinear", "half_pixel_centers": True, "antialias": False,
+                          "aspect": "stretch to square, no crop"}},
+        preprocessing=spec.preprocessing["pretrained" if options.weights != "none" else "scratch"],
+        output={"layer": "probs", "activation": "softmax", "logits_layer": "logits"},
+        config=run_config,
+        command=command,
+        data={"path": str(folder.root.resolve()), "fingerprint": fingerprint,
+              "presplit": folder.presplit, "val_fraction": config.val_fraction,
+              "seed": config.seed, "train_images": len(parts.train), "val_images": len(parts.val),
+              "class_counts": folder.class_counts(parts.train),
+              "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]},
+        parent=None,
+        metrics=metrics,
+        training={"epochs": config.epochs, "phases": [dataclasses.asdict(p) for p in phases],
+                  "resumed_from_epoch": start_epoch,
+                  "images_per_second": round(throughput, 1),
+                  "parameters": int(model.count_params())},
+    )
+    finish_run(out, model, manifest)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log(f"wrote {out} (val accuracy {metrics.get('accuracy', float('nan')):.3f})")
+    return TrainResult(out, metrics, history, config.epochs, throughput, start_epoch)
