@@ -261,6 +261,8 @@ def decode_and_resize(path, image_size: int):
     import tensorflow as tf
 
     def _load(p):
+        if isinstance(p, np.ndarray):
+            p = p.item()
         return load_rgb(p.decode() if isinstance(p, bytes) else str(p))
 
     image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)

@@ -25,6 +25,12 @@ class RunDirError(BadInputError):
     """A run directory is missing, incomplete, or holds something unexpected."""
 
 
+class WriteError(VggMobileError):
+    """An output could not be written (disk full, file too large, permissions)."""
+
+    exit_code = 1
+
+
 class BudgetError(VggMobileError):
     """A size or accuracy budget was missed."""
 

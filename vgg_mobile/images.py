@@ -43,7 +43,9 @@ class ImageCheck:
 
 def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # The pixel limit is ours (`max_pixels`); Pillow's own error still stops anything over
+        # twice its default before the header check below runs.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(path)
             width, height = image.size
@@ -53,8 +55,12 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
                     f"{max_pixels:,} (possible decompression bomb)"
                 )
             image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        except Image.DecompressionBombError as err:
             raise ValueError(f"possible decompression bomb ({err})") from None
+        except FileNotFoundError:
+            raise ValueError("no such file") from None
+        except PermissionError as err:
+            raise ValueError(f"cannot read file ({err.strerror})") from None
         except UnidentifiedImageError:
             raise ValueError("not an image (Pillow cannot identify the format)") from None
         except (OSError, SyntaxError) as err:
@@ -119,8 +125,6 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except ValueError as err:
         raise DataError(f"{path}: {err}") from None
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
 
 
 def check_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:

@@ -23,13 +23,27 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from vgg_mobile.errors import RunDirError
+from vgg_mobile.errors import RunDirError, WriteError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MODEL = "model.keras"
 CHECKPOINTS = "checkpoints"
+
+
+@contextlib.contextmanager
+def write_guard(path: str | Path) -> Iterator[None]:
+    """Turns a failed write (full disk, file size limit, permissions) into a `WriteError`.
+
+    h5py reports a full disk as RuntimeError, the rest of Python as OSError.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise WriteError(f"{path}: could not write ({reason}); is the disk full? "
+                         "Finished files were kept and the unfinished one discarded") from None
 
 
 @contextlib.contextmanager
@@ -46,8 +60,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.unlink(tmp)
     tmp = Path(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with write_guard(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Training a classifier from an image folder into a run directory, resumably.
 
-After every epoch the model and optimizer state go to `RUN/checkpoints/` and a small
+After every epoch the model weights (HDF5, matched by layer) and the optimizer state (numpy
+arrays, in the order of the phase's trainable variables) go to `RUN/checkpoints/` and a small
 `state.json` records the epochs done and the history so far. `state.json` is replaced
 atomically after the checkpoint is complete, so it always names a whole checkpoint. A killed
 run resumes from it with `resume=True` and ends after the same number of epochs.
@@ -20,7 +21,8 @@ from vgg_mobile import dataset, models
 from vgg_mobile.errors import RunDirError
 from vgg_mobile.hyperparameters import Phase, TrainConfig, plan_phases
 from vgg_mobile.models import ModelOptions
-from vgg_mobile.run_dir import CHECKPOINTS, finish_run, new_manifest, prepare_out_dir, write_json
+from vgg_mobile.run_dir import (CHECKPOINTS, finish_run, new_manifest, prepare_out_dir, write_guard,
+                                write_json)
 
 STATE = "state.json"
 
@@ -65,7 +67,37 @@ class TrainResult:
     resumed_from_epoch: int
 
 
-def _checkpoint_callback(ckpt_dir: Path, tf_checkpoint, state: dict, history: dict, log):
+def _save_checkpoint(model, optimizer, directory: Path) -> None:
+    import numpy as np
+
+    directory.mkdir(parents=True)
+    model.save_weights(str(directory / "weights.h5"))
+    arrays = {f"v{i:04d}": v.numpy() for i, v in enumerate(optimizer.variables)}
+    with open(directory / "optimizer.npz", "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _restore_checkpoint(model, optimizer, directory: Path) -> None:
+    """Restores weights, and optimizer state when `optimizer` is given (same phase only)."""
+    import numpy as np
+
+    try:
+        model.load_weights(str(directory / "weights.h5"))
+        if optimizer is None:
+            return
+        with np.load(directory / "optimizer.npz") as saved:
+            values = [saved[k] for k in sorted(saved.files)]
+    except (OSError, ValueError, KeyError) as err:
+        raise RunDirError(f"{directory}: damaged checkpoint ({err}); pass --force to start over") from None
+    variables = optimizer.variables
+    if len(values) != len(variables) or any(
+            tuple(v.shape) != tuple(a.shape) for v, a in zip(variables, values)):
+        raise RunDirError(f"{directory}: optimizer state does not fit the model; pass --force to start over")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _checkpoint_callback(ckpt_dir: Path, model, optimizer, state: dict, history: dict, log):
     import tf_keras as keras
 
     class EpochCheckpoint(keras.callbacks.Callback):
@@ -76,7 +108,12 @@ def _checkpoint_callback(ckpt_dir: Path, tf_checkpoint, state: dict, history: di
             staging = ckpt_dir / f".{name}.partial"
             if staging.exists():
                 shutil.rmtree(staging)
-            tf_checkpoint.write(str(staging / "ckpt"))
+            try:
+                with write_guard(staging):
+                    _save_checkpoint(model, optimizer, staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             final = ckpt_dir / name
             if final.exists():
                 shutil.rmtree(final)
@@ -134,6 +171,7 @@ def train(
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
+    callbacks: tuple = (),
 ) -> TrainResult:
     """Trains a classifier on an image folder and writes a finished run directory.
 
@@ -148,6 +186,7 @@ def train(
         command: The command line that asked for this, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+        callbacks: Extra Keras callbacks, added to every `fit` call. Defaults to none.
 
     Returns:
         A `TrainResult`.
@@ -158,11 +197,6 @@ def train(
             does not match the interrupted run.
         BadInputError: Bad options (e.g. ImageNet weights not in the local cache).
     """
-    import tensorflow as tf
-    import tf_keras as keras
-
-    from vgg_mobile import evaluation, plots
-
     out = Path(out_dir)
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     for check in folder.bad:
@@ -177,6 +211,7 @@ def train(
     ckpt_dir = out / CHECKPOINTS
     spec = models.get_architecture(options.architecture)
 
+    models.resolve_weights(options.weights, options.architecture)  # fail before any work
     prepare_out_dir(out, resume=resume, force=force)
     if resume:
         try:
@@ -198,6 +233,10 @@ def train(
                  "checkpoint": None, "history": {}, "command": command}
         write_json(ckpt_dir / STATE, state)
         build_options = options
+    import tf_keras as keras
+
+    from vgg_mobile import evaluation, plots
+
     done = start_epoch = int(state.get("epochs_done", 0))
     history: dict[str, list[float]] = state.get("history", {})
 
@@ -216,27 +255,25 @@ def train(
         f"{options.architecture} at {options.image_size}px, {config.epochs} epochs"
         + (f", resuming after epoch {done}" if resume else ""))
 
+    restore_from = ckpt_dir / state["checkpoint"] if state.get("checkpoint") else None
     t_start = time.perf_counter()
     for phase in phases:
         if phase.end <= done:
             continue
         models.set_trainable_blocks(model, options.architecture, phase.trainable_blocks)
         optimizer = _compile(model, config, phase, steps_per_epoch, n_classes)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        if state.get("checkpoint"):
-            path = str(ckpt_dir / state["checkpoint"] / "ckpt")
-            if phase.start < done:
-                checkpoint.restore(path).assert_existing_objects_matched()
-            else:
-                # A new phase starts with a fresh optimizer: restore only the weights.
-                tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        if restore_from is not None:
+            # Mid-phase, the optimizer state continues too; a new phase starts a fresh one.
+            _restore_checkpoint(model, optimizer if phase.start < done else None, restore_from)
+            restore_from = None
         if len(phases) > 1:
             log(f"phase epochs {phase.start + 1}-{phase.end}: training the head and the last "
                 f"{phase.trainable_blocks} backbone block(s)")
-        callback = _checkpoint_callback(ckpt_dir, checkpoint, state, history, log)
-        callbacks = [callback, keras.callbacks.TensorBoard(str(out / "logs"), profile_batch=0)]
+        callback = _checkpoint_callback(ckpt_dir, model, optimizer, state, history, log)
+        fit_callbacks = [callback, keras.callbacks.TensorBoard(str(out / "logs"), profile_batch=0),
+                         *callbacks]
         model.fit(train_ds, validation_data=val_ds, initial_epoch=max(phase.start, done),
-                  epochs=phase.end, class_weight=weights, callbacks=callbacks, verbose=verbose)
+                  epochs=phase.end, class_weight=weights, callbacks=fit_callbacks, verbose=verbose)
         done = phase.end
     seconds_this_process = time.perf_counter() - t_start
 

@@ -1,0 +1,32 @@
+# The two commands the README starts with: `make demo` and `make test`.
+# Needs only Python 3.11 and make: uv is installed with pip when it is not on PATH.
+
+PYTHON ?= python3.11
+UV_VERSION ?= 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --frozen
+BUILD ?= build
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
+		|| $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+# The main job, end to end, on the built-in sample data.
+demo: install
+	$(RUN) vgg-mobile sample-data $(BUILD)/sample-data --force
+	$(RUN) vgg-mobile train $(BUILD)/sample-data --out $(BUILD)/runs/teacher --force \
+		--weights none --image-size 32 --epochs 8 --batch-size 16 --learning-rate 3e-4
+	$(RUN) vgg-mobile evaluate $(BUILD)/runs/teacher --data $(BUILD)/sample-data
+
+test: install
+	$(RUN) pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,60 @@
+"""Shared fixtures: small generated data and one briefly trained teacher, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import vgg_mobile  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+# Fixed settings of the session teacher; tests that train their own use smaller budgets.
+TEACHER_SIZE = 32
+TEACHER_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The built-in sample dataset, small: 4 classes x 30 images of 32 px."""
+    from vgg_mobile.sample_data import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("data") / "sample", images_per_class=30,
+                             image_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(sample_dir, tmp_path_factory):
+    """A VGG16 teacher trained from scratch on the sample data (about half a minute)."""
+    from vgg_mobile.hyperparameters import TrainConfig
+    from vgg_mobile.models import ModelOptions
+    from vgg_mobile.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    return train(sample_dir, out, ModelOptions(image_size=TEACHER_SIZE, weights="none"),
+                 TrainConfig(epochs=TEACHER_EPOCHS, batch_size=16, learning_rate=3e-4),
+                 command=["pytest-fixture"])
+
+
+@pytest.fixture()
+def keras_home(tmp_path, monkeypatch) -> Path:
+    """An empty Keras home, so no test can see (or fill) the user's weight cache."""
+    home = tmp_path / "keras_home"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Runs the real `vgg-mobile` command in a subprocess: `cli("train", ...)`."""
+    import subprocess
+    import sys
+
+    def run(*args: str, env: dict | None = None, timeout: float = 600, **kwargs):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, "-m", "vgg_mobile", *map(str, args)],
+                              capture_output=True, text=True, env=full_env, timeout=timeout,
+                              **kwargs)
+
+    return run
