@@ -22,7 +22,8 @@ def classification_metrics(
         probs: `(n, num_classes)` predicted probabilities.
         labels: `(n,)` true class indices.
         classes: Class names, in output order.
-        top_k: k of the top-k accuracy, capped at the number of classes. Defaults to `5`.
+        top_k: k of the top-k accuracy, capped below the number of classes (where it would
+            always be 1). Defaults to `5`.
 
     Returns:
         A JSON-ready dict; `confusion_matrix[i][j]` counts images of class i predicted as j.
@@ -31,7 +32,7 @@ def classification_metrics(
     probs = np.asarray(probs)
     num_classes = len(classes)
     predicted = probs.argmax(axis=1)
-    k = min(top_k, num_classes)
+    k = max(1, min(top_k, num_classes - 1))
     top = np.argsort(-probs, axis=1)[:, :k]
     confusion = np.zeros((num_classes, num_classes), dtype=int)
     np.add.at(confusion, (labels, predicted), 1)
