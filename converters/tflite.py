@@ -1,0 +1,206 @@
+"""Keras -> TFLite conversion in four flavours, and running the result in LiteRT.
+
+Flavours (`FLAVOURS`, looked up by name):
+  float32  no quantization
+  float16  weights stored as float16
+  dynamic  dynamic-range: int8 weights, float activations
+  int8     full-integer: int8 weights and activations, ranges from a representative dataset
+           (or from the fake-quant nodes of a quantization-aware-trained model)
+
+Inputs are the models' raw RGB pixels in [0, 255]; for full-integer models the input and
+output may be uint8 or int8 (`io_dtype`), and `predict_tflite` quantizes and dequantizes
+with the tensors' own parameters, so callers always pass pixels and get probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import numpy as np
+
+from vgg_mobile.errors import BadInputError
+
+IO_DTYPES = ("float32", "uint8", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavour:
+    name: str
+    description: str
+    needs_representative: bool
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "float32": Flavour("float32", "float32 weights and activations", False),
+    "float16": Flavour("float16", "float16 weights, float32 activations", False),
+    "dynamic": Flavour("dynamic", "dynamic-range: int8 weights, float activations", False),
+    "int8": Flavour("int8", "full-integer: int8 weights and activations", True),
+}
+
+
+def get_flavour(name: str) -> Flavour:
+    """Looks up a flavour by name; the error lists the valid names."""
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise BadInputError(
+            f"unknown TFLite flavour {name!r}; valid: {', '.join(FLAVOURS)}") from None
+
+
+def _is_quantization_aware(model) -> bool:
+    return any(type(layer).__name__ in ("QuantizeLayer", "QuantizeWrapperV2", "QuantizeWrapper")
+               for layer in model.layers)
+
+
+def convert_keras_model(
+    model,
+    flavour: str,
+    representative: np.ndarray | None = None,
+    io_dtype: str = "float32",
+    sparse: bool = False,
+) -> bytes:
+    """Converts a tf_keras classifier to a TFLite flatbuffer.
+
+    Args:
+        model: A tf_keras model taking `(batch, h, w, 3)` float32 pixels in [0, 255].
+        flavour: A name from `FLAVOURS`.
+        representative: Float32 images `(n, h, w, 3)` in [0, 255] that calibrate the
+            activation ranges of `int8`. Required for `int8` unless the model was
+            quantization-aware trained. Defaults to `None`.
+        io_dtype: Input/output type of an `int8` model: `float32`, `uint8` or `int8`.
+            Defaults to `"float32"`.
+        sparse: Store pruned weights in TFLite's sparse encoding (pays only at high
+            sparsity). Defaults to `False`.
+
+    Returns:
+        The `.tflite` file's bytes.
+
+    Raises:
+        BadInputError: Unknown flavour or I/O type, or `int8` without calibration data.
+    """
+    import tensorflow as tf
+
+    spec = get_flavour(flavour)
+    if io_dtype not in IO_DTYPES:
+        raise BadInputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}. Received: {io_dtype!r}")
+    if io_dtype != "float32" and flavour != "int8":
+        raise BadInputError(f"io_dtype={io_dtype!r} needs flavour 'int8'. Received: flavour={flavour!r}")
+    qat = _is_quantization_aware(model)
+    if spec.needs_representative and not qat and (representative is None or len(representative) == 0):
+        raise BadInputError("int8 conversion needs representative images (none were given)")
+
+    height, width = model.input_shape[1:3]
+    run = tf.function(lambda x: model(x, training=False))
+    concrete = run.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32, name="pixels"))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    optimizations = []
+    if flavour != "float32" or qat:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if flavour == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif flavour == "int8":
+        if representative is not None and len(representative):
+            images = np.asarray(representative, dtype=np.float32)
+
+            def calibration() -> Iterable[list[np.ndarray]]:
+                for image in images:
+                    yield [image[None]]
+
+            converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io_dtype)
+        converter.inference_output_type = getattr(tf, io_dtype)
+    return bytes(converter.convert())
+
+
+def interpreter(model_content: bytes, num_threads: int = 1):
+    """A LiteRT interpreter over a `.tflite` model held in memory, tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        runner = Interpreter(model_content=model_content, num_threads=num_threads)
+        runner.allocate_tensors()
+    except (ValueError, RuntimeError) as err:
+        raise BadInputError(f"not a valid TFLite model ({err})") from None
+    return runner
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def predict_tflite(model_content: bytes, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    """Runs a classifier `.tflite` on images, one at a time as a phone would.
+
+    Args:
+        model_content: The `.tflite` bytes.
+        images: Float32 pixels `(n, h, w, 3)` in [0, 255].
+        num_threads: Interpreter threads. Defaults to `1`.
+
+    Returns:
+        Float32 probabilities `(n, num_classes)`.
+    """
+    runner = interpreter(model_content, num_threads)
+    inp = runner.get_input_details()[0]
+    out = runner.get_output_details()[0]
+    results = []
+    for image in np.asarray(images, dtype=np.float32):
+        runner.set_tensor(inp["index"], _quantize(image[None], inp))
+        runner.invoke()
+        results.append(_dequantize(runner.get_tensor(out["index"]), out)[0])
+    return np.stack(results) if results else np.zeros((0, out["shape"][-1]), np.float32)
+
+
+_NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8}
+
+
+def weight_sparsity(model_content: bytes, min_elements: int = 1024) -> dict:
+    """Counts zero weights in the constant tensors of a `.tflite` model.
+
+    Tensors stored in the sparse encoding count their implicit zeros.
+
+    Args:
+        model_content: The `.tflite` bytes.
+        min_elements: Only tensors at least this large count (weights, not biases or shapes).
+            Defaults to `1024`.
+
+    Returns:
+        `{"zeros": int, "total": int, "fraction": float, "tensors": int}`.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_content))
+    zeros = total = count = 0
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            buffer = model.buffers[tensor.buffer]
+            dtype = _NUMPY_TYPES.get(tensor.type)
+            if buffer.data is None or dtype is None:
+                continue
+            size = int(np.prod(tensor.shape)) if tensor.shape is not None else 0
+            if size < min_elements:
+                continue
+            values = np.frombuffer(bytes(bytearray(buffer.data)), dtype=dtype)
+            stored_nonzero = int(np.count_nonzero(values))
+            # A sparse-encoded tensor stores fewer values than its shape holds.
+            zeros += size - stored_nonzero
+            total += size
+            count += 1
+    return {"zeros": zeros, "total": total, "fraction": round(zeros / total, 4) if total else 0.0,
+            "tensors": count}
