@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.errors import BadInputError
+from vgg_mobile.run_dir import staging_dir
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
 # Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.
@@ -120,8 +120,7 @@ def write_sample_data(
         raise BadInputError(f"image_size must be at least 16. Received: {image_size}")
     if out.exists() and not overwrite:
         raise BadInputError(f"{out}: already exists (pass overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir(out)
     try:
         for class_index, label in enumerate(SAMPLE_CLASSES):
             rng = np.random.default_rng([seed, class_index])

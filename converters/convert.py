@@ -1,0 +1,301 @@
+"""`vgg-mobile convert`: a run directory -> verified TFLite models, a TF.js bundle, Android assets.
+
+Everything is built in a hidden staging folder beside the output, verified (each converted
+model runs on held-out images and is compared with the Keras model), checked against the
+budgets, and only then renamed into place. A missed budget raises `BudgetError` and leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from converters import tflite
+from vgg_mobile import dataset, evaluation
+from vgg_mobile.errors import BadInputError, BudgetError, DataError
+from vgg_mobile.run_dir import load_run, new_manifest, staging_dir, write_json, write_text
+
+SPARSE_MODES = ("auto", "always", "never")
+# Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %
+# sparsity gave a bigger file), so `auto` does not even try it.
+SPARSE_AUTO_MIN = 0.5
+
+
+def parse_size(text: str | None) -> int | None:
+    """Parses `10MB`, `2.5 MiB`, `800kB`, `1234` (bytes) or `none` into bytes."""
+    if text is None or str(text).strip().lower() in ("none", "off", ""):
+        return None
+    units = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2,
+             "gib": 1024**3}
+    value = str(text).strip().lower().replace(" ", "")
+    number = value.rstrip("abgikm")
+    unit = value[len(number):] or "b"
+    try:
+        size = float(number)
+    except ValueError:
+        size = -1.0
+    if unit not in units or size < 0:
+        raise BadInputError(f"not a size: {text!r} (use e.g. 10MB, 2.5MiB, 800kB or none)")
+    return int(size * units[unit])
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """What to export and which budgets it must meet.
+
+    Attributes:
+        flavours: TFLite flavours to write (names from `converters.tflite.FLAVOURS`).
+        io_dtype: Input/output type of the `int8` model: `uint8`, `int8` or `float32`.
+        sparse: Sparse weight encoding: `auto` keeps whichever file is smaller (tried only when
+            at least half the weights are zero), `always`, or `never`.
+        tfjs: Also write a TF.js graph-model bundle.
+        tfjs_quantization: TF.js weight quantization: `uint8`, `float16` or `none`.
+        max_size: Largest allowed size in bytes of each artifact (`None`: no limit).
+        min_agreement: Smallest allowed top-1 agreement with the Keras model (`None`: no check).
+        max_accuracy_drop: Largest allowed accuracy loss against Keras, in points of accuracy
+            as a fraction (0.01 = one point) (`None`: no check).
+        verify_images: At most this many held-out images verify each artifact.
+        calibration_images: At most this many training images calibrate `int8`.
+        name, version, author, license: Written into the TFLite metadata.
+    """
+
+    flavours: tuple[str, ...] = ("float16", "int8")
+    io_dtype: str = "uint8"
+    sparse: str = "auto"
+    tfjs: bool = True
+    tfjs_quantization: str = "uint8"
+    max_size: int | None = 10_000_000
+    min_agreement: float | None = None
+    max_accuracy_drop: float | None = None
+    verify_images: int = 200
+    calibration_images: int = 100
+    name: str | None = None
+    version: str = "1"
+    author: str = "vgg-mobile"
+    license: str = "Apache-2.0"
+
+    def __post_init__(self):
+        if not self.flavours:
+            raise BadInputError("at least one TFLite flavour is needed")
+        for flavour in self.flavours:
+            tflite.get_flavour(flavour)
+        if len(set(self.flavours)) != len(self.flavours):
+            raise BadInputError(f"flavours repeat. Received: {self.flavours}")
+        if self.io_dtype not in tflite.IO_DTYPES:
+            raise BadInputError(f"io_dtype must be one of {', '.join(tflite.IO_DTYPES)}. "
+                                f"Received: io_dtype={self.io_dtype!r}")
+        if self.sparse not in SPARSE_MODES:
+            raise BadInputError(f"sparse must be one of {', '.join(SPARSE_MODES)}. "
+                                f"Received: sparse={self.sparse!r}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise BadInputError(f"min_agreement must be in [0, 1]. Received: {self.min_agreement}")
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
+            raise BadInputError(f"max_accuracy_drop must be in [0, 1]. Received: {self.max_accuracy_drop}")
+        if self.max_size is not None and self.max_size <= 0:
+            raise BadInputError(f"max_size must be positive. Received: {self.max_size}")
+        if self.verify_images < 1 or self.calibration_images < 1:
+            raise BadInputError("verify_images and calibration_images must be at least 1")
+
+
+def _load_images(examples, image_size: int, num_classes: int):
+    x, y = [], []
+    for images, labels in dataset.make_dataset(examples, image_size, 32, num_classes, one_hot=False):
+        x.append(images.numpy())
+        y.append(labels.numpy())
+    return np.concatenate(x), np.concatenate(y)
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1 agreement, accuracies and the largest probability difference of two models."""
+    ref_top, top = reference.argmax(axis=1), probs.argmax(axis=1)
+    keras_acc = float((ref_top == labels).mean())
+    acc = float((top == labels).mean())
+    return {"images": int(len(labels)), "top1_agreement": round(float((ref_top == top).mean()), 4),
+            "accuracy": round(acc, 4), "keras_accuracy": round(keras_acc, 4),
+            "accuracy_drop": round(keras_acc - acc, 4),
+            "max_probability_difference": round(float(np.abs(reference - probs).max()), 5)}
+
+
+def _gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def _budget_misses(name: str, size: int, check: dict, options: ConvertOptions) -> list[str]:
+    misses = []
+    if options.max_size is not None and size > options.max_size:
+        misses.append(f"{name}: {size / 1e6:.2f} MB is over the size budget of "
+                      f"{options.max_size / 1e6:.2f} MB (--max-size)")
+    if options.min_agreement is not None and check["top1_agreement"] < options.min_agreement:
+        misses.append(f"{name}: top-1 agreement with Keras {check['top1_agreement']:.4f} is below "
+                      f"{options.min_agreement} (--min-agreement)")
+    if options.max_accuracy_drop is not None and check["accuracy_drop"] > options.max_accuracy_drop:
+        misses.append(f"{name}: accuracy drop {check['accuracy_drop']:.4f} is over "
+                      f"{options.max_accuracy_drop} (--max-accuracy-drop)")
+    return misses
+
+
+def _tflite_artifact(model, flavour, options, calibration, log):
+    data = tflite.convert_keras_model(model, flavour, calibration,
+                                      io_dtype=options.io_dtype if flavour == "int8" else "float32")
+    sparsity = tflite.weight_sparsity(data)
+    choice = "dense"
+    note = f"dense ({sparsity['fraction']:.0%} of weights zero)"
+    try_sparse = options.sparse == "always" or (
+        options.sparse == "auto" and sparsity["fraction"] >= SPARSE_AUTO_MIN)
+    if try_sparse:
+        sparse = tflite.convert_keras_model(model, flavour, calibration, sparse=True,
+                                            io_dtype=options.io_dtype if flavour == "int8" else "float32")
+        if options.sparse == "always" or len(sparse) < len(data):
+            note = (f"sparse encoding: {len(sparse) / 1e6:.2f} MB against "
+                    f"{len(data) / 1e6:.2f} MB dense")
+            data, choice = sparse, "sparse"
+        else:
+            note = (f"dense: {len(data) / 1e6:.2f} MB against {len(sparse) / 1e6:.2f} MB with the "
+                    "sparse encoding")
+    log(f"{flavour}: {len(data) / 1e6:.2f} MB, {note}")
+    return data, {"encoding": choice, "encoding_note": note, "weight_sparsity": sparsity}
+
+
+def convert_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    options: ConvertOptions = ConvertOptions(),
+    data_dir: str | Path | None = None,
+    android_dir: str | Path | None = None,
+    force: bool = False,
+    command: list[str] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Converts a run's model, verifies every artifact, enforces the budgets, writes `out_dir`.
+
+    Args:
+        run_dir: A finished run directory.
+        out_dir: Export folder to create; replaced only with `force`.
+        options: Flavours, encodings and budgets. Defaults to `ConvertOptions()`.
+        data_dir: Image folder for calibration and verification. Defaults to the folder the run
+            was trained on, as recorded in its manifest.
+        android_dir: Also write Android assets there (see `converters.android`).
+        force: Replace existing `out_dir` / `android_dir`. Defaults to `False`.
+        command: The command line, recorded in the manifest.
+        log: Receives one-line progress messages.
+
+    Returns:
+        The export manifest (also written as `out_dir/manifest.json`).
+
+    Raises:
+        BadInputError: Bad run directory, data, or options; an output that exists without `force`.
+        BudgetError: An artifact missed a budget; nothing was written.
+    """
+    from converters import metadata
+
+    out_dir = Path(out_dir)
+    run = load_run(run_dir)
+    for target in (out_dir, Path(android_dir) if android_dir else None):
+        if target is not None and target.exists() and not force:
+            raise BadInputError(f"{target}: already exists (pass --force to replace it)")
+    if data_dir is None:
+        recorded = run.manifest.get("data", {}).get("path")
+        if not recorded or not Path(recorded).is_dir():
+            raise DataError(f"{run.path}: no --data given and the training folder recorded in "
+                            f"the manifest ({recorded!r}) is not available")
+        data_dir = recorded
+        log(f"verifying on the run's own data folder {data_dir}")
+    folder = dataset.scan_folder(data_dir, classes=run.classes)
+    held_out, split_name = evaluation.select_examples(run, folder, "auto")
+    pool = dataset.split(folder, run.manifest.get("data", {}).get("val_fraction", 0.2),
+                         run.manifest.get("data", {}).get("seed", 0))
+    calibration_examples = (pool.train or held_out)[: options.calibration_images]
+    model = run.load_model()
+    size = run.image_size
+    n_classes = len(run.classes)
+    x_val, y_val = _load_images(held_out[: options.verify_images], size, n_classes)
+    x_cal, _ = _load_images(calibration_examples, size, n_classes)
+    reference = model(x_val, training=False).numpy()
+    if np.ptp(reference, axis=0).max() < 1e-6:
+        log("warning: the model gives the same output for every image; the comparisons below "
+            "cannot tell a good conversion from a broken one")
+
+    stem = options.name or f"{run.manifest.get('architecture', 'model')}_{run.manifest.get('stage', 'run')}"
+    info = metadata.ModelInfo(
+        name=stem, version=options.version, author=options.author, license=options.license,
+        description=f"Image classifier ({', '.join(run.classes)}), {size}x{size} RGB input, "
+                    f"exported by vgg-mobile from a {run.manifest.get('stage')} run.")
+    staging = staging_dir(out_dir)
+    artifacts, misses = [], []
+    try:
+        for flavour in options.flavours:
+            started = time.perf_counter()
+            data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
+            data = metadata.add_metadata(data, list(run.classes), info)
+            seconds = time.perf_counter() - started
+            check = compare(reference, tflite.predict_tflite(data, x_val), y_val)
+            file_name = f"{stem}_{flavour}.tflite"
+            (staging / file_name).write_bytes(data)
+            misses += _budget_misses(file_name, len(data), check, options)
+            artifacts.append({"file": file_name, "format": "tflite", "flavour": flavour,
+                              "io_dtype": options.io_dtype if flavour == "int8" else "float32",
+                              "size_bytes": len(data), "gzip_bytes": _gzip_size(data),
+                              "convert_seconds": round(seconds, 2), **encoding,
+                              "verification": check})
+            log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
+                f"{check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
+        if options.tfjs:
+            artifacts.append(_tfjs_artifact(model, run, staging, options, reference, x_val, y_val,
+                                            misses, log))
+        if misses:
+            raise BudgetError("budget missed: " + "; ".join(misses))
+        manifest = new_manifest(
+            "convert", run.classes, model_file=None,
+            architecture=run.manifest.get("architecture"), input=run.manifest["input"],
+            preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
+            parent=str(run.path.resolve()), command=command,
+            data={"path": str(folder.root.resolve()), "verification_split": split_name,
+                  "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
+            options=dataclasses.asdict(options), artifacts=artifacts,
+            metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)})
+        write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
+        write_json(staging / "manifest.json", manifest)
+        if android_dir is not None:
+            from converters import android
+
+            android.write_assets(staging, manifest, android_dir, force=force)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses, log) -> dict:
+    from converters import tfjs
+
+    started = time.perf_counter()
+    bundle = staging / "tfjs"
+    tfjs.convert_to_tfjs(model, bundle, options.tfjs_quantization)
+    seconds = time.perf_counter() - started
+    write_json(bundle / "labels.json", list(run.classes))
+    write_json(bundle / "manifest.json", {
+        "classes": list(run.classes), "input": run.manifest["input"],
+        "preprocessing": run.manifest.get("preprocessing"), "output": run.manifest.get("output"),
+        "architecture": run.manifest.get("architecture"), "weight_quantization": options.tfjs_quantization})
+    files = sorted(p for p in bundle.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    check = compare(reference, tfjs.predict_tfjs(bundle, x_val), y_val)
+    misses += _budget_misses("tfjs/", size, check, options)
+    log(f"tfjs/: {size / 1e6:.2f} MB ({options.tfjs_quantization} weights), agreement "
+        f"{check['top1_agreement']:.3f}, accuracy {check['accuracy']:.3f}")
+    return {"file": "tfjs/", "format": "tfjs_graph_model", "flavour": options.tfjs_quantization,
+            "files": [p.name for p in files], "size_bytes": size,
+            "gzip_bytes": sum(_gzip_size(p.read_bytes()) for p in files),
+            "convert_seconds": round(seconds, 2), "verification": check,
+            "verified_with": "TensorFlow.js (Node, cpu backend)"}

@@ -1,0 +1,118 @@
+"""Keras -> TensorFlow.js graph-model bundle, and running a bundle in TensorFlow.js (Node).
+
+A bundle is a folder: `model.json` + weight shards (optionally uint8- or float16-quantized),
+`labels.json` and `manifest.json`, ready for the web demo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+from vgg_mobile.errors import BadInputError, VggMobileError
+
+WEIGHT_QUANTIZATIONS = ("none", "uint8", "float16")
+_NODE_SCRIPT = Path(__file__).with_name("js") / "predict.mjs"
+
+
+def _import_tensorflowjs():
+    """Imports tensorflowjs 4.22 under TensorFlow 2.21.
+
+    tensorflowjs imports tensorflow_decision_forests and jax.experimental.jax2tf at module
+    level, for converters we never call; the environment leaves both out (they pin an older
+    TensorFlow), so empty stand-ins are registered under those names first.
+    """
+    for name in ("tensorflow_decision_forests", "jax", "jax.experimental", "jax.experimental.jax2tf"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pkg_resources deprecation, from tensorflow_hub
+        from tensorflowjs.converters import tf_saved_model_conversion_v2
+
+    return tf_saved_model_conversion_v2
+
+
+def convert_to_tfjs(model, out_dir: str | Path, quantization: str = "uint8") -> Path:
+    """Writes a TF.js graph model of a tf_keras classifier into `out_dir`.
+
+    Args:
+        model: A tf_keras model taking float32 pixels in [0, 255].
+        out_dir: Folder to create (must not exist).
+        quantization: Weight quantization, `none`, `uint8` or `float16`. Defaults to `"uint8"`.
+
+    Returns:
+        `out_dir`.
+    """
+    import tensorflow as tf
+
+    if quantization not in WEIGHT_QUANTIZATIONS:
+        raise BadInputError(f"TF.js weight quantization must be one of "
+                            f"{', '.join(WEIGHT_QUANTIZATIONS)}. Received: {quantization!r}")
+    converter = _import_tensorflowjs()
+    out_dir = Path(out_dir)
+    height, width = model.input_shape[1:3]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        serve = tf.function(lambda pixels: {"probs": model(pixels, training=False)},
+                            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
+                                                            name="pixels")])
+        module = tf.Module()
+        module.model = model
+        tf.saved_model.save(module, saved, signatures={"serving_default": serve})
+        dtype_map = {} if quantization == "none" else {quantization: "*"}
+        converter.convert_tf_saved_model(saved, str(out_dir), signature_def="serving_default",
+                                         saved_model_tags="serve",
+                                         quantization_dtype_map=dtype_map)
+    return out_dir
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None and _tfjs_module_dir() is not None
+
+
+def _tfjs_module_dir() -> Path | None:
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "node_modules" / "@tensorflow" / "tfjs"
+        if candidate.is_dir():
+            return candidate.parent.parent
+    return None
+
+
+def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu") -> np.ndarray:
+    """Runs a graph-model bundle in TensorFlow.js under Node and returns its probabilities.
+
+    Args:
+        bundle_dir: Folder with `model.json` and its weight files.
+        images: Float32 pixels `(n, h, w, 3)` in [0, 255].
+        backend: TF.js backend. Defaults to `"cpu"`.
+
+    Raises:
+        VggMobileError: Node or @tensorflow/tfjs (`npm ci` in the repository) is missing, or
+            TensorFlow.js failed on the bundle.
+    """
+    node_modules = _tfjs_module_dir()
+    if shutil.which("node") is None or node_modules is None:
+        raise VggMobileError("verifying a TF.js bundle needs Node.js and @tensorflow/tfjs "
+                             "(run `npm ci` in the vgg-mobile repository)")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        pixels = Path(tmp) / "pixels.f32"
+        pixels.write_bytes(images.tobytes())
+        env = {**os.environ, "NODE_PATH": str(node_modules)}
+        result = subprocess.run(
+            ["node", str(_NODE_SCRIPT), str(Path(bundle_dir).resolve()), str(pixels),
+             ",".join(map(str, images.shape)), backend],
+            capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:
+        raise VggMobileError(f"{bundle_dir}: TensorFlow.js could not run the bundle: "
+                             f"{result.stderr.strip()[-500:]}")
+    return np.asarray(json.loads(result.stdout.strip().splitlines()[-1])["probs"], dtype=np.float32)
