@@ -187,8 +187,15 @@ class Run:
         path = self.model_path
         if not path.is_file():
             raise RunDirError(f"{path}: model file missing from run directory")
+        scope = contextlib.nullcontext()
+        if self.manifest.get("stage") == "qat" or self.manifest.get("quantization_aware"):
+            # Quantization-aware models hold tfmot layers that only tfmot's scope can rebuild.
+            from vgg_mobile.compression import custom_objects_scope
+
+            scope = custom_objects_scope(self.manifest)
         try:
-            return keras.models.load_model(path, compile=False)
+            with scope:
+                return keras.models.load_model(path, compile=False)
         except Exception as err:  # Keras raises many types for a damaged file.
             raise RunDirError(
                 f"{path}: cannot load the model; the file is damaged or not a Keras model "
