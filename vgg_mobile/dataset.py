@@ -338,3 +338,69 @@ def make_dataset(
     if one_hot:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_multi_view_dataset(
+    examples: tuple[Example, ...],
+    image_sizes: tuple[int, ...],
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    seed: int = 0,
+):
+    """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
+
+    For "consistent teaching" in distillation: each image is augmented once, at the largest
+    of the sizes, and every view is resized from that one augmented image, so models with
+    different input sizes see the same crop, flip and colours. Without augmentation each view
+    is decoded and resized straight from the file, exactly as `make_dataset` (and evaluation)
+    would at that size.
+
+    Args:
+        examples: The examples to read.
+        image_sizes: Side of each view, in the order the views are yielded.
+        batch_size: Images per batch.
+        num_classes: Number of classes (for one-hot labels).
+        training: Shuffle every epoch and augment. Defaults to `False`.
+        augmentation: Used when `training`. Defaults to no augmentation.
+        seed: Seed of the shuffle and augmentation. Defaults to `0`.
+
+    Returns:
+        A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
+        float32 pixels in [0, 255].
+    """
+    import tensorflow as tf
+
+    if not examples:
+        raise DataError("no examples to build a dataset from")
+    if not image_sizes or min(image_sizes) < 1:
+        raise DataError(f"image_sizes must be positive sizes. Received: image_sizes={image_sizes}")
+    sizes = tuple(int(s) for s in image_sizes)
+    largest = max(sizes)
+    augmenting = training and augmentation != NO_AUGMENTATION
+    paths = [str(e.path) for e in examples]
+    labels = [e.label for e in examples]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if augmenting:
+        ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if augmenting:
+        tf.random.set_seed(seed)
+
+        def views(image, y):
+            image = _augment(image, largest, augmentation)
+            return tuple(image if s == largest else tf.image.resize(image, [s, s], method="bilinear")
+                         for s in sizes), y
+
+        ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tuple(tf.cast(v, tf.float32) for v in x), y))
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -69,6 +69,13 @@ class Architecture:
         preprocessing: How pixels are normalised inside the graph (for the manifest), keyed
             by "pretrained" and "scratch".
         blocks: Names of its trainable blocks, input side first, as layer-name prefixes.
+            Empty when the backbone always trains as a whole.
+        bn_momentum: Momentum given to every BatchNormalization layer of the backbone, or
+            `None` to keep the one Keras builds it with. Defaults to `None`.
+        tfmot_compatible: Whether tfmot's pruning and quantization-aware training can wrap
+            every layer of the built model. Defaults to `True`.
+        family: The model family, for grouping variants of one design (e.g. widths).
+            Defaults to `""`.
     """
 
     name: str
@@ -77,6 +84,9 @@ class Architecture:
     imagenet_file: str
     preprocessing: dict
     blocks: tuple[str, ...]
+    bn_momentum: float | None = None
+    tfmot_compatible: bool = True
+    family: str = ""
 
 
 def _vgg16_backbone(pixels, weights_path: str | None):
@@ -140,6 +150,103 @@ def _flip_input_channels(conv) -> None:
     conv.set_weights([kernel[:, :, ::-1, :], bias])
 
 
+# --- MobileNet students ---
+
+# Keras builds MobileNet BatchNormalization layers with momentum 0.999: in a short run from
+# scratch (a few hundred steps) the moving statistics barely leave their initial values, and
+# inference-mode accuracy stays at chance while training accuracy climbs. 0.9 tracks the
+# batch statistics within a few dozen steps.
+STUDENT_BN_MOMENTUM = 0.9
+MOBILENET_V2_WIDTHS = (0.35, 0.5, 0.75, 1.0)
+
+# MobileNets take pixels in [-1, 1], pretrained or not.
+_MOBILENET_PREPROCESSING = {
+    "in_graph": True, "layer": "preprocess", "formula": "x / 127.5 - 1",
+    "mean_rgb": [127.5, 127.5, 127.5], "std_rgb": [127.5, 127.5, 127.5],
+}
+
+
+def _set_bn_momentum(base, momentum: float | None) -> None:
+    import tf_keras as keras
+
+    if momentum is None:
+        return
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Read in `call()` when the training graph is traced, and saved in the config.
+            layer.momentum = momentum
+
+
+def _load_named_weights(base, weights_path: str, what: str) -> None:
+    import h5py
+
+    try:
+        with h5py.File(weights_path, "r"):
+            pass
+    except OSError as err:
+        raise BadInputError(f"{weights_path}: not a readable HDF5 weights file ({err})") from None
+    try:
+        # By layer name: convolution kernels do not depend on the input size, so weights
+        # saved at 224 px fit a backbone built at any size.
+        base.load_weights(weights_path, by_name=True, skip_mismatch=False)
+    except (ValueError, KeyError) as err:
+        raise BadInputError(f"{weights_path}: weights do not fit the {what} backbone ({err})") from None
+
+
+def _mobilenet_backbone(pixels, weights_path: str | None, *, builder: str, alpha: float,
+                        bn_momentum: float | None, what: str):
+    import tf_keras as keras
+
+    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="preprocess")(pixels)
+    kwargs = {"include_preprocessing": False} if builder.startswith("MobileNetV3") else {}
+    # `input_tensor` makes Keras add the backbone's layers to our graph, so the classifier
+    # stays one flat Functional model (tfmot cannot wrap a nested Model).
+    base = getattr(keras.applications, builder)(
+        include_top=False, weights=None, input_tensor=x, alpha=alpha, **kwargs)
+    if weights_path is not None:
+        _load_named_weights(base, weights_path, what)
+    _set_bn_momentum(base, bn_momentum)
+    return base.output
+
+
+def _mobilenet_architectures() -> list[Architecture]:
+    import functools
+
+    specs = []
+    for alpha in MOBILENET_V2_WIDTHS:
+        name = f"mobilenet_v2_{alpha}"
+        specs.append(Architecture(
+            name=name,
+            build_backbone=functools.partial(
+                _mobilenet_backbone, builder="MobileNetV2", alpha=alpha,
+                bn_momentum=STUDENT_BN_MOMENTUM, what=name),
+            min_size=32,
+            imagenet_file=f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
+            preprocessing={"pretrained": _MOBILENET_PREPROCESSING, "scratch": _MOBILENET_PREPROCESSING},
+            blocks=(),
+            bn_momentum=STUDENT_BN_MOMENTUM,
+            family="mobilenet_v2",
+        ))
+    for size, builder in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large")):
+        name = f"mobilenet_v3_{size}"
+        specs.append(Architecture(
+            name=name,
+            build_backbone=functools.partial(
+                _mobilenet_backbone, builder=builder, alpha=1.0,
+                bn_momentum=STUDENT_BN_MOMENTUM, what=name),
+            min_size=32,
+            imagenet_file=f"weights_mobilenet_v3_{size}_224_1.0_float_no_top_v2.h5",
+            preprocessing={"pretrained": _MOBILENET_PREPROCESSING, "scratch": _MOBILENET_PREPROCESSING},
+            blocks=(),
+            bn_momentum=STUDENT_BN_MOMENTUM,
+            # Keras builds its hard-swish from raw TensorFlow ops (TFOpLambda layers), which
+            # tfmot's pruning and quantization wrappers refuse.
+            tfmot_compatible=False,
+            family="mobilenet_v3",
+        ))
+    return specs
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "vgg16": Architecture(
         name="vgg16",
@@ -159,6 +266,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         },
         blocks=("block1", "block2", "block3", "block4", "block5"),
     ),
+    **{spec.name: spec for spec in _mobilenet_architectures()},
 }
 
 
@@ -170,6 +278,30 @@ def get_architecture(name: str) -> Architecture:
         raise BadInputError(
             f"unknown architecture {name!r}; valid: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
+
+
+def require_tfmot_compatible(name: str, step: str) -> Architecture:
+    """Refuses an architecture that tfmot cannot wrap, before any work starts.
+
+    Args:
+        name: A name from `ARCHITECTURES`.
+        step: What was asked for (e.g. `"prune"`), for the message.
+
+    Returns:
+        The architecture.
+
+    Raises:
+        BadInputError: Unknown name, or an architecture tfmot cannot wrap.
+    """
+    spec = get_architecture(name)
+    if not spec.tfmot_compatible:
+        usable = sorted(n for n, a in ARCHITECTURES.items() if a.tfmot_compatible)
+        raise BadInputError(
+            f"{step} cannot handle architecture {name!r}: tfmot cannot wrap its layers "
+            f"(Keras builds its hard-swish from raw TensorFlow ops). Architectures {step} "
+            f"supports: {', '.join(usable)}"
+        )
+    return spec
 
 
 def keras_cache_dir() -> Path:
