@@ -161,6 +161,7 @@ class CompressResult:
         parent_metrics: The input model's metrics on the same images, before fine-tuning.
         sparsity: `{"total", "pruned_layers", "layers": {name: fraction}}` of the kernels.
         sizes: Bytes of the model files (and their gzip) before and after, when measured.
+        model: The compressed tf_keras model as saved (for notebooks and tests).
     """
 
     run_dir: Path
@@ -168,6 +169,7 @@ class CompressResult:
     parent_metrics: dict
     sparsity: dict
     sizes: dict
+    model: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def custom_objects_scope(manifest: dict):
@@ -460,7 +462,7 @@ def prune_run(
     log(f"wrote {out}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
         f"({sparsity['total']:.1%} of all kernels), val accuracy {metrics['accuracy']:.3f}, "
         f"gzip {sizes['gzip_bytes_before'] / 1e6:.1f} MB -> {sizes['gzip_bytes_after'] / 1e6:.1f} MB")
-    return CompressResult(out, metrics, parent_metrics, sparsity, sizes)
+    return CompressResult(out, metrics, parent_metrics, sparsity, sizes, stripped)
 
 
 # --- quantization-aware training --------------------------------------------------------
@@ -651,4 +653,4 @@ def qat_run(
         finish_run(out, qat_model, manifest)
     log(f"wrote {out}: val accuracy {metrics['accuracy']:.3f} (parent "
         f"{parent_metrics['accuracy']:.3f}), kernel sparsity {sparsity['total']:.1%}")
-    return CompressResult(out, metrics, parent_metrics, sparsity, {})
+    return CompressResult(out, metrics, parent_metrics, sparsity, {}, qat_model)
