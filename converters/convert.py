@@ -269,7 +269,8 @@ def convert_run(
             parent=str(run.path.resolve()), command=command,
             data={"path": str(folder.root.resolve()), "verification_split": split_name,
                   "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
-            options=dataclasses.asdict(options), artifacts=artifacts,
+            options={k: list(v) if isinstance(v, tuple) else v
+                     for k, v in dataclasses.asdict(options).items()}, artifacts=artifacts,
             metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)})
         write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
         write_json(staging / "manifest.json", manifest)

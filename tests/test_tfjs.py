@@ -25,7 +25,7 @@ def model_and_images(teacher_run, sample_dir):
 
 
 @pytest.mark.parametrize("quantization,max_diff,min_agreement", [
-    ("none", 1e-4, 1.0), ("uint8", 0.1, 0.95)])
+    ("none", 1e-4, 1.0), ("uint8", 0.15, 0.85)])
 def test_bundle_runs_in_tensorflow_js_and_agrees_with_keras(model_and_images, tmp_path,
                                                            quantization, max_diff, min_agreement):
     model, images, reference = model_and_images
