@@ -105,7 +105,8 @@ class ConvertOptions:
             raise BadInputError("verify_images and calibration_images must be at least 1")
 
 
-def _load_images(examples, image_size: int, num_classes: int):
+def load_images(examples, image_size: int, num_classes: int):
+    """Decodes examples through the training pipeline: `(float32 pixels, int labels)` arrays."""
     x, y = [], []
     for images, labels in dataset.make_dataset(examples, image_size, 32, num_classes, one_hot=False):
         x.append(images.numpy())
@@ -226,8 +227,8 @@ def convert_run(
     model = run.load_model()
     size = run.image_size
     n_classes = len(run.classes)
-    x_val, y_val = _load_images(held_out[: options.verify_images], size, n_classes)
-    x_cal, _ = _load_images(calibration_examples, size, n_classes)
+    x_val, y_val = load_images(held_out[: options.verify_images], size, n_classes)
+    x_cal, _ = load_images(calibration_examples, size, n_classes)
     reference = model(x_val, training=False).numpy()
     if np.ptp(reference, axis=0).max() < 1e-6:
         log("warning: the model gives the same output for every image; the comparisons below "

@@ -129,7 +129,8 @@ def interpreter(model_content: bytes, num_threads: int = 1):
     return runner
 
 
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Casts float pixels to an input tensor's type, quantizing with its scale and zero point."""
     dtype = detail["dtype"]
     if dtype == np.float32:
         return x.astype(np.float32)
@@ -161,7 +162,7 @@ def predict_tflite(model_content: bytes, images: np.ndarray, num_threads: int = 
     out = runner.get_output_details()[0]
     results = []
     for image in np.asarray(images, dtype=np.float32):
-        runner.set_tensor(inp["index"], _quantize(image[None], inp))
+        runner.set_tensor(inp["index"], quantize_input(image[None], inp))
         runner.invoke()
         results.append(_dequantize(runner.get_tensor(out["index"]), out)[0])
     return np.stack(results) if results else np.zeros((0, out["shape"][-1]), np.float32)

@@ -1,0 +1,116 @@
+"""Size, agreement and single-image latency of every TFLite flavour of one or more runs.
+
+    uv run python benchmarks/export_latency.py [RUN_DIR ...] [--data DATA] [--repeats 50]
+
+Without a run directory, a VGG16 teacher is trained from scratch on the built-in sample data
+(32 px, 8 epochs). Latency is the median of `--repeats` single-image calls after warm-up:
+Keras float through a compiled `tf.function`, TFLite in LiteRT with 1 and 2 threads. Ratios
+are against the float Keras model of the same run, measured in the same process, so they
+compare on a shared, noisy machine where absolute times do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+
+def _median_ms(call, repeats: int) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def _tflite_latency(data: bytes, image: np.ndarray, threads: int, repeats: int) -> float:
+    from converters import tflite
+
+    runner = tflite.interpreter(data, num_threads=threads)
+    detail = runner.get_input_details()[0]
+    tensor = tflite.quantize_input(image[None], detail)
+    index = detail["index"]
+
+    def call():
+        runner.set_tensor(index, tensor)
+        runner.invoke()
+
+    return _median_ms(call, repeats)
+
+
+def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
+    import tensorflow as tf
+
+    from converters.convert import load_images, compare
+    from converters import tflite
+    from vgg_mobile import dataset, evaluation
+    from vgg_mobile.run_dir import load_run
+
+    run = load_run(run_dir)
+    folder = dataset.scan_folder(data_dir or run.manifest["data"]["path"], classes=run.classes)
+    held_out, _ = evaluation.select_examples(run, folder, "auto")
+    parts = dataset.split(folder, run.manifest["data"].get("val_fraction", 0.2),
+                          run.manifest["data"].get("seed", 0))
+    x, y = load_images(held_out, run.image_size, len(run.classes))
+    x_cal, _ = load_images(parts.train[:100], run.image_size, len(run.classes))
+    model = run.load_model()
+    reference = model(x, training=False).numpy()
+    compiled = tf.function(lambda t: model(t, training=False))
+    one = tf.constant(x[:1])
+    keras_ms = _median_ms(lambda: compiled(one).numpy(), repeats)
+    name = f"{run.manifest.get('architecture')} ({run.manifest.get('stage')})"
+    rows = [{"model": name, "artifact": "Keras float32", "size": run.model_path.stat().st_size,
+             "accuracy": float((reference.argmax(1) == y).mean()), "agreement": 1.0,
+             "ms1": keras_ms, "ms2": None, "ratio1": 1.0, "ratio2": None}]
+    for flavour in tflite.FLAVOURS:
+        data = tflite.convert_keras_model(model, flavour, x_cal,
+                                          io_dtype="uint8" if flavour == "int8" else "float32")
+        check = compare(reference, tflite.predict_tflite(data, x), y)
+        ms1 = _tflite_latency(data, x[0], 1, repeats)
+        ms2 = _tflite_latency(data, x[0], 2, repeats)
+        rows.append({"model": name, "artifact": f"TFLite {flavour}", "size": len(data),
+                     "accuracy": check["accuracy"], "agreement": check["top1_agreement"],
+                     "ms1": ms1, "ms2": ms2, "ratio1": keras_ms / ms1, "ratio2": keras_ms / ms2})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs
+        if not runs:
+            from vgg_mobile.hyperparameters import TrainConfig
+            from vgg_mobile.models import ModelOptions
+            from vgg_mobile.sample_data import write_sample_data
+            from vgg_mobile.training import train
+
+            data = write_sample_data(Path(tmp) / "data")
+            runs = [train(data, Path(tmp) / "teacher", ModelOptions(image_size=32, weights="none"),
+                          TrainConfig(epochs=8, batch_size=16, learning_rate=3e-4)).run_dir]
+        rows = [row for run in runs for row in benchmark_run(run, args.data, args.repeats)]
+    print("| model | artifact | size MB | accuracy | top-1 agreement | ms/image 1 thread | "
+          "speed-up vs Keras float, 1 thread | ms/image 2 threads | speed-up, 2 threads |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        two = f"{r['ms2']:.2f} | {r['ratio2']:.1f}x" if r["ms2"] is not None else "– | –"
+        print(f"| {r['model']} | {r['artifact']} | {r['size'] / 1e6:.2f} | {r['accuracy']:.3f} | "
+              f"{r['agreement']:.3f} | {r['ms1']:.2f} | {r['ratio1']:.1f}x | {two} |")
+
+
+if __name__ == "__main__":
+    main()
