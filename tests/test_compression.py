@@ -200,6 +200,14 @@ def test_refuses_nested_models_unpruned_preserve_and_writing_over_the_input(
     with pytest.raises(BadInputError, match="nested model layer"):
         qat_run(nested_dir, sample_dir, tmp_path / "out")
     assert _digest(nested_dir) == before and not (tmp_path / "out").exists()
+    for field, value, message in (("architecture", "mobilenet_v3_small", "tfmot cannot wrap"),
+                                  ("kind", "object_detector", "compression needs an image_classifier")):
+        other = tmp_path / value
+        shutil.copytree(nested_dir, other)
+        manifest = json.loads((other / "manifest.json").read_text())
+        (other / "manifest.json").write_text(json.dumps({**manifest, field: value}))
+        with pytest.raises(BadInputError, match=message):
+            prune_run(other, sample_dir, tmp_path / "out")
     with pytest.raises(BadInputError, match="not pruned"):
         qat_run(teacher_run.run_dir, sample_dir, tmp_path / "out", QATConfig(preserve_sparsity=True))
     with pytest.raises(BadInputError, match="not the input run"):

@@ -211,11 +211,15 @@ def _check_wrappable(model, path: Path) -> None:
             "need a flat model (every layer at the top level)")
 
 
-def _load_parent(run_dir, out_dir) -> tuple[Run, object]:
+def _load_parent(run_dir, out_dir, step: str) -> tuple[Run, object]:
+    from vgg_mobile import models
+
     run = load_run(run_dir)
     if run.manifest.get("kind", "image_classifier") != "image_classifier":
         raise RunDirError(f"{run.path}: holds a {run.manifest.get('kind')!r} model; "
                           "compression needs an image_classifier run")
+    if run.manifest.get("architecture") in models.ARCHITECTURES:
+        models.require_tfmot_compatible(run.manifest["architecture"], step)
     if Path(out_dir).resolve() == run.path.resolve():
         raise BadInputError(f"{out_dir}: the output must be a new run directory, not the input run")
     model = run.load_model()
@@ -387,7 +391,7 @@ def prune_run(
             quantization-aware model, nothing to prune, or `out_dir` equal to `run_dir`.
         DataError: The data folder fails its checks.
     """
-    run, model = _load_parent(run_dir, out_dir)
+    run, model = _load_parent(run_dir, out_dir, "prune")
     if _is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware; prune first, then run qat")
     chosen, skipped = _layers_to_prune(model, config)
@@ -517,7 +521,10 @@ def _calibrate_ranges(qat_model, float_model, images: np.ndarray, batch_size: in
         if type(layer).__name__ == "QuantizeLayer":
             tensor = probe_base.input
         else:
-            tensor = probe_base.get_layer(getattr(layer, "layer", layer).name).output
+            try:
+                tensor = probe_base.get_layer(getattr(layer, "layer", layer).name).output
+            except ValueError:
+                continue  # a layer tfmot added: its range keeps tfmot's moving average
         targets.append((layer.name, tensor, variables))
     if not targets:
         return {}
@@ -587,7 +594,7 @@ def qat_run(
             `run_dir`.
         DataError: The data folder fails its checks.
     """
-    run, model = _load_parent(run_dir, out_dir)
+    run, model = _load_parent(run_dir, out_dir, "qat")
     if _is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware")
     parent_sparsity = kernel_sparsity(model)
