@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 from vgg_mobile.errors import BadInputError
+from vgg_mobile.resources import PROJECT_ROOT
 from vgg_mobile.run_dir import staging_dir
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "android_assets" / "README.template.md"
+TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.
 PREFERENCE = ("int8", "dynamic", "float16", "float32")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_mobile.errors import BadInputError, VggMobileError
+from vgg_mobile.resources import node_modules_dir
 
 WEIGHT_QUANTIZATIONS = ("none", "uint8", "float16")
 _NODE_SCRIPT = Path(__file__).with_name("js") / "predict.mjs"
@@ -81,14 +82,6 @@ def _node() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("node")
 
 
-def _tfjs_module_dir() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "node_modules" / "@tensorflow" / "tfjs"
-        if candidate.is_dir():
-            return candidate.parent.parent
-    return None
-
-
 def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu") -> np.ndarray:
     """Runs a graph-model bundle in TensorFlow.js under Node and returns its probabilities.
 
@@ -101,7 +94,7 @@ def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu
         VggMobileError: Node or @tensorflow/tfjs (`npm ci` in the repository) is missing, or
             TensorFlow.js failed on the bundle.
     """
-    node_modules = _tfjs_module_dir()
+    node_modules = node_modules_dir()
     node = _node()
     if node is None or node_modules is None:
         raise VggMobileError("verifying a TF.js bundle needs Node.js and @tensorflow/tfjs "

@@ -36,6 +36,20 @@ def teacher_run(sample_dir, tmp_path_factory):
                  command=["pytest-fixture"])
 
 
+@pytest.fixture(scope="session")
+def teacher_export(teacher_run, sample_dir, tmp_path_factory):
+    """The teacher converted by `convert_run`: float32 and int8 TFLite, a float TF.js bundle
+    (so browser and Keras can be compared tightly), and Android assets."""
+    from converters.convert import ConvertOptions, convert_run
+
+    base = tmp_path_factory.mktemp("export")
+    options = ConvertOptions(flavours=("float32", "int8"), max_size=None, verify_images=48,
+                             tfjs_quantization="none")
+    manifest = convert_run(teacher_run.run_dir, base / "out", options, data_dir=sample_dir,
+                           android_dir=base / "android", command=["test"])
+    return base, manifest
+
+
 @pytest.fixture()
 def keras_home(tmp_path, monkeypatch) -> Path:
     """An empty Keras home, so no test can see (or fill) the user's weight cache."""
