@@ -33,21 +33,6 @@ def _median_ms(call, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def _tflite_latency(data: bytes, image: np.ndarray, threads: int, repeats: int) -> float:
-    from converters import tflite
-
-    runner = tflite.interpreter(data, num_threads=threads)
-    detail = runner.get_input_details()[0]
-    tensor = tflite.quantize_input(image[None], detail)
-    index = detail["index"]
-
-    def call():
-        runner.set_tensor(index, tensor)
-        runner.invoke()
-
-    return _median_ms(call, repeats)
-
-
 def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
     import tensorflow as tf
 
@@ -76,8 +61,8 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
         data = tflite.convert_keras_model(model, flavour, x_cal,
                                           io_dtype="uint8" if flavour == "int8" else "float32")
         check = compare(reference, tflite.predict_tflite(data, x), y)
-        ms1 = _tflite_latency(data, x[0], 1, repeats)
-        ms2 = _tflite_latency(data, x[0], 2, repeats)
+        ms1 = tflite.latency_ms(data, x[0], 1, repeats)
+        ms2 = tflite.latency_ms(data, x[0], 2, repeats)
         rows.append({"model": name, "artifact": f"TFLite {flavour}", "size": len(data),
                      "accuracy": check["accuracy"], "agreement": check["top1_agreement"],
                      "ms1": ms1, "ms2": ms2, "ratio1": keras_ms / ms1, "ratio2": keras_ms / ms2})

@@ -205,3 +205,30 @@ def weight_sparsity(model_content: bytes, min_elements: int = 1024) -> dict:
             count += 1
     return {"zeros": zeros, "total": total, "fraction": round(zeros / total, 4) if total else 0.0,
             "tensors": count}
+
+
+def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, repeats: int = 50,
+               warmup: int = 3) -> float:
+    """Median wall time in milliseconds of one single-image `invoke()` in LiteRT.
+
+    Args:
+        model_content: The `.tflite` bytes.
+        image: One float32 image `(h, w, 3)` in [0, 255].
+        num_threads: Interpreter threads. Defaults to `1`.
+        repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
+        warmup: Untimed runs first. Defaults to `3`.
+    """
+    import statistics
+    import time
+
+    runner = interpreter(model_content, num_threads)
+    detail = runner.get_input_details()[0]
+    tensor = quantize_input(np.asarray(image, np.float32)[None], detail)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        runner.set_tensor(detail["index"], tensor)
+        runner.invoke()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
