@@ -133,6 +133,31 @@ def test_missing_or_mismatched_bundle_shows_a_message(browser, demo, tmp_path):
         server.shutdown()
 
 
+@pytest.mark.slow
+def test_phone_sized_screen_and_keyboard(browser, demo, sample_dir):
+    folder, url = demo
+    page = browser.new_page(viewport={"width": 375, "height": 740}, device_scale_factor=2)
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=90_000)
+    assert _classify(page, sorted((sample_dir / "circle").glob("*.png"))[0]) == "done"
+    page.wait_for_function("document.getElementById('preview').complete")
+    # Nothing wider than the screen; the result stacks under the image.
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    image_box = page.locator("#preview").bounding_box()
+    result_box = page.locator("#predictions").bounding_box()
+    assert image_box["height"] > 100
+    assert result_box["y"] >= image_box["y"] + image_box["height"] - 1, (image_box, result_box)
+    # The drop zone is reachable with Tab and opens the file chooser with Enter.
+    page.focus("#backend")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.id")
+    assert focused == "dropzone", focused
+    with page.expect_file_chooser(timeout=5_000):
+        page.keyboard.press("Enter")
+    page.close()
+
+
 def test_server_sends_isolation_headers_and_only_its_own_files(demo, tmp_path):
     folder, url = demo
     with urllib.request.urlopen(url + "vendor/tfjs-backend-wasm-simd.wasm") as response:
