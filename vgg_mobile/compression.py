@@ -268,11 +268,16 @@ def _train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int):
         augmentation=dataset.Augmentation() if augment else dataset.NO_AUGMENTATION, seed=seed)
 
 
-def _kernels(layer) -> list:
-    """The prunable kernel variables of a layer (of the layer inside a tfmot wrapper)."""
+def _kernels(layer) -> list[np.ndarray]:
+    """The prunable kernels of a layer (of the layer inside a tfmot wrapper), as arrays.
+
+    Read from the layer's variables by name: a QAT wrapper replaces the `kernel` attribute
+    with the fake-quantized tensor of its last call.
+    """
     inner = getattr(layer, "layer", layer)
-    return [getattr(inner, name) for name in PRUNABLE_KERNELS.get(type(inner).__name__, ())
-            if getattr(inner, name, None) is not None]
+    wanted = PRUNABLE_KERNELS.get(type(inner).__name__, ())
+    # The wrapper, not the inner layer, tracks the kernel variable.
+    return [w.numpy() for w in layer.weights if w.name.split("/")[-1].split(":")[0] in wanted]
 
 
 def kernel_sparsity(model, pruned: tuple[str, ...] = ()) -> dict:
@@ -292,8 +297,8 @@ def kernel_sparsity(model, pruned: tuple[str, ...] = ()) -> dict:
         if not kernels:
             continue
         name = getattr(layer, "layer", layer).name
-        z = sum(int(np.count_nonzero(k.numpy() == 0)) for k in kernels)
-        n = sum(int(np.prod(k.shape)) for k in kernels)
+        z = sum(int(np.count_nonzero(k == 0)) for k in kernels)
+        n = sum(int(k.size) for k in kernels)
         layers[name] = round(z / n, 4)
         zeros, total = zeros + z, total + n
         if name in pruned:
@@ -585,7 +590,8 @@ def qat_run(
         verbose: Keras progress output. Defaults to `0`.
 
     Returns:
-        A `CompressResult`; `sparsity` is that of the float kernels inside the QAT wrappers.
+        A `CompressResult`; `sparsity` is that of the float kernels inside the QAT wrappers
+        (the int8 model adds the weights that round to zero).
 
     Raises:
         RunDirError: The run directory is missing, unfinished or of the wrong kind.
