@@ -6,9 +6,10 @@
 Trains a VGG16 teacher from scratch on the built-in sample data, distils it into the student
 with `--baseline` (the same student, same initialisation and budget, trained without the
 teacher), and reports for each model: validation accuracy (the teacher's held-out images),
-parameters, model file size, and Keras CPU latency per image (median of repeated single-image
-calls of a `tf.function`, after warm-up), with its ratio to the teacher measured in the same
-process. Compare rows of one run; absolute numbers depend on the machine and its load.
+parameters, model file size, and Keras CPU latency per image (median of single-image calls of
+a `tf.function` after warm-up, teacher and student timed in alternation) with its ratio to the
+teacher measured in the same process. Compare rows of one run; absolute numbers depend on the
+machine and its load, and with 48 validation images one image is about 2 points.
 """
 
 from __future__ import annotations
@@ -23,20 +24,28 @@ from pathlib import Path
 import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 
-def latency_ms(model, size: int, repeats: int) -> float:
+def latencies_ms(models_and_sizes, repeats: int) -> list[float]:
+    """Median ms per single-image call of each model, timed in interleaved rounds.
+
+    Interleaving keeps the ratios fair when other work on the machine comes and goes.
+    """
     import numpy as np
     import tensorflow as tf
 
-    run = tf.function(lambda x: model(x, training=False))
-    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32))
-    for _ in range(5):
-        run(x).numpy()
-    times = []
+    calls = []
+    for model, size in models_and_sizes:
+        run = tf.function(lambda x, model=model: model(x, training=False))
+        x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32))
+        for _ in range(5):
+            run(x).numpy()
+        calls.append((run, x))
+    times = [[] for _ in calls]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(x).numpy()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        for (run, x), bucket in zip(calls, times):
+            t0 = time.perf_counter()
+            run(x).numpy()
+            bucket.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:
@@ -50,8 +59,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--augment", action="store_true", help="Augment the student's training images.")
-    parser.add_argument("--repeats", type=int, default=50, help="Timed single-image calls per model.")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="Do not augment the students' training images.")
+    parser.add_argument("--repeats", type=int, default=100, help="Timed single-image calls per model.")
     args = parser.parse_args()
 
     import tf_keras as keras
@@ -70,7 +80,7 @@ def main() -> None:
         config = DistillConfig(student=args.student, image_size=args.student_size,
                                temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                                batch_size=16, learning_rate=args.learning_rate,
-                               augment=args.augment, baseline=True)
+                               augment=not args.no_augment, baseline=True)
         result = distill(teacher.run_dir, data, tmp / "student", config)
         manifest = json.loads((result.run_dir / "manifest.json").read_text())
 
@@ -78,8 +88,8 @@ def main() -> None:
         student_file = result.run_dir / "model.keras"
         teacher_model = keras.models.load_model(teacher_file, compile=False)
         student_model = keras.models.load_model(student_file, compile=False)
-        teacher_ms = latency_ms(teacher_model, args.teacher_size, args.repeats)
-        student_ms = latency_ms(student_model, args.student_size, args.repeats)
+        teacher_ms, student_ms = latencies_ms(
+            [(teacher_model, args.teacher_size), (student_model, args.student_size)], args.repeats)
 
         rows = [
             (f"teacher vgg16 @ {args.teacher_size}px", result.teacher_metrics["accuracy"],
@@ -95,7 +105,7 @@ def main() -> None:
         print(f"Sample data: {args.images_per_class} images per class, 4 classes, "
               f"{n_train} training / {n_val} validation images. Teacher: {args.teacher_epochs} epochs "
               f"from scratch. Students: {args.epochs} epochs, T={args.temperature}, alpha={args.alpha}, "
-              f"lr={args.learning_rate}, augment={args.augment}; distillation + baseline took "
+              f"lr={args.learning_rate}, augment={not args.no_augment}; distillation + baseline took "
               f"{result.seconds:.0f} s.\n")
         print("| model | val accuracy | parameters | model file | Keras CPU ms / image | latency vs teacher |")
         print("|---|---|---|---|---|---|")

@@ -29,7 +29,7 @@ DEFAULT_STUDENT = "mobilenet_v2_0.35"
 
 
 def student_names() -> tuple[str, ...]:
-    """Registry names that can be distilled into (every architecture but the teacher's)."""
+    """Registry names usable as students: the MobileNet families."""
     return tuple(sorted(name for name, spec in models.ARCHITECTURES.items()
                         if spec.family.startswith("mobilenet")))
 
