@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from vgg_mobile.errors import BadInputError
 from vgg_mobile.resources import PROJECT_ROOT
-from vgg_mobile.run_dir import staging_dir
+from vgg_mobile.run_dir import atomic_dir
 
 TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.
@@ -43,15 +42,8 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path, forc
         classes=", ".join(manifest["classes"]), height=height, width=width,
         input_type=artifact["io_dtype"], agreement=check["top1_agreement"], images=check["images"],
         accuracy=check["accuracy"], keras_accuracy=check["keras_accuracy"])
-    staging = staging_dir(android_dir)
-    try:
+    with atomic_dir(android_dir) as staging:
         shutil.copyfile(export_dir / artifact["file"], staging / artifact["file"])
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in manifest["classes"]), encoding="utf-8")
         (staging / "README.md").write_text(readme, encoding="utf-8")
-        if android_dir.exists():
-            shutil.rmtree(android_dir)
-        os.replace(staging, android_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return android_dir

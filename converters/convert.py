@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +19,7 @@ import numpy as np
 from converters import tflite
 from vgg_mobile import dataset, evaluation
 from vgg_mobile.errors import BadInputError, BudgetError, DataError
-from vgg_mobile.run_dir import load_run, new_manifest, staging_dir, write_json, write_text
+from vgg_mobile.run_dir import atomic_dir, load_run, new_manifest, write_json, write_text
 
 SPARSE_MODES = ("auto", "always", "never")
 # Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %
@@ -239,9 +237,8 @@ def convert_run(
         name=stem, version=options.version, author=options.author, license=options.license,
         description=f"Image classifier ({', '.join(run.classes)}), {size}x{size} RGB input, "
                     f"exported by vgg-mobile from a {run.manifest.get('stage')} run.")
-    staging = staging_dir(out_dir)
     artifacts, misses = [], []
-    try:
+    with atomic_dir(out_dir) as staging:
         for flavour in options.flavours:
             started = time.perf_counter()
             data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
@@ -279,12 +276,6 @@ def convert_run(
             from converters import android
 
             android.write_assets(staging, manifest, android_dir, force=force)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

@@ -41,6 +41,8 @@ def write_guard(path: str | Path) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "errno" not in str(err):
+            raise  # a bug, not a failed write
         reason = getattr(err, "strerror", None) or str(err)
         raise WriteError(f"{path}: could not write ({reason}); is the disk full? "
                          "Finished files were kept and the unfinished one discarded") from None
@@ -83,6 +85,23 @@ def staging_dir(target: str | Path) -> Path:
     os.umask(umask)
     os.chmod(path, 0o777 & ~umask)
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yields a hidden staging folder beside `target`; if the block succeeds, it replaces
+    `target` (whatever was there) in one rename. Otherwise it is deleted, `target` untouched."""
+    target = Path(target)
+    staging = staging_dir(target)
+    try:
+        yield staging
+        with write_guard(target):
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

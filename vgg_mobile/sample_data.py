@@ -10,15 +10,13 @@ folder might. The same arguments always write the same files.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.errors import BadInputError
-from vgg_mobile.run_dir import staging_dir
+from vgg_mobile.run_dir import atomic_dir
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
 # Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.
@@ -120,8 +118,7 @@ def write_sample_data(
         raise BadInputError(f"image_size must be at least 16. Received: {image_size}")
     if out.exists() and not overwrite:
         raise BadInputError(f"{out}: already exists (pass overwrite to replace it)")
-    staging = staging_dir(out)
-    try:
+    with atomic_dir(out) as staging:
         for class_index, label in enumerate(SAMPLE_CLASSES):
             rng = np.random.default_rng([seed, class_index])
             (staging / label).mkdir()
@@ -131,10 +128,4 @@ def write_sample_data(
                     image.save(staging / label / f"{label}_{i:03d}.jpg", quality=92)
                 else:
                     image.save(staging / label / f"{label}_{i:03d}.png", optimize=False)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out

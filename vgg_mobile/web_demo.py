@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
 
 from vgg_mobile.errors import BadInputError, VggMobileError
 from vgg_mobile.resources import PROJECT_ROOT, node_modules_dir
-from vgg_mobile.run_dir import staging_dir
+from vgg_mobile.run_dir import atomic_dir
 
 PAGE_DIR = PROJECT_ROOT / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -78,8 +77,7 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
     modules = node_modules_dir()
     if modules is None:
         raise VggMobileError("TensorFlow.js is not installed: run `npm ci` in the vgg-mobile project")
-    staging = staging_dir(out)
-    try:
+    with atomic_dir(out) as staging:
         for name in PAGE_FILES:
             shutil.copyfile(PAGE_DIR / name, staging / name)
         vendor = staging / "vendor"
@@ -92,12 +90,6 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
                 shutil.copyfile(root / file, vendor / Path(file).name)
         (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
         shutil.copytree(source, staging / "model")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
