@@ -276,7 +276,7 @@ def get_architecture(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except KeyError:
         raise BadInputError(
-            f"unknown architecture {name!r}; valid: {', '.join(sorted(ARCHITECTURES))}"
+            f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}"
         ) from None
 
 
@@ -295,7 +295,7 @@ def require_tfmot_compatible(name: str, step: str) -> Architecture:
     """
     spec = get_architecture(name)
     if not spec.tfmot_compatible:
-        usable = sorted(n for n, a in ARCHITECTURES.items() if a.tfmot_compatible)
+        usable = [n for n, a in ARCHITECTURES.items() if a.tfmot_compatible]
         raise BadInputError(
             f"{step} cannot handle architecture {name!r}: tfmot cannot wrap its layers "
             f"(Keras builds its hard-swish from raw TensorFlow ops). Architectures {step} "
