@@ -411,9 +411,9 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
 @click.option("--image-size", default=None, type=int,
               help="Student input side in pixels. Defaults to the teacher's.")
-@click.option("--temperature", default=4.0, show_default=True, type=float,
+@click.option("--temperature", default=2.0, show_default=True, type=float,
               help="Softens teacher and student logits in the distillation term (> 0).")
-@click.option("--alpha", default=0.1, show_default=True, type=float,
+@click.option("--alpha", default=0.5, show_default=True, type=float,
               help="Weight of the hard-label loss in [0, 1]; 1 - alpha weighs the teacher's.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)

@@ -62,8 +62,8 @@ class DistillConfig:
 
     student: str = DEFAULT_STUDENT
     image_size: int | None = None
-    temperature: float = 4.0
-    alpha: float = 0.1
+    temperature: float = 2.0
+    alpha: float = 0.5
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-2
@@ -126,7 +126,7 @@ def distiller_class():
         `teacher=None` (and alpha 1) it trains the student on labels alone, the baseline.
         """
 
-        def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.1,
+        def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
                      **kwargs):
             super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
             if teacher is None and alpha != 1:
@@ -222,15 +222,15 @@ def distiller_class():
     return Distiller
 
 
-def build_distiller(student, teacher, temperature: float = 4.0, alpha: float = 0.1):
+def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5):
     """Wraps a student and a (frozen) teacher in a `Distiller`.
 
     Args:
         student: A classifier with a `logits` layer; trained.
         teacher: A classifier with a `logits` layer and the same classes; frozen. `None`
             trains the student on labels alone (needs `alpha=1`).
-        temperature: Softening temperature, > 0. Defaults to `4.0`.
-        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
+        temperature: Softening temperature, > 0. Defaults to `2.0`.
+        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
 
     Returns:
         An uncompiled `Distiller` (a `tf_keras.Model`).
