@@ -162,6 +162,9 @@ def test_qat_cli_converts_to_int8_close_to_float_and_evaluates(cli, teacher_run,
 
 
 def test_cli_refuses_bad_sparsity_quickly(cli, tmp_path):
+    for command, flag in (("prune", "--target-sparsity"), ("qat", "--preserve-sparsity")):
+        result = cli(command, "--help")
+        assert result.returncode == 0 and flag in result.stdout
     start = time.perf_counter()
     result = cli("prune", tmp_path / "run", "--data", tmp_path, "--out", tmp_path / "out",
                  "--target-sparsity", "1.0")

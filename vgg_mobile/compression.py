@@ -334,8 +334,9 @@ def _prune_schedule(config: PruneConfig, steps_per_epoch: int) -> dict:
     """
     total = config.epochs * steps_per_epoch
     begin = int(round(config.begin_epoch * steps_per_epoch))
-    end_epoch = config.end_epoch if config.end_epoch is not None else max(
-        config.begin_epoch + (config.epochs - config.begin_epoch) * 2 / 3, config.begin_epoch + 1e-9)
+    end_epoch = config.end_epoch
+    if end_epoch is None:
+        end_epoch = config.begin_epoch + (config.epochs - config.begin_epoch) * 2 / 3
     end = min(max(int(round(end_epoch * steps_per_epoch)), begin + 1), total)
     if end <= begin:
         raise BadInputError(f"the pruning schedule has no steps (begin step {begin}, end step {end}, "
