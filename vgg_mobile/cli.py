@@ -265,10 +265,11 @@ def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantizat
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
-    click.echo(f"{'artifact':<34} {'MB':>7} {'gzip MB':>8} {'agree':>6} {'acc':>6} {'keras':>6}")
+    width = max(len(a["file"]) for a in manifest["artifacts"])
+    click.echo(f"{'artifact':<{width}} {'MB':>7} {'gzip MB':>8} {'agree':>6} {'acc':>6} {'keras':>6}")
     for artifact in manifest["artifacts"]:
         check = artifact["verification"]
-        click.echo(f"{artifact['file']:<34} {artifact['size_bytes'] / 1e6:>7.2f} "
+        click.echo(f"{artifact['file']:<{width}} {artifact['size_bytes'] / 1e6:>7.2f} "
                    f"{artifact['gzip_bytes'] / 1e6:>8.2f} {check['top1_agreement']:>6.3f} "
                    f"{check['accuracy']:>6.3f} {check['keras_accuracy']:>6.3f}")
     click.echo(f"wrote {out}" + (f" and {android_dir}" if android_dir else ""))
