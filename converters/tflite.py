@@ -66,8 +66,9 @@ def convert_keras_model(
         model: A tf_keras model taking `(batch, h, w, 3)` float32 pixels in [0, 255].
         flavour: A name from `FLAVOURS`.
         representative: Float32 images `(n, h, w, 3)` in [0, 255] that calibrate the
-            activation ranges of `int8`. Required for `int8` unless the model was
-            quantization-aware trained. Defaults to `None`.
+            activation ranges of `int8`. Required for `int8`, also for a quantization-aware
+            model: its in-graph preprocessing holds a tensor without a fake-quant range.
+            Defaults to `None`.
         io_dtype: Input/output type of an `int8` model: `float32`, `uint8` or `int8`.
             Defaults to `"float32"`.
         sparse: Store pruned weights in TFLite's sparse encoding (pays only at high
@@ -87,7 +88,7 @@ def convert_keras_model(
     if io_dtype != "float32" and flavour != "int8":
         raise BadInputError(f"io_dtype={io_dtype!r} needs flavour 'int8'. Received: flavour={flavour!r}")
     qat = _is_quantization_aware(model)
-    if spec.needs_representative and not qat and (representative is None or len(representative) == 0):
+    if spec.needs_representative and (representative is None or len(representative) == 0):
         raise BadInputError("int8 conversion needs representative images (none were given)")
 
     height, width = model.input_shape[1:3]
