@@ -216,3 +216,16 @@ def test_refuses_nested_models_unpruned_preserve_and_writing_over_the_input(
     with pytest.raises(BadInputError, match="not the input run"):
         prune_run(teacher_run.run_dir, sample_dir, teacher_run.run_dir, force=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_exports_the_pruned_qat_run_with_its_zeros(pqat, sample_dir, tmp_path):
+    """The compressed run goes through `convert` like any run: verified, zeros kept."""
+    from converters.convert import ConvertOptions, convert_run
+
+    manifest = convert_run(pqat.run_dir, tmp_path / "export",
+                           ConvertOptions(flavours=("int8",), tfjs=False, max_size=None),
+                           data_dir=sample_dir)
+    (artifact,) = manifest["artifacts"]
+    assert artifact["weight_sparsity"]["fraction"] >= 0.45
+    assert artifact["verification"]["top1_agreement"] >= 0.9
+    assert (tmp_path / "export" / artifact["file"]).stat().st_size == artifact["size_bytes"]
