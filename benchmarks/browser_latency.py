@@ -1,8 +1,11 @@
 """In-browser latency of a TF.js bundle per backend (headless Chromium), beside LiteRT's.
 
     uv run python benchmarks/browser_latency.py EXPORT_DIR [--runs 15]
+    uv run python benchmarks/browser_latency.py --architecture mobilenet_v2_0.35 --image-size 224
 
-EXPORT_DIR is a `vgg-mobile convert` output (with `tfjs/` and `.tflite` files). The bundle is
+EXPORT_DIR is a `vgg-mobile convert` output (with `tfjs/` and `.tflite` files). With
+`--architecture` instead, a classifier of that architecture with random weights is exported
+(latency does not depend on the weights' values). The bundle is
 served from 127.0.0.1 as the demo is, and each backend runs `--runs` single-image predictions
 after 3 warm-ups; the table gives the median. The TFLite rows time the exported `.tflite` files
 in LiteRT on the same machine in the same run.
@@ -22,19 +25,24 @@ import vgg_mobile  # noqa: F401
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("export", type=Path)
+    parser.add_argument("export", type=Path, nargs="?")
+    parser.add_argument("--architecture", default=None)
+    parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
+    if (args.export is None) == (args.architecture is None):
+        parser.error("give an EXPORT_DIR or --architecture")
 
     from playwright.sync_api import sync_playwright
 
     from vgg_mobile.web_demo import assemble_demo, serve_in_background
 
-    manifest = json.loads((args.export / "manifest.json").read_text())
-    height, width = manifest["input"]["size"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        site = assemble_demo(Path(tmp) / "site", args.export)
+        export = args.export or _random_export(Path(tmp) / "export", args.architecture, args.image_size)
+        manifest = json.loads((export / "manifest.json").read_text())
+        height, width = manifest["input"]["size"]
+        site = assemble_demo(Path(tmp) / "site", export)
         server, url = serve_in_background(site)
         try:
             with sync_playwright() as playwright:
@@ -54,21 +62,42 @@ def main() -> None:
         finally:
             server.shutdown()
 
-    from converters.tflite import latency_ms
+        from converters.tflite import latency_ms
 
-    image = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
-    for artifact in manifest["artifacts"]:
-        if artifact["format"] == "tflite":
-            data = (args.export / artifact["file"]).read_bytes()
-            for threads in (1, 2):
-                rows.append((f"LiteRT {artifact['flavour']}, {threads} thread(s)",
-                             latency_ms(data, image, threads, args.runs)))
+        image = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
+        for artifact in manifest["artifacts"]:
+            if artifact["format"] == "tflite":
+                data = (export / artifact["file"]).read_bytes()
+                for threads in (1, 2):
+                    rows.append((f"LiteRT {artifact['flavour']}, {threads} thread(s)",
+                                 latency_ms(data, image, threads, args.runs)))
     print(f"{manifest.get('architecture')} at {width}x{height} px; cross-origin isolated: {isolated}; "
           f"median of {args.runs} single-image runs")
     print("| runtime | ms per image |")
     print("|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.2f} |")
+
+
+def _random_export(out: Path, architecture: str, size: int) -> Path:
+    """An export folder (TF.js bundle + int8 TFLite) of an untrained classifier."""
+    from converters import tflite, tfjs
+    from vgg_mobile.models import ModelOptions, build_classifier
+    from vgg_mobile.run_dir import write_json
+
+    classes = ["a", "b", "c", "d"]
+    model = build_classifier(ModelOptions(architecture=architecture, image_size=size), len(classes))
+    out.mkdir(parents=True)
+    bundle = tfjs.convert_to_tfjs(model, out / "tfjs", "uint8")
+    write_json(bundle / "labels.json", classes)
+    write_json(bundle / "manifest.json", {"architecture": architecture, "classes": classes,
+                                          "input": {"size": [size, size]}})
+    calibration = np.random.default_rng(1).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    (out / "model_int8.tflite").write_bytes(tflite.convert_keras_model(model, "int8", calibration))
+    manifest = {"architecture": architecture, "input": {"size": [size, size]},
+                "artifacts": [{"format": "tflite", "flavour": "int8", "file": "model_int8.tflite"}]}
+    write_json(out / "manifest.json", manifest)
+    return out
 
 
 if __name__ == "__main__":
