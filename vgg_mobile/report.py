@@ -1,0 +1,167 @@
+"""The pipeline's report: `report.md` and a self-contained `report.html` (opens offline).
+
+Everything is read back from the run directories' manifests and PNGs, so a report can be
+rewritten from a finished pipeline folder without running any model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from vgg_mobile.run_dir import atomic_path, write_text
+
+ASSETS = "report_files"
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+.fail { color: #b00; font-weight: bold; } .pass { color: #070; }
+code { background: #f4f4f4; padding: 0 0.2rem; }
+"""
+
+
+def _manifest(path: Path) -> dict:
+    file = path / "manifest.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def _size_accuracy_png(rows, max_size, path: Path) -> bool:
+    from vgg_mobile.plots import _pyplot
+
+    points = [r for r in rows if r["accuracy"] is not None and r["size_bytes"]]
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in points:
+        marker = "s" if row["stage"] in ("export", "web_export") else "o"
+        ax.scatter(row["size_bytes"] / 1e6, row["accuracy"], marker=marker, s=50)
+        ax.annotate(row["artifact"], (row["size_bytes"] / 1e6, row["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    if max_size is not None:
+        ax.axvline(max_size / 1e6, color="red", linestyle="--", label=f"size budget {max_size / 1e6:g} MB")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (MB, log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _figures(out: Path, source: str, max_size) -> tuple[list[tuple[str, Path]], dict]:
+    """Collects (title, png) pairs, drawing what the runs did not draw themselves."""
+    from vgg_mobile import plots
+
+    assets = out / ASSETS
+    assets.mkdir(exist_ok=True)
+    curves = []
+    for stage, title in (("teacher", "teacher training"), ("pruned", "pruning fine-tuning"),
+                         ("pqat", "teacher QAT"), ("student", "student distillation"),
+                         ("student_qat", "student QAT")):
+        own = out / stage / "training_curves.png"
+        if own.is_file():
+            curves.append((title, own))
+            continue
+        history = (_manifest(out / stage).get("compression") or {}).get("history")
+        if history:
+            png = assets / f"{stage}_curves.png"
+            plots.training_curves_png(history, png)
+            curves.append((title, png))
+    metrics = _manifest(out / source).get("metrics") or {}
+    extra = {"metrics": metrics}
+    if metrics.get("confusion_matrix"):
+        png = assets / "confusion_matrix.png"
+        plots.confusion_matrix_png(metrics["confusion_matrix"], _manifest(out / source)["classes"], png)
+        extra["confusion"] = png
+    return curves, extra
+
+
+def write_report(out: str | Path, rows, source: str, max_size: int | None = None) -> dict:
+    """Writes `OUT/report.md` and a self-contained `OUT/report.html`.
+
+    Args:
+        out: A pipeline output folder.
+        rows: The summary rows (`pipeline.summary_rows`).
+        source: The stage whose run was exported (its metrics fill the per-class table).
+        max_size: The size budget in bytes, marked on the chart. Defaults to `None`.
+
+    Returns:
+        `{"md": path, "html": path}`.
+    """
+    from vgg_mobile.pipeline import format_summary
+
+    out = Path(out)
+    rows = list(rows)
+    curves, extra = _figures(out, source, max_size)
+    chart = out / ASSETS / "size_accuracy.png"
+    has_chart = _size_accuracy_png(rows, max_size, chart)
+    metrics = extra["metrics"]
+    per_class = metrics.get("per_class") or {}
+
+    md = ["# vgg-mobile pipeline report", "",
+          f"Exported model: the `{source}` run (`{source}/`), converted into `export/`; the "
+          "web demo's TF.js bundle is in `web_export/`.", "",
+          "## Artifacts", "", format_summary(rows), ""]
+    if has_chart:
+        md += ["## Size and accuracy", "", f"![size and accuracy]({ASSETS}/size_accuracy.png)", ""]
+    md += ["## Training curves", ""]
+    md += [f"### {title}\n\n![{title}]({png.relative_to(out).as_posix()})\n" for title, png in curves]
+    if "confusion" in extra:
+        md += [f"## Confusion matrix ({source}, validation images)", "",
+               f"![confusion matrix]({ASSETS}/confusion_matrix.png)", ""]
+    if per_class:
+        md += [f"## Per-class metrics ({source})", "", "| class | precision | recall | F1 | images |",
+               "|---|---:|---:|---:|---:|"]
+        md += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+               for name, m in per_class.items()]
+        md.append("")
+    md_path = out / "report.md"
+    write_text(md_path, "\n".join(md))
+
+    def img(png: Path, alt: str) -> str:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    esc = html.escape
+    table = ["<table><tr><th>artifact</th><th>accuracy</th><th>agreement</th><th>size</th>"
+             "<th>budget</th></tr>"]
+    for row in rows:
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
+        table.append(f"<tr><td>{esc(row['artifact'])}</td><td>{accuracy}</td><td>{agreement}</td>"
+                     f"<td>{row['size_bytes'] / 1e6:.2f} MB</td>"
+                     f"<td class=\"{esc(row['budget'])}\">{esc(row['budget'])}</td></tr>")
+    table.append("</table>")
+    body = ["<h1>vgg-mobile pipeline report</h1>",
+            f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
+            "<code>export/</code>.</p>", "<h2>Artifacts</h2>", *table]
+    if has_chart:
+        body += ["<h2>Size and accuracy</h2>", img(chart, "size and accuracy")]
+    body.append("<h2>Training curves</h2>")
+    for title, png in curves:
+        body += [f"<h3>{esc(title)}</h3>", img(png, title)]
+    if "confusion" in extra:
+        body += [f"<h2>Confusion matrix ({esc(source)}, validation images)</h2>",
+                 img(extra["confusion"], "confusion matrix")]
+    if per_class:
+        body.append(f"<h2>Per-class metrics ({esc(source)})</h2><table><tr><th>class</th>"
+                    "<th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>")
+        body += [f"<tr><td>{esc(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+                 f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>" for name, m in per_class.items()]
+        body.append("</table>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>vgg-mobile pipeline report</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    html_path = out / "report.html"
+    write_text(html_path, page)
+    return {"md": str(md_path), "html": str(html_path)}
