@@ -486,3 +486,51 @@ def serve_cmd(directory, host, port):
         server.serve_forever()
     finally:
         server.server_close()
+
+
+# --- pipeline command ---
+
+
+@main.command("pipeline")
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder: one run directory per stage, the export, the demo, the report.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="TOML file of stage settings, applied over the preset (see --print-config).")
+@click.option("--preset", type=click.Choice(["sample", "real"]), default="sample", show_default=True,
+              help="sample: 32 px teacher, minutes on 2 cores; real: 224 px, ImageNet weights "
+                   "from the local Keras cache.")
+@click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
+@click.option("--force", is_flag=True, help="Redo every stage, even finished ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@click.pass_context
+def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet):
+    """Run every stage on DATA: teacher, prune, QAT, distilled student, student QAT, export
+    (TFLite, TF.js, Android), web demo, report. Re-running resumes after the last finished stage."""
+    from vgg_mobile import pipeline
+
+    config = pipeline.load_config(config_path, preset)
+    if print_config:
+        click.echo(pipeline.default_config_toml(preset))
+        return
+    if data is None or out is None:
+        raise click.UsageError("DATA and --out are required (unless --print-config)")
+    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile pipeline {data} --out {out}"
+                               + (f" --config {config_path}" if config_path else "")
+                               + (f" --preset {preset}" if preset != "sample" else ""))
+    result = pipeline.run_pipeline(data, out, config, force=force, log=_log,
+                                   verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+    if as_json:
+        click.echo(json.dumps({"out": str(result.out_dir), "summary": list(result.summary),
+                               "stages": [{"name": s.name, "status": s.status,
+                                           "seconds": round(s.seconds, 1)} for s in result.stages],
+                               "report": result.report}, indent=2))
+        return
+    click.echo(pipeline.format_summary(result.summary))
+    click.echo(f"\nartifacts: {out / 'export'} (TFLite), {out / 'android'} (Android), "
+               f"{out / 'web_export'} (TF.js)")
+    if result.report:
+        click.echo(f"report: {result.report['html']}")
+    if (out / "site").is_dir():
+        click.echo(f"open the web demo with: vgg-mobile serve {out / 'site'}")
