@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from vgg_mobile import dataset, evaluation
-from vgg_mobile.errors import BadInputError, RunDirError
+from vgg_mobile.errors import BadInputError, RunDirError, require
 from vgg_mobile.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir, write_json
 
 # Layer classes (tf_keras names) whose kernels magnitude pruning zeroes, with their kernel
@@ -42,11 +42,6 @@ PREPROCESS_TYPES = ("Rescaling", "Normalization")
 QAT_MODEL_FILE = "model.h5"
 # Below this share of zero kernel weights a run is not considered pruned.
 _MIN_PRUNED_SPARSITY = 0.05
-
-
-def _need(ok: bool, what: str, value: str) -> None:
-    if not ok:
-        raise BadInputError(f"{what}. Received: {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,24 +88,24 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _need(0 < self.target_sparsity < 1, "target_sparsity must be in (0, 1)",
+        require(0 < self.target_sparsity < 1, "target_sparsity must be in (0, 1)",
               f"target_sparsity={self.target_sparsity}")
-        _need(0 <= self.initial_sparsity < self.target_sparsity,
+        require(0 <= self.initial_sparsity < self.target_sparsity,
               "initial_sparsity must be in [0, target_sparsity)",
               f"initial_sparsity={self.initial_sparsity}")
-        _need(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        _need(0 <= self.begin_epoch < self.epochs, "begin_epoch must be in [0, epochs)",
+        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
+        require(0 <= self.begin_epoch < self.epochs, "begin_epoch must be in [0, epochs)",
               f"begin_epoch={self.begin_epoch}")
         if self.end_epoch is not None:
-            _need(self.begin_epoch < self.end_epoch <= self.epochs,
+            require(self.begin_epoch < self.end_epoch <= self.epochs,
                   "end_epoch must be in (begin_epoch, epochs]", f"end_epoch={self.end_epoch}")
-        _need(self.power >= 1, "power must be >= 1", f"power={self.power}")
-        _need(self.frequency is None or self.frequency >= 1, "frequency must be >= 1",
+        require(self.power >= 1, "power must be >= 1", f"power={self.power}")
+        require(self.frequency is None or self.frequency >= 1, "frequency must be >= 1",
               f"frequency={self.frequency}")
-        _need(self.learning_rate > 0, "learning_rate must be > 0",
+        require(self.learning_rate > 0, "learning_rate must be > 0",
               f"learning_rate={self.learning_rate}")
-        _need(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        _need(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
+        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
+        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
               f"val_fraction={self.val_fraction}")
 
 
@@ -141,13 +136,13 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _need(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        _need(self.learning_rate > 0, "learning_rate must be > 0",
+        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
+        require(self.learning_rate > 0, "learning_rate must be > 0",
               f"learning_rate={self.learning_rate}")
-        _need(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        _need(self.calibration_images >= 1, "calibration_images must be >= 1",
+        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
+        require(self.calibration_images >= 1, "calibration_images must be >= 1",
               f"calibration_images={self.calibration_images}")
-        _need(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
+        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
               f"val_fraction={self.val_fraction}")
 
 

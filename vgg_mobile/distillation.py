@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile import dataset, models
-from vgg_mobile.errors import BadInputError, DataError, RunDirError
+from vgg_mobile.errors import BadInputError, DataError, RunDirError, require
 from vgg_mobile.models import ModelOptions
 from vgg_mobile.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir, write_json
 
@@ -77,26 +77,22 @@ class DistillConfig:
     strict: bool = False
 
     def __post_init__(self):
-        def need(ok: bool, what: str, value):
-            if not ok:
-                raise BadInputError(f"{what}. Received: {value}")
-
         valid = student_names()
-        need(self.student in valid, f"unknown student {self.student!r}; valid: {', '.join(valid)}",
+        require(self.student in valid, f"unknown student {self.student!r}; valid: {', '.join(valid)}",
              f"student={self.student!r}")
         spec = models.get_architecture(self.student)
-        need(self.image_size is None or self.image_size >= spec.min_size,
+        require(self.image_size is None or self.image_size >= spec.min_size,
              f"{self.student} needs an image size of at least {spec.min_size}",
              f"image_size={self.image_size}")
-        need(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
-        need(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
-        need(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        need(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        need(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
-        need(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
-        need(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
-        need(0 <= self.dropout < 1, "dropout must be in [0, 1)", f"dropout={self.dropout}")
-        need(self.val_fraction is None or 0 < self.val_fraction < 1,
+        require(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
+        require(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
+        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
+        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
+        require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
+        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
+        require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
+        require(0 <= self.dropout < 1, "dropout must be in [0, 1)", f"dropout={self.dropout}")
+        require(self.val_fraction is None or 0 < self.val_fraction < 1,
              "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
 
     def student_options(self, image_size: int) -> ModelOptions:

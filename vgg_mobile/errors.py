@@ -35,3 +35,12 @@ class BudgetError(VggMobileError):
     """A size or accuracy budget was missed."""
 
     exit_code = 3
+
+
+def require(ok: bool, what: str, received: str) -> None:
+    """Raises `BadInputError("{what}. Received: {received}")` unless `ok`.
+
+    The one shape of every option check: what is expected, then the value that was given.
+    """
+    if not ok:
+        raise BadInputError(f"{what}. Received: {received}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vgg_mobile.errors import BadInputError
+from vgg_mobile.errors import require
 
 FINE_TUNE_MODES = ("auto", "full", "feature-extraction", "last-blocks", "progressive")
 
@@ -47,21 +47,17 @@ class TrainConfig:
     strict: bool = False
 
     def __post_init__(self):
-        def need(ok: bool, what: str, value):
-            if not ok:
-                raise BadInputError(f"{what}. Received: {value}")
-
-        need(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        need(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        need(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
-        need(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
-        need(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
-        need(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)",
+        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
+        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
+        require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
+        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
+        require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
+        require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)",
              f"label_smoothing={self.label_smoothing}")
-        need(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be one of {', '.join(FINE_TUNE_MODES)}",
+        require(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be one of {', '.join(FINE_TUNE_MODES)}",
              f"fine_tune={self.fine_tune!r}")
-        need(self.unfreeze_blocks >= 1, "unfreeze_blocks must be >= 1", f"unfreeze_blocks={self.unfreeze_blocks}")
-        need(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
+        require(self.unfreeze_blocks >= 1, "unfreeze_blocks must be >= 1", f"unfreeze_blocks={self.unfreeze_blocks}")
+        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,20 +128,8 @@ def _he_init(base) -> None:
 
 
 def _load_backbone_weights(base, weights_path: str) -> None:
-    import h5py
-
-    try:
-        with h5py.File(weights_path, "r"):
-            pass
-    except OSError as err:
-        raise BadInputError(f"{weights_path}: not a readable HDF5 weights file ({err})") from None
-    try:
-        base.load_weights(weights_path, by_name=True, skip_mismatch=False)
-    except (ValueError, KeyError) as err:
-        raise BadInputError(
-            f"{weights_path}: weights do not fit the VGG16 backbone ({err})") from None
-    loaded = [w for layer in base.layers for w in layer.weights]
-    if not loaded:
+    _load_named_weights(base, weights_path, "VGG16")
+    if not [w for layer in base.layers for w in layer.weights]:
         raise BadInputError(f"{weights_path}: no weights matched the VGG16 layers")
 
 
