@@ -134,6 +134,38 @@ def test_missing_or_mismatched_bundle_shows_a_message(browser, demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_dropped_and_pasted_images_are_classified(browser, demo, sample_dir):
+    import base64
+
+    folder, url = demo
+    page, _ = _open(browser, url)
+    image = sorted((sample_dir / "triangle").glob("*.png"))[0]
+    payload = base64.b64encode(image.read_bytes()).decode()
+    make_transfer = f"""() => {{
+        const bytes = Uint8Array.from(atob('{payload}'), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], '{image.name}', {{ type: 'image/png' }}));
+        return transfer;
+    }}"""
+    results = []
+    for script in (
+        f"document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', "
+        f"{{ dataTransfer: ({make_transfer})(), bubbles: true, cancelable: true }}))",
+        f"document.dispatchEvent(new ClipboardEvent('paste', "
+        f"{{ clipboardData: ({make_transfer})(), bubbles: true }}))",
+    ):
+        page.evaluate("document.body.dataset.state = 'working'")
+        page.evaluate(script)
+        page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)",
+                               timeout=60_000)
+        assert page.evaluate("document.body.dataset.state") == "done", page.text_content("#error")
+        assert page.text_content("#image-name") == image.name
+        results.append(json.loads(page.get_attribute("#predictions", "data-probs")))
+    assert results[0] == results[1]
+    page.close()
+
+
+@pytest.mark.slow
 def test_phone_sized_screen_and_keyboard(browser, demo, sample_dir):
     folder, url = demo
     page = browser.new_page(viewport={"width": 375, "height": 740}, device_scale_factor=2)
