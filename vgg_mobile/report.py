@@ -38,15 +38,15 @@ def _size_accuracy_png(rows, max_size, path: Path) -> bool:
     if not points:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    # A legend, not labels beside the points: artifacts of one model sit on top of each other.
     for row in points:
         marker = "s" if row["stage"] in ("export", "web_export") else "o"
-        ax.scatter(row["size_bytes"] / 1e6, row["accuracy"], marker=marker, s=50)
-        ax.annotate(row["artifact"], (row["size_bytes"] / 1e6, row["accuracy"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.scatter(row["size_bytes"] / 1e6, row["accuracy"], marker=marker, s=60, alpha=0.8,
+                   label=row["artifact"])
     if max_size is not None:
         ax.axvline(max_size / 1e6, color="red", linestyle="--", label=f"size budget {max_size / 1e6:g} MB")
-        ax.legend(loc="lower right")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("size (MB, log scale)")
     ax.set_ylabel("validation accuracy")
