@@ -174,3 +174,14 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert {s["status"] for s in json.loads(result.stdout)["stages"]} == {"skipped"}
     assert {stage: _created(out, stage) for stage in finished} == finished
+
+    # A stage that fails: error and exit code of the stage, its folder gone, earlier ones kept.
+    config.write_text(TINY_CONFIG.replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 2e-5")
+                      .replace("[student_qat]\nepochs = 1", "[student_qat]\nepochs = 1\npreserve_sparsity = true"))
+    student = _created(out, "student")
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet")
+    assert result.returncode == 2 and "not pruned" in result.stderr, result.stderr[-2000:]
+    assert not (out / "student_qat").exists() and _created(out, "student") == student
+    state = json.loads((out / pipeline.STATE_FILE).read_text())
+    assert state["stages"]["student_qat"]["status"] == "running"
+    assert state["stages"]["student"]["status"] == "finished"

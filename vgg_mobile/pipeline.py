@@ -527,8 +527,8 @@ def run_pipeline(
             results.append(StageResult(name, path, "skipped", 0.0))
             continue
         resume = (name == "teacher" and not force and recorded.get("inputs") == inputs
-                  and recorded.get("status") == "running" and (path / "checkpoints").is_dir()
-                  and not _finished(path, name))
+                  and recorded.get("status") == "running"
+                  and (path / "checkpoints" / "state.json").is_file() and not _finished(path, name))
         if not resume:
             _discard(path)
             if name == "export":
@@ -537,7 +537,14 @@ def run_pipeline(
         _write_state(out, state)
         log(f"{prefix}: started" + (" (resuming from its last checkpoint)" if resume else ""))
         t0 = time.perf_counter()
-        _run_stage(name, data_dir, out, paths, parent, config, resume, log, verbose)
+        try:
+            _run_stage(name, data_dir, out, paths, parent, config, resume, log, verbose)
+        except Exception:
+            # A failed stage leaves nothing half-written; the teacher keeps its epoch
+            # checkpoints so that the next run resumes it.
+            if name != "teacher":
+                _discard(path)
+            raise
         seconds = time.perf_counter() - t0
         state["stages"][name] = {"inputs": inputs, "status": "finished", "path": str(path),
                                  "seconds": round(seconds, 1),
