@@ -7,8 +7,8 @@ Each stage is an ordinary library call writing its own run directory under OUT:
     pqat         `compression.qat_run`                 its sparsity-preserving QAT
     student      `distillation.distill`                MobileNet student taught by the teacher
     student_qat  `compression.qat_run`                 quantization-aware student
-    export       `converters.convert.convert_run`      verified TFLite (+ OUT/android)
-    web_export   `converters.convert.convert_run`      verified TF.js bundle
+    export       `converters.convert.convert_run`      verified int8 TFLite (+ OUT/android)
+    web_export   `converters.convert.convert_run`      verified TF.js bundle, float16 TFLite
     site         `web_demo.assemble_demo`              static web demo folder
 
 The exported model is the quantization-aware student (`student_qat`): it is the smallest
@@ -58,11 +58,12 @@ class ExportConfig:
     """Which run is exported, and how (the remaining fields are `ConvertOptions`').
 
     Attributes:
-        source: The stage whose run is converted to TFLite (and Android assets):
+        source: The stage whose run is converted to TFLite with `flavours` (and Android assets):
             `student_qat`, `student`, `pqat`, `pruned` or `teacher`.
         web_source: The stage whose run becomes the TF.js bundle of the web demo (with
             `tfjs = true`). TF.js has no kernel for the fake-quantization ops of a
-            quantization-aware model, so the browser gets the float student by default.
+            quantization-aware model, so the browser gets the float student by default. A
+            float16 TFLite of this run is written beside the bundle.
         android: Also write Android assets to `OUT/android`.
     """
 
@@ -139,7 +140,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "distill": {"student": "mobilenet_v2_0.35", "image_size": 64, "epochs": 15,
                     "batch_size": 16},
         "student_qat": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-5},
-        "convert": {"source": "student_qat", "flavours": ["int8", "float16"],
+        "convert": {"source": "student_qat", "flavours": ["int8"],
                     "max_size": "10MB", "min_agreement": 0.9},
         "demo": {"enabled": True},
     },
@@ -152,7 +153,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "distill": {"student": "mobilenet_v2_0.35", "image_size": 224, "epochs": 20,
                     "batch_size": 32},
         "student_qat": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-5},
-        "convert": {"source": "student_qat", "flavours": ["int8", "float16"],
+        "convert": {"source": "student_qat", "flavours": ["int8"],
                     "max_size": "10MB", "min_agreement": 0.9},
         "demo": {"enabled": True},
     },
@@ -460,8 +461,9 @@ def _stage_plan(config: PipelineConfig) -> list[dict]:
 
 
 def _web_options(config: PipelineConfig):
-    # float32 TFLite: the cheapest conversion, required by `convert_run` beside the bundle.
-    return dataclasses.replace(config.convert, flavours=("float32",), tfjs=True)
+    # Beside the bundle, the float model's float16 TFLite: a quantization-aware model
+    # converts to int8 weights whatever the flavour, so float16 is only meaningful here.
+    return dataclasses.replace(config.convert, flavours=("float16",), tfjs=True)
 
 
 def _finished(path: Path, name: str) -> bool:
