@@ -388,7 +388,8 @@ class PipelineResult:
     Attributes:
         out_dir: The pipeline's output folder.
         stages: One `StageResult` per stage, in order.
-        summary: One row per artifact: `artifact`, `path`, `accuracy`, `size_bytes`, `budget`.
+        summary: One row per artifact: `artifact`, `stage`, `path`, `architecture`,
+            `accuracy`, `agreement`, `size_bytes`, `gzip_bytes`, `budget`.
         report: Paths of `report.md` and `report.html` (empty when not written).
     """
 
@@ -551,6 +552,9 @@ def run_pipeline(
         state["stages"][name] = {"inputs": inputs, "status": "finished", "path": str(path),
                                  "seconds": round(seconds, 1),
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if name in RUN_STAGES:
+            # Measured once here, not on every summary: the teacher's file is tens of MB.
+            state["stages"][name]["gzip_bytes"] = _gzip_bytes(path)
         _write_state(out, state)
         log(f"{prefix}: done in {_clock(seconds)} (total {_clock(time.perf_counter() - started_all)})")
         results.append(StageResult(name, path, "ran", seconds))
@@ -564,6 +568,21 @@ def run_pipeline(
                                             config.convert.max_size)
         log(f"report: {files['html']}")
     return PipelineResult(out, tuple(results), summary, files)
+
+
+def _gzip_bytes(run_path: Path) -> int | None:
+    """Bytes of the run's model file after gzip: what pruning's zeros save in a download."""
+    import zlib
+
+    manifest_path = run_path / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    model = run_path / json.loads(manifest_path.read_text(encoding="utf-8")).get("model_file", "model.keras")
+    compressor, size = zlib.compressobj(6, zlib.DEFLATED, 31), 0
+    with open(model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            size += len(compressor.compress(chunk))
+    return size + len(compressor.flush())
 
 
 def _clock(seconds: float) -> str:
@@ -638,6 +657,7 @@ def summary_rows(out: str | Path, config: PipelineConfig) -> list[dict]:
     """
     out = Path(out)
     rows = []
+    recorded = _read_state(out)["stages"]
     for stage in RUN_STAGES:
         path = out / stage
         manifest_path = path / "manifest.json"
@@ -648,7 +668,9 @@ def summary_rows(out: str | Path, config: PipelineConfig) -> list[dict]:
                      "path": str(path / manifest.get("model_file", "model.keras")),
                      "architecture": manifest.get("architecture"),
                      "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
-                     "size_bytes": _run_size(path, manifest), "agreement": None, "budget": "-"})
+                     "size_bytes": _run_size(path, manifest),
+                     "gzip_bytes": recorded.get(stage, {}).get("gzip_bytes"),
+                     "agreement": None, "budget": "-"})
     for folder, source in (("export", config.export.source), ("web_export", config.export.web_source)):
         rows += _export_rows(out / folder, source, config.convert)
     return rows
@@ -669,6 +691,7 @@ def _export_rows(folder: Path, source: str, options) -> list[dict]:
                          "path": str(folder / artifact["file"]),
                          "architecture": manifest.get("architecture"),
                          "accuracy": check.get("accuracy"), "size_bytes": artifact["size_bytes"],
+                         "gzip_bytes": artifact.get("gzip_bytes"),
                          "agreement": check.get("top1_agreement"),
                          "budget": "pass" if ok else "fail"})
     return rows
@@ -676,10 +699,12 @@ def _export_rows(folder: Path, source: str, options) -> list[dict]:
 
 def format_summary(rows) -> str:
     """The summary rows as a Markdown table."""
-    lines = ["| artifact | accuracy | agreement | size | budget |", "|---|---:|---:|---:|---|"]
+    lines = ["| artifact | accuracy | agreement | size | gzip | budget |",
+             "|---|---:|---:|---:|---:|---|"]
     for row in rows:
         accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
+        gzip = "-" if row.get("gzip_bytes") is None else f"{row['gzip_bytes'] / 1e6:.2f} MB"
         lines.append(f"| {row['artifact']} | {accuracy} | {agreement} | "
-                     f"{row['size_bytes'] / 1e6:.2f} MB | {row['budget']} |")
+                     f"{row['size_bytes'] / 1e6:.2f} MB | {gzip} | {row['budget']} |")
     return "\n".join(lines)
