@@ -697,14 +697,20 @@ def _export_rows(folder: Path, source: str, options) -> list[dict]:
     return rows
 
 
+def summary_cells(row: dict) -> tuple[str, str, str, str]:
+    """A summary row's accuracy, agreement, size and gzip size as table text ("-" if unknown)."""
+    accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+    agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
+    gzip = "-" if row.get("gzip_bytes") is None else f"{row['gzip_bytes'] / 1e6:.2f} MB"
+    return accuracy, agreement, f"{row['size_bytes'] / 1e6:.2f} MB", gzip
+
+
 def format_summary(rows) -> str:
     """The summary rows as a Markdown table."""
     lines = ["| artifact | accuracy | agreement | size | gzip | budget |",
              "|---|---:|---:|---:|---:|---|"]
     for row in rows:
-        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-        agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
-        gzip = "-" if row.get("gzip_bytes") is None else f"{row['gzip_bytes'] / 1e6:.2f} MB"
-        lines.append(f"| {row['artifact']} | {accuracy} | {agreement} | "
-                     f"{row['size_bytes'] / 1e6:.2f} MB | {gzip} | {row['budget']} |")
+        accuracy, agreement, size, gzip = summary_cells(row)
+        lines.append(f"| {row['artifact']} | {accuracy} | {agreement} | {size} | {gzip} | "
+                     f"{row['budget']} |")
     return "\n".join(lines)

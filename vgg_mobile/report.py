@@ -98,7 +98,7 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
     Returns:
         `{"md": path, "html": path}`.
     """
-    from vgg_mobile.pipeline import format_summary
+    from vgg_mobile.pipeline import format_summary, summary_cells
 
     out = Path(out)
     rows = list(rows)
@@ -136,11 +136,9 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
     table = ["<table><tr><th>artifact</th><th>accuracy</th><th>agreement</th><th>size</th>"
              "<th>gzip</th><th>budget</th></tr>"]
     for row in rows:
-        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-        agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
-        gzip = "-" if row.get("gzip_bytes") is None else f"{row['gzip_bytes'] / 1e6:.2f} MB"
+        accuracy, agreement, size, gzip = summary_cells(row)
         table.append(f"<tr><td>{esc(row['artifact'])}</td><td>{accuracy}</td><td>{agreement}</td>"
-                     f"<td>{row['size_bytes'] / 1e6:.2f} MB</td><td>{gzip}</td>"
+                     f"<td>{size}</td><td>{gzip}</td>"
                      f"<td class=\"{esc(row['budget'])}\">{esc(row['budget'])}</td></tr>")
     table.append("</table>")
     body = ["<h1>vgg-mobile pipeline report</h1>",

@@ -97,7 +97,7 @@ def _restore_checkpoint(model, optimizer, directory: Path) -> None:
         variable.assign(value)
 
 
-def _checkpoint_callback(ckpt_dir: Path, model, optimizer, state: dict, history: dict, log):
+def _checkpoint_callback(ckpt_dir: Path, model, optimizer, state: dict, history: dict):
     import tf_keras as keras
 
     class EpochCheckpoint(keras.callbacks.Callback):
@@ -256,7 +256,6 @@ def train(
         + (f", resuming after epoch {done}" if resume else ""))
 
     restore_from = ckpt_dir / state["checkpoint"] if state.get("checkpoint") else None
-    t_start = time.perf_counter()
     for phase in phases:
         if phase.end <= done:
             continue
@@ -269,13 +268,12 @@ def train(
         if len(phases) > 1:
             log(f"phase epochs {phase.start + 1}-{phase.end}: training the head and the last "
                 f"{phase.trainable_blocks} backbone block(s)")
-        callback = _checkpoint_callback(ckpt_dir, model, optimizer, state, history, log)
+        callback = _checkpoint_callback(ckpt_dir, model, optimizer, state, history)
         fit_callbacks = [callback, keras.callbacks.TensorBoard(str(out / "logs"), profile_batch=0),
                          *callbacks]
         model.fit(train_ds, validation_data=val_ds, initial_epoch=max(phase.start, done),
                   epochs=phase.end, class_weight=weights, callbacks=fit_callbacks, verbose=verbose)
         done = phase.end
-    seconds_this_process = time.perf_counter() - t_start
 
     metrics = {}
     if parts.val:
@@ -283,7 +281,8 @@ def train(
                                            config.batch_size)
         full = evaluation.classification_metrics(probs, labels, folder.classes)
         metrics = {k: v for k, v in full.items() if k not in ("classes",)}
-    train_seconds = state.get("train_seconds", seconds_this_process) or seconds_this_process
+    # Summed over the epochs of every process that worked on this run (resumes included).
+    train_seconds = state.get("train_seconds", 0.0)
     throughput = config.epochs * len(parts.train) / train_seconds if train_seconds else 0.0
     write_json(out / "history.json", history)
     plots.training_curves_png(history, out / "training_curves.png")
