@@ -12,25 +12,12 @@ compare on a shared, noisy machine where absolute times do not.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
-
-
-def _median_ms(call, repeats: int) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+from vgg_mobile.timing import median_ms
 
 
 def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
@@ -52,7 +39,7 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
     reference = model(x, training=False).numpy()
     compiled = tf.function(lambda t: model(t, training=False))
     one = tf.constant(x[:1])
-    keras_ms = _median_ms(lambda: compiled(one).numpy(), repeats)
+    keras_ms = median_ms(lambda: compiled(one).numpy(), repeats)
     name = f"{run.manifest.get('architecture')} ({run.manifest.get('stage')})"
     rows = [{"model": name, "artifact": "Keras float32", "size": run.model_path.stat().st_size,
              "accuracy": float((reference.argmax(1) == y).mean()), "agreement": 1.0,

@@ -82,13 +82,19 @@ def _node() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("node")
 
 
-def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu") -> np.ndarray:
-    """Runs a graph-model bundle in TensorFlow.js under Node and returns its probabilities.
+def run_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu",
+             latency_repeats: int = 0) -> dict:
+    """Runs a graph-model bundle in TensorFlow.js under Node.
 
     Args:
         bundle_dir: Folder with `model.json` and its weight files.
         images: Float32 pixels `(n, h, w, 3)` in [0, 255].
-        backend: TF.js backend. Defaults to `"cpu"`.
+        backend: TF.js backend: `cpu` or `wasm` (single-threaded SIMD in Node). Defaults to `"cpu"`.
+        latency_repeats: When above 0, also time this many single-image predictions of the first
+            image (after 3 warm-up runs) and report their median. Defaults to `0`.
+
+    Returns:
+        `{"backend": str, "probs": float32 array (n, classes)}`, plus `"latency_ms"` when timed.
 
     Raises:
         VggMobileError: Node or @tensorflow/tfjs (`npm ci` in the repository) is missing, or
@@ -97,7 +103,7 @@ def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu
     node_modules = node_modules_dir()
     node = _node()
     if node is None or node_modules is None:
-        raise VggMobileError("verifying a TF.js bundle needs Node.js and @tensorflow/tfjs "
+        raise VggMobileError("running a TF.js bundle needs Node.js and @tensorflow/tfjs "
                              "(run `npm ci` in the vgg-mobile repository)")
     images = np.ascontiguousarray(images, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,9 +112,16 @@ def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu
         env = {**os.environ, "NODE_PATH": str(node_modules)}
         result = subprocess.run(
             [node, str(_NODE_SCRIPT), str(Path(bundle_dir).resolve()), str(pixels),
-             ",".join(map(str, images.shape)), backend],
+             ",".join(map(str, images.shape)), backend, str(int(latency_repeats))],
             capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise VggMobileError(f"{bundle_dir}: TensorFlow.js could not run the bundle: "
                              f"{result.stderr.strip()[-500:]}")
-    return np.asarray(json.loads(result.stdout.strip().splitlines()[-1])["probs"], dtype=np.float32)
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    output["probs"] = np.asarray(output["probs"], dtype=np.float32)
+    return output
+
+
+def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu") -> np.ndarray:
+    """The probabilities of a graph-model bundle run in TensorFlow.js under Node (see `run_tfjs`)."""
+    return run_tfjs(bundle_dir, images, backend)["probs"]

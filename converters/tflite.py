@@ -219,17 +219,14 @@ def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, re
         repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
         warmup: Untimed runs first. Defaults to `3`.
     """
-    import statistics
-    import time
+    from vgg_mobile.timing import median_ms
 
     runner = interpreter(model_content, num_threads)
     detail = runner.get_input_details()[0]
     tensor = quantize_input(np.asarray(image, np.float32)[None], detail)
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
+
+    def invoke():
         runner.set_tensor(detail["index"], tensor)
         runner.invoke()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+
+    return median_ms(invoke, repeats, warmup)

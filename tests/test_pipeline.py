@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def test_print_config_parses_back_to_the_same_defaults(cli):
         result = cli("pipeline", "--print-config", "--preset", preset)
         assert result.returncode == 0, result.stderr
         data = tomllib.loads(result.stdout)
-        assert set(data) == {"teacher", "prune", "qat", "distill", "student_qat", "convert", "demo"}
+        assert set(data) == {"teacher", "prune", "qat", "distill", "student_qat", "convert", "demo",
+                             "benchmark"}
         assert "# " in result.stdout  # commented
         assert pipeline.build_config(data, preset) == pipeline.build_config({}, preset)
     sample, real = pipeline.build_config({}, "sample"), pipeline.build_config({}, "real")
@@ -98,6 +100,8 @@ max_size = "none"
 min_agreement = "none"
 verify_images = 16
 calibration_images = 16
+[benchmark]
+repeats = 3
 """
 
 
@@ -147,7 +151,7 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     statuses = {s["name"]: s["status"] for s in summary["stages"]}
     assert statuses == {"teacher": "skipped", "pruned": "skipped", "pqat": "ran",
                         "student": "ran", "student_qat": "ran", "export": "ran",
-                        "web_export": "ran", "site": "ran"}
+                        "web_export": "ran", "site": "ran", "benchmark": "ran"}
 
     # The exported model is the QAT student's int8 TFLite, verified against Keras.
     export = json.loads((out / "export" / "manifest.json").read_text())
@@ -163,11 +167,18 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert int8["budget"] == "pass" and rows["float teacher"]["size_bytes"] > int8["size_bytes"]
     # Pruning's zeros do not shrink the saved file, but they do shrink its download.
     assert rows["pruned teacher"]["gzip_bytes"] < 0.8 * rows["float teacher"]["gzip_bytes"]
+    # The benchmark stage timed every artifact, in one process, against the float teacher.
+    assert len(rows) == 8 and all(row["latency_ms"] > 0 for row in rows.values())
+    assert rows["float teacher"]["speedup"] == 1.0 and rows["TF.js (student)"]["speedup"] > 0
+    assert all(0 <= row["agreement"] <= 1 for name, row in rows.items() if name != "float teacher")
+    assert "TF.js wasm (Node)" in (out / "benchmark" / "benchmark.md").read_text()
+    assert pipeline.load_config(out / pipeline.CONFIG_FILE) == pipeline.load_config(config)
 
     page = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
     assert "<link" not in page and "<script" not in page
     assert page.count("data:image/png;base64,") >= 3  # curves, confusion matrix, size chart
+    assert "<th>latency</th>" in page
     assert "Per-class metrics" in page and "size_accuracy.png" in (out / "report.md").read_text()
 
     # Nothing changed: nothing is redone.
@@ -187,3 +198,24 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     state = json.loads((out / pipeline.STATE_FILE).read_text())
     assert state["stages"]["student_qat"]["status"] == "running"
     assert state["stages"]["student"]["status"] == "finished"
+
+    # The disk fills up during the redone stage: exit 1 with a clear message, the stage's
+    # partial output discarded, the finished stages kept; with space again, it completes.
+    def limit_file_size():
+        # Any write past 1.5 MB fails with EFBIG, as a full disk fails with ENOSPC.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    config.write_text(TINY_CONFIG.replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 2e-5"))
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet",
+                 preexec_fn=limit_file_size)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error:" in result.stderr and "internal error" not in result.stderr
+    assert "student_qat: started" in result.stderr
+    assert not (out / "student_qat").exists() and _created(out, "student") == student
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = {s["name"]: s["status"] for s in json.loads(result.stdout)["stages"]}
+    assert [name for name, status in statuses.items() if status == "ran"] == [
+        "student_qat", "export", "benchmark"]
+    assert json.loads((out / "export" / "manifest.json").read_text())["artifacts"][0][
+        "verification"]["top1_agreement"] >= 0.75

@@ -534,3 +534,43 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
         click.echo(f"report: {result.report['html']}")
     if (out / "site").is_dir():
         click.echo(f"open the web demo with: vgg-mobile serve {out / 'site'}")
+
+
+# --- benchmark command ---
+
+
+@main.command("benchmark")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Timed single-image runs per artifact (median reported).  [default: the "
+                   "[benchmark] section of OUT/pipeline.toml]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for TensorFlow and LiteRT (TF.js in Node has one).  [default: as "
+                   "--repeats]")
+@click.option("--images", type=click.IntRange(min=1), default=None,
+              help="At most this many held-out images per artifact.  [default: as --repeats]")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="The image folder, if it moved since the pipeline ran.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Folder for benchmark.json and benchmark.md.  [default: OUT/benchmark]")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-artifact progress lines.")
+def benchmark_cmd(out, repeats, threads, images, data, output, as_json, quiet):
+    """Measure every artifact of a pipeline output OUT in one process: accuracy, top-1
+    agreement with its parent, size, gzip size, single-image latency and speed-up against the
+    float teacher. Writes OUT/benchmark/benchmark.json and benchmark.md."""
+    import dataclasses
+
+    from vgg_mobile import benchmark
+
+    config = benchmark.load_pipeline_config(out).benchmark if out.is_dir() else benchmark.BenchmarkConfig()
+    changes = {k: v for k, v in (("repeats", repeats), ("threads", threads), ("images", images))
+               if v is not None}
+    result = benchmark.benchmark_pipeline(out, dataclasses.replace(config, **changes),
+                                          output_dir=output, data_dir=data,
+                                          log=(lambda m: None) if quiet else _log)
+    if as_json:
+        click.echo(json.dumps({**result.info, "rows": list(result.rows)}, indent=2))
+        return
+    click.echo(benchmark.format_benchmark(list(result.rows), result.info))
+    click.echo(f"\nwrote {result.markdown_path} and {result.json_path}")

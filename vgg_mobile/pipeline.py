@@ -10,6 +10,7 @@ Each stage is an ordinary library call writing its own run directory under OUT:
     export       `converters.convert.convert_run`      verified int8 TFLite (+ OUT/android)
     web_export   `converters.convert.convert_run`      verified TF.js bundle, float16 TFLite
     site         `web_demo.assemble_demo`              static web demo folder
+    benchmark    `benchmark.benchmark_pipeline`        every artifact measured in one process
 
 The exported model is the quantization-aware student (`student_qat`): it is the smallest
 model and the one trained for the int8 arithmetic the phone runs. `[convert] source` can
@@ -19,6 +20,7 @@ for the fake-quantization ops a quantization-aware model keeps.
 `OUT/pipeline_state.json` records, per stage, a hash of what the stage was built from (its
 settings, the parent run's manifest and the data fingerprint). A re-run skips a finished
 stage whose hash is unchanged and redoes every other one, discarding its partial output.
+`OUT/pipeline.toml` is the configuration of the latest run, in full.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from vgg_mobile.hyperparameters import TrainConfig
 from vgg_mobile.models import ModelOptions
 
 STATE_FILE = "pipeline_state.json"
+CONFIG_FILE = "pipeline.toml"
+BENCHMARK_JSON = "benchmark.json"
 PRESET_NAMES = ("sample", "real")
 
 
@@ -90,6 +94,12 @@ def _convert_options_class():
     return ConvertOptions
 
 
+def _benchmark_config_class():
+    from vgg_mobile.benchmark import BenchmarkConfig
+
+    return BenchmarkConfig
+
+
 def _distill_config_class():
     from vgg_mobile.distillation import DistillConfig
 
@@ -108,6 +118,7 @@ def _section_classes() -> dict[str, tuple[type, ...]]:
         "student_qat": (compression.QATConfig,),
         "convert": (ExportConfig, _convert_options_class()),
         "demo": (DemoConfig,),
+        "benchmark": (_benchmark_config_class(),),
     }
 
 
@@ -127,6 +138,7 @@ class PipelineConfig:
     export: ExportConfig
     convert: Any  # converters.convert.ConvertOptions
     demo: DemoConfig
+    benchmark: Any  # benchmark.BenchmarkConfig
 
 
 # Presets are data: section -> key -> value, in TOML's own types, applied over the defaults.
@@ -143,6 +155,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "convert": {"source": "student_qat", "flavours": ["int8"],
                     "max_size": "10MB", "min_agreement": 0.9},
         "demo": {"enabled": True},
+        "benchmark": {"enabled": True, "repeats": 30, "threads": 1},
     },
     # Real photos: 224 px, ImageNet weights from the local Keras cache (never downloaded).
     "real": {
@@ -156,6 +169,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "convert": {"source": "student_qat", "flavours": ["int8"],
                     "max_size": "10MB", "min_agreement": 0.9},
         "demo": {"enabled": True},
+        "benchmark": {"enabled": True, "repeats": 20, "threads": 1, "images": 200},
     },
 }
 
@@ -268,7 +282,7 @@ def build_config(overrides: dict | None = None, preset: str = "sample", where: s
         teacher_model=merged["teacher"][0], teacher=merged["teacher"][1],
         prune=merged["prune"][0], qat=merged["qat"][0], distill=merged["distill"][0],
         student_qat=merged["student_qat"][0], export=merged["convert"][0],
-        convert=merged["convert"][1], demo=merged["demo"][0])
+        convert=merged["convert"][1], demo=merged["demo"][0], benchmark=merged["benchmark"][0])
 
 
 def load_config(path: str | Path | None = None, preset: str = "sample", text: str | None = None) -> PipelineConfig:
@@ -336,6 +350,7 @@ _SECTION_TITLES = {
     "student_qat": "Quantization-aware training of the student (QATConfig).",
     "convert": "Export: which run, TFLite flavours, TF.js, budgets (ConvertOptions).",
     "demo": "The static web demo folder OUT/site.",
+    "benchmark": "Every artifact measured in one process: accuracy, agreement, latency (BenchmarkConfig).",
 }
 
 
@@ -345,13 +360,23 @@ def default_config_toml(preset: str = "sample") -> str:
     Raises:
         BadInputError: Unknown preset.
     """
-    config = build_config({}, preset)
+    return config_toml(build_config({}, preset), f"preset {preset!r}")
+
+
+def config_toml(config: PipelineConfig, origin: str = "") -> str:
+    """A configuration as commented TOML that `load_config` reads back to the same config.
+
+    Args:
+        config: The configuration.
+        origin: Where it came from, for the heading comment (e.g. "preset 'sample'").
+    """
     values = {
         "teacher": (config.teacher_model, config.teacher), "prune": (config.prune,),
         "qat": (config.qat,), "distill": (config.distill,), "student_qat": (config.student_qat,),
         "convert": (config.export, config.convert), "demo": (config.demo,),
+        "benchmark": (config.benchmark,),
     }
-    lines = [f"# vgg-mobile pipeline configuration (preset {preset!r}).",
+    lines = ["# vgg-mobile pipeline configuration" + (f" ({origin})." if origin else "."),
              "# Every key is optional; a missing key keeps the preset's value.",
              '# Optional values take "none"; sizes may be written "10MB".', ""]
     for section, objects in values.items():
@@ -458,6 +483,12 @@ def _stage_plan(config: PipelineConfig) -> list[dict]:
         if config.demo.enabled:
             plan.append({"name": "site", "dir": "site", "parent": "web_export",
                          "settings": asdict(config.demo)})
+    if config.benchmark.enabled:
+        # Measures every artifact before it: its inputs are all of their manifests.
+        plan.append({"name": "benchmark", "dir": "benchmark", "parent": None, "after_all": True,
+                     "settings": {"benchmark": asdict(config.benchmark),
+                                  "budgets": {"max_size": config.convert.max_size,
+                                              "min_agreement": config.convert.min_agreement}}})
     return plan
 
 
@@ -468,9 +499,10 @@ def _web_options(config: PipelineConfig):
 
 
 def _finished(path: Path, name: str) -> bool:
-    # The site folder is written atomically (it exists only when complete); the others end
-    # with their manifest.
-    return (path / "index.html").is_file() if name == "site" else (path / "manifest.json").is_file()
+    # The site folder is written atomically (it exists only when complete); the benchmark
+    # writes its JSON last; the others end with their manifest.
+    last = {"site": "index.html", "benchmark": BENCHMARK_JSON}.get(name, "manifest.json")
+    return (path / last).is_file()
 
 
 def run_pipeline(
@@ -509,6 +541,9 @@ def run_pipeline(
     folder = dataset.scan_folder(data_dir, strict=config.teacher.strict)
     data_fingerprint = folder.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
+    from vgg_mobile.run_dir import write_text
+
+    write_text(out / CONFIG_FILE, config_toml(config, "the latest run's"))
     state = _read_state(out)
     if not (out / STATE_FILE).is_file():
         _write_state(out, state)
@@ -520,8 +555,12 @@ def run_pipeline(
         name, path = stage["name"], out / stage["dir"]
         paths[name] = path
         parent = paths.get(stage["parent"]) if stage["parent"] else None
+        if stage.get("after_all"):
+            parent_digest = {other: _manifest_digest(p) for other, p in paths.items() if other != name}
+        else:
+            parent_digest = _manifest_digest(parent) if parent is not None else None
         inputs = _digest({"stage": name, "settings": stage["settings"], "data": data_fingerprint,
-                          "parent": _manifest_digest(parent) if parent is not None else None})
+                          "parent": parent_digest})
         recorded = state["stages"].get(name, {})
         prefix = f"[{number}/{len(plan)}] {name}"
         if not force and recorded.get("inputs") == inputs and recorded.get("status") == "finished" \
@@ -565,7 +604,7 @@ def run_pipeline(
         from vgg_mobile import report as report_module
 
         files = report_module.write_report(out, summary, config.export.source,
-                                            config.convert.max_size)
+                                            config.convert.max_size, config.convert.min_agreement)
         log(f"report: {files['html']}")
     return PipelineResult(out, tuple(results), summary, files)
 
@@ -634,6 +673,29 @@ def _run_stage(name, data_dir, out, paths, parent, config: PipelineConfig, resum
         from vgg_mobile.web_demo import assemble_demo
 
         assemble_demo(path, parent)
+    elif name == "benchmark":
+        _benchmark_in_child(out, path, log)
+
+
+def _benchmark_in_child(out: Path, path: Path, log) -> None:
+    # A fresh process: every runtime gets the configured thread count (TensorFlow fixes its
+    # thread pools when it starts, and this process has been training), and the training
+    # stages' memory does not weigh on the timings.
+    import subprocess
+    import sys
+
+    from vgg_mobile.errors import VggMobileError
+
+    result = subprocess.run([sys.executable, "-m", "vgg_mobile", "benchmark", str(out),
+                             "--output", str(path), "--quiet"],
+                            capture_output=True, text=True)
+    for line in result.stderr.splitlines():
+        if line.startswith(("benchmark:", "error", "internal error")):
+            log(line)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        raise VggMobileError(f"the benchmark stage failed (exit {result.returncode}): "
+                             + (errors[-1] if errors else result.stderr.strip()[-500:]))
 
 
 # --- the summary table --------------------------------------------------------------------
@@ -652,27 +714,41 @@ def _run_size(path: Path, manifest: dict) -> int:
 def summary_rows(out: str | Path, config: PipelineConfig) -> list[dict]:
     """One row per artifact under OUT: every run's Keras model, then every exported file.
 
-    Accuracy is on the held-out validation images. Budget applies to exported artifacts:
-    `pass` or `fail` against `[convert] max_size` and `min_agreement`; `-` for runs.
+    Each row has `artifact` (its title), `stage`, `format` (`keras`, `tflite` or `tfjs`), `path`,
+    `parent` (the stage it was made from), `architecture`, `accuracy` (held-out images),
+    `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`, `latency_ms`
+    and `speedup` (single image, against the float teacher in the same process), and `budget`:
+    `pass` or `fail` against `[convert] max_size` and `min_agreement` for exported files, `-`
+    for runs. The benchmark stage's measurements (`OUT/benchmark`) fill in what the stages
+    did not record; missing values are `None`.
     """
     out = Path(out)
     rows = []
     recorded = _read_state(out)["stages"]
+    parents = {stage["name"]: stage["parent"] for stage in _stage_plan(config)}
     for stage in RUN_STAGES:
         path = out / stage
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             continue
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        rows.append({"artifact": _ARTIFACT_TITLES[stage], "stage": stage,
+        rows.append({"artifact": _ARTIFACT_TITLES[stage], "stage": stage, "format": "keras",
                      "path": str(path / manifest.get("model_file", "model.keras")),
-                     "architecture": manifest.get("architecture"),
+                     "parent": parents.get(stage), "architecture": manifest.get("architecture"),
                      "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
-                     "size_bytes": _run_size(path, manifest),
+                     "agreement": None, "size_bytes": _run_size(path, manifest),
                      "gzip_bytes": recorded.get(stage, {}).get("gzip_bytes"),
-                     "agreement": None, "budget": "-"})
+                     "latency_ms": None, "speedup": None, "budget": "-"})
     for folder, source in (("export", config.export.source), ("web_export", config.export.web_source)):
         rows += _export_rows(out / folder, source, config.convert)
+    measured = out / "benchmark" / BENCHMARK_JSON
+    if measured.is_file():
+        by_path = {row["path"]: row for row in json.loads(measured.read_text(encoding="utf-8"))["rows"]}
+        for row in rows:
+            found = by_path.get(row["path"], {})
+            for key in ("latency_ms", "speedup", "agreement", "accuracy"):
+                if row[key] is None:
+                    row[key] = found.get(key)
     return rows
 
 
@@ -686,31 +762,38 @@ def _export_rows(folder: Path, source: str, options) -> list[dict]:
             ok = ((options.max_size is None or artifact["size_bytes"] <= options.max_size)
                   and (options.min_agreement is None
                        or check.get("top1_agreement", 0) >= options.min_agreement))
-            kind = "TF.js" if artifact["format"] != "tflite" else f"TFLite {artifact['flavour']}"
+            tflite = artifact["format"] == "tflite"
+            kind = f"TFLite {artifact['flavour']}" if tflite else "TF.js"
             rows.append({"artifact": f"{kind} ({source})", "stage": folder.name,
-                         "path": str(folder / artifact["file"]),
+                         "format": "tflite" if tflite else "tfjs",
+                         "path": str(folder / artifact["file"]), "parent": source,
                          "architecture": manifest.get("architecture"),
-                         "accuracy": check.get("accuracy"), "size_bytes": artifact["size_bytes"],
+                         "accuracy": check.get("accuracy"), "agreement": check.get("top1_agreement"),
+                         "size_bytes": artifact["size_bytes"],
                          "gzip_bytes": artifact.get("gzip_bytes"),
-                         "agreement": check.get("top1_agreement"),
+                         "latency_ms": None, "speedup": None,
                          "budget": "pass" if ok else "fail"})
     return rows
 
 
-def summary_cells(row: dict) -> tuple[str, str, str, str]:
-    """A summary row's accuracy, agreement, size and gzip size as table text ("-" if unknown)."""
-    accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-    agreement = "-" if row["agreement"] is None else f"{row['agreement']:.3f}"
-    gzip = "-" if row.get("gzip_bytes") is None else f"{row['gzip_bytes'] / 1e6:.2f} MB"
-    return accuracy, agreement, f"{row['size_bytes'] / 1e6:.2f} MB", gzip
+SUMMARY_COLUMNS = ("artifact", "accuracy", "agreement", "size", "gzip", "latency",
+                   "vs teacher", "budget")
+
+
+def summary_cells(row: dict) -> tuple[str, ...]:
+    """A summary row as table text, one cell per `SUMMARY_COLUMNS` ("-" where unknown)."""
+    def number(value, template):
+        return "-" if value is None else template.format(value)
+
+    return (row["artifact"], number(row["accuracy"], "{:.3f}"), number(row["agreement"], "{:.3f}"),
+            f"{row['size_bytes'] / 1e6:.2f} MB",
+            number(None if row.get("gzip_bytes") is None else row["gzip_bytes"] / 1e6, "{:.2f} MB"),
+            number(row.get("latency_ms"), "{:.2f} ms"), number(row.get("speedup"), "{:.1f}x"),
+            row["budget"])
 
 
 def format_summary(rows) -> str:
     """The summary rows as a Markdown table."""
-    lines = ["| artifact | accuracy | agreement | size | gzip | budget |",
-             "|---|---:|---:|---:|---:|---|"]
-    for row in rows:
-        accuracy, agreement, size, gzip = summary_cells(row)
-        lines.append(f"| {row['artifact']} | {accuracy} | {agreement} | {size} | {gzip} | "
-                     f"{row['budget']} |")
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|" + "---:|" * 6 + "---|"]
+    lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in rows]
     return "\n".join(lines)

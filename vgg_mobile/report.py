@@ -26,34 +26,59 @@ code { background: #f4f4f4; padding: 0 0.2rem; }
 """
 
 
+_COLUMNS_NOTE = (
+    "Accuracy on the held-out images; agreement: top-1 agreement with the artifact it was made "
+    "from; latency: median single-image time with one thread, and the speed-up against the float "
+    "teacher measured in the same process (benchmark/benchmark.md); budget: the size and "
+    "agreement budgets of [convert].")
+
+
 def _manifest(path: Path) -> dict:
     file = path / "manifest.json"
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def _size_accuracy_png(rows, max_size, path: Path) -> bool:
+def _artifacts_png(rows, max_size, min_agreement, path: Path) -> bool:
+    """Accuracy against size and against single-image latency, one point per artifact."""
     from vgg_mobile.plots import _pyplot
 
     points = [r for r in rows if r["accuracy"] is not None and r["size_bytes"]]
     if not points:
         return False
+    timed = [r for r in points if r.get("latency_ms")]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    # A legend, not labels beside the points: artifacts of one model sit on top of each other.
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 8, 4.5), squeeze=False)
+    axes = axes[0]
+    # Legends, not labels beside the points: artifacts of one model sit on top of each other.
     for row in points:
-        marker = "s" if row["stage"] in ("export", "web_export") else "o"
-        ax.scatter(row["size_bytes"] / 1e6, row["accuracy"], marker=marker, s=60, alpha=0.8,
-                   label=row["artifact"])
+        marker = "s" if row["format"] != "keras" else "o"
+        for ax, key, scale in ((axes[0], "size_bytes", 1e-6), *(((axes[1], "latency_ms", 1),) if timed else ())):
+            if row.get(key) is None:
+                continue
+            ax.scatter(row[key] * scale, row["accuracy"], marker=marker, s=60, alpha=0.8,
+                       label=row["artifact"])
+            if row["budget"] == "fail":
+                ax.scatter(row[key] * scale, row["accuracy"], marker="x", s=140, color="red",
+                           label="misses a budget")
     if max_size is not None:
-        ax.axvline(max_size / 1e6, color="red", linestyle="--", label=f"size budget {max_size / 1e6:g} MB")
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("size (MB, log scale)")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
+        axes[0].axvline(max_size / 1e6, color="red", linestyle="--",
+                        label=f"size budget {max_size / 1e6:g} MB")
+    budget_note = "" if min_agreement is None else f"; agreement budget {min_agreement:g}"
+    axes[0].set_xlabel("size (MB, log scale)")
+    axes[0].set_title("size" + budget_note, fontsize=9)
+    if timed:
+        axes[1].set_xlabel("ms per image (log scale)")
+        axes[1].set_title("single-image latency", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -86,7 +111,8 @@ def _figures(out: Path, source: str, max_size) -> tuple[list[tuple[str, Path]], 
     return curves, extra
 
 
-def write_report(out: str | Path, rows, source: str, max_size: int | None = None) -> dict:
+def write_report(out: str | Path, rows, source: str, max_size: int | None = None,
+                 min_agreement: float | None = None) -> dict:
     """Writes `OUT/report.md` and a self-contained `OUT/report.html`.
 
     Args:
@@ -94,26 +120,28 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
         rows: The summary rows (`pipeline.summary_rows`).
         source: The stage whose run was exported (its metrics fill the per-class table).
         max_size: The size budget in bytes, marked on the chart. Defaults to `None`.
+        min_agreement: The agreement budget, named on the chart. Defaults to `None`.
 
     Returns:
         `{"md": path, "html": path}`.
     """
-    from vgg_mobile.pipeline import format_summary, summary_cells
+    from vgg_mobile.pipeline import SUMMARY_COLUMNS, format_summary, summary_cells
 
     out = Path(out)
     rows = list(rows)
     curves, extra = _figures(out, source, max_size)
     chart = out / ASSETS / "size_accuracy.png"
-    has_chart = _size_accuracy_png(rows, max_size, chart)
+    has_chart = _artifacts_png(rows, max_size, min_agreement, chart)
     metrics = extra["metrics"]
     per_class = metrics.get("per_class") or {}
 
     md = ["# vgg-mobile pipeline report", "",
           f"Exported model: the `{source}` run (`{source}/`), converted into `export/`; the "
           "web demo's TF.js bundle is in `web_export/`.", "",
-          "## Artifacts", "", format_summary(rows), ""]
+          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
     if has_chart:
-        md += ["## Size and accuracy", "", f"![size and accuracy]({ASSETS}/size_accuracy.png)", ""]
+        md += ["## Size, latency and accuracy", "",
+               f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
     md += ["## Training curves", ""]
     md += [f"### {title}\n\n![{title}]({png.relative_to(out).as_posix()})\n" for title, png in curves]
     if "confusion" in extra:
@@ -133,19 +161,17 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
     esc = html.escape
-    table = ["<table><tr><th>artifact</th><th>accuracy</th><th>agreement</th><th>size</th>"
-             "<th>gzip</th><th>budget</th></tr>"]
+    table = ["<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS) + "</tr>"]
     for row in rows:
-        accuracy, agreement, size, gzip = summary_cells(row)
-        table.append(f"<tr><td>{esc(row['artifact'])}</td><td>{accuracy}</td><td>{agreement}</td>"
-                     f"<td>{size}</td><td>{gzip}</td>"
-                     f"<td class=\"{esc(row['budget'])}\">{esc(row['budget'])}</td></tr>")
+        *cells, budget = summary_cells(row)
+        table.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells)
+                     + f"<td class=\"{esc(budget)}\">{esc(budget)}</td></tr>")
     table.append("</table>")
     body = ["<h1>vgg-mobile pipeline report</h1>",
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
-            "<code>export/</code>.</p>", "<h2>Artifacts</h2>", *table]
+            "<code>export/</code>.</p>", "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>", *table]
     if has_chart:
-        body += ["<h2>Size and accuracy</h2>", img(chart, "size and accuracy")]
+        body += ["<h2>Size, latency and accuracy</h2>", img(chart, "size, latency and accuracy")]
     body.append("<h2>Training curves</h2>")
     for title, png in curves:
         body += [f"<h3>{esc(title)}</h3>", img(png, title)]
