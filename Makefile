@@ -23,22 +23,15 @@ node_modules/.installed: package.json package-lock.json .venv/.installed
 	$(RUN) npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-# The main job, end to end, on the built-in sample data: VGG16 teacher -> distilled MobileNetV2
-# student -> verified TFLite (int8, float16) + TF.js + Android assets -> web demo folder.
+# The main job, end to end, on the built-in sample data: `vgg-mobile pipeline` with its sample
+# preset (VGG16 teacher -> pruned + QAT teacher -> distilled MobileNetV2 student -> QAT student ->
+# verified TFLite + TF.js + Android assets -> web demo -> benchmark -> report). Re-running it
+# skips the finished stages.
 demo: install
-	$(RUN) vgg-mobile sample-data $(BUILD)/sample-data --force
-	$(RUN) vgg-mobile train $(BUILD)/sample-data --out $(BUILD)/runs/teacher --force \
-		--weights none --image-size 32 --epochs 8 --batch-size 16 --learning-rate 3e-4
-	$(RUN) vgg-mobile evaluate $(BUILD)/runs/teacher --data $(BUILD)/sample-data
-	$(RUN) vgg-mobile distill --teacher $(BUILD)/runs/teacher --data $(BUILD)/sample-data \
-		--out $(BUILD)/runs/student --student mobilenet_v2_0.35 --image-size 64 --epochs 15 \
-		--batch-size 16 --baseline --force
-	$(RUN) vgg-mobile convert $(BUILD)/runs/student --out $(BUILD)/export --force \
-		--flavour int8 --flavour float16 --max-size 10MB --min-agreement 90% \
-		--android android_assets/example
-	$(RUN) vgg-mobile demo $(BUILD)/site --model $(BUILD)/export --force
-	@echo "Artifacts: $(BUILD)/export (TFLite, TF.js), android_assets/example (Android)."
-	@echo "Open the web demo with: $(UV) run vgg-mobile serve $(BUILD)/site"
+	@test -d $(BUILD)/sample-data || $(RUN) vgg-mobile sample-data $(BUILD)/sample-data
+	$(RUN) vgg-mobile pipeline $(BUILD)/sample-data --out $(BUILD)/pipeline
+	rm -rf android_assets/example && cp -r $(BUILD)/pipeline/android android_assets/example
+	@echo "Android assets copied to android_assets/example."
 
 test: install
 	$(RUN) pytest $(PYTEST_ARGS)
