@@ -177,9 +177,10 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     page = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
     assert "<link" not in page and "<script" not in page
-    assert page.count("data:image/png;base64,") >= 3  # curves, confusion matrix, size chart
+    assert page.count("data:image/png;base64,") >= 4  # curves, confusion matrices, size chart
     assert "<th>latency</th>" in page
-    assert "Per-class metrics" in page and "size_accuracy.png" in (out / "report.md").read_text()
+    assert "per-class metrics: teacher" in page and "per-class metrics: student_qat" in page
+    assert "size_accuracy.png" in (out / "report.md").read_text()
 
     # Nothing changed: nothing is redone.
     finished = {stage: _created(out, stage) for stage in ("student_qat", "export")}

@@ -83,8 +83,9 @@ def _artifacts_png(rows, max_size, min_agreement, path: Path) -> bool:
     return True
 
 
-def _figures(out: Path, source: str, max_size) -> tuple[list[tuple[str, Path]], dict]:
-    """Collects (title, png) pairs, drawing what the runs did not draw themselves."""
+def _figures(out: Path, source: str) -> tuple[list[tuple[str, Path]], list[tuple[str, Path, dict]]]:
+    """Training curves as (title, png) pairs, drawing what the runs did not draw themselves, and
+    (stage, confusion matrix png, per-class metrics) of the teacher and the exported run."""
     from vgg_mobile import plots
 
     assets = out / ASSETS
@@ -102,13 +103,17 @@ def _figures(out: Path, source: str, max_size) -> tuple[list[tuple[str, Path]], 
             png = assets / f"{stage}_curves.png"
             plots.training_curves_png(history, png)
             curves.append((title, png))
-    metrics = _manifest(out / source).get("metrics") or {}
-    extra = {"metrics": metrics}
-    if metrics.get("confusion_matrix"):
-        png = assets / "confusion_matrix.png"
-        plots.confusion_matrix_png(metrics["confusion_matrix"], _manifest(out / source)["classes"], png)
-        extra["confusion"] = png
-    return curves, extra
+    # The teacher and the exported run: where the class errors start, and where they end up.
+    evaluated = []
+    for stage in dict.fromkeys(("teacher", source)):
+        manifest = _manifest(out / stage)
+        metrics = manifest.get("metrics") or {}
+        if not metrics.get("confusion_matrix"):
+            continue
+        png = assets / f"{stage}_confusion_matrix.png"
+        plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png)
+        evaluated.append((stage, png, metrics.get("per_class") or {}))
+    return curves, evaluated
 
 
 def write_report(out: str | Path, rows, source: str, max_size: int | None = None,
@@ -129,11 +134,9 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
 
     out = Path(out)
     rows = list(rows)
-    curves, extra = _figures(out, source, max_size)
+    curves, evaluated = _figures(out, source)
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, max_size, min_agreement, chart)
-    metrics = extra["metrics"]
-    per_class = metrics.get("per_class") or {}
 
     md = ["# vgg-mobile pipeline report", "",
           f"Exported model: the `{source}` run (`{source}/`), converted into `export/`; the "
@@ -144,12 +147,10 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
                f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
     md += ["## Training curves", ""]
     md += [f"### {title}\n\n![{title}]({png.relative_to(out).as_posix()})\n" for title, png in curves]
-    if "confusion" in extra:
-        md += [f"## Confusion matrix ({source}, validation images)", "",
-               f"![confusion matrix]({ASSETS}/confusion_matrix.png)", ""]
-    if per_class:
-        md += [f"## Per-class metrics ({source})", "", "| class | precision | recall | F1 | images |",
-               "|---|---:|---:|---:|---:|"]
+    for stage, png, per_class in evaluated:
+        md += [f"## Confusion matrix and per-class metrics: {stage} (validation images)", "",
+               f"![{stage} confusion matrix]({png.relative_to(out).as_posix()})", "",
+               "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
         md += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
                for name, m in per_class.items()]
         md.append("")
@@ -175,12 +176,11 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
     body.append("<h2>Training curves</h2>")
     for title, png in curves:
         body += [f"<h3>{esc(title)}</h3>", img(png, title)]
-    if "confusion" in extra:
-        body += [f"<h2>Confusion matrix ({esc(source)}, validation images)</h2>",
-                 img(extra["confusion"], "confusion matrix")]
-    if per_class:
-        body.append(f"<h2>Per-class metrics ({esc(source)})</h2><table><tr><th>class</th>"
-                    "<th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>")
+    for stage, png, per_class in evaluated:
+        body += [f"<h2>Confusion matrix and per-class metrics: {esc(stage)} (validation images)</h2>",
+                 img(png, f"{stage} confusion matrix"),
+                 "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+                 "<th>images</th></tr>"]
         body += [f"<tr><td>{esc(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
                  f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>" for name, m in per_class.items()]
         body.append("</table>")
