@@ -69,6 +69,11 @@ def test_bad_config_exits_2_fast_and_writes_nothing(cli, sample_dir, tmp_path):
     result = cli("pipeline", tmp_path / "missing", "--out", out)
     assert result.returncode == 2 and "missing" in result.stderr
     assert not out.exists()
+    # The real preset wants ImageNet weights from the local Keras cache, never a download.
+    result = cli("pipeline", sample_dir, "--out", out, "--preset", "real",
+                 env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+    assert result.returncode == 2 and "never downloads" in result.stderr, result.stderr[-2000:]
+    assert str(tmp_path / "empty_keras_home") in result.stderr and not out.exists()
 
 
 def test_refuses_an_out_folder_that_is_not_its_own(sample_dir, tmp_path):

@@ -531,14 +531,20 @@ def run_pipeline(
     Raises:
         DataError: The data folder fails its checks (before anything is written).
         RunDirError: `out_dir` is not a pipeline output folder, or overlaps the data.
+        BadInputError: The teacher's weights are not on this machine (before anything is
+            written).
         BadInputError, BudgetError: From the stages; earlier finished stages are kept.
     """
     from vgg_mobile import dataset
+
+    from vgg_mobile.models import resolve_weights
 
     config = config or build_config({}, "sample")
     data_dir, out = Path(data_dir), Path(out_dir)
     _check_out(out, data_dir)
     folder = dataset.scan_folder(data_dir, strict=config.teacher.strict)
+    # Missing ImageNet weights (the real preset) stop the run here, not after OUT is made.
+    resolve_weights(config.teacher_model.weights, config.teacher_model.architecture)
     data_fingerprint = folder.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
     from vgg_mobile.run_dir import write_text
