@@ -384,6 +384,7 @@ def distill(
     n_classes = len(folder.classes)
     config.student_options(config.image_size or teacher_run.image_size)  # checked before any work
 
+    dist.check_cluster(distribute, dist.read_cluster())
     distribution = dist.create_distribution(distribute)
     teacher = teacher_run.load_model()
     layer_names = {layer.name for layer in teacher.layers}
@@ -483,7 +484,8 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
     distribution_record = {**distribution.record(config.batch_size, config.learning_rate),
                            "weights_sha256": dist.weights_digest(student)}
     if write_dir != out:
-        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}")
+        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
+            f"this worker's own files went to {write_dir} (deleted on exit)")
         return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
                              student_parameters, teacher_parameters, seconds,
                              wrote_run=False, distribution=distribution_record)

@@ -127,6 +127,13 @@ def is_multi_worker(config: DistributeConfig, cluster: Cluster) -> bool:
     return config.strategy == "multi-worker" or (config.strategy == "auto" and cluster.workers > 1)
 
 
+def check_cluster(config: DistributeConfig, cluster: Cluster) -> None:
+    """Raises `BadInputError` when `config` asks for multi-worker and `cluster` has one worker."""
+    require(config.strategy != "multi-worker" or cluster.workers > 1,
+            "the multi-worker strategy needs TF_CONFIG naming at least two workers (see README, "
+            "'Training at scale')", f"TF_CONFIG workers={cluster.workers}")
+
+
 def writes_run(config: DistributeConfig, cluster: Cluster) -> bool:
     """Whether this process writes the run directory: always, except a multi-worker non-chief."""
     return cluster.is_chief or not is_multi_worker(config, cluster)
@@ -235,9 +242,8 @@ def create_distribution(config: DistributeConfig = DistributeConfig()) -> Distri
 
     gpus = tf.config.list_physical_devices("GPU")
     name = resolve_strategy(config.strategy, len(gpus), cluster)
+    check_cluster(config, cluster)
     if name == "multi-worker":
-        require(cluster.workers > 1, "the multi-worker strategy needs TF_CONFIG naming at least two "
-                "workers (see README, 'Training at scale')", f"TF_CONFIG workers={cluster.workers}")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored":
         # Without GPUs MirroredStrategy would take the one CPU; logical CPUs stand in for GPUs.
@@ -245,8 +251,9 @@ def create_distribution(config: DistributeConfig = DistributeConfig()) -> Distri
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     else:
         strategy = tf.distribute.get_strategy()
-    devices = tuple(getattr(strategy.extended, "worker_devices", ())) or (
-        ("/gpu:0",) if gpus else ("/cpu:0",))
+    # The default strategy has no device list: TensorFlow places ops on the first GPU, if any.
+    devices = (tuple(strategy.extended.worker_devices) if name != "default"
+               else ("/gpu:0",) if gpus else ("/cpu:0",))
     return Distribution(strategy, name, config.strategy, int(strategy.num_replicas_in_sync),
                         cluster, devices, config)
 

@@ -239,6 +239,7 @@ def train(
 
     models.resolve_weights(options.weights, options.architecture)  # fail before any work
     cluster = dist.read_cluster()
+    dist.check_cluster(distribute, cluster)
     # Checked before the strategy starts, so a refused run never leaves other workers waiting.
     if dist.writes_run(distribute, cluster):
         prepare_out_dir(out, resume=resume, force=force)
@@ -394,7 +395,8 @@ def _train(folder, parts, run_config, fingerprint, out: Path, write_dir: Path, o
     distribution_record = {**distribution.record(config.batch_size, config.learning_rate),
                            "weights_sha256": digest}
     if write_dir != out:
-        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}")
+        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
+            f"this worker's own files went to {write_dir} (deleted on exit)")
         return TrainResult(out, metrics, history, config.epochs, throughput, start_epoch,
                            wrote_run=False, weights_sha256=digest, distribution=distribution_record)
     write_json(out / "history.json", history)
