@@ -115,12 +115,12 @@ def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli, sample_dir,
+def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli, tiny_data,
                                                                            teacher_run, tmp_path):
     from vgg_mobile.run_dir import load_run
 
     env = {dist.LOGICAL_CPUS_ENV: "2"}
-    result = cli("train", sample_dir, "--out", tmp_path / "teacher", *TINY, "--epochs", "1",
+    result = cli("train", tiny_data, "--out", tmp_path / "teacher", *TINY, "--epochs", "1",
                  "--batch-size", "4", "--learning-rate", "0.001", "--strategy", "mirrored",
                  "--json", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,7 +133,8 @@ def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli,
     assert json.loads(result.stdout)["distribution"] == record
     load_run(tmp_path / "teacher").load_model()
 
-    student = cli("distill", "--teacher", teacher_run.run_dir, "--data", sample_dir,
+    # The session teacher (VGG16) on other images of its classes.
+    student = cli("distill", "--teacher", teacher_run.run_dir, "--data", tiny_data,
                   "--out", tmp_path / "student", "--image-size", "32", "--epochs", "1",
                   "--batch-size", "4", "--strategy", "mirrored", "--mixed-precision", "--json",
                   env=env)
