@@ -9,9 +9,10 @@ run resumes from it with `resume=True` and ends after the same number of epochs.
 Under a `tf.distribute` strategy (see `distribute.py`) the same code runs on every worker.
 In a multi-worker run, Keras's `BackupAndRestore` also backs up every epoch (into
 `RUN/checkpoints/backup/`), and on a restart of all workers restores the model, optimizer and
-epoch on each of them from the chief's backup; the per-epoch checkpoint above stays the
-run's record (history, phase, epochs done), written by the chief alone. Both are saved at
-the end of an epoch, the record first, so the record is never behind the backup.
+epoch on each of them from the chief's backup. The per-epoch checkpoint above stays the
+run's record (history, phase, epochs done); only the chief writes it into the run directory,
+the other workers into a temporary folder. Both are saved at the end of an epoch, the record
+first, so the backup is never ahead of the record and a restart never skips an epoch.
 """
 
 from __future__ import annotations
