@@ -68,7 +68,7 @@ def test_bad_strategy_or_tf_config_is_refused_with_the_value():
         dist.check_cluster(DistributeConfig("multi-worker"), Cluster())
 
 
-def test_multi_worker_without_tf_config_exits_2_and_writes_nothing(cli, sample_dir, tmp_path):
+def test_multi_worker_without_tf_config_exits_2_and_writes_nothing(sample_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     result = subprocess.run([sys.executable, "-m", "vgg_mobile", "train", str(sample_dir), "--out",
                              str(tmp_path / "run"), *TINY, "--strategy", "multi-worker"],
@@ -79,7 +79,6 @@ def test_multi_worker_without_tf_config_exits_2_and_writes_nothing(cli, sample_d
 
 
 def test_gpu_hint_says_what_to_do():
-    assert dist.__name__  # the hint lives in doctor; imported lazily by the CLI
     from vgg_mobile.doctor import gpu_hint
 
     assert gpu_hint(True, 2, True).startswith("GPU path active: 2 GPU(s)")
