@@ -7,6 +7,7 @@ Progress goes to stderr, results to stdout (`--json` prints only JSON there).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import sys
@@ -99,10 +100,79 @@ def _weights_choice(weights: str, architecture: str) -> str:
     return "none"
 
 
+# --- distributed training options (train and distill) ---
+
+
+def _distribute_options(command):
+    """Adds --strategy, --mixed-precision and --jit-compile to a training command."""
+    command = click.option(
+        "--jit-compile", is_flag=True, help="Compile the training step with XLA.")(command)
+    command = click.option(
+        "--mixed-precision", is_flag=True,
+        help="Train in mixed_float16 (fast on GPUs with compute capability >= 7.0; slow on "
+             "CPUs); the last layers stay float32 and the saved model is float32.")(command)
+    return click.option(
+        "--strategy", default="auto", show_default=True,
+        type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
+        help="default: one device; mirrored: every GPU of this machine; multi-worker: the "
+             "machines in TF_CONFIG; auto: multi-worker if TF_CONFIG names several workers, "
+             "mirrored with several GPUs, else default. --batch-size is per replica: the "
+             "global batch is batch-size x replicas, and the learning rate is multiplied by "
+             "the replica count too (linear scaling), as the manifest records.")(command)
+
+
+def _distribute_config(strategy, mixed_precision, jit_compile):
+    from vgg_mobile.distribute import DistributeConfig
+
+    return DistributeConfig(strategy=strategy, mixed_precision=mixed_precision,
+                            jit_compile=jit_compile)
+
+
+def _print_throughput(report) -> None:
+    rows = [("input pipeline, first pass (decode, cache)", report.first_pass_images_per_second),
+            ("input pipeline, cached and augmented", report.input_images_per_second),
+            ("training step, batches in memory", report.step_images_per_second)]
+    click.echo(f"strategy {report.strategy}, {report.replicas} replica(s), global batch "
+               f"{report.global_batch}, {report.images} training images\n")
+    click.echo("| stage | images/s |\n|---|---|")
+    for name, rate in rows:
+        click.echo(f"| {name} | {rate:,.1f} |")
+    click.echo(f"\nlimited by: the {report.limited_by}")
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def doctor_cmd(as_json):
+    """Report versions, the devices TensorFlow sees, and whether the GPU path is active."""
+    from vgg_mobile.doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"python {report['python']} on {report['platform']}")
+    for name, version in report["packages"].items():
+        click.echo(f"{name:<32}{version or 'not installed'}")
+    tf_info = report["tensorflow"]
+    click.echo(f"TensorFlow built with CUDA: {'yes' if tf_info['cuda_build'] else 'no'}"
+               + (f" (CUDA {tf_info['cuda_version']}, cuDNN {tf_info['cudnn_version']})"
+                  if tf_info["cuda_build"] else ""))
+    click.echo(f"physical devices: {', '.join(report['devices']['physical'])}")
+    click.echo(f"logical devices: {', '.join(report['devices']['logical'])}")
+    cluster = report["cluster"]
+    click.echo(cluster["error"] if "error" in cluster else
+               f"TF_CONFIG: {cluster['workers']} worker(s), this task {cluster['task']}, "
+               f"--strategy auto picks {cluster['auto_strategy']}")
+    click.echo(report["hint"])
+
+
+# --- end of distributed training options ---
+
+
 @main.command("train")
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Run directory to write.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Run directory to write (required, except with --data-benchmark).")
 @click.option("--weights", default="auto", show_default=True,
               help="imagenet (from the local Keras cache, never downloaded), none, a path to an "
                    ".h5 backbone weights file, or auto (imagenet if cached, else none).")
@@ -132,16 +202,22 @@ def _weights_choice(weights: str, architecture: str) -> str:
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@_distribute_options
+@click.option("--data-benchmark", is_flag=True,
+              help="Measure the input pipeline's images/s against the training step's (on "
+                   "batches in memory), print which one limits training, and exit; writes nothing.")
 @click.pass_context
 def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
               warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
               unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
-              force, as_json, quiet):
+              force, as_json, quiet, strategy, mixed_precision, jit_compile, data_benchmark):
     """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
     from vgg_mobile.hyperparameters import TrainConfig
     from vgg_mobile.models import ModelOptions
-    from vgg_mobile.training import train
+    from vgg_mobile.training import benchmark_throughput, train
 
+    if out is None and not data_benchmark:
+        raise click.UsageError("Missing option '--out'.")
     options = ModelOptions(architecture=architecture, image_size=image_size,
                            weights=_weights_choice(weights, architecture), dropout=dropout,
                            head_units=head_units)
@@ -150,17 +226,35 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          label_smoothing=label_smoothing, fine_tune=fine_tune,
                          unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
                          augment=not no_augment, class_weights=class_weights, strict=strict)
+    distribute = _distribute_config(strategy, mixed_precision, jit_compile)
+    if data_benchmark:
+        report = benchmark_throughput(data, options, config, distribute, log=_log)
+        if as_json:
+            click.echo(json.dumps({**dataclasses.asdict(report), "limited_by": report.limited_by},
+                                  indent=2))
+        else:
+            _print_throughput(report)
+        return
     command = ["vgg-mobile", *sys.argv[1:]]
     ctx.meta["resume_hint"] = (f"resume with: vgg-mobile train {data} --out {out} --resume "
                                "(and the same options)")
     result = train(data, out, options, config, resume=resume, force=force, command=command,
-                   log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+                   log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
+                   distribute=distribute)
+    if not result.wrote_run:
+        summary = {"run": None, "worker": result.distribution["written_by"],
+                   "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
+                   "weights_sha256": result.weights_sha256, "distribution": result.distribution}
+        click.echo(json.dumps(summary, indent=2) if as_json else
+                   f"{summary['worker']}: finished; the chief writes {result.run_dir}")
+        return
     summary = {"run": str(result.run_dir), "epochs": result.epochs_run,
                "resumed_from_epoch": result.resumed_from_epoch,
                "images_per_second": round(result.images_per_second, 1),
                "val_accuracy": result.metrics.get("accuracy"),
                "val_top_k_accuracy": next((v for k, v in result.metrics.items()
-                                           if k.startswith("top_")), None)}
+                                           if k.startswith("top_")), None),
+               "weights_sha256": result.weights_sha256, "distribution": result.distribution}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -427,8 +521,10 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@_distribute_options
 def distill_cmd(teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
-                learning_rate, seed, no_augment, baseline, force, as_json, quiet):
+                learning_rate, seed, no_augment, baseline, force, as_json, quiet, strategy,
+                mixed_precision, jit_compile):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation import DistillConfig, distill
 
@@ -437,13 +533,22 @@ def distill_cmd(teacher, data, out, student, image_size, temperature, alpha, epo
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline)
     result = distill(teacher, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
-                     log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+                     log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
+                     distribute=_distribute_config(strategy, mixed_precision, jit_compile))
+    if not result.wrote_run:
+        summary = {"run": None, "worker": result.distribution["written_by"],
+                   "weights_sha256": result.distribution["weights_sha256"],
+                   "distribution": result.distribution}
+        click.echo(json.dumps(summary, indent=2) if as_json else
+                   f"{summary['worker']}: finished; the chief writes {result.run_dir}")
+        return
     summary = {"run": str(result.run_dir), "student": config.student,
                "val_accuracy": result.metrics.get("accuracy"),
                "teacher_val_accuracy": result.teacher_metrics.get("accuracy"),
                "baseline_val_accuracy": (result.baseline_metrics or {}).get("accuracy"),
                "student_parameters": result.student_parameters,
-               "teacher_parameters": result.teacher_parameters}
+               "teacher_parameters": result.teacher_parameters,
+               "distribution": result.distribution}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile import dataset, models
+from vgg_mobile import distribute as dist
+from vgg_mobile.distribute import DistributeConfig
 from vgg_mobile.errors import BadInputError, DataError, RunDirError, require
 from vgg_mobile.models import ModelOptions
 from vgg_mobile.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir, write_json
@@ -197,7 +199,9 @@ def distiller_class():
                     total_loss = student_loss
                 regularization = self.student.losses
                 objective = total_loss + tf.add_n(regularization) if regularization else total_loss
-            self.optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables))
+            # `minimize` with the tape applies loss scaling when the optimizer has it (mixed
+            # precision); otherwise it is `apply_gradients(tape.gradient(...))`.
+            self.optimizer.minimize(objective, variables, tape=tape)
             self.student_loss_tracker.update_state(student_loss)
             self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
             if teacher_logits is not None:
@@ -249,16 +253,17 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
     return distiller_class()(student, teacher, temperature=temperature, alpha=alpha)
 
 
-def _optimizer(config: DistillConfig, steps_per_epoch: int):
+def _optimizer(config: DistillConfig, steps_per_epoch: int, learning_rate: float | None = None):
     import tf_keras as keras
 
+    peak = config.learning_rate if learning_rate is None else learning_rate
     total = max(config.epochs * steps_per_epoch, 1)
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
     if warmup > 0:
         schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup)
+            0.0, decay_steps=total - warmup, warmup_target=peak, warmup_steps=warmup)
     else:
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+        schedule = keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
@@ -275,6 +280,8 @@ class DistillResult:
         student_parameters: Parameters of the student.
         teacher_parameters: Parameters of the teacher.
         seconds: Wall time of training (distillation and baseline).
+        wrote_run: `False` on a multi-worker non-chief, which writes nothing.
+        distribution: The manifest's `distribution` entry (strategy, replicas, batch, lr).
     """
 
     run_dir: Path
@@ -285,6 +292,8 @@ class DistillResult:
     student_parameters: int
     teacher_parameters: int
     seconds: float
+    wrote_run: bool = True
+    distribution: dict = dataclasses.field(default_factory=dict)
 
 
 def _check_teacher(run: Run) -> None:
@@ -320,6 +329,7 @@ def distill(
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
     callbacks: tuple = (),
+    distribute: DistributeConfig = DistributeConfig(),
 ) -> DistillResult:
     """Distills a teacher run into a student and writes the student's run directory.
 
@@ -335,9 +345,13 @@ def distill(
         log: Receives one-line progress messages. Defaults to discarding them.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
         callbacks: Extra Keras callbacks for the distillation `fit`. Defaults to none.
+        distribute: Strategy, mixed precision and XLA, as for `training.train`: the batch
+            size is per replica and the learning rate is scaled by the replica count; in a
+            multi-worker run only the chief writes `out_dir`. The strategy is created here,
+            before any other TensorFlow work. Defaults to `DistributeConfig()`.
 
     Returns:
-        A `DistillResult`.
+        A `DistillResult`; on a multi-worker non-chief its `run_dir` was not written.
 
     Raises:
         RunDirError: The teacher run is unfinished or not a classifier, or `out_dir` cannot
@@ -368,42 +382,71 @@ def distill(
             "training images in validation; the teacher's accuracy there is optimistic")
     parts = dataset.split(folder, val_fraction, split_seed)
     n_classes = len(folder.classes)
-    teacher_size = teacher_run.image_size
-    student_size = config.image_size or teacher_size
-    options = config.student_options(student_size)
-    spec = models.get_architecture(config.student)
+    config.student_options(config.image_size or teacher_run.image_size)  # checked before any work
 
+    dist.check_cluster(distribute, dist.read_cluster())
+    distribution = dist.create_distribution(distribute)
     teacher = teacher_run.load_model()
     layer_names = {layer.name for layer in teacher.layers}
     if "logits" not in layer_names or teacher.output_shape[-1] != n_classes:
         raise RunDirError(f"{teacher_run.model_path}: not a classifier with a 'logits' layer and "
                           f"{n_classes} outputs (output shape {teacher.output_shape})")
-    prepare_out_dir(out, force=force)
+    if distribution.writes_run:
+        prepare_out_dir(out, force=force)
+    with dist.writer_dir(out, distribution) as write_dir:
+        return _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
+                        write_dir, config, command, log, verbose, callbacks, distribution)
+
+
+def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out, write_dir,
+             config, command, log, verbose, callbacks, distribution) -> DistillResult:
+    n_classes = len(folder.classes)
+    teacher_size = teacher_run.image_size
+    student_size = config.image_size or teacher_size
+    options = config.student_options(student_size)
+    spec = models.get_architecture(config.student)
+    global_batch = distribution.global_batch(config.batch_size)
+    learning_rate = distribution.scaled_learning_rate(config.learning_rate)
+    # The copy used in training lives under the strategy; `teacher` stays a plain model for
+    # measuring it afterwards.
+    if distribution.name == "default":
+        teacher_in_strategy = teacher
+    else:
+        with distribution.strategy.scope():
+            teacher_in_strategy = teacher_run.load_model()
 
     import tf_keras as keras
 
     from vgg_mobile import evaluation, plots
 
     augmentation = dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION
-    steps_per_epoch = -(-len(parts.train) // config.batch_size)
+    steps_per_epoch = -(-len(parts.train) // global_batch)
 
     def train_student(with_teacher: bool, fit_callbacks=()):
         keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
-        student = models.build_classifier(options, n_classes)
-        distiller = build_distiller(student, teacher if with_teacher else None,
-                                    config.temperature, config.alpha if with_teacher else 1.0)
-        distiller.compile(optimizer=_optimizer(config, steps_per_epoch))
+        with distribution.strategy.scope():
+            student = models.build_classifier(options, n_classes)
+            if distribution.config.mixed_precision:
+                student = dist.to_mixed_precision(student)
+            distiller = build_distiller(student, teacher_in_strategy if with_teacher else None,
+                                        config.temperature, config.alpha if with_teacher else 1.0)
+            distiller.compile(
+                optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
+                                              distribution.config),
+                jit_compile=distribution.config.jit_compile)
         train_ds = dataset.make_multi_view_dataset(
             parts.train, (student_size, teacher_size) if with_teacher else (student_size,),
-            config.batch_size, n_classes, training=True, augmentation=augmentation, seed=config.seed)
+            global_batch, n_classes, training=True, augmentation=augmentation, seed=config.seed)
         if not with_teacher:
             train_ds = train_ds.map(lambda x, y: (x[0], y))
-        val_ds = (dataset.make_dataset(parts.val, student_size, config.batch_size, n_classes)
+        val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, student_size, global_batch,
+                                                          n_classes))
                   if parts.val else None)
-        fit = distiller.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                            verbose=verbose, callbacks=list(fit_callbacks))
+        fit = distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds,
+                            epochs=config.epochs, verbose=verbose, callbacks=list(fit_callbacks))
         history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-        return student, history
+        # Evaluation, conversion and tfmot take a plain float32 model outside the strategy.
+        return dist.to_float32(student), history
 
     def val_metrics(model, size):
         if not parts.val:
@@ -415,6 +458,12 @@ def distill(
     log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes: "
         f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
         f"T={config.temperature}, alpha={config.alpha}, {config.epochs} epochs")
+    if distribution.name != "default" or distribution.config.mixed_precision or distribution.config.jit_compile:
+        log(f"strategy {distribution.name} ({distribution.cluster.name}): {distribution.replicas} "
+            f"replica(s), global batch {global_batch} ({config.batch_size} per replica), "
+            f"learning rate {learning_rate:g} ({config.learning_rate:g} x {distribution.replicas})"
+            + (", mixed_float16" if distribution.config.mixed_precision else "")
+            + (", XLA" if distribution.config.jit_compile else ""))
     t0 = time.perf_counter()
     student, history = train_student(True, callbacks)
     baseline_metrics = baseline_history = None
@@ -432,6 +481,14 @@ def distill(
     train_accuracy_inference = float((probs.argmax(axis=1) == labels).mean())
     student_parameters = int(student.count_params())
     teacher_parameters = int(teacher.count_params())
+    distribution_record = {**distribution.record(config.batch_size, config.learning_rate),
+                           "weights_sha256": dist.weights_digest(student)}
+    if write_dir != out:
+        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
+            f"this worker's own files went to {write_dir} (deleted on exit)")
+        return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
+                             student_parameters, teacher_parameters, seconds,
+                             wrote_run=False, distribution=distribution_record)
 
     write_json(out / "history.json", {"distillation": history, "baseline": baseline_history})
     plots.training_curves_png(
@@ -472,6 +529,7 @@ def distill(
                       "train_accuracy_last_epoch": history.get("accuracy", [None])[-1],
                       "train_accuracy_inference": round(train_accuracy_inference, 4),
                       "seconds": round(seconds, 1)},
+        distribution=distribution_record,
     )
     finish_run(out, student, manifest)
     log(f"wrote {out} (student val accuracy {metrics.get('accuracy', float('nan')):.3f}, "
@@ -479,4 +537,5 @@ def distill(
         + (f", student alone {baseline_metrics.get('accuracy', float('nan')):.3f}"
            if baseline_metrics is not None else "") + ")")
     return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
-                         student_parameters, teacher_parameters, seconds)
+                         student_parameters, teacher_parameters, seconds,
+                         distribution=distribution_record)
