@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -308,3 +309,63 @@ def test_bad_input_fails_fast_with_exit_2_and_writes_nothing(cli, teacher_run, s
     assert "Epoch" not in result.stderr  # refused before any training
     assert out == teacher_run.run_dir or not out.exists()
     assert _sha256(teacher_run.run_dir / "manifest.json") == before
+
+
+# --- an interrupted distillation resumes from its last backed-up epoch ---
+
+
+@pytest.mark.slow
+def test_killed_distillation_resumes_after_its_last_epoch(cli, teacher_run, sample_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", str(teacher_run.run_dir), "--data", str(sample_dir), "--out",
+            str(out), "--student", STUDENT, "--image-size", "32", "--epochs", "5",
+            "--batch-size", "16", "--baseline"]
+    state = out / "checkpoints" / "state.json"
+
+    def epochs_recorded() -> int:
+        try:
+            history = json.loads(state.read_text())["history"].get("distillation", {})
+        except (OSError, ValueError):
+            return 0
+        return len(history.get("total_loss", []))
+
+    process = subprocess.Popen([sys.executable, "-m", "vgg_mobile", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 300
+        # Killed once epoch 2 is recorded and its backup written (the backup follows the record).
+        while epochs_recorded() < 2 or not any((out / "checkpoints" / "backup").rglob("checkpoint")):
+            assert process.poll() is None, "the distillation ended before it could be killed"
+            assert time.monotonic() < deadline, "epoch 2 never finished"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done = epochs_recorded()
+    assert 2 <= done < 5 and not (out / "manifest.json").exists()
+
+    # Neither a new run nor another teacher's settings may touch the interrupted run.
+    result = cli(*args)
+    assert result.returncode == 2 and "--resume" in result.stderr
+    result = cli(*[a if a != "5" else "6" for a in args], "--resume")
+    assert result.returncode == 2 and "the settings differ" in result.stderr
+    assert epochs_recorded() == done
+
+    result = cli(*args, "--resume")  # not a terminal: Keras prints one line per epoch
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"distillation: {done} of 5 epochs recorded" in result.stderr
+    # BackupAndRestore continued after its last backup: the recorded epoch, or the one before
+    # it when the kill fell between the record and the backup. Never from the start.
+    epochs_run = re.findall(r"^Epoch (\d+)/5", result.stdout + result.stderr, re.M)
+    assert int(epochs_run[0]) in (done, done + 1)
+    history = json.loads((out / "history.json").read_text())
+    assert all(len(values) == 5 for values in history["distillation"].values())
+    assert all(len(values) == 5 for values in history["baseline"].values())
+    assert (out / "manifest.json").is_file() and not (out / "checkpoints").exists()
+    assert cli(*args, "--resume").returncode == 2  # a finished run has nothing to resume

@@ -518,12 +518,15 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
 @click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
-@click.option("--force", is_flag=True, help="Replace a finished run in --out.")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out after its last finished epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @_distribute_options
-def distill_cmd(teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
-                learning_rate, seed, no_augment, baseline, force, as_json, quiet, strategy,
+@click.pass_context
+def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
+                learning_rate, seed, no_augment, baseline, force, resume, as_json, quiet, strategy,
                 mixed_precision, jit_compile):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation import DistillConfig, distill
@@ -532,7 +535,11 @@ def distill_cmd(teacher, data, out, student, image_size, temperature, alpha, epo
                            alpha=alpha, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline)
-    result = distill(teacher, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
+    if force and resume:
+        raise click.UsageError("--force and --resume exclude each other")
+    ctx.meta["resume_hint"] = "resume with the same command and --resume"
+    result = distill(teacher, data, out, config, force=force, resume=resume,
+                     command=["vgg-mobile", *sys.argv[1:]],
                      log=_log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
                      distribute=_distribute_config(strategy, mixed_precision, jit_compile))
     if not result.wrote_run:

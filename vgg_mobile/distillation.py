@@ -16,6 +16,9 @@ ready for `evaluate`, pruning, quantization-aware training and conversion.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,7 +28,10 @@ from vgg_mobile import distribute as dist
 from vgg_mobile.distribute import DistributeConfig
 from vgg_mobile.errors import BadInputError, DataError, RunDirError, require
 from vgg_mobile.models import ModelOptions
-from vgg_mobile.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir, write_json
+from vgg_mobile.run_dir import (CHECKPOINTS, Run, finish_run, load_run, new_manifest, prepare_out_dir,
+                                write_json)
+
+STATE = "state.json"
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
 
@@ -325,6 +331,7 @@ def distill(
     out_dir: str | Path,
     config: DistillConfig = DistillConfig(),
     force: bool = False,
+    resume: bool = False,
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
@@ -340,7 +347,10 @@ def distill(
         data_dir: Image folder with exactly the teacher's classes.
         out_dir: Run directory to write the student to.
         config: Distillation settings. Defaults to `DistillConfig()`.
-        force: Replace a finished run in `out_dir`. Defaults to `False`.
+        force: Replace a finished or interrupted run in `out_dir`. Defaults to `False`.
+        resume: Continue the interrupted run in `out_dir` after its last finished epoch (Keras
+            `BackupAndRestore` backs up the model and optimizer every epoch); the teacher, data
+            and settings must be the ones it started with. Defaults to `False`.
         command: The command line that asked for this, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
@@ -391,15 +401,58 @@ def distill(
     if "logits" not in layer_names or teacher.output_shape[-1] != n_classes:
         raise RunDirError(f"{teacher_run.model_path}: not a classifier with a 'logits' layer and "
                           f"{n_classes} outputs (output shape {teacher.output_shape})")
+    identity = {"config": json.loads(json.dumps(dataclasses.asdict(config))),
+                "teacher_manifest": hashlib.sha256(
+                    (teacher_run.path / "manifest.json").read_bytes()).hexdigest(),
+                "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
     if distribution.writes_run:
-        prepare_out_dir(out, force=force)
+        prepare_out_dir(out, resume=resume, force=force)
+    recorded = _check_resume(out, identity) if resume else {}
+    if distribution.writes_run and not resume:
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        write_json(out / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
     with dist.writer_dir(out, distribution) as write_dir:
         return _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
-                        write_dir, config, command, log, verbose, callbacks, distribution)
+                        write_dir, config, command, log, verbose, callbacks, distribution, recorded)
+
+
+def _check_resume(out: Path, identity: dict) -> dict:
+    """Checks that the interrupted run in `out` is this one; returns its recorded history."""
+    # Every worker reads the chief's record: --out must be on storage they all reach.
+    path = out / CHECKPOINTS / STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path}: cannot read the interrupted run's state ({err})") from None
+    for key, what in (("config", "the settings"), ("teacher_manifest", "the teacher run"),
+                      ("data_fingerprint", "the data"), ("replicas", "the replica count")):
+        if state.get(key) != identity[key]:
+            raise RunDirError(f"{out}: {what} differ from the interrupted run's; resume with the "
+                              "same ones or pass --force to start over")
+    return state.get("history", {})
+
+
+def _epoch_recorder(state_path: Path | None, key: str, history: dict):
+    """Keeps each finished epoch's logs in the run's state file (the chief's), so that a
+    resumed run's history starts where the interrupted one stopped."""
+    import tf_keras as keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for name, value in (logs or {}).items():
+                values = history.setdefault(name, [])
+                del values[epoch:]  # a redone epoch replaces its entry
+                values.append(float(value))
+            if state_path is not None:
+                state = json.loads(state_path.read_text(encoding="utf-8"))
+                state["history"][key] = history
+                write_json(state_path, state)
+
+    return EpochRecorder()
 
 
 def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out, write_dir,
-             config, command, log, verbose, callbacks, distribution) -> DistillResult:
+             config, command, log, verbose, callbacks, distribution, recorded) -> DistillResult:
     n_classes = len(folder.classes)
     teacher_size = teacher_run.image_size
     student_size = config.image_size or teacher_size
@@ -422,6 +475,8 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
     augmentation = dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION
     steps_per_epoch = -(-len(parts.train) // global_batch)
 
+    state_path = out / CHECKPOINTS / STATE if write_dir == out else None
+
     def train_student(with_teacher: bool, fit_callbacks=()):
         keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
         with distribution.strategy.scope():
@@ -442,9 +497,21 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
         val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, student_size, global_batch,
                                                           n_classes))
                   if parts.val else None)
-        fit = distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds,
-                            epochs=config.epochs, verbose=verbose, callbacks=list(fit_callbacks))
-        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        key = "distillation" if with_teacher else "baseline"
+        history = {k: list(v) for k, v in recorded.get(key, {}).items()}
+        done = len(next(iter(history.values()), []))
+        # The record first, then the backup: a kill between the two redoes an epoch rather
+        # than skip one. The backup is kept at the end of training (delete_checkpoint=False),
+        # so a run resumed after this fit finished restores it whole instead of redoing it.
+        backup = dist.backup_callback(out / CHECKPOINTS / "backup" / key,
+                                      write_dir / CHECKPOINTS / "backup" / key, distribution,
+                                      delete_checkpoint=False)
+        if done:
+            log(f"{key}: {min(done, config.epochs)} of {config.epochs} epochs recorded; resuming "
+                "from the last backup (Keras BackupAndRestore)")
+        distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds, epochs=config.epochs,
+                      verbose=verbose, callbacks=[_epoch_recorder(state_path, key, history), backup,
+                                                  *fit_callbacks])
         # Evaluation, conversion and tfmot take a plain float32 model outside the strategy.
         return dist.to_float32(student), history
 
@@ -532,6 +599,7 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
         distribution=distribution_record,
     )
     finish_run(out, student, manifest)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     log(f"wrote {out} (student val accuracy {metrics.get('accuracy', float('nan')):.3f}, "
         f"teacher {teacher_metrics.get('accuracy', float('nan')):.3f}"
         + (f", student alone {baseline_metrics.get('accuracy', float('nan')):.3f}"

@@ -273,22 +273,24 @@ def writer_dir(out_dir: Path, distribution: Distribution) -> Iterator[Path]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def backup_callback(backup_dir: Path, own_dir: Path, distribution: Distribution):
+def backup_callback(backup_dir: Path, own_dir: Path, distribution: Distribution,
+                    delete_checkpoint: bool = True):
     """A `BackupAndRestore` callback that restores from the chief's backup in `backup_dir`.
 
     Every worker restores from `backup_dir/chief` (so the folder must be on storage they all
     reach); a non-chief worker's own writes go under `own_dir`, never into the chief's folder:
     it gets a private folder whose `chief` entry is a link to the chief's.
+    `delete_checkpoint=False` keeps the backup when training ends.
     """
     import tf_keras as keras
 
     if writes_run(distribution.config, distribution.cluster):
-        return keras.callbacks.BackupAndRestore(str(backup_dir))
+        return keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=delete_checkpoint)
     own_dir.mkdir(parents=True, exist_ok=True)
     link = own_dir / "chief"
     if not link.is_symlink():
         link.symlink_to((backup_dir / "chief").resolve(), target_is_directory=True)
-    return keras.callbacks.BackupAndRestore(str(own_dir))
+    return keras.callbacks.BackupAndRestore(str(own_dir), delete_checkpoint=delete_checkpoint)
 
 
 def with_layer_policies(model, policy_of):

@@ -123,6 +123,8 @@ def _section_classes() -> dict[str, tuple[type, ...]]:
 
 
 RUN_STAGES = ("teacher", "pruned", "pqat", "student", "student_qat")
+# Stages that back up every epoch and continue an interrupted run instead of redoing it.
+RESUMABLE_STAGES = ("teacher", "student")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,7 +576,7 @@ def run_pipeline(
             log(f"{prefix}: finished earlier, inputs unchanged; skipped ({path})")
             results.append(StageResult(name, path, "skipped", 0.0))
             continue
-        resume = (name == "teacher" and not force and recorded.get("inputs") == inputs
+        resume = (name in RESUMABLE_STAGES and not force and recorded.get("inputs") == inputs
                   and recorded.get("status") == "running"
                   and (path / "checkpoints" / "state.json").is_file() and not _finished(path, name))
         if not resume:
@@ -588,9 +590,9 @@ def run_pipeline(
         try:
             _run_stage(name, data_dir, out, paths, parent, config, resume, log, verbose)
         except Exception:
-            # A failed stage leaves nothing half-written; the teacher keeps its epoch
-            # checkpoints so that the next run resumes it.
-            if name != "teacher":
+            # A failed stage leaves nothing half-written; the teacher and the student keep
+            # their epoch checkpoints so that the next run resumes them.
+            if name not in RESUMABLE_STAGES:
                 _discard(path)
             raise
         seconds = time.perf_counter() - t0
@@ -663,7 +665,8 @@ def _run_stage(name, data_dir, out, paths, parent, config: PipelineConfig, resum
     elif name == "student":
         from vgg_mobile.distillation import distill
 
-        distill(parent, data_dir, path, config.distill, command=command, log=log, verbose=verbose)
+        distill(parent, data_dir, path, config.distill, resume=resume, command=command, log=log,
+                verbose=verbose)
     elif name == "export":
         from converters.convert import convert_run
 
