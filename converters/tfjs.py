@@ -29,16 +29,23 @@ def _import_tensorflowjs():
 
     tensorflowjs imports tensorflow_decision_forests and jax.experimental.jax2tf at module
     level, for converters we never call; the environment leaves both out (they pin an older
-    TensorFlow), so empty stand-ins are registered under those names first.
+    TensorFlow), so empty stand-ins are registered under those names first, and taken out again
+    once tensorflowjs is imported: left in place, they would make later `import jax` succeed
+    with an empty module, and Keras 3 (imported by tfmot) fails on one.
     """
-    for name in ("tensorflow_decision_forests", "jax", "jax.experimental", "jax.experimental.jax2tf"):
-        sys.modules.setdefault(name, types.ModuleType(name))
+    stand_ins = [name for name in ("tensorflow_decision_forests", "jax", "jax.experimental",
+                                   "jax.experimental.jax2tf") if name not in sys.modules]
+    for name in stand_ins:
+        sys.modules[name] = types.ModuleType(name)
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pkg_resources deprecation, from tensorflow_hub
-        from tensorflowjs.converters import tf_saved_model_conversion_v2
-
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation, from tensorflow_hub
+            from tensorflowjs.converters import tf_saved_model_conversion_v2
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
     return tf_saved_model_conversion_v2
 
 

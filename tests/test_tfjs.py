@@ -65,3 +65,18 @@ def test_unknown_quantization_and_broken_bundle(model_and_images, tmp_path):
     (broken / "model.json").write_text("{not json")
     with pytest.raises(VggMobileError, match="TensorFlow.js could not run the bundle"):
         tfjs.predict_tfjs(broken, images[:1])
+
+
+def test_tfjs_import_shim_leaves_no_stand_in_modules_behind():
+    # Converting to TF.js first and pruning afterwards, in one process (as a notebook does):
+    # tfmot imports Keras 3, which fails on an empty stand-in `jax` module.
+    import subprocess
+    import sys
+
+    code = ("import sys, vgg_mobile; from converters import tfjs; tfjs._import_tensorflowjs(); "
+            "assert 'jax' not in sys.modules and 'tensorflow_decision_forests' not in sys.modules; "
+            "import tensorflow_model_optimization as tfmot; "
+            "from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper; "
+            "print('ok', tfmot.sparsity.keras.prune_low_magnitude.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok prune_low_magnitude" in result.stdout, result.stderr[-2000:]
