@@ -22,8 +22,10 @@ from conftest import TEACHER_EPOCHS
 
 
 def test_teacher_learns_the_sample_data_well_above_chance(teacher_run):
-    # Four balanced classes: chance is 0.25.
-    assert teacher_run.metrics["accuracy"] >= 0.6, teacher_run.metrics
+    # Four balanced classes: chance is 0.25. Eight epochs from scratch on 96 images land
+    # between 0.54 and 0.75 from run to run (thread scheduling changes the float sums); 11 of
+    # 24 right by chance has a probability of about 1%.
+    assert teacher_run.metrics["accuracy"] >= 0.45, teacher_run.metrics
     assert teacher_run.metrics["num_images"] == 24
     history = teacher_run.history
     assert len(history["loss"]) == TEACHER_EPOCHS
