@@ -606,6 +606,11 @@ def run_pipeline(
         log(f"{prefix}: done in {_clock(seconds)} (total {_clock(time.perf_counter() - started_all)})")
         results.append(StageResult(name, path, "ran", seconds))
 
+    if not config.benchmark.enabled and any(r.status == "ran" for r in results):
+        # Measurements of artifacts since redone would be read as theirs: drop them.
+        _discard(out / "benchmark")
+        if state["stages"].pop("benchmark", None) is not None:
+            _write_state(out, state)
     summary = tuple(summary_rows(out, config))
     files = {}
     if report:
