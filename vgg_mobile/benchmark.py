@@ -90,13 +90,6 @@ def keras_latency_ms(model, image: np.ndarray, repeats: int = 30) -> float:
     return median_ms(lambda: compiled(one).numpy(), repeats)
 
 
-def _gzip_size(path: Path) -> int:
-    import gzip
-
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return sum(len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)) for p in files)
-
-
 def load_pipeline_config(out: str | Path):
     """The configuration of the pipeline that wrote OUT (`OUT/pipeline.toml`; else the defaults)."""
     from vgg_mobile import pipeline
@@ -178,7 +171,7 @@ def benchmark_pipeline(
                           if parent is not None else None),
             "size_bytes": row["size_bytes"],
             "gzip_bytes": row["gzip_bytes"] if row["gzip_bytes"] is not None
-            else _gzip_size(Path(row["path"])),
+            else pipeline.gzip_size(Path(row["path"])),
             "latency_ms": round(result["latency_ms"], 3),
             "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
             "budget": row["budget"],

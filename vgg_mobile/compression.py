@@ -252,9 +252,7 @@ def _fine_tune_split(run: Run, data_dir, val_fraction: float, seed: int):
 
 
 def _validation_metrics(model, examples, run: Run, batch_size: int) -> dict:
-    probs, labels = evaluation.predict(model, examples, run.image_size, len(run.classes), batch_size)
-    full = evaluation.classification_metrics(probs, labels, run.classes)
-    return {k: v for k, v in full.items() if k != "classes"}
+    return evaluation.validation_metrics(model, examples, run.image_size, run.classes, batch_size)
 
 
 def _train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int):

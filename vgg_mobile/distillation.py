@@ -16,7 +16,6 @@ ready for `evaluate`, pruning, quantization-aware training and conversion.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -28,8 +27,8 @@ from vgg_mobile import distribute as dist
 from vgg_mobile.distribute import DistributeConfig
 from vgg_mobile.errors import BadInputError, DataError, RunDirError, require
 from vgg_mobile.models import ModelOptions
-from vgg_mobile.run_dir import (CHECKPOINTS, Run, finish_run, load_run, new_manifest, prepare_out_dir,
-                                write_json)
+from vgg_mobile.run_dir import (CHECKPOINTS, Run, finish_run, load_run, manifest_digest, new_manifest,
+                                prepare_out_dir, write_json)
 
 STATE = "state.json"
 
@@ -402,8 +401,7 @@ def distill(
         raise RunDirError(f"{teacher_run.model_path}: not a classifier with a 'logits' layer and "
                           f"{n_classes} outputs (output shape {teacher.output_shape})")
     identity = {"config": json.loads(json.dumps(dataclasses.asdict(config))),
-                "teacher_manifest": hashlib.sha256(
-                    (teacher_run.path / "manifest.json").read_bytes()).hexdigest(),
+                "teacher_manifest": manifest_digest(teacher_run.path),
                 "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
     if distribution.writes_run:
         prepare_out_dir(out, resume=resume, force=force)
@@ -437,12 +435,11 @@ def _epoch_recorder(state_path: Path | None, key: str, history: dict):
     resumed run's history starts where the interrupted one stopped."""
     import tf_keras as keras
 
+    from vgg_mobile.training import record_epoch_logs
+
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            for name, value in (logs or {}).items():
-                values = history.setdefault(name, [])
-                del values[epoch:]  # a redone epoch replaces its entry
-                values.append(float(value))
+            record_epoch_logs(history, epoch, logs)
             if state_path is not None:
                 state = json.loads(state_path.read_text(encoding="utf-8"))
                 state["history"][key] = history
@@ -516,21 +513,13 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
         return dist.to_float32(student), history
 
     def val_metrics(model, size):
-        if not parts.val:
-            return {}
-        probs, labels = evaluation.predict(model, parts.val, size, n_classes, config.batch_size)
-        full = evaluation.classification_metrics(probs, labels, folder.classes)
-        return {k: v for k, v in full.items() if k != "classes"}
+        return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
 
     log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes: "
         f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
         f"T={config.temperature}, alpha={config.alpha}, {config.epochs} epochs")
-    if distribution.name != "default" or distribution.config.mixed_precision or distribution.config.jit_compile:
-        log(f"strategy {distribution.name} ({distribution.cluster.name}): {distribution.replicas} "
-            f"replica(s), global batch {global_batch} ({config.batch_size} per replica), "
-            f"learning rate {learning_rate:g} ({config.learning_rate:g} x {distribution.replicas})"
-            + (", mixed_float16" if distribution.config.mixed_precision else "")
-            + (", XLA" if distribution.config.jit_compile else ""))
+    if distribution.is_special:
+        log(distribution.describe(config.batch_size, config.learning_rate))
     t0 = time.perf_counter()
     student, history = train_student(True, callbacks)
     baseline_metrics = baseline_history = None

@@ -206,6 +206,20 @@ class Distribution:
     def scaled_learning_rate(self, base: float) -> float:
         return base * self.replicas
 
+    @property
+    def is_special(self) -> bool:
+        """Anything other than one device in float32 without XLA: worth a log line."""
+        return self.name != "default" or self.config.mixed_precision or self.config.jit_compile
+
+    def describe(self, per_replica_batch: int, base_learning_rate: float) -> str:
+        """One log line: strategy, replicas, global batch, scaled learning rate, precision."""
+        return (f"strategy {self.name} ({self.cluster.name}): {self.replicas} replica(s), global "
+                f"batch {self.global_batch(per_replica_batch)} ({per_replica_batch} per replica), "
+                f"learning rate {self.scaled_learning_rate(base_learning_rate):g} "
+                f"({base_learning_rate:g} x {self.replicas})"
+                + (", mixed_float16" if self.config.mixed_precision else "")
+                + (", XLA" if self.config.jit_compile else ""))
+
     def record(self, per_replica_batch: int, base_learning_rate: float) -> dict:
         """The manifest's `distribution` entry."""
         return {"strategy": self.name, "requested": self.requested, "replicas": self.replicas,

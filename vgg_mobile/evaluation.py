@@ -68,6 +68,17 @@ def predict(model, examples, image_size: int, num_classes: int, batch_size: int 
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def validation_metrics(model, examples, image_size: int, classes: tuple[str, ...],
+                       batch_size: int = 32) -> dict:
+    """`classification_metrics` of a model on examples, without the class list (the run's
+    manifest has it); `{}` when there are no examples."""
+    if not examples:
+        return {}
+    probs, labels = predict(model, examples, image_size, len(classes), batch_size)
+    full = classification_metrics(probs, labels, classes)
+    return {k: v for k, v in full.items() if k != "classes"}
+
+
 def select_examples(run: Run, folder: dataset.ImageFolder, split: str):
     """Chooses which images of a folder to evaluate on, and says which.
 

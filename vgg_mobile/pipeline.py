@@ -39,6 +39,7 @@ from typing import Any, Callable
 from vgg_mobile.errors import BadInputError, RunDirError
 from vgg_mobile.hyperparameters import TrainConfig
 from vgg_mobile.models import ModelOptions
+from vgg_mobile.run_dir import manifest_digest
 
 STATE_FILE = "pipeline_state.json"
 CONFIG_FILE = "pipeline.toml"
@@ -430,11 +431,6 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _manifest_digest(path: Path) -> str | None:
-    manifest = path / "manifest.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
-
-
 def _read_state(out: Path) -> dict:
     path = out / STATE_FILE
     if not path.is_file():
@@ -564,9 +560,9 @@ def run_pipeline(
         paths[name] = path
         parent = paths.get(stage["parent"]) if stage["parent"] else None
         if stage.get("after_all"):
-            parent_digest = {other: _manifest_digest(p) for other, p in paths.items() if other != name}
+            parent_digest = {other: manifest_digest(p) for other, p in paths.items() if other != name}
         else:
-            parent_digest = _manifest_digest(parent) if parent is not None else None
+            parent_digest = manifest_digest(parent) if parent is not None else None
         inputs = _digest({"stage": name, "settings": stage["settings"], "data": data_fingerprint,
                           "parent": parent_digest})
         recorded = state["stages"].get(name, {})
@@ -624,17 +620,27 @@ def run_pipeline(
 
 def _gzip_bytes(run_path: Path) -> int | None:
     """Bytes of the run's model file after gzip: what pruning's zeros save in a download."""
-    import zlib
-
     manifest_path = run_path / "manifest.json"
     if not manifest_path.is_file():
         return None
-    model = run_path / json.loads(manifest_path.read_text(encoding="utf-8")).get("model_file", "model.keras")
-    compressor, size = zlib.compressobj(6, zlib.DEFLATED, 31), 0
-    with open(model, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            size += len(compressor.compress(chunk))
-    return size + len(compressor.flush())
+    return gzip_size(run_path / json.loads(manifest_path.read_text(encoding="utf-8"))
+                     .get("model_file", "model.keras"))
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes after gzip of a file, or of every file of a folder, read in chunks (a teacher's
+    file is tens of MB)."""
+    import zlib
+
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    size = 0
+    for file in files:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                size += len(compressor.compress(chunk))
+        size += len(compressor.flush())
+    return size
 
 
 def _clock(seconds: float) -> str:

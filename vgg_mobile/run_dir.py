@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -262,6 +263,13 @@ def load_run(path: str | Path) -> Run:
             f"{manifest['classes']}"
         )
     return Run(path, manifest)
+
+
+def manifest_digest(run_path: str | Path) -> str | None:
+    """SHA-256 of a run's `manifest.json` (which names its model, config and data), or `None`
+    for a run that has not finished."""
+    manifest = Path(run_path) / MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
 def prepare_out_dir(out: str | Path, resume: bool = False, force: bool = False) -> Path:

@@ -110,16 +110,21 @@ def _restore_checkpoint(model, optimizer, directory: Path) -> None:
         variable.assign(value)
 
 
+def record_epoch_logs(history: dict[str, list[float]], epoch: int, logs: dict | None) -> None:
+    """Puts one epoch's Keras logs into `history` at index `epoch`: a restart that redoes an
+    epoch replaces its entry instead of adding one."""
+    for key, value in (logs or {}).items():
+        values = history.setdefault(key, [])
+        del values[epoch:]
+        values.append(float(value))
+
+
 def _checkpoint_callback(ckpt_dir: Path, model, optimizer, state: dict, history: dict):
     import tf_keras as keras
 
     class EpochCheckpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                # Indexed by epoch: a restart that redoes an epoch replaces its entry.
-                values = history.setdefault(key, [])
-                del values[epoch:]
-                values.append(float(value))
+            record_epoch_logs(history, epoch, logs)
             name = f"epoch-{epoch + 1:04d}"
             staging = ckpt_dir / f".{name}.partial"
             if staging.exists():
@@ -336,12 +341,8 @@ def _train(folder, parts, run_config, fingerprint, out: Path, write_dir: Path, o
     log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes, "
         f"{options.architecture} at {options.image_size}px, {config.epochs} epochs"
         + (f", resuming after epoch {done}" if resume else ""))
-    if distribution.name != "default" or distribution.config.mixed_precision or distribution.config.jit_compile:
-        log(f"strategy {distribution.name} ({distribution.cluster.name}): {replicas} replica(s), "
-            f"global batch {global_batch} ({config.batch_size} per replica), learning rate "
-            f"{learning_rate:g} ({config.learning_rate:g} x {replicas})"
-            + (", mixed_float16" if distribution.config.mixed_precision else "")
-            + (", XLA" if distribution.config.jit_compile else ""))
+    if distribution.is_special:
+        log(distribution.describe(config.batch_size, config.learning_rate))
 
     restore_from = out / CHECKPOINTS / state["checkpoint"] if state.get("checkpoint") else None
     first_epochs: list[int] = []
@@ -384,12 +385,8 @@ def _train(folder, parts, run_config, fingerprint, out: Path, write_dir: Path, o
     # (predicting with a multi-worker model would take every worker).
     final = dist.to_float32(model)
     digest = dist.weights_digest(final)
-    metrics = {}
-    if parts.val:
-        probs, labels = evaluation.predict(final, parts.val, options.image_size, n_classes,
-                                           config.batch_size)
-        full = evaluation.classification_metrics(probs, labels, folder.classes)
-        metrics = {k: v for k, v in full.items() if k not in ("classes",)}
+    metrics = evaluation.validation_metrics(final, parts.val, options.image_size, folder.classes,
+                                            config.batch_size)
     # Summed over the epochs of every process that worked on this run (resumes included).
     train_seconds = state.get("train_seconds", 0.0)
     throughput = config.epochs * len(parts.train) / train_seconds if train_seconds else 0.0
