@@ -35,7 +35,7 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from vgg_mobile.web_demo import assemble_demo, serve_in_background
+    from vgg_mobile.site import assemble_demo, serve_in_background
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +82,8 @@ def main() -> None:
 def _random_export(out: Path, architecture: str, size: int) -> Path:
     """An export folder (TF.js bundle + int8 TFLite) of an untrained classifier."""
     from converters import tflite, tfjs
-    from vgg_mobile.models import ModelOptions, build_classifier
-    from vgg_mobile.run_dir import write_json
+    from vgg_mobile.models.architectures import ModelOptions, build_classifier
+    from vgg_mobile.core.run_dir import write_json
 
     classes = ["a", "b", "c", "d"]
     model = build_classifier(ModelOptions(architecture=architecture, image_size=size), len(classes))

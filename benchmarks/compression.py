@@ -31,7 +31,8 @@ def _log(message: str) -> None:
 def _val_images(run, data_dir, limit_train: int):
     import numpy as np
 
-    from vgg_mobile import dataset, evaluation
+    from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation import metrics as evaluation
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
     val, _ = evaluation.select_examples(run, folder, "auto")
@@ -71,7 +72,7 @@ def _predict_without_delegates(content: bytes, x):
 
 def _row(name, content: bytes, x, y, note: str = "") -> dict:
     from converters import tflite
-    from vgg_mobile.errors import BadInputError
+    from vgg_mobile.core.errors import BadInputError
 
     try:
         probs = tflite.predict_tflite(content, x, num_threads=2)
@@ -86,7 +87,7 @@ def _row(name, content: bytes, x, y, note: str = "") -> dict:
 def _fine_tuned(run, data_dir, epochs: int):
     import tf_keras as keras
 
-    from vgg_mobile import dataset
+    from vgg_mobile.data import dataset
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
     parent = run.manifest.get("data", {})
@@ -122,12 +123,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from converters import tflite
-    from vgg_mobile.compression import PruneConfig, QATConfig, prune_run, qat_run
-    from vgg_mobile.hyperparameters import TrainConfig
-    from vgg_mobile.models import ModelOptions
-    from vgg_mobile.run_dir import load_run
-    from vgg_mobile.sample_data import write_sample_data
-    from vgg_mobile.training import train
+    from vgg_mobile.compression.compress import PruneConfig, QATConfig, prune_run, qat_run
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data.sample import write_sample_data
+    from vgg_mobile.training.train import train
 
     t_start = time.perf_counter()
     work = args.work

@@ -66,11 +66,11 @@ def main() -> None:
 
     import tf_keras as keras
 
-    from vgg_mobile.distillation import DistillConfig, distill
-    from vgg_mobile.hyperparameters import TrainConfig
-    from vgg_mobile.models import ModelOptions
-    from vgg_mobile.sample_data import write_sample_data
-    from vgg_mobile.training import train
+    from vgg_mobile.distillation.distill import DistillConfig, distill
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.data.sample import write_sample_data
+    from vgg_mobile.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

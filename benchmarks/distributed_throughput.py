@@ -52,11 +52,11 @@ def _epoch_timer():
 
 def measure(kind: str, replicas: int, args) -> dict:
     """One configuration, in this process (started with its devices already set)."""
-    from vgg_mobile.distillation import DistillConfig, distill
-    from vgg_mobile.distribute import DistributeConfig
-    from vgg_mobile.hyperparameters import TrainConfig
-    from vgg_mobile.models import ModelOptions
-    from vgg_mobile.training import benchmark_throughput, train
+    from vgg_mobile.distillation.distill import DistillConfig, distill
+    from vgg_mobile.training.distribute import DistributeConfig
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.training.train import benchmark_throughput, train
 
     distribute = DistributeConfig(strategy="mirrored" if replicas > 1 else "default",
                                   mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
@@ -119,7 +119,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.replicas[0], args)))
         return
 
-    from vgg_mobile.sample_data import write_sample_data
+    from vgg_mobile.data.sample import write_sample_data
 
     with tempfile.TemporaryDirectory() as tmp:
         args.work = tmp

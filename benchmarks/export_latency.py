@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
-from vgg_mobile.timing import median_ms
+from vgg_mobile.core.timing import median_ms
 
 
 def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
@@ -25,8 +25,9 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
 
     from converters.convert import load_images, compare
     from converters import tflite
-    from vgg_mobile import dataset, evaluation
-    from vgg_mobile.run_dir import load_run
+    from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.core.run_dir import load_run
 
     run = load_run(run_dir)
     folder = dataset.scan_folder(data_dir or run.manifest["data"]["path"], classes=run.classes)
@@ -66,10 +67,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs
         if not runs:
-            from vgg_mobile.hyperparameters import TrainConfig
-            from vgg_mobile.models import ModelOptions
-            from vgg_mobile.sample_data import write_sample_data
-            from vgg_mobile.training import train
+            from vgg_mobile.training.hyperparameters import TrainConfig
+            from vgg_mobile.models.architectures import ModelOptions
+            from vgg_mobile.data.sample import write_sample_data
+            from vgg_mobile.training.train import train
 
             data = write_sample_data(Path(tmp) / "data")
             runs = [train(data, Path(tmp) / "teacher", ModelOptions(image_size=32, weights="none"),

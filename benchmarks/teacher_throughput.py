@@ -27,11 +27,12 @@ def main() -> None:
 
     import tf_keras as keras
 
-    from vgg_mobile import dataset, evaluation
-    from vgg_mobile.hyperparameters import TrainConfig
-    from vgg_mobile.models import ModelOptions
-    from vgg_mobile.sample_data import write_sample_data
-    from vgg_mobile.training import train
+    from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.data.sample import write_sample_data
+    from vgg_mobile.training.train import train
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):

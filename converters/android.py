@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vgg_mobile.errors import BadInputError
-from vgg_mobile.resources import PROJECT_ROOT
-from vgg_mobile.run_dir import atomic_dir
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.resources import PROJECT_ROOT
+from vgg_mobile.core.run_dir import atomic_dir
 
 TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.

@@ -17,9 +17,10 @@ from typing import Callable
 import numpy as np
 
 from converters import tflite
-from vgg_mobile import dataset, evaluation
-from vgg_mobile.errors import BadInputError, BudgetError, DataError
-from vgg_mobile.run_dir import atomic_dir, load_run, new_manifest, write_json, write_text
+from vgg_mobile.data import dataset
+from vgg_mobile.evaluation import metrics as evaluation
+from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
+from vgg_mobile.core.run_dir import atomic_dir, load_run, new_manifest, write_json, write_text
 
 SPARSE_MODES = ("auto", "always", "never")
 # Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError
 
 
 def inspect_tflite(path: str | Path) -> dict:

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from vgg_mobile.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError
 
 _LIBUSB_LOADED = False
 

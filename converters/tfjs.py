@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.errors import BadInputError, VggMobileError
-from vgg_mobile.resources import node_modules_dir
+from vgg_mobile.core.errors import BadInputError, VggMobileError
+from vgg_mobile.core.resources import node_modules_dir
 
 WEIGHT_QUANTIZATIONS = ("none", "uint8", "float16")
 _NODE_SCRIPT = Path(__file__).with_name("js") / "predict.mjs"

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from vgg_mobile.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError
 
 IO_DTYPES = ("float32", "uint8", "int8")
 
@@ -219,7 +219,7 @@ def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, re
         repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
         warmup: Untimed runs first. Defaults to `3`.
     """
-    from vgg_mobile.timing import median_ms
+    from vgg_mobile.core.timing import median_ms
 
     runner = interpreter(model_content, num_threads)
     detail = runner.get_input_details()[0]

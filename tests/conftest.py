@@ -17,7 +17,7 @@ TEACHER_EPOCHS = 8
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The built-in sample dataset, small: 4 classes x 30 images of 32 px."""
-    from vgg_mobile.sample_data import write_sample_data
+    from vgg_mobile.data.sample import write_sample_data
 
     return write_sample_data(tmp_path_factory.mktemp("data") / "sample", images_per_class=30,
                              image_size=32, seed=0)
@@ -26,9 +26,9 @@ def sample_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def teacher_run(sample_dir, tmp_path_factory):
     """A VGG16 teacher trained from scratch on the sample data (about half a minute)."""
-    from vgg_mobile.hyperparameters import TrainConfig
-    from vgg_mobile.models import ModelOptions
-    from vgg_mobile.training import train
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.training.train import train
 
     out = tmp_path_factory.mktemp("runs") / "teacher"
     return train(sample_dir, out, ModelOptions(image_size=TEACHER_SIZE, weights="none"),

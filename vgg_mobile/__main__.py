@@ -1,3 +1,3 @@
-from vgg_mobile.cli import main
+from vgg_mobile.cli.main import main
 
 main(prog_name="vgg-mobile")

@@ -1,0 +1,152 @@
+"""`vgg-mobile convert` end to end: verified artifacts, budgets, exit codes, Android assets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from converters import metadata, tflite
+from converters.convert import ConvertOptions, _budget_misses, convert_run, parse_size
+from vgg_mobile.core.errors import BadInputError, BudgetError
+
+
+@pytest.fixture(scope="module")
+def export(teacher_export):
+    return teacher_export
+
+
+def test_export_holds_verified_artifacts_with_metadata(export, teacher_run):
+    base, manifest = export
+    out = base / "out"
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["stage"] == "convert" and manifest["parent"] == str(teacher_run.run_dir.resolve())
+    assert (out / "labels.txt").read_text() == "circle\ncross\nsquare\ntriangle\n"
+    by_flavour = {a["flavour"]: a for a in manifest["artifacts"]}
+    assert set(by_flavour) == {"float32", "int8", "none"}
+    for flavour in ("float32", "int8"):
+        artifact = by_flavour[flavour]
+        data = (out / artifact["file"]).read_bytes()
+        assert len(data) == artifact["size_bytes"]
+        assert metadata.labels_from_metadata(data) == ["circle", "cross", "square", "triangle"]
+        check = artifact["verification"]
+        assert check["images"] == 24  # the held-out split of the training folder
+        assert check["keras_accuracy"] == pytest.approx(teacher_run.metrics["accuracy"], abs=1e-4)
+    assert by_flavour["float32"]["verification"]["top1_agreement"] == 1.0
+    assert by_flavour["float32"]["verification"]["max_probability_difference"] < 1e-4
+    assert by_flavour["int8"]["verification"]["top1_agreement"] >= 0.9
+    assert by_flavour["int8"]["io_dtype"] == "uint8"
+    assert by_flavour["int8"]["encoding"] == "dense"
+    bundle = by_flavour["none"]  # float weights: TensorFlow.js matches Keras closely
+    assert bundle["format"] == "tfjs_graph_model" and bundle["verification"]["top1_agreement"] == 1.0
+    assert bundle["verification"]["max_probability_difference"] < 1e-3
+    assert json.loads((out / "tfjs" / "labels.json").read_text()) == manifest["classes"]
+    assert json.loads((out / "tfjs" / "manifest.json").read_text())["input"]["size"] == [32, 32]
+    assert not list(base.glob(".*partial"))
+
+
+def test_android_assets_hold_the_int8_model_labels_and_instructions(export):
+    base, manifest = export
+    android = base / "android"
+    int8 = next(a for a in manifest["artifacts"] if a["flavour"] == "int8")
+    assert sorted(p.name for p in android.iterdir()) == sorted([int8["file"], "README.md", "labels.txt"])
+    assert (android / int8["file"]).read_bytes() == (base / "out" / int8["file"]).read_bytes()
+    readme = (android / "README.md").read_text()
+    assert 'noCompress += "tflite"' in readme and "ImageClassifier" in readme
+    assert int8["file"] in readme and "32x32" in readme and "{" not in readme.split("```")[0]
+
+
+def test_a_missed_size_budget_writes_nothing(teacher_run, sample_dir, tmp_path):
+    options = ConvertOptions(flavours=("dynamic",), tfjs=False)  # VGG16: ~15 MB > 10 MB
+    with pytest.raises(BudgetError, match=r"vgg16_train_dynamic.tflite: 1\d\.\d\d MB is over the size budget of 10.00 MB"):
+        convert_run(teacher_run.run_dir, tmp_path / "out", options, data_dir=sample_dir,
+                    android_dir=tmp_path / "android")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accuracy_budgets():
+    check = {"top1_agreement": 0.97, "accuracy_drop": 0.02}
+    loose = ConvertOptions(max_size=None, min_agreement=0.95, max_accuracy_drop=0.03)
+    assert _budget_misses("m.tflite", 5, check, loose) == []
+    tight = ConvertOptions(max_size=4, min_agreement=0.99, max_accuracy_drop=0.01)
+    misses = _budget_misses("m.tflite", 5, check, tight)
+    assert len(misses) == 3
+    assert "top-1 agreement with Keras 0.9700 is below 0.99" in misses[1]
+    assert "accuracy drop 0.0200 is over 0.01" in misses[2]
+
+
+def test_options_and_sizes_are_validated():
+    assert parse_size("10MB") == 10_000_000 and parse_size("2.5MiB") == int(2.5 * 2**20)
+    assert parse_size("none") is None and parse_size("800kB") == 800_000 and parse_size("12") == 12
+    for bad in ("ten MB", "10 parsecs", "-3MB"):
+        with pytest.raises(BadInputError, match="not a size"):
+            parse_size(bad)
+    with pytest.raises(BadInputError, match="valid: float32"):
+        ConvertOptions(flavours=("int4",))
+    with pytest.raises(BadInputError, match="min_agreement"):
+        ConvertOptions(min_agreement=1.5)
+
+
+def test_cli_exit_codes(cli, export, teacher_run, sample_dir, tmp_path):
+    base, manifest = export
+    # Budget missed: exit 3, one line, nothing written.
+    result = cli("convert", teacher_run.run_dir, "--out", tmp_path / "o", "--data", sample_dir,
+                 "--flavour", "dynamic", "--no-tfjs", "--max-size", "1MB")
+    assert result.returncode == 3, result.stderr[-1500:]
+    assert "error: budget missed: vgg16_train_dynamic.tflite" in result.stderr
+    assert not (tmp_path / "o").exists()
+    # Output exists: exit 2 unless --force.
+    result = cli("convert", teacher_run.run_dir, "--out", base / "out", "--no-tfjs")
+    assert result.returncode == 2 and "already exists (pass --force" in result.stderr
+    # A truncated model: exit 2, naming the file.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(teacher_run.run_dir, damaged)
+    (damaged / "model.keras").write_bytes((damaged / "model.keras").read_bytes()[:5000])
+    result = cli("convert", damaged, "--out", tmp_path / "o2", "--data", sample_dir, "--no-tfjs")
+    assert result.returncode == 2 and "model.keras: cannot load the model" in result.stderr
+    # A run directory without labels.
+    (damaged / "labels.txt").unlink()
+    result = cli("convert", damaged, "--out", tmp_path / "o3")
+    assert result.returncode == 2 and "labels.txt: missing" in result.stderr
+    # Bad option values.
+    result = cli("convert", teacher_run.run_dir, "--out", tmp_path / "o4", "--min-agreement", "150%")
+    assert result.returncode == 2 and "between 0 and 1" in result.stderr
+
+
+def test_inspect_prints_metadata_tensors_and_size(cli, export, tmp_path):
+    base, manifest = export
+    int8 = next(a for a in manifest["artifacts"] if a["flavour"] == "int8")
+    result = cli("inspect", base / "out" / int8["file"], "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["size_bytes"] == int8["size_bytes"]
+    assert report["inputs"][0]["shape"] == [1, 32, 32, 3] and report["inputs"][0]["dtype"] == "uint8"
+    assert report["outputs"][0]["shape"] == [1, 4]
+    assert report["metadata"]["name"] == "vgg16_train"
+    assert report["associated_files"]["labels.txt"].split() == manifest["classes"]
+    text = cli("inspect", base / "out" / int8["file"])
+    assert "labels.txt: 4 labels: circle, cross, square, triangle" in text.stdout
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes((base / "out" / int8["file"]).read_bytes()[:4000])
+    result = cli("inspect", truncated)
+    assert result.returncode == 2 and "cut.tflite: not a valid TFLite model" in result.stderr
+
+
+def test_converted_model_classifies_like_the_keras_model_on_new_images(export, teacher_run, tmp_path):
+    """Fresh images the run never saw, decoded by the same pipeline: TFLite still agrees."""
+    import numpy as np
+
+    from vgg_mobile.data import dataset
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data.sample import write_sample_data
+
+    base, manifest = export
+    fresh = write_sample_data(tmp_path / "fresh", images_per_class=5, image_size=48, seed=42)
+    folder = dataset.scan_folder(fresh)
+    images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(folder.train, 32, 32, 4)])
+    keras_probs = load_run(teacher_run.run_dir).load_model()(images).numpy()
+    float32 = next(a for a in manifest["artifacts"] if a["flavour"] == "float32")
+    probs = tflite.predict_tflite((base / "out" / float32["file"]).read_bytes(), images)
+    assert len(set(keras_probs.argmax(1))) >= 3
+    np.testing.assert_allclose(probs, keras_probs, atol=1e-4)

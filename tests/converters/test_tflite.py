@@ -1,0 +1,101 @@
+"""TFLite conversion in every flavour, run in LiteRT and compared with Keras on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters import tflite
+from vgg_mobile.data import dataset
+from vgg_mobile.core.errors import BadInputError
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_run, sample_dir):
+    """The trained teacher, its held-out images (outputs that vary) and calibration images."""
+    from vgg_mobile.core.run_dir import load_run
+
+    run = load_run(teacher_run.run_dir)
+    model = run.load_model()
+    parts = dataset.split(dataset.scan_folder(sample_dir))
+    images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(parts.val, 32, 32, 4)])
+    calibration = np.concatenate(
+        [x.numpy() for x, _ in dataset.make_dataset(parts.train[:40], 32, 40, 4)])
+    reference = model(images, training=False).numpy()
+    # The comparisons below mean something only if the model's answers differ across images.
+    assert len(set(reference.argmax(axis=1))) >= 3
+    assert np.ptp(reference, axis=0).max() > 0.3
+    return model, images, calibration, reference
+
+
+@pytest.fixture(scope="module")
+def converted(teacher):
+    model, _, calibration, _ = teacher
+    return {f: tflite.convert_keras_model(model, f, calibration, io_dtype="uint8" if f == "int8" else "float32")
+            for f in tflite.FLAVOURS}
+
+
+@pytest.mark.parametrize("flavour,max_diff,min_agreement", [
+    ("float32", 1e-4, 1.0), ("float16", 1e-2, 0.97), ("dynamic", 0.15, 0.9), ("int8", 0.15, 0.9)])
+def test_every_flavour_runs_and_agrees_with_keras(teacher, converted, flavour, max_diff, min_agreement):
+    model, images, calibration, reference = teacher
+    data = converted[flavour]
+    probs = tflite.predict_tflite(data, images)
+    assert probs.shape == reference.shape
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
+    assert np.abs(probs - reference).max() <= max_diff
+    assert (probs.argmax(1) == reference.argmax(1)).mean() >= min_agreement
+
+
+def test_quantized_flavours_are_smaller(converted):
+    sizes = {f: len(data) for f, data in converted.items()}
+    assert sizes["float16"] < 0.55 * sizes["float32"]
+    assert sizes["dynamic"] < 0.3 * sizes["float32"]
+    assert sizes["int8"] < 0.3 * sizes["float32"]
+
+
+@pytest.mark.parametrize("io_dtype,numpy_dtype", [("uint8", np.uint8), ("int8", np.int8)])
+def test_int8_input_and_output_types(teacher, converted, io_dtype, numpy_dtype):
+    model, images, calibration, reference = teacher
+    data = (converted["int8"] if io_dtype == "uint8"
+            else tflite.convert_keras_model(model, "int8", calibration, io_dtype=io_dtype))
+    runner = tflite.interpreter(data)
+    assert runner.get_input_details()[0]["dtype"] == numpy_dtype
+    assert runner.get_output_details()[0]["dtype"] == numpy_dtype
+    probs = tflite.predict_tflite(data, images[:12])
+    assert (probs.argmax(1) == reference[:12].argmax(1)).mean() >= 0.8
+
+
+def test_bad_requests_are_refused(teacher):
+    model, *_ = teacher
+    with pytest.raises(BadInputError, match="valid: float32, float16, dynamic, int8"):
+        tflite.convert_keras_model(model, "int4")
+    with pytest.raises(BadInputError, match="representative images"):
+        tflite.convert_keras_model(model, "int8")
+    with pytest.raises(BadInputError, match="needs flavour 'int8'"):
+        tflite.convert_keras_model(model, "float16", io_dtype="uint8")
+    with pytest.raises(BadInputError, match="not a valid TFLite model"):
+        tflite.interpreter(b"TFL3 but not really a model")
+
+
+def test_weight_sparsity_counts_zeros_dense_and_sparse_encoded(teacher, converted):
+    import tf_keras as keras
+
+    model, images, calibration, _ = teacher
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    for layer in pruned.layers:
+        if layer.name.startswith("block") and layer.weights:
+            kernel, bias = layer.get_weights()
+            threshold = np.quantile(np.abs(kernel), 0.8)
+            layer.set_weights([np.where(np.abs(kernel) < threshold, 0, kernel), bias])
+    dense = tflite.convert_keras_model(pruned, "int8", calibration)
+    sparse = tflite.convert_keras_model(pruned, "int8", calibration, sparse=True)
+    assert tflite.weight_sparsity(converted["int8"])["fraction"] < 0.05
+    for data in (dense, sparse):
+        report = tflite.weight_sparsity(data)
+        assert report["tensors"] >= 13
+        assert 0.75 <= report["fraction"] <= 0.85, report
+    assert len(sparse) < len(dense)  # at 80 % the sparse encoding pays
+    np.testing.assert_allclose(tflite.predict_tflite(sparse, images[:8]),
+                               tflite.predict_tflite(dense, images[:8]), atol=1e-5)

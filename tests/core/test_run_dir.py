@@ -1,0 +1,106 @@
+"""The run-directory contract: atomic writes and validated loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vgg_mobile.core import run_dir
+from vgg_mobile.core.errors import RunDirError
+
+
+def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
+    target = tmp_path / "model.keras"
+    with pytest.raises(RuntimeError):
+        with run_dir.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a model")
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+    run_dir.write_text(target, "done")
+    assert target.read_text() == "done"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+
+def test_atomic_write_replaces_the_old_file_whole(tmp_path):
+    path = tmp_path / "manifest.json"
+    run_dir.write_json(path, {"a": 1})
+    run_dir.write_json(path, {"b": (1, 2)})
+    assert json.loads(path.read_text()) == {"b": [1, 2]}
+
+
+def test_finished_run_round_trips(teacher_run):
+    run = run_dir.load_run(teacher_run.run_dir)
+    assert run.classes == ("circle", "cross", "square", "triangle")
+    assert run.image_size == 32
+    model = run.load_model()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert model(x).shape == (2, 4)
+    assert model.optimizer is None  # saved without training state
+
+
+@pytest.fixture()
+def run_copy(teacher_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(teacher_run.run_dir, copy)
+    return copy
+
+
+def test_missing_manifest_means_unfinished(run_copy):
+    (run_copy / "manifest.json").unlink()
+    with pytest.raises(RunDirError, match="manifest.json: missing.*not a finished run"):
+        run_dir.load_run(run_copy)
+    (run_copy / "checkpoints").mkdir()
+    with pytest.raises(RunDirError, match="--resume"):
+        run_dir.load_run(run_copy)
+
+
+def test_corrupt_or_newer_manifest(run_copy):
+    manifest = run_copy / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    with pytest.raises(RunDirError, match="manifest.json: not valid JSON"):
+        run_dir.load_run(run_copy)
+    data = json.loads(text)
+    data["schema_version"] = 99
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(RunDirError, match="schema_version 99 is not supported"):
+        run_dir.load_run(run_copy)
+
+
+def test_labels_must_agree_with_the_manifest(run_copy):
+    (run_copy / "labels.txt").write_text("circle\nsquare\ncross\ntriangle\n")
+    with pytest.raises(RunDirError, match="labels.txt: labels .* disagree"):
+        run_dir.load_run(run_copy)
+
+
+def test_truncated_or_missing_model_names_the_file(run_copy):
+    model = run_copy / "model.keras"
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 3])
+    run = run_dir.load_run(run_copy)
+    with pytest.raises(RunDirError, match="model.keras: cannot load the model"):
+        run.load_model()
+    model.unlink()
+    with pytest.raises(RunDirError, match="model.keras: model file missing"):
+        run.load_model()
+
+
+def test_prepare_out_dir_protects_existing_work(tmp_path, run_copy):
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"x")
+    for force in (False, True):
+        with pytest.raises(RunDirError, match="not a vgg-mobile run directory"):
+            run_dir.prepare_out_dir(unrelated, force=force)
+    assert (unrelated / "holiday.jpg").exists()
+    with pytest.raises(RunDirError, match="already holds a finished run"):
+        run_dir.prepare_out_dir(run_copy)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        run_dir.prepare_out_dir(run_copy, resume=True)
+    with pytest.raises(RunDirError, match="no interrupted run"):
+        run_dir.prepare_out_dir(tmp_path / "new", resume=True)
+    run_dir.prepare_out_dir(run_copy, force=True)
+    assert list(run_copy.iterdir()) == []

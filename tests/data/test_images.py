@@ -1,0 +1,117 @@
+"""Reading real files of every awkward kind: each is written here with Pillow, then checked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vgg_mobile.core.errors import DataError
+from vgg_mobile.data.images import check_image, load_rgb
+
+
+def _halves(width=40, height=20, mode="RGB"):
+    """Left half red, right half blue: shows which way an image was rotated."""
+    array = np.zeros((height, width, 3), np.uint8)
+    array[:, : width // 2] = (255, 0, 0)
+    array[:, width // 2:] = (0, 0, 255)
+    return Image.fromarray(array, "RGB").convert(mode)
+
+
+def test_rgb_jpeg_and_png_read_as_uint8_rgb(tmp_path):
+    for name in ("a.jpg", "a.png"):
+        _halves().save(tmp_path / name)
+        pixels = load_rgb(tmp_path / name)
+        assert pixels.shape == (20, 40, 3) and pixels.dtype == np.uint8
+        assert pixels[10, 5, 0] > 200 and pixels[10, 35, 2] > 200
+        assert check_image(tmp_path / name).ok
+        assert check_image(tmp_path / name).notes == ()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = _halves()
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    pixels = load_rgb(tmp_path / "rotated.jpg")
+    assert pixels.shape == (40, 20, 3)
+    # The left (red) half of the stored image is the top half once displayed.
+    assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 60
+    assert pixels[35, 10, 2] > 200
+    check = check_image(tmp_path / "rotated.jpg")
+    assert check.ok and any("EXIF orientation 6" in n for n in check.notes)
+    assert check.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("L", ".jpg"), ("CMYK", ".jpg"),
+                                         ("P", ".png"), ("RGBA", ".png"), ("LA", ".png")])
+def test_other_colour_modes_are_converted_to_rgb(tmp_path, mode, suffix):
+    path = tmp_path / f"img{suffix}"
+    _halves(mode=mode).save(path)
+    assert Image.open(path).mode == mode
+    pixels = load_rgb(path)
+    assert pixels.shape == (20, 40, 3)
+    check = check_image(path)
+    assert check.ok and check.notes, check
+    if mode in ("CMYK", "P", "RGBA"):
+        assert pixels[10, 5, 0] > 180 and pixels[10, 35, 2] > 180  # colours survive
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    array = np.zeros((8, 8, 4), np.uint8)
+    array[:, :4] = (255, 0, 0, 255)  # opaque red, then fully transparent black
+    Image.fromarray(array, "RGBA").save(tmp_path / "alpha.png")
+    pixels = load_rgb(tmp_path / "alpha.png")
+    assert tuple(pixels[0, 0]) == (255, 0, 0)
+    assert tuple(pixels[0, 7]) == (255, 255, 255)
+
+
+def test_16_bit_png_keeps_its_range(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 8).astype(np.uint16).reshape(8, 64)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    pixels = load_rgb(tmp_path / "deep.png")
+    assert pixels.shape == (8, 64, 3)
+    assert pixels.min() == 0 and pixels.max() == 255  # scaled, not clipped to white
+    assert any("16-bit" in n for n in check_image(tmp_path / "deep.png").notes)
+
+
+def _jpeg_bytes():
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("truncated.jpg", _jpeg_bytes()[:700], "truncated"),
+    ("garbage.jpg", bytes(range(256)) * 4, "not an image"),
+    ("text.png", b"hello, I am not a picture\n", "not an image"),
+    ("empty.jpg", b"", "not an image"),
+    ("notes.txt", b"some notes", "not an image file"),
+])
+def test_bad_files_are_reported_with_a_reason(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    check = check_image(path)
+    assert not check.ok
+    assert reason in check.problem
+    if path.suffix != ".txt":
+        with pytest.raises(DataError, match=name):
+            load_rgb(path)
+
+
+def test_decompression_bomb_is_refused_without_decoding(tmp_path):
+    # 10,000 x 10,000 one-bit pixels: a small file that would decode to 300 MB of RGB.
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 200_000
+    check = check_image(tmp_path / "bomb.png")
+    assert not check.ok and "decompression bomb" in check.problem
+    assert check_image(tmp_path / "bomb.png", max_pixels=200_000_000).ok
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_rgb(tmp_path / "absent.jpg")

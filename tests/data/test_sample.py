@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.data.sample import SAMPLE_CLASSES, write_sample_data
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    a = write_sample_data(tmp_path / "a", images_per_class=4, image_size=32, seed=3)
+    b = write_sample_data(tmp_path / "b", images_per_class=4, image_size=32, seed=3)
+    c = write_sample_data(tmp_path / "c", images_per_class=4, image_size=32, seed=4)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+    assert sorted(p.name for p in a.iterdir()) == list(SAMPLE_CLASSES)
+    assert len(_digest(a)) == 16
+    assert {name.rsplit(".", 1)[1] for name in _digest(a)} == {"jpg", "png"}
+
+
+def test_images_differ_within_a_class(tmp_path):
+    out = write_sample_data(tmp_path / "s", images_per_class=6, image_size=32)
+    pixels = [np.asarray(Image.open(p).convert("RGB"), float) for p in sorted((out / "cross").iterdir())]
+    assert all(np.abs(pixels[0] - other).mean() > 5 for other in pixels[1:])
+
+
+def test_refuses_to_overwrite_and_validates(tmp_path):
+    write_sample_data(tmp_path / "s", images_per_class=2, image_size=32)
+    with pytest.raises(BadInputError, match="already exists"):
+        write_sample_data(tmp_path / "s", images_per_class=2, image_size=32)
+    write_sample_data(tmp_path / "s", images_per_class=3, image_size=32, overwrite=True)
+    assert len(list((tmp_path / "s" / "circle").iterdir())) == 3
+    with pytest.raises(BadInputError, match="images_per_class"):
+        write_sample_data(tmp_path / "t", images_per_class=1)
+    assert not (tmp_path / "t").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,231 @@
+"""`vgg-mobile pipeline`: config parsing, and an end-to-end run that is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+
+from vgg_mobile.pipeline import runner as pipeline
+from vgg_mobile.core.errors import BadInputError
+
+
+def test_print_config_parses_back_to_the_same_defaults(cli):
+    for preset in pipeline.PRESET_NAMES:
+        result = cli("pipeline", "--print-config", "--preset", preset)
+        assert result.returncode == 0, result.stderr
+        data = tomllib.loads(result.stdout)
+        assert set(data) == {"teacher", "prune", "qat", "distill", "student_qat", "convert", "demo",
+                             "benchmark"}
+        assert "# " in result.stdout  # commented
+        assert pipeline.build_config(data, preset) == pipeline.build_config({}, preset)
+    sample, real = pipeline.build_config({}, "sample"), pipeline.build_config({}, "real")
+    assert (sample.teacher_model.image_size, real.teacher_model.image_size) == (32, 224)
+    assert real.teacher_model.weights == "imagenet" and sample.qat.preserve_sparsity
+
+
+def test_config_overrides_reach_the_stage_configs():
+    config = pipeline.load_config(text='[prune]\ntarget_sparsity = 0.7\n[convert]\n'
+                                       'max_size = "2MB"\nflavours = ["int8"]\n'
+                                       '[distill]\nimage_size = "none"\nlearning_rate = 1\n')
+    assert config.prune.target_sparsity == 0.7 and config.prune.epochs == 2  # rest from the preset
+    assert config.convert.max_size == 2_000_000 and config.convert.flavours == ("int8",)
+    assert config.distill.image_size is None and config.distill.learning_rate == 1.0
+    for text, words in (('[teacher]\nepochs = "3"\n', ("[teacher]", "epochs", "integer", "'3'")),
+                        ("[convert]\ntfjs = 1\n", ("[convert]", "tfjs", "boolean")),
+                        ("[qat]\nepochz = 3\nfoo = 1\n", ("[qat]", "epochz", "foo", "valid keys")),
+                        ("[stages]\na = 1\n", ("stages", "valid sections")),
+                        ("[prune]\ntarget_sparsity = 1.5\n", ("[prune]", "target_sparsity=1.5")),
+                        ("[convert]\nsource = 'nope'\n", ("source", "student_qat"))):
+        with pytest.raises(BadInputError) as err:
+            pipeline.load_config("p.toml", text=text)
+        message = str(err.value)
+        assert message.startswith("p.toml: ")
+        for word in words:
+            assert word in message, (word, message)
+
+
+def test_bad_config_exits_2_fast_and_writes_nothing(cli, sample_dir, tmp_path):
+    out = tmp_path / "out"
+    for text, word in (("[teacher]\nepochz = 3\n", "epochz"),
+                       ("[teacher]\nepochs = 2.5\n", "epochs=2.5"),
+                       ("[teacher\n", "not valid TOML")):
+        config = tmp_path / "pipeline.toml"
+        config.write_text(text)
+        start = time.perf_counter()
+        result = cli("pipeline", sample_dir, "--out", out, "--config", config)
+        assert result.returncode == 2, result.stderr
+        assert str(config) in result.stderr and word in result.stderr
+        assert time.perf_counter() - start < 10
+        assert not out.exists()
+    result = cli("pipeline", tmp_path / "missing", "--out", out)
+    assert result.returncode == 2 and "missing" in result.stderr
+    assert not out.exists()
+    # The real preset wants ImageNet weights from the local Keras cache, never a download.
+    result = cli("pipeline", sample_dir, "--out", out, "--preset", "real",
+                 env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+    assert result.returncode == 2 and "never downloads" in result.stderr, result.stderr[-2000:]
+    assert str(tmp_path / "empty_keras_home") in result.stderr and not out.exists()
+
+
+def test_refuses_an_out_folder_that_is_not_its_own(sample_dir, tmp_path):
+    from vgg_mobile.core.errors import RunDirError
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a pipeline output folder"):
+        pipeline.run_pipeline(sample_dir, other)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+TINY_CONFIG = """
+[teacher]
+epochs = 2
+[prune]
+epochs = 1
+[qat]
+epochs = 1
+[distill]
+image_size = 32
+epochs = 2
+[student_qat]
+epochs = 1
+[convert]
+flavours = ["int8"]
+max_size = "none"
+min_agreement = "none"
+verify_images = 16
+calibration_images = 16
+[benchmark]
+repeats = 3
+"""
+
+
+def _created(out, stage):
+    path = out / stage / "manifest.json"
+    return json.loads(path.read_text())["created"], path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
+    from vgg_mobile.data.sample import write_sample_data
+
+    data = write_sample_data(tmp_path / "data", images_per_class=8, image_size=32, seed=0)
+    config = tmp_path / "pipeline.toml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "out"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vgg_mobile", "pipeline", str(data), "--out", str(out),
+             "--config", str(config), "--quiet"],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            deadline = time.monotonic() + 400
+            while "student: started" not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the distill stage never started"
+                time.sleep(0.5)
+            time.sleep(3)  # inside the distillation, with its run directory begun
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    assert not (out / "student" / "manifest.json").exists()
+    before = {stage: _created(out, stage) for stage in ("teacher", "pruned", "pqat")}
+
+    # Re-run with one changed setting of an earlier stage: that stage and the ones after it
+    # are redone, the finished ones before it are not.
+    config.write_text(TINY_CONFIG.replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 2e-5"))
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("teacher", "pruned"):
+        assert re.search(rf"{stage}: finished earlier, inputs unchanged; skipped", result.stderr)
+        assert _created(out, stage) == before[stage], stage
+    assert _created(out, "pqat")[1] != before["pqat"][1]
+    assert re.search(r"student: done in \d+m\d\ds", result.stderr)
+    summary = json.loads(result.stdout)
+    statuses = {s["name"]: s["status"] for s in summary["stages"]}
+    assert statuses == {"teacher": "skipped", "pruned": "skipped", "pqat": "ran",
+                        "student": "ran", "student_qat": "ran", "export": "ran",
+                        "web_export": "ran", "site": "ran", "benchmark": "ran"}
+
+    # The exported model is the QAT student's int8 TFLite, verified against Keras.
+    export = json.loads((out / "export" / "manifest.json").read_text())
+    assert export["parent"] == str((out / "student_qat").resolve())
+    (artifact,) = export["artifacts"]
+    assert artifact["flavour"] == "int8" and (out / "export" / artifact["file"]).is_file()
+    assert artifact["verification"]["top1_agreement"] >= 0.75
+    assert (out / "android").is_dir() and (out / "site" / "index.html").is_file()
+    web = json.loads((out / "web_export" / "manifest.json").read_text())
+    assert any(a["format"] == "tfjs_graph_model" for a in web["artifacts"])
+    rows = {row["artifact"]: row for row in summary["summary"]}
+    int8 = rows["TFLite int8 (student_qat)"]
+    assert int8["budget"] == "pass" and rows["float teacher"]["size_bytes"] > int8["size_bytes"]
+    # Pruning's zeros do not shrink the saved file, but they do shrink its download.
+    assert rows["pruned teacher"]["gzip_bytes"] < 0.8 * rows["float teacher"]["gzip_bytes"]
+    # The benchmark stage timed every artifact, in one process, against the float teacher.
+    assert len(rows) == 8 and all(row["latency_ms"] > 0 for row in rows.values())
+    assert rows["float teacher"]["speedup"] == 1.0 and rows["TF.js (student)"]["speedup"] > 0
+    assert all(0 <= row["agreement"] <= 1 for name, row in rows.items() if name != "float teacher")
+    assert "TF.js wasm (Node)" in (out / "benchmark" / "benchmark.md").read_text()
+    assert pipeline.load_config(out / pipeline.CONFIG_FILE) == pipeline.load_config(config)
+
+    page = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
+    assert "<link" not in page and "<script" not in page
+    assert page.count("data:image/png;base64,") >= 4  # curves, confusion matrices, size chart
+    assert "<th>latency</th>" in page
+    assert "per-class metrics: teacher" in page and "per-class metrics: student_qat" in page
+    assert "size_accuracy.png" in (out / "report.md").read_text()
+
+    # Nothing changed: nothing is redone.
+    finished = {stage: _created(out, stage) for stage in ("student_qat", "export")}
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {s["status"] for s in json.loads(result.stdout)["stages"]} == {"skipped"}
+    assert {stage: _created(out, stage) for stage in finished} == finished
+
+    # A stage that fails: error and exit code of the stage, its folder gone, earlier ones kept.
+    config.write_text(TINY_CONFIG.replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 2e-5")
+                      .replace("[student_qat]\nepochs = 1", "[student_qat]\nepochs = 1\npreserve_sparsity = true"))
+    student = _created(out, "student")
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet")
+    assert result.returncode == 2 and "not pruned" in result.stderr, result.stderr[-2000:]
+    assert not (out / "student_qat").exists() and _created(out, "student") == student
+    state = json.loads((out / pipeline.STATE_FILE).read_text())
+    assert state["stages"]["student_qat"]["status"] == "running"
+    assert state["stages"]["student"]["status"] == "finished"
+
+    # The disk fills up during the redone stage: exit 1 with a clear message, the stage's
+    # partial output discarded, the finished stages kept; with space again, it completes.
+    def limit_file_size():
+        # Any write past 1.5 MB fails with EFBIG, as a full disk fails with ENOSPC.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    # (The benchmark stage is left out from here on: it was tested above, and takes a while.)
+    config.write_text(TINY_CONFIG.replace("[qat]\nepochs = 1", "[qat]\nepochs = 1\nlearning_rate = 2e-5")
+                      .replace("repeats = 3", "enabled = false"))
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet",
+                 preexec_fn=limit_file_size)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error:" in result.stderr and "internal error" not in result.stderr
+    assert "student_qat: started" in result.stderr
+    assert not (out / "student_qat").exists() and _created(out, "student") == student
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = {s["name"]: s["status"] for s in json.loads(result.stdout)["stages"]}
+    assert [name for name, status in statuses.items() if status == "ran"] == ["student_qat", "export"]
+    # The earlier benchmark measured artifacts since redone: it is gone, not shown as theirs.
+    assert not (out / "benchmark").exists()
+    assert all(row["latency_ms"] is None for row in json.loads(result.stdout)["summary"])
+    assert json.loads((out / "export" / "manifest.json").read_text())["artifacts"][0][
+        "verification"]["top1_agreement"] >= 0.75

@@ -1,0 +1,102 @@
+"""`vgg-mobile benchmark`: every artifact of a pipeline folder measured in one process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vgg_mobile.pipeline import runner as pipeline
+from vgg_mobile.reporting.benchmark import BenchmarkConfig, benchmark_pipeline, format_benchmark
+
+CONFIG = """
+[convert]
+source = "teacher"
+max_size = "none"
+min_agreement = 0.9
+[benchmark]
+repeats = 3
+images = 24
+"""
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(teacher_run, teacher_export, tmp_path_factory):
+    """A pipeline output folder holding the session teacher and its export (TFLite, TF.js)."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    out.mkdir()
+    (out / pipeline.STATE_FILE).write_text(json.dumps({"stages": {}}))
+    (out / pipeline.CONFIG_FILE).write_text(CONFIG)
+    (out / "teacher").symlink_to(teacher_run.run_dir.resolve(), target_is_directory=True)
+    (out / "export").symlink_to((teacher_export[0] / "out").resolve(), target_is_directory=True)
+    return out
+
+
+def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_run, sample_dir):
+    from converters import tflite
+    from converters.convert import load_images
+    from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.core.run_dir import load_run
+
+    result = benchmark_pipeline(pipeline_folder)
+    rows = {row["artifact"]: row for row in result.rows}
+    assert set(rows) == {"float teacher", "TFLite float32 (teacher)", "TFLite int8 (teacher)",
+                         "TF.js (teacher)"}
+    assert [r["runtime"] for r in result.rows] == ["TensorFlow (tf_keras)", "LiteRT", "LiteRT",
+                                                   "TF.js wasm (Node)"]
+
+    # The same numbers, computed here without the harness, on a model whose outputs vary.
+    run = load_run(teacher_run.run_dir)
+    folder = dataset.scan_folder(sample_dir, classes=run.classes)
+    examples, split = evaluation.select_examples(run, folder, "auto")
+    assert split == "val" and result.info["images"] == 24
+    x, y = load_images(list(examples)[:24], run.image_size, len(run.classes))
+    reference = run.load_model().predict(x, verbose=0).argmax(1)
+    assert len(set(reference.tolist())) >= 3  # a trained model: its answers differ per image
+    assert rows["float teacher"]["accuracy"] == pytest.approx(float((reference == y).mean()), abs=1e-4)
+    for flavour in ("float32", "int8"):
+        name = f"TFLite {flavour} (teacher)"
+        data = (pipeline_folder / "export" / rows[name]["path"].split("/")[-1]).read_bytes()
+        top = tflite.predict_tflite(data, x).argmax(1)
+        assert rows[name]["agreement"] == pytest.approx(float((top == reference).mean()), abs=1e-4)
+        assert rows[name]["accuracy"] == pytest.approx(float((top == y).mean()), abs=1e-4)
+    assert rows["TFLite float32 (teacher)"]["agreement"] == 1.0
+    assert rows["float teacher"]["agreement"] is None  # the teacher has no parent
+
+    teacher_ms = rows["float teacher"]["latency_ms"]
+    for row in result.rows:
+        assert row["latency_ms"] > 0 and 0 < row["gzip_bytes"] < row["size_bytes"]
+        assert row["speedup"] == pytest.approx(teacher_ms / row["latency_ms"], abs=0.006)  # 2 decimals
+        assert row["budget"] in (("-",) if row["format"] == "keras" else ("pass", "fail"))
+
+    # Written: the JSON last, the Markdown with every artifact; the summary reads them back.
+    saved = json.loads(result.json_path.read_text())
+    assert saved["rows"] == list(result.rows) and saved["repeats"] == 3
+    assert result.markdown_path.read_text().strip() == format_benchmark(list(result.rows), result.info)
+    config = pipeline.load_config(pipeline_folder / pipeline.CONFIG_FILE)
+    summary = {row["artifact"]: row for row in pipeline.summary_rows(pipeline_folder, config)}
+    assert summary["float teacher"]["latency_ms"] == teacher_ms
+    assert summary["TF.js (teacher)"]["speedup"] == rows["TF.js (teacher)"]["speedup"]
+
+
+def test_cli_benchmark_json_and_bad_folders(cli, pipeline_folder, tmp_path):
+    result = cli("benchmark", pipeline_folder, "--repeats", "2", "--images", "8", "--json",
+                 "--output", tmp_path / "b")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["threads"]["tensorflow"] == "1" and report["images"] == 8
+    assert len(report["rows"]) == 4 and (tmp_path / "b" / "benchmark.md").is_file()
+
+    for folder, words in ((tmp_path / "missing", "not a pipeline output folder"),
+                          (tmp_path / "b", "not a pipeline output folder")):
+        result = cli("benchmark", folder)
+        assert result.returncode == 2 and words in result.stderr and str(folder) in result.stderr
+
+
+def test_benchmark_config_is_validated():
+    from vgg_mobile.core.errors import BadInputError
+
+    for kwargs in ({"repeats": 0}, {"threads": 0}, {"images": 0}):
+        with pytest.raises(BadInputError, match=next(iter(kwargs))):
+            BenchmarkConfig(**kwargs)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.training.hyperparameters import Phase, TrainConfig, plan_phases
+
+
+def test_auto_is_full_from_scratch_and_progressive_from_pretrained():
+    config = TrainConfig(epochs=9, unfreeze_blocks=2)
+    assert plan_phases(config, pretrained=False, n_blocks=5) == (Phase(0, 9, 5),)
+    assert plan_phases(config, pretrained=True, n_blocks=5) == (
+        Phase(0, 3, 0), Phase(3, 6, 1), Phase(6, 9, 2))
+
+
+def test_fixed_modes_and_short_runs():
+    def plan(mode, epochs=4, blocks=2):
+        config = TrainConfig(epochs=epochs, fine_tune=mode, unfreeze_blocks=blocks)
+        return plan_phases(config, pretrained=True, n_blocks=5)
+
+    assert plan("feature-extraction") == (Phase(0, 4, 0),)
+    assert plan("last-blocks") == (Phase(0, 4, 2),)
+    assert plan("full") == (Phase(0, 4, 5),)
+    # More phases than epochs: empty phases are dropped, the epochs stay covered.
+    phases = plan("progressive", epochs=2, blocks=4)
+    assert phases[0].start == 0 and phases[-1].end == 2
+    assert all(p.end > p.start for p in phases)
+    assert [p.trainable_blocks for p in phases] == sorted(p.trainable_blocks for p in phases)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0), ("label_smoothing", 1.0),
+    ("fine_tune", "some"), ("val_fraction", 0.0), ("unfreeze_blocks", 0), ("weight_decay", -1.0),
+])
+def test_bad_values_are_refused_with_the_value(field, value):
+    with pytest.raises(BadInputError, match=f"{field}={value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_config_is_frozen():
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+    assert dataclasses.replace(config, epochs=3).epochs == 3 and config.epochs == 10

@@ -1,0 +1,406 @@
+"""Image-folder datasets: scanning and checking the files, splitting, and the tf.data pipeline.
+
+Layouts accepted:
+  DATA/<class>/**/<image>                      one pool, split here (seeded, stratified)
+  DATA/train/<class>/..., DATA/val/<class>/... pre-split by the user
+
+Every file is decoded once by `scan_folder` before any training starts, so a corrupt image is
+reported with its path up front rather than crashing an epoch half-way through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from vgg_mobile.core.errors import DataError
+from vgg_mobile.data.images import MAX_PIXELS, ImageCheck, check_image, load_rgb
+
+# Files that operating systems and tools leave in folders; never reported as bad images.
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini", "labels.txt", "readme.md", "readme.txt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    path: Path
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """A checked image folder.
+
+    Attributes:
+        root: The data folder.
+        classes: Class names, sorted; a label is an index into this tuple.
+        train: Usable examples of the training pool (all of them for an unsplit folder).
+        val: Usable examples of a user-provided `val/` folder, or `None` if unsplit.
+        bad: Files that were skipped, each with the reason.
+        converted: Files that needed a conversion to RGB, with what was done.
+    """
+
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[Example, ...]
+    val: tuple[Example, ...] | None
+    bad: tuple[ImageCheck, ...]
+    converted: tuple[ImageCheck, ...]
+
+    @property
+    def presplit(self) -> bool:
+        return self.val is not None
+
+    def class_counts(self, examples: tuple[Example, ...] | None = None) -> dict[str, int]:
+        examples = self.train if examples is None else examples
+        counts = np.bincount([e.label for e in examples], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+    def fingerprint(self) -> str:
+        """A short hash of the file list and sizes, to tell whether the data changed."""
+        digest = hashlib.sha256()
+        for example in sorted(self.train + (self.val or ()), key=lambda e: str(e.path)):
+            stat = example.path.stat()
+            rel = example.path.relative_to(self.root)
+            digest.update(f"{rel}|{example.label}|{stat.st_size}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    train: tuple[Example, ...]
+    val: tuple[Example, ...]
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _candidate_files(class_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in class_dir.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        and p.name.lower() not in _IGNORED_NAMES
+    )
+
+
+def _check_all(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda p: check_image(p, max_pixels), paths))
+
+
+def _scan_pool(
+    root: Path, classes: tuple[str, ...] | None, max_pixels: int
+) -> tuple[tuple[str, ...], list[Example], list[ImageCheck], list[ImageCheck]]:
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    dirs = _class_dirs(root)
+    names = tuple(d.name for d in dirs)
+    if classes is not None:
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{root}: class folders {unknown} are not in the training classes {list(classes)}"
+            )
+    else:
+        classes = names
+    stray = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.name.lower() not in _IGNORED_NAMES]
+    bad = [ImageCheck(p, problem="not inside a class folder") for p in stray]
+    examples, converted = [], []
+    empty = []
+    for class_dir in dirs:
+        checks = _check_all(_candidate_files(class_dir), max_pixels)
+        good = [c for c in checks if c.ok]
+        bad.extend(c for c in checks if not c.ok)
+        converted.extend(c for c in good if c.notes)
+        if not good:
+            n_bad = len(checks) - len(good)
+            empty.append(f"{class_dir} (no files)" if not checks
+                         else f"{class_dir} (all {n_bad} files unusable)")
+        label = classes.index(class_dir.name)
+        examples.extend(Example(c.path, label) for c in good)
+    if empty:
+        raise DataError("class folders without a usable image: " + "; ".join(empty))
+    return classes, examples, bad, converted
+
+
+def scan_folder(
+    root: str | Path,
+    strict: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    classes: tuple[str, ...] | None = None,
+) -> ImageFolder:
+    """Finds and checks every image of a data folder.
+
+    Args:
+        root: The data folder (`<class>/` subfolders, or `train/` and `val/` with them).
+        strict: Fail on the first bad file instead of skipping bad files. Defaults to `False`.
+        max_pixels: Larger images are refused as possible decompression bombs.
+            Defaults to `MAX_PIXELS`.
+        classes: Expected class names (e.g. a trained model's); class folders outside this
+            list are an error, and labels index this tuple. Defaults to the folder's own.
+
+    Returns:
+        An `ImageFolder`.
+
+    Raises:
+        DataError: The folder is missing, has fewer than two classes, no images, a class folder
+            without a usable image, or (with `strict`) any bad file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    sub = {d.name for d in _class_dirs(root)}
+    presplit = "train" in sub and sub <= {"train", "val", "test"}
+    if presplit:
+        classes, train, bad, converted = _scan_pool(root / "train", classes, max_pixels)
+        val: list[Example] | None = []
+        if (root / "val").is_dir():
+            _, val, bad_val, conv_val = _scan_pool(root / "val", classes, max_pixels)
+            bad += bad_val
+            converted += conv_val
+    else:
+        classes, train, bad, converted = _scan_pool(root, classes, max_pixels)
+        val = None
+    if not train and not val:
+        raise DataError(f"{root}: no images found (expected <class>/<image> subfolders)")
+    if len(classes) < 2:
+        raise DataError(
+            f"{root}: a classifier needs at least two class folders; found {len(classes)}"
+            + (f" ({classes[0]!r})" if classes else "")
+        )
+    if strict and bad:
+        listing = "\n".join(f"  {c.path}: {c.problem}" for c in bad)
+        raise DataError(f"{root}: {len(bad)} bad file(s) (strict mode):\n{listing}")
+    return ImageFolder(root, tuple(classes), tuple(train), None if val is None else tuple(val),
+                       tuple(bad), tuple(converted))
+
+
+def split(folder: ImageFolder, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Splits a folder into training and validation examples.
+
+    A pre-split folder keeps the user's split. Otherwise each class is shuffled with `seed` and
+    `val_fraction` of it (at least one image when the class has two or more) goes to
+    validation, so every class is represented on both sides.
+
+    Args:
+        folder: A checked folder from `scan_folder`.
+        val_fraction: Share of each class held out, in `[0, 1)`. Defaults to `0.2`.
+        seed: Seed of the shuffle. Defaults to `0`.
+
+    Returns:
+        A `Split`.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction}")
+    if folder.val is not None:
+        return Split(folder.train, folder.val)
+    train, val = [], []
+    for label in range(len(folder.classes)):
+        members = sorted((e for e in folder.train if e.label == label), key=lambda e: str(e.path))
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        n_val = int(round(len(members) * val_fraction))
+        if val_fraction > 0 and len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val.extend(members[i] for i in order[:n_val])
+        train.extend(members[i] for i in order[n_val:])
+    return Split(tuple(train), tuple(val))
+
+
+def class_weights(examples: tuple[Example, ...], num_classes: int) -> dict[int, float]:
+    """Balanced class weights `n / (num_classes * n_c)`, for imbalanced folders."""
+    counts = np.bincount([e.label for e in examples], minlength=num_classes).astype(float)
+    total = counts.sum()
+    return {i: float(total / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation; validation and evaluation never augment.
+
+    Attributes:
+        crop_scale: Range of the random resized crop's area, as a share of the image.
+        flip: Random horizontal flips.
+        brightness: Maximum brightness change, as a share of 255.
+        contrast: Maximum contrast change factor offset (e.g. 0.2 means 0.8 to 1.2).
+        saturation: Maximum saturation change factor offset.
+    """
+
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    flip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    def __post_init__(self):
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise DataError(f"crop_scale must satisfy 0 < low <= high <= 1. Received: {self.crop_scale}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DataError(f"{name} must be in [0, 1). Received: {getattr(self, name)}")
+
+
+NO_AUGMENTATION = Augmentation(crop_scale=(1.0, 1.0), flip=False, brightness=0.0,
+                               contrast=0.0, saturation=0.0)
+
+
+def decode_and_resize(path, image_size: int):
+    """Graph op: reads a file with `load_rgb` and resizes it like every exported model expects.
+
+    The resize is bilinear with half-pixel centres and no antialiasing, the same operation as
+    TensorFlow.js's `resizeBilinear(..., halfPixelCenters=true)`, so browser and Python agree.
+    """
+    import tensorflow as tf
+
+    def _load(p):
+        if isinstance(p, np.ndarray):
+            p = p.item()
+        return load_rgb(p.decode() if isinstance(p, bytes) else str(p))
+
+    image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _augment(image, image_size: int, aug: Augmentation):
+    import tensorflow as tf
+
+    if aug.crop_scale != (1.0, 1.0):
+        begin, size, _ = tf.image.sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([0, 0, 4], tf.float32),
+            area_range=aug.crop_scale, aspect_ratio_range=(3 / 4, 4 / 3),
+            min_object_covered=0.0, use_image_if_no_bounding_boxes=True,
+        )
+        image = tf.slice(image, begin, size)
+    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear")
+    if aug.flip:
+        image = tf.image.random_flip_left_right(image)
+    if aug.brightness:
+        image = image + tf.random.uniform([], -aug.brightness, aug.brightness) * 255.0
+    if aug.contrast:
+        image = tf.image.random_contrast(image, 1 - aug.contrast, 1 + aug.contrast)
+    if aug.saturation:
+        image = tf.image.random_saturation(image, 1 - aug.saturation, 1 + aug.saturation)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_dataset(
+    examples: tuple[Example, ...],
+    image_size: int,
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    seed: int = 0,
+    one_hot: bool = True,
+):
+    """Builds the tf.data pipeline: parallel decode, resize, cache, shuffle, augment, prefetch.
+
+    Args:
+        examples: The examples to read.
+        image_size: Side of the square model input.
+        batch_size: Images per batch.
+        num_classes: Number of classes (for one-hot labels).
+        training: Shuffle every epoch and augment. Defaults to `False`.
+        augmentation: Used when `training`. Defaults to no augmentation.
+        seed: Seed of the shuffle and augmentation. Defaults to `0`.
+        one_hot: Yield one-hot labels (needed for label smoothing). Defaults to `True`.
+
+    Returns:
+        A `tf.data.Dataset` of `(float32 pixels in [0, 255], label)` batches.
+    """
+    import tensorflow as tf
+
+    if not examples:
+        raise DataError("no examples to build a dataset from")
+    paths = [str(e.path) for e in examples]
+    labels = [e.label for e in examples]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = ds.map(lambda p, y: (decode_and_resize(p, image_size), y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        tf.random.set_seed(seed)
+        ds = ds.map(lambda x, y: (_augment(x, image_size, augmentation), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if one_hot:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_multi_view_dataset(
+    examples: tuple[Example, ...],
+    image_sizes: tuple[int, ...],
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    seed: int = 0,
+):
+    """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
+
+    For "consistent teaching" in distillation: each image is augmented once, at the largest
+    of the sizes, and every view is resized from that one augmented image, so models with
+    different input sizes see the same crop, flip and colours. Without augmentation each view
+    is decoded and resized straight from the file, exactly as `make_dataset` (and evaluation)
+    would at that size.
+
+    Args:
+        examples: The examples to read.
+        image_sizes: Side of each view, in the order the views are yielded.
+        batch_size: Images per batch.
+        num_classes: Number of classes (for one-hot labels).
+        training: Shuffle every epoch and augment. Defaults to `False`.
+        augmentation: Used when `training`. Defaults to no augmentation.
+        seed: Seed of the shuffle and augmentation. Defaults to `0`.
+
+    Returns:
+        A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
+        float32 pixels in [0, 255].
+    """
+    import tensorflow as tf
+
+    if not examples:
+        raise DataError("no examples to build a dataset from")
+    if not image_sizes or min(image_sizes) < 1:
+        raise DataError(f"image_sizes must be positive sizes. Received: image_sizes={image_sizes}")
+    sizes = tuple(int(s) for s in image_sizes)
+    largest = max(sizes)
+    augmenting = training and augmentation != NO_AUGMENTATION
+    paths = [str(e.path) for e in examples]
+    labels = [e.label for e in examples]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if augmenting:
+        ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if augmenting:
+        tf.random.set_seed(seed)
+
+        def views(image, y):
+            image = _augment(image, largest, augmentation)
+            return tuple(image if s == largest else tf.image.resize(image, [s, s], method="bilinear")
+                         for s in sizes), y
+
+        ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tuple(tf.cast(v, tf.float32) for v in x), y))
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

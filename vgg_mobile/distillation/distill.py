@@ -1,0 +1,600 @@
+"""Knowledge distillation: a trained teacher run teaches a small student, saved as its own run.
+
+The `Distiller` wraps a frozen teacher and a trainable student and trains the student on
+Hinton's loss
+
+    alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+reading both models' `logits` layers. Teacher and student may have different input sizes:
+each training image is augmented once and each model gets its own resized view of it
+("consistent teaching"), so the teacher's soft labels describe the very crop the student sees.
+
+Only the student is saved, as a plain flat tf_keras model (no wrapper, no custom objects),
+ready for `evaluate`, pruning, quantization-aware training and conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from vgg_mobile.data import dataset
+from vgg_mobile.models import architectures as models
+from vgg_mobile.training import distribute as dist
+from vgg_mobile.training.distribute import DistributeConfig
+from vgg_mobile.core.errors import BadInputError, DataError, RunDirError, require
+from vgg_mobile.models.architectures import ModelOptions
+from vgg_mobile.core.run_dir import (CHECKPOINTS, Run, finish_run, load_run, manifest_digest, new_manifest,
+                                prepare_out_dir, write_json)
+
+STATE = "state.json"
+
+DEFAULT_STUDENT = "mobilenet_v2_0.35"
+
+
+def student_names() -> tuple[str, ...]:
+    """Registry names usable as students: the MobileNet families."""
+    return tuple(sorted(name for name, spec in models.ARCHITECTURES.items()
+                        if spec.family.startswith("mobilenet")))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """How a student is distilled from a teacher.
+
+    Attributes:
+        student: A student name from `student_names()`.
+        image_size: The student's input side in pixels; `None` takes the teacher's.
+        temperature: Softens both models' logits before the KL term (T in Hinton's loss).
+        alpha: Weight of the hard-label cross-entropy; `1 - alpha` weighs the teacher's term.
+        epochs: Passes over the training split.
+        batch_size: Images per step.
+        learning_rate: Peak learning rate, after a linear warm-up, then cosine-decayed to 0.
+        warmup_epochs: Length of the warm-up, in epochs (may be fractional).
+        weight_decay: Decoupled weight decay (AdamW).
+        dropout: Dropout rate before the student's `logits` layer.
+        augment: Random resized crop, flip and colour jitter on training images.
+        val_fraction: Share of each class held out for validation; `None` uses the teacher
+            run's, so that on the teacher's own folder the validation images are the ones
+            the teacher never trained on.
+        seed: Seeds the student's initialisation, shuffles and augmentation (and the split
+            of a folder other than the teacher's).
+        baseline: Also train the same student from the same initialisation without the
+            teacher (alpha 1), with the same budget, and record its accuracy.
+        strict: Fail on any bad image instead of skipping it.
+    """
+
+    student: str = DEFAULT_STUDENT
+    image_size: int | None = None
+    temperature: float = 2.0
+    alpha: float = 0.5
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    augment: bool = True
+    val_fraction: float | None = None
+    seed: int = 0
+    baseline: bool = False
+    strict: bool = False
+
+    def __post_init__(self):
+        valid = student_names()
+        require(self.student in valid, f"unknown student {self.student!r}; valid: {', '.join(valid)}",
+             f"student={self.student!r}")
+        spec = models.get_architecture(self.student)
+        require(self.image_size is None or self.image_size >= spec.min_size,
+             f"{self.student} needs an image size of at least {spec.min_size}",
+             f"image_size={self.image_size}")
+        require(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
+        require(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
+        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
+        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
+        require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
+        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
+        require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
+        require(0 <= self.dropout < 1, "dropout must be in [0, 1)", f"dropout={self.dropout}")
+        require(self.val_fraction is None or 0 < self.val_fraction < 1,
+             "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
+
+    def student_options(self, image_size: int) -> ModelOptions:
+        """The student's architecture options at `image_size` (random initialisation)."""
+        return ModelOptions(architecture=self.student, image_size=image_size, weights="none",
+                            dropout=self.dropout, head_units=0)
+
+
+_DISTILLER_CLASS = None
+
+
+def distiller_class():
+    """The `Distiller` class (built on first use, so importing this module stays light)."""
+    global _DISTILLER_CLASS
+    if _DISTILLER_CLASS is not None:
+        return _DISTILLER_CLASS
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class Distiller(keras.Model):
+        """Trains `student` on labels and on a frozen `teacher`'s softened logits.
+
+        `call()` returns the student's output, so `distiller(x)` equals `student(x)`.
+        Training data is `(x, one_hot_labels)` where `x` is the student's input, or a pair
+        `(student_view, teacher_view)` when the two models take different sizes. With
+        `teacher=None` (and alpha 1) it trains the student on labels alone, the baseline.
+        """
+
+        def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
+                     **kwargs):
+            super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
+            if teacher is None and alpha != 1:
+                raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
+            self.student = student
+            self.teacher = teacher
+            self.temperature = float(temperature)
+            self.alpha = float(alpha)
+            # Sub-models sharing the layers (and weights) of each model up to its logits.
+            self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
+                                              name="student_logits")
+            self.student_size = tuple(student.input_shape[1:3])
+            if teacher is not None:
+                teacher.trainable = False
+                self.teacher_logits = keras.Model(teacher.input, teacher.get_layer("logits").output,
+                                                  name="teacher_logits")
+                self.teacher_size = tuple(teacher.input_shape[1:3])
+            self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+            self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+            self.accuracy_tracker = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+        @property
+        def metrics(self):
+            trackers = [self.student_loss_tracker, self.accuracy_tracker]
+            if self.teacher is not None:
+                trackers += [self.distillation_loss_tracker, self.total_loss_tracker]
+            return trackers
+
+        def call(self, inputs, training=False):
+            if isinstance(inputs, (tuple, list)):
+                inputs = inputs[0]
+            return self.student(inputs, training=training)
+
+        def _views(self, x):
+            if isinstance(x, (tuple, list)):
+                return x[0], x[1]
+            if self.teacher is None or self.teacher_size == self.student_size:
+                return x, x
+            return x, tf.image.resize(x, self.teacher_size, method="bilinear")
+
+        def distillation_loss(self, teacher_logits, student_logits):
+            """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
+
+            The T^2 keeps the gradients of the soft term on the scale of the hard one as T
+            changes (Hinton et al., 2015).
+            """
+            t = self.temperature
+            teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / t)
+            student_log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t)
+            kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+            return t * t * tf.reduce_mean(kl)
+
+        @staticmethod
+        def student_loss(labels, student_logits):
+            return tf.reduce_mean(keras.losses.categorical_crossentropy(
+                labels, tf.cast(student_logits, tf.float32), from_logits=True))
+
+        def train_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            student_x, teacher_x = self._views(x)
+            teacher_logits = (self.teacher_logits(teacher_x, training=False)
+                              if self.teacher is not None else None)
+            variables = self.student.trainable_variables
+            with tf.GradientTape() as tape:
+                logits = self.student_logits(student_x, training=True)
+                student_loss = self.student_loss(y, logits)
+                if teacher_logits is not None:
+                    distillation_loss = self.distillation_loss(teacher_logits, logits)
+                    total_loss = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
+                else:
+                    total_loss = student_loss
+                regularization = self.student.losses
+                objective = total_loss + tf.add_n(regularization) if regularization else total_loss
+            # `minimize` with the tape applies loss scaling when the optimizer has it (mixed
+            # precision); otherwise it is `apply_gradients(tape.gradient(...))`.
+            self.optimizer.minimize(objective, variables, tape=tape)
+            self.student_loss_tracker.update_state(student_loss)
+            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
+            if teacher_logits is not None:
+                self.distillation_loss_tracker.update_state(distillation_loss)
+                self.total_loss_tracker.update_state(total_loss)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            student_x, _ = self._views(x)
+            logits = self.student_logits(student_x, training=False)
+            self.student_loss_tracker.update_state(self.student_loss(y, logits))
+            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
+            return {"student_loss": self.student_loss_tracker.result(),
+                    "accuracy": self.accuracy_tracker.result()}
+
+    _DISTILLER_CLASS = Distiller
+    return Distiller
+
+
+def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5):
+    """Wraps a student and a (frozen) teacher in a `Distiller`.
+
+    Args:
+        student: A classifier with a `logits` layer; trained.
+        teacher: A classifier with a `logits` layer and the same classes; frozen. `None`
+            trains the student on labels alone (needs `alpha=1`).
+        temperature: Softening temperature, > 0. Defaults to `2.0`.
+        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
+
+    Returns:
+        An uncompiled `Distiller` (a `tf_keras.Model`).
+
+    Raises:
+        BadInputError: A model without a `logits` layer, different class counts, or a
+            temperature or alpha out of range.
+    """
+    if not temperature > 0:
+        raise BadInputError(f"temperature must be > 0. Received: temperature={temperature}")
+    if not 0 <= alpha <= 1:
+        raise BadInputError(f"alpha must be in [0, 1]. Received: alpha={alpha}")
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is not None and "logits" not in {layer.name for layer in model.layers}:
+            raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
+    if teacher is not None and teacher.output_shape[-1] != student.output_shape[-1]:
+        raise BadInputError(
+            f"teacher and student disagree on the number of classes: "
+            f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
+    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha)
+
+
+def _optimizer(config: DistillConfig, steps_per_epoch: int, learning_rate: float | None = None):
+    import tf_keras as keras
+
+    peak = config.learning_rate if learning_rate is None else learning_rate
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    if warmup > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total - warmup, warmup_target=peak, warmup_steps=warmup)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillResult:
+    """What `distill` wrote and measured.
+
+    Attributes:
+        run_dir: The student's run directory.
+        metrics: The distilled student's metrics on the validation split.
+        teacher_metrics: The teacher's metrics on the same images.
+        baseline_metrics: The student trained without the teacher, or `None`.
+        history: Per-epoch losses and accuracy of the distillation.
+        student_parameters: Parameters of the student.
+        teacher_parameters: Parameters of the teacher.
+        seconds: Wall time of training (distillation and baseline).
+        wrote_run: `False` on a multi-worker non-chief, which writes nothing.
+        distribution: The manifest's `distribution` entry (strategy, replicas, batch, lr).
+    """
+
+    run_dir: Path
+    metrics: dict
+    teacher_metrics: dict
+    baseline_metrics: dict | None
+    history: dict
+    student_parameters: int
+    teacher_parameters: int
+    seconds: float
+    wrote_run: bool = True
+    distribution: dict = dataclasses.field(default_factory=dict)
+
+
+def _check_teacher(run: Run) -> None:
+    manifest = run.manifest
+    if manifest.get("kind") != "image_classifier":
+        raise RunDirError(f"{run.path}: not a classifier run (kind={manifest.get('kind')!r}); "
+                          "the teacher must be a run of `vgg-mobile train` or a later stage")
+    if (manifest.get("output") or {}).get("logits_layer") != "logits":
+        raise RunDirError(f"{run.path}: its manifest names no 'logits' layer "
+                          f"(output={manifest.get('output')!r}), so it cannot teach")
+
+
+def _check_out_dir(out: Path, protected: dict[str, Path]) -> None:
+    # `--force` clears the output folder: never let it point at (or above) the inputs.
+    resolved = out.resolve()
+    for what, path in protected.items():
+        path = path.resolve()
+        if resolved == path or resolved in path.parents:
+            raise RunDirError(f"{out}: is (or contains) the {what} {path}; choose another --out")
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("classes", "per_class", "confusion_matrix")}
+
+
+def distill(
+    teacher_run_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: DistillConfig = DistillConfig(),
+    force: bool = False,
+    resume: bool = False,
+    command: list[str] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+    verbose: int = 0,
+    callbacks: tuple = (),
+    distribute: DistributeConfig = DistributeConfig(),
+) -> DistillResult:
+    """Distills a teacher run into a student and writes the student's run directory.
+
+    Every check (teacher run, classes, options, output folder) happens before training.
+
+    Args:
+        teacher_run_dir: A finished classifier run (e.g. from `vgg-mobile train`).
+        data_dir: Image folder with exactly the teacher's classes.
+        out_dir: Run directory to write the student to.
+        config: Distillation settings. Defaults to `DistillConfig()`.
+        force: Replace a finished or interrupted run in `out_dir`. Defaults to `False`.
+        resume: Continue the interrupted run in `out_dir` after its last finished epoch (Keras
+            `BackupAndRestore` backs up the model and optimizer every epoch); the teacher, data
+            and settings must be the ones it started with. Defaults to `False`.
+        command: The command line that asked for this, recorded in the manifest.
+        log: Receives one-line progress messages. Defaults to discarding them.
+        verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+        callbacks: Extra Keras callbacks for the distillation `fit`. Defaults to none.
+        distribute: Strategy, mixed precision and XLA, as for `training.train`: the batch
+            size is per replica and the learning rate is scaled by the replica count; in a
+            multi-worker run only the chief writes `out_dir`. The strategy is created here,
+            before any other TensorFlow work. Defaults to `DistributeConfig()`.
+
+    Returns:
+        A `DistillResult`; on a multi-worker non-chief its `run_dir` was not written.
+
+    Raises:
+        RunDirError: The teacher run is unfinished or not a classifier, or `out_dir` cannot
+            be written.
+        DataError: The data folder fails its checks or its classes differ from the teacher's.
+        BadInputError: Bad settings.
+    """
+    teacher_run = load_run(teacher_run_dir)
+    _check_teacher(teacher_run)
+    out = Path(out_dir)
+    _check_out_dir(out, {"teacher run": teacher_run.path, "data folder": Path(data_dir)})
+    folder = dataset.scan_folder(data_dir, strict=config.strict)
+    if folder.classes != teacher_run.classes:
+        raise DataError(
+            f"{folder.root}: classes {list(folder.classes)} differ from the teacher's "
+            f"{list(teacher_run.classes)} (names and order must match) in {teacher_run.path}")
+    for check in folder.bad:
+        log(f"skipped {check.path}: {check.problem}")
+
+    teacher_data = teacher_run.manifest.get("data") or {}
+    same_folder = bool(teacher_data.get("path")) and (
+        Path(teacher_data["path"]).resolve() == folder.root.resolve())
+    val_fraction = (config.val_fraction if config.val_fraction is not None
+                    else float(teacher_data.get("val_fraction", 0.2)))
+    split_seed = int(teacher_data.get("seed", config.seed)) if same_folder else config.seed
+    if same_folder and config.val_fraction is not None and config.val_fraction != teacher_data.get("val_fraction"):
+        log("warning: a validation fraction other than the teacher's puts some of the teacher's "
+            "training images in validation; the teacher's accuracy there is optimistic")
+    parts = dataset.split(folder, val_fraction, split_seed)
+    n_classes = len(folder.classes)
+    config.student_options(config.image_size or teacher_run.image_size)  # checked before any work
+
+    dist.check_cluster(distribute, dist.read_cluster())
+    distribution = dist.create_distribution(distribute)
+    teacher = teacher_run.load_model()
+    layer_names = {layer.name for layer in teacher.layers}
+    if "logits" not in layer_names or teacher.output_shape[-1] != n_classes:
+        raise RunDirError(f"{teacher_run.model_path}: not a classifier with a 'logits' layer and "
+                          f"{n_classes} outputs (output shape {teacher.output_shape})")
+    identity = {"config": json.loads(json.dumps(dataclasses.asdict(config))),
+                "teacher_manifest": manifest_digest(teacher_run.path),
+                "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
+    if distribution.writes_run:
+        prepare_out_dir(out, resume=resume, force=force)
+    recorded = _check_resume(out, identity) if resume else {}
+    if distribution.writes_run and not resume:
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        write_json(out / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
+    with dist.writer_dir(out, distribution) as write_dir:
+        return _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
+                        write_dir, config, command, log, verbose, callbacks, distribution, recorded)
+
+
+def _check_resume(out: Path, identity: dict) -> dict:
+    """Checks that the interrupted run in `out` is this one; returns its recorded history."""
+    # Every worker reads the chief's record: --out must be on storage they all reach.
+    path = out / CHECKPOINTS / STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path}: cannot read the interrupted run's state ({err})") from None
+    for key, what in (("config", "the settings"), ("teacher_manifest", "the teacher run"),
+                      ("data_fingerprint", "the data"), ("replicas", "the replica count")):
+        if state.get(key) != identity[key]:
+            raise RunDirError(f"{out}: {what} differ from the interrupted run's; resume with the "
+                              "same ones or pass --force to start over")
+    return state.get("history", {})
+
+
+def _epoch_recorder(state_path: Path | None, key: str, history: dict):
+    """Keeps each finished epoch's logs in the run's state file (the chief's), so that a
+    resumed run's history starts where the interrupted one stopped."""
+    import tf_keras as keras
+
+    from vgg_mobile.training.train import record_epoch_logs
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            record_epoch_logs(history, epoch, logs)
+            if state_path is not None:
+                state = json.loads(state_path.read_text(encoding="utf-8"))
+                state["history"][key] = history
+                write_json(state_path, state)
+
+    return EpochRecorder()
+
+
+def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out, write_dir,
+             config, command, log, verbose, callbacks, distribution, recorded) -> DistillResult:
+    n_classes = len(folder.classes)
+    teacher_size = teacher_run.image_size
+    student_size = config.image_size or teacher_size
+    options = config.student_options(student_size)
+    spec = models.get_architecture(config.student)
+    global_batch = distribution.global_batch(config.batch_size)
+    learning_rate = distribution.scaled_learning_rate(config.learning_rate)
+    # The copy used in training lives under the strategy; `teacher` stays a plain model for
+    # measuring it afterwards.
+    if distribution.name == "default":
+        teacher_in_strategy = teacher
+    else:
+        with distribution.strategy.scope():
+            teacher_in_strategy = teacher_run.load_model()
+
+    import tf_keras as keras
+
+    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.evaluation import plots
+
+    augmentation = dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION
+    steps_per_epoch = -(-len(parts.train) // global_batch)
+
+    state_path = out / CHECKPOINTS / STATE if write_dir == out else None
+
+    def train_student(with_teacher: bool, fit_callbacks=()):
+        keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
+        with distribution.strategy.scope():
+            student = models.build_classifier(options, n_classes)
+            if distribution.config.mixed_precision:
+                student = dist.to_mixed_precision(student)
+            distiller = build_distiller(student, teacher_in_strategy if with_teacher else None,
+                                        config.temperature, config.alpha if with_teacher else 1.0)
+            distiller.compile(
+                optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
+                                              distribution.config),
+                jit_compile=distribution.config.jit_compile)
+        train_ds = dataset.make_multi_view_dataset(
+            parts.train, (student_size, teacher_size) if with_teacher else (student_size,),
+            global_batch, n_classes, training=True, augmentation=augmentation, seed=config.seed)
+        if not with_teacher:
+            train_ds = train_ds.map(lambda x, y: (x[0], y))
+        val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, student_size, global_batch,
+                                                          n_classes))
+                  if parts.val else None)
+        key = "distillation" if with_teacher else "baseline"
+        history = {k: list(v) for k, v in recorded.get(key, {}).items()}
+        done = len(next(iter(history.values()), []))
+        # The record first, then the backup: a kill between the two redoes an epoch rather
+        # than skip one. The backup is kept at the end of training (delete_checkpoint=False),
+        # so a run resumed after this fit finished restores it whole instead of redoing it.
+        backup = dist.backup_callback(out / CHECKPOINTS / "backup" / key,
+                                      write_dir / CHECKPOINTS / "backup" / key, distribution,
+                                      delete_checkpoint=False)
+        if done:
+            log(f"{key}: {min(done, config.epochs)} of {config.epochs} epochs recorded; resuming "
+                "from the last backup (Keras BackupAndRestore)")
+        distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds, epochs=config.epochs,
+                      verbose=verbose, callbacks=[_epoch_recorder(state_path, key, history), backup,
+                                                  *fit_callbacks])
+        # Evaluation, conversion and tfmot take a plain float32 model outside the strategy.
+        return dist.to_float32(student), history
+
+    def val_metrics(model, size):
+        return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
+
+    log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes: "
+        f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
+        f"T={config.temperature}, alpha={config.alpha}, {config.epochs} epochs")
+    if distribution.is_special:
+        log(distribution.describe(config.batch_size, config.learning_rate))
+    t0 = time.perf_counter()
+    student, history = train_student(True, callbacks)
+    baseline_metrics = baseline_history = None
+    if config.baseline:
+        log(f"baseline: the same {config.student} trained without the teacher, same budget")
+        baseline, baseline_history = train_student(False)
+        baseline_metrics = val_metrics(baseline, student_size)
+    seconds = time.perf_counter() - t0
+
+    metrics = val_metrics(student, student_size)
+    teacher_metrics = val_metrics(teacher, teacher_size)
+    # Inference-mode accuracy on the training images, beside the accuracy measured during
+    # training: a large gap means BatchNormalization's moving statistics did not keep up.
+    probs, labels = evaluation.predict(student, parts.train, student_size, n_classes, config.batch_size)
+    train_accuracy_inference = float((probs.argmax(axis=1) == labels).mean())
+    student_parameters = int(student.count_params())
+    teacher_parameters = int(teacher.count_params())
+    distribution_record = {**distribution.record(config.batch_size, config.learning_rate),
+                           "weights_sha256": dist.weights_digest(student)}
+    if write_dir != out:
+        log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
+            f"this worker's own files went to {write_dir} (deleted on exit)")
+        return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
+                             student_parameters, teacher_parameters, seconds,
+                             wrote_run=False, distribution=distribution_record)
+
+    write_json(out / "history.json", {"distillation": history, "baseline": baseline_history})
+    plots.training_curves_png(
+        {"loss": history.get("student_loss", []), "accuracy": history.get("accuracy", []),
+         "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
+        out / "training_curves.png")
+    teacher_input = dict(teacher_run.manifest.get("input") or {})
+    manifest = new_manifest(
+        "distill", folder.classes,
+        architecture=config.student,
+        input={**teacher_input, "size": [student_size, student_size], "channels": 3,
+               "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC"},
+        preprocessing=spec.preprocessing["scratch"],
+        output={"layer": "probs", "activation": "softmax", "logits_layer": "logits"},
+        config={"model": dataclasses.asdict(options), "distill": dataclasses.asdict(config)},
+        command=command,
+        data={"path": str(folder.root.resolve()), "fingerprint": folder.fingerprint(),
+              "presplit": folder.presplit, "val_fraction": val_fraction, "seed": split_seed,
+              "train_images": len(parts.train), "val_images": len(parts.val),
+              "class_counts": folder.class_counts(parts.train),
+              "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]},
+        parent=str(teacher_run.path.resolve()),
+        metrics=metrics,
+        tfmot_compatible=spec.tfmot_compatible,
+        teacher={"run": str(teacher_run.path.resolve()),
+                 "architecture": teacher_run.manifest.get("architecture"),
+                 "image_size": teacher_size, "parameters": teacher_parameters,
+                 "metrics": _summary(teacher_metrics)},
+        baseline=None if baseline_metrics is None else {
+            "description": "the same student, same initialisation and budget, without the teacher",
+            "metrics": _summary(baseline_metrics),
+            "accuracy_gain": round(metrics.get("accuracy", 0.0) - baseline_metrics.get("accuracy", 0.0), 4),
+        },
+        distillation={"temperature": config.temperature, "alpha": config.alpha,
+                      "epochs": config.epochs, "consistent_teaching": True,
+                      "student_parameters": student_parameters,
+                      "parameter_ratio": round(student_parameters / teacher_parameters, 4),
+                      "train_accuracy_last_epoch": history.get("accuracy", [None])[-1],
+                      "train_accuracy_inference": round(train_accuracy_inference, 4),
+                      "seconds": round(seconds, 1)},
+        distribution=distribution_record,
+    )
+    finish_run(out, student, manifest)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    log(f"wrote {out} (student val accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+        f"teacher {teacher_metrics.get('accuracy', float('nan')):.3f}"
+        + (f", student alone {baseline_metrics.get('accuracy', float('nan')):.3f}"
+           if baseline_metrics is not None else "") + ")")
+    return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
+                         student_parameters, teacher_parameters, seconds,
+                         distribution=distribution_record)

@@ -1,0 +1,144 @@
+"""Classification metrics, and evaluating a run directory on a data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vgg_mobile.data import dataset
+from vgg_mobile.core.errors import DataError
+from vgg_mobile.core.run_dir import Run, load_run, write_json
+
+SPLITS = ("auto", "val", "train", "all")
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], top_k: int = 5
+) -> dict:
+    """Accuracy, top-k accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    Args:
+        probs: `(n, num_classes)` predicted probabilities.
+        labels: `(n,)` true class indices.
+        classes: Class names, in output order.
+        top_k: k of the top-k accuracy, capped below the number of classes (where it would
+            always be 1). Defaults to `5`.
+
+    Returns:
+        A JSON-ready dict; `confusion_matrix[i][j]` counts images of class i predicted as j.
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs)
+    num_classes = len(classes)
+    predicted = probs.argmax(axis=1)
+    k = max(1, min(top_k, num_classes - 1))
+    top = np.argsort(-probs, axis=1)[:, :k]
+    confusion = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = confusion[i, i]
+        predicted_i = confusion[:, i].sum()
+        actual_i = confusion[i, :].sum()
+        precision = tp / predicted_i if predicted_i else 0.0
+        recall = tp / actual_i if actual_i else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                           "f1": round(float(f1), 4), "support": int(actual_i)}
+    present = [c for c in classes if per_class[c]["support"]]
+    return {
+        "num_images": int(len(labels)),
+        "accuracy": round(float((predicted == labels).mean()), 4) if len(labels) else 0.0,
+        f"top_{k}_accuracy": round(float((top == labels[:, None]).any(axis=1).mean()), 4),
+        "macro_f1": round(float(np.mean([per_class[c]["f1"] for c in present])), 4) if present else 0.0,
+        "per_class": per_class,
+        "classes": list(classes),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def predict(model, examples, image_size: int, num_classes: int, batch_size: int = 32):
+    """Runs a Keras model over examples; returns `(probs, labels)` as numpy arrays."""
+    ds = dataset.make_dataset(examples, image_size, batch_size, num_classes, one_hot=False)
+    probs, labels = [], []
+    for x, y in ds:
+        probs.append(model(x, training=False).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def validation_metrics(model, examples, image_size: int, classes: tuple[str, ...],
+                       batch_size: int = 32) -> dict:
+    """`classification_metrics` of a model on examples, without the class list (the run's
+    manifest has it); `{}` when there are no examples."""
+    if not examples:
+        return {}
+    probs, labels = predict(model, examples, image_size, len(classes), batch_size)
+    full = classification_metrics(probs, labels, classes)
+    return {k: v for k, v in full.items() if k != "classes"}
+
+
+def select_examples(run: Run, folder: dataset.ImageFolder, split: str):
+    """Chooses which images of a folder to evaluate on, and says which.
+
+    `auto` picks the held-out images: a pre-split folder's `val/`; for the very folder the run
+    was trained on, the same seeded validation split; for any other folder, every image.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}. Received: split={split!r}")
+    data = run.manifest.get("data", {})
+    trained_here = Path(data.get("path", "")).resolve() == folder.root.resolve() if data else False
+    if split == "auto":
+        split = "val" if folder.presplit or trained_here else "all"
+    if split == "all":
+        return folder.train + (folder.val or ()), "all"
+    parts = dataset.split(folder, data.get("val_fraction", 0.2), data.get("seed", 0))
+    chosen = parts.val if split == "val" else parts.train
+    if not chosen:
+        raise DataError(f"{folder.root}: the {split!r} split is empty")
+    return chosen, split
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "auto",
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Evaluates a run's model on a data folder and writes the report.
+
+    Args:
+        run_dir: A finished run directory.
+        data_dir: An image folder whose class folders are among the run's classes.
+        split: `auto`, `val`, `train` or `all` (see `select_examples`). Defaults to `"auto"`.
+        out_dir: Where to write `metrics.json`, `confusion_matrix.json` and `.png`.
+            Defaults to `RUN_DIR/eval`.
+        batch_size: Images per batch. Defaults to `32`.
+
+    Returns:
+        The metrics dict, with `run`, `data`, `split` and `files` added.
+    """
+    from vgg_mobile.evaluation import plots
+
+    run = load_run(run_dir)
+    folder = dataset.scan_folder(data_dir, classes=run.classes)
+    examples, used_split = select_examples(run, folder, split)
+    model = run.load_model()
+    probs, labels = predict(model, examples, run.image_size, len(run.classes), batch_size)
+    metrics = classification_metrics(probs, labels, run.classes)
+    out_dir = Path(out_dir) if out_dir is not None else run.path / "eval"
+    files = {
+        "metrics": str(out_dir / "metrics.json"),
+        "confusion_matrix_json": str(out_dir / "confusion_matrix.json"),
+        "confusion_matrix_png": str(out_dir / "confusion_matrix.png"),
+    }
+    report = {"run": str(run.path), "data": str(folder.root), "split": used_split,
+              "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad],
+              **metrics, "files": files}
+    write_json(files["confusion_matrix_json"],
+               {"classes": metrics["classes"], "matrix": metrics["confusion_matrix"]})
+    plots.confusion_matrix_png(metrics["confusion_matrix"], run.classes, files["confusion_matrix_png"])
+    write_json(files["metrics"], report)
+    return report

@@ -1,0 +1,381 @@
+"""Classifier architectures, registered by name, built as flat tf_keras Functional models.
+
+Every model here takes raw RGB pixels in [0, 255] (float32, NHWC) and carries its
+preprocessing inside the graph, so Python, Android and the browser feed the same input. The
+output layer `probs` is a softmax in float32; the layer before it, `logits`, is what
+distillation reads.
+
+Models are flat (no nested Model inside), because tfmot's pruning and QAT only wrap layers of
+a flat Sequential or Functional model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+from vgg_mobile.core.errors import BadInputError
+
+# The mean RGB pixel of ImageNet, subtracted by the VGG ("caffe") preprocessing.
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Architecture knobs of a classifier (training knobs live in `TrainConfig`).
+
+    Attributes:
+        architecture: A name from `ARCHITECTURES`.
+        image_size: Side of the square input in pixels.
+        weights: `"imagenet"` (from the local Keras cache), `"none"` (random), or a path to
+            an `.h5` weights file of the backbone.
+        dropout: Dropout rate before each head layer.
+        head_units: Width of the hidden dense layer of the head; 0 for none.
+    """
+
+    architecture: str = "vgg16"
+    image_size: int = 64
+    weights: str = "none"
+    dropout: float = 0.3
+    head_units: int = 256
+
+    def __post_init__(self):
+        spec = get_architecture(self.architecture)
+        if self.image_size < spec.min_size:
+            raise BadInputError(
+                f"{spec.name} needs an image size of at least {spec.min_size}. "
+                f"Received: image_size={self.image_size}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise BadInputError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+        if self.head_units < 0:
+            raise BadInputError(f"head_units must be >= 0. Received: head_units={self.head_units}")
+        if self.weights not in ("imagenet", "none") and not self.weights:
+            raise BadInputError("weights must be 'imagenet', 'none' or a path")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A supported architecture, as data.
+
+    Attributes:
+        name: Registry name.
+        build_backbone: `(pixels_tensor, weights_path_or_None) -> feature_tensor`.
+        min_size: Smallest input side it accepts.
+        imagenet_file: File name of its no-top ImageNet weights in the Keras cache.
+        preprocessing: How pixels are normalised inside the graph (for the manifest), keyed
+            by "pretrained" and "scratch".
+        blocks: Names of its trainable blocks, input side first, as layer-name prefixes.
+            Empty when the backbone always trains as a whole.
+        bn_momentum: Momentum given to every BatchNormalization layer of the backbone, or
+            `None` to keep the one Keras builds it with. Defaults to `None`.
+        tfmot_compatible: Whether tfmot's pruning and quantization-aware training can wrap
+            every layer of the built model. Defaults to `True`.
+        family: The model family, for grouping variants of one design (e.g. widths).
+            Defaults to `""`.
+    """
+
+    name: str
+    build_backbone: Callable
+    min_size: int
+    imagenet_file: str
+    preprocessing: dict
+    blocks: tuple[str, ...]
+    bn_momentum: float | None = None
+    tfmot_compatible: bool = True
+    family: str = ""
+
+
+def _vgg16_backbone(pixels, weights_path: str | None):
+    import tf_keras as keras
+
+    # Caffe-style VGG preprocessing is "RGB -> BGR, minus the mean". The channel flip is folded
+    # into block1_conv1's kernel when ImageNet weights are loaded (see `_flip_input_channels`),
+    # so the graph only needs a mean subtraction: a plain built-in layer that every converter
+    # and tfmot understands.
+    if weights_path is not None:
+        x = keras.layers.Rescaling(
+            scale=1.0, offset=[-m for m in IMAGENET_MEAN_RGB], name="preprocess")(pixels)
+    else:
+        # From scratch nothing ties us to the caffe input scale (+-128), under which a deep
+        # stack of ReLU convolutions without normalisation does not train in a short run;
+        # standardised inputs and He initialisation do.
+        x = keras.layers.Normalization(
+            mean=list(IMAGENET_MEAN_RGB), variance=[s * s for s in IMAGENET_STD_RGB],
+            name="preprocess")(pixels)
+    base = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
+    if weights_path is not None:
+        _load_backbone_weights(base, weights_path)
+        _flip_input_channels(base.get_layer("block1_conv1"))
+    else:
+        _he_init(base)
+    return base.output
+
+
+def _he_init(base) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))
+    for layer in base.layers:
+        if layer.name.endswith(tuple(f"conv{i}" for i in range(1, 4))) and layer.weights:
+            kernel, bias = layer.get_weights()
+            fan_in = np.prod(kernel.shape[:3])
+            kernel = rng.normal(0, np.sqrt(2.0 / fan_in), kernel.shape).astype(kernel.dtype)
+            layer.set_weights([kernel, np.zeros_like(bias)])
+
+
+def _load_backbone_weights(base, weights_path: str) -> None:
+    _load_named_weights(base, weights_path, "VGG16")
+    if not [w for layer in base.layers for w in layer.weights]:
+        raise BadInputError(f"{weights_path}: no weights matched the VGG16 layers")
+
+
+def _flip_input_channels(conv) -> None:
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel[:, :, ::-1, :], bias])
+
+
+# --- MobileNet students ---
+
+# Keras builds MobileNet BatchNormalization layers with momentum 0.999: in a short run from
+# scratch (a few hundred steps) the moving statistics barely leave their initial values, and
+# inference-mode accuracy stays at chance while training accuracy climbs. 0.9 tracks the
+# batch statistics within a few dozen steps.
+STUDENT_BN_MOMENTUM = 0.9
+MOBILENET_V2_WIDTHS = (0.35, 0.5, 0.75, 1.0)
+
+# MobileNets take pixels in [-1, 1], pretrained or not.
+_MOBILENET_PREPROCESSING = {
+    "in_graph": True, "layer": "preprocess", "formula": "x / 127.5 - 1",
+    "mean_rgb": [127.5, 127.5, 127.5], "std_rgb": [127.5, 127.5, 127.5],
+}
+
+
+def _set_bn_momentum(base, momentum: float | None) -> None:
+    import tf_keras as keras
+
+    if momentum is None:
+        return
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Read in `call()` when the training graph is traced, and saved in the config.
+            layer.momentum = momentum
+
+
+def _load_named_weights(base, weights_path: str, what: str) -> None:
+    import h5py
+
+    try:
+        with h5py.File(weights_path, "r"):
+            pass
+    except OSError as err:
+        raise BadInputError(f"{weights_path}: not a readable HDF5 weights file ({err})") from None
+    try:
+        # By layer name: convolution kernels do not depend on the input size, so weights
+        # saved at 224 px fit a backbone built at any size.
+        base.load_weights(weights_path, by_name=True, skip_mismatch=False)
+    except (ValueError, KeyError) as err:
+        raise BadInputError(f"{weights_path}: weights do not fit the {what} backbone ({err})") from None
+
+
+def _mobilenet_backbone(pixels, weights_path: str | None, *, builder: str, alpha: float,
+                        bn_momentum: float | None, what: str):
+    import tf_keras as keras
+
+    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1.0, name="preprocess")(pixels)
+    kwargs = {"include_preprocessing": False} if builder.startswith("MobileNetV3") else {}
+    # `input_tensor` makes Keras add the backbone's layers to our graph, so the classifier
+    # stays one flat Functional model (tfmot cannot wrap a nested Model).
+    base = getattr(keras.applications, builder)(
+        include_top=False, weights=None, input_tensor=x, alpha=alpha, **kwargs)
+    if weights_path is not None:
+        _load_named_weights(base, weights_path, what)
+    _set_bn_momentum(base, bn_momentum)
+    return base.output
+
+
+def _mobilenet_architectures() -> list[Architecture]:
+    import functools
+
+    specs = []
+    for alpha in MOBILENET_V2_WIDTHS:
+        name = f"mobilenet_v2_{alpha}"
+        specs.append(Architecture(
+            name=name,
+            build_backbone=functools.partial(
+                _mobilenet_backbone, builder="MobileNetV2", alpha=alpha,
+                bn_momentum=STUDENT_BN_MOMENTUM, what=name),
+            min_size=32,
+            imagenet_file=f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
+            preprocessing={"pretrained": _MOBILENET_PREPROCESSING, "scratch": _MOBILENET_PREPROCESSING},
+            blocks=(),
+            bn_momentum=STUDENT_BN_MOMENTUM,
+            family="mobilenet_v2",
+        ))
+    for size, builder in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large")):
+        name = f"mobilenet_v3_{size}"
+        specs.append(Architecture(
+            name=name,
+            build_backbone=functools.partial(
+                _mobilenet_backbone, builder=builder, alpha=1.0,
+                bn_momentum=STUDENT_BN_MOMENTUM, what=name),
+            min_size=32,
+            imagenet_file=f"weights_mobilenet_v3_{size}_224_1.0_float_no_top_v2.h5",
+            preprocessing={"pretrained": _MOBILENET_PREPROCESSING, "scratch": _MOBILENET_PREPROCESSING},
+            blocks=(),
+            bn_momentum=STUDENT_BN_MOMENTUM,
+            # Keras builds its hard-swish from raw TensorFlow ops (TFOpLambda layers), which
+            # tfmot's pruning and quantization wrappers refuse.
+            tfmot_compatible=False,
+            family="mobilenet_v3",
+        ))
+    return specs
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "vgg16": Architecture(
+        name="vgg16",
+        build_backbone=_vgg16_backbone,
+        min_size=32,
+        imagenet_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        preprocessing={
+            "pretrained": {
+                "in_graph": True, "layer": "preprocess",
+                "formula": "(x - mean_rgb) / std_rgb; VGG's BGR order folded into block1_conv1",
+                "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": [1.0, 1.0, 1.0],
+            },
+            "scratch": {
+                "in_graph": True, "layer": "preprocess", "formula": "(x - mean_rgb) / std_rgb",
+                "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": list(IMAGENET_STD_RGB),
+            },
+        },
+        blocks=("block1", "block2", "block3", "block4", "block5"),
+    ),
+    **{spec.name: spec for spec in _mobilenet_architectures()},
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """Looks up an architecture by name; the error lists the valid names."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise BadInputError(
+            f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def require_tfmot_compatible(name: str, step: str) -> Architecture:
+    """Refuses an architecture that tfmot cannot wrap, before any work starts.
+
+    Args:
+        name: A name from `ARCHITECTURES`.
+        step: What was asked for (e.g. `"prune"`), for the message.
+
+    Returns:
+        The architecture.
+
+    Raises:
+        BadInputError: Unknown name, or an architecture tfmot cannot wrap.
+    """
+    spec = get_architecture(name)
+    if not spec.tfmot_compatible:
+        usable = [n for n, a in ARCHITECTURES.items() if a.tfmot_compatible]
+        raise BadInputError(
+            f"{step} cannot handle architecture {name!r}: tfmot cannot wrap its layers "
+            f"(Keras builds its hard-swish from raw TensorFlow ops). Architectures {step} "
+            f"supports: {', '.join(usable)}"
+        )
+    return spec
+
+
+def keras_cache_dir() -> Path:
+    """The folder where Keras keeps downloaded weights (`$KERAS_HOME/models`)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def resolve_weights(weights: str, architecture: str) -> str | None:
+    """Turns `--weights` into a local file path, or `None` for random initialisation.
+
+    Never downloads: `"imagenet"` must already be in the Keras cache.
+
+    Raises:
+        BadInputError: The file is absent; the message says where it was looked for.
+    """
+    spec = get_architecture(architecture)
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        path = keras_cache_dir() / spec.imagenet_file
+        if not path.is_file():
+            raise BadInputError(
+                f"ImageNet weights for {spec.name} not found at {path}. vgg-mobile never "
+                f"downloads at run time: copy {spec.imagenet_file} there (or set KERAS_HOME), "
+                f"pass --weights PATH, or use --weights none"
+            )
+        return str(path)
+    path = Path(weights)
+    if not path.is_file():
+        raise BadInputError(f"{path}: weights file not found (weights={weights!r})")
+    return str(path)
+
+
+def build_classifier(options: ModelOptions, num_classes: int):
+    """Builds a flat classifier: pixels -> preprocessing -> backbone -> head -> softmax.
+
+    Args:
+        options: Architecture, input size, weights and head.
+        num_classes: Number of output classes (at least 2).
+
+    Returns:
+        An uncompiled `tf_keras.Model` named after the architecture.
+
+    Raises:
+        BadInputError: Bad weights, or fewer than two classes.
+    """
+    import tf_keras as keras
+
+    if num_classes < 2:
+        raise BadInputError(f"num_classes must be at least 2. Received: num_classes={num_classes}")
+    spec = get_architecture(options.architecture)
+    weights_path = resolve_weights(options.weights, options.architecture)
+    pixels = keras.Input((options.image_size, options.image_size, 3), name="pixels")
+    features = spec.build_backbone(pixels, weights_path)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
+    if options.head_units:
+        if options.dropout:
+            x = keras.layers.Dropout(options.dropout, name="head_dropout1")(x)
+        x = keras.layers.Dense(options.head_units, activation="relu", name="head_dense")(x)
+    if options.dropout:
+        x = keras.layers.Dropout(options.dropout, name="head_dropout2")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+    return keras.Model(pixels, probs, name=spec.name)
+
+
+def block_of(layer_name: str, architecture: str) -> int | None:
+    """Index of the backbone block a layer belongs to, or `None` for head/preprocessing."""
+    for i, prefix in enumerate(get_architecture(architecture).blocks):
+        if layer_name.startswith(prefix + "_"):
+            return i
+    return None
+
+
+def set_trainable_blocks(model, architecture: str, trainable_blocks: int) -> None:
+    """Freezes the backbone except its last `trainable_blocks` blocks; the head stays trainable.
+
+    Args:
+        model: A model from `build_classifier`.
+        architecture: Its architecture name.
+        trainable_blocks: 0 freezes the whole backbone (feature extraction); the number of
+            blocks or more trains everything.
+    """
+    n_blocks = len(get_architecture(architecture).blocks)
+    first_trainable = n_blocks - trainable_blocks
+    for layer in model.layers:
+        block = block_of(layer.name, architecture)
+        layer.trainable = block is None or block >= first_trainable

@@ -1,0 +1,280 @@
+"""`vgg-mobile benchmark OUT`: every artifact of a pipeline output, measured in one process.
+
+Each artifact (the Keras runs and every exported TFLite file and TF.js bundle) runs on the
+same held-out images and is timed on single images in the same process, so that ratios
+between them mean something on a shared, noisy machine where absolute times do not:
+
+    accuracy    on the held-out images of the teacher's data split
+    agreement   top-1 agreement with the parent it was made from (the teacher has none)
+    size, gzip  bytes of the file (a TF.js bundle: all its files), and after gzip
+    latency     median of `repeats` single-image runs after 3 warm-ups, every runtime with
+                `threads` threads: TensorFlow (tf_keras, a compiled `tf.function`), LiteRT,
+                TF.js on its WASM backend in Node (single-threaded SIMD)
+    speedup     the float teacher's Keras latency divided by the artifact's
+
+The result is written to `OUT/benchmark/benchmark.json` (last) and `benchmark.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vgg_mobile.core.errors import BadInputError, RunDirError
+
+RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "tfjs": "TF.js wasm (Node)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """The benchmark stage.
+
+    Attributes:
+        enabled: Measure every artifact at the end of the pipeline (`OUT/benchmark`).
+        repeats: Timed single-image runs per artifact; the median is reported.
+        threads: Threads for TensorFlow and LiteRT (TF.js's WASM backend in Node has one).
+        images: Held-out images every artifact runs on, at most; "none" for all of them.
+    """
+
+    enabled: bool = True
+    repeats: int = 30
+    threads: int = 1
+    images: int | None = None
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.threads < 1:
+            raise BadInputError("repeats and threads must be at least 1. Received: "
+                                f"repeats={self.repeats}, threads={self.threads}")
+        if self.images is not None and self.images < 1:
+            raise BadInputError(f"images must be at least 1 or none. Received: images={self.images}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkResult:
+    """What `benchmark_pipeline` measured: one dict per artifact, and the files written."""
+
+    rows: tuple[dict, ...]
+    json_path: Path
+    markdown_path: Path
+    info: dict
+
+
+def _set_threads(threads: int) -> str:
+    """Fixes TensorFlow's thread pools, which is only possible before TensorFlow starts."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        return "process default (TensorFlow had already started)"
+    return str(threads)
+
+
+def keras_latency_ms(model, image: np.ndarray, repeats: int = 30) -> float:
+    """Median milliseconds of one single-image forward pass through a compiled `tf.function`.
+
+    `model.predict` would add its per-call setup (tens of milliseconds) to every image.
+    """
+    import tensorflow as tf
+
+    from vgg_mobile.core.timing import median_ms
+
+    compiled = tf.function(lambda t: model(t, training=False))
+    one = tf.constant(np.asarray(image, np.float32)[None])
+    return median_ms(lambda: compiled(one).numpy(), repeats)
+
+
+def load_pipeline_config(out: str | Path):
+    """The configuration of the pipeline that wrote OUT (`OUT/pipeline.toml`; else the defaults)."""
+    from vgg_mobile.pipeline import runner as pipeline
+
+    out = Path(out)
+
+    config_file = out / pipeline.CONFIG_FILE
+    return pipeline.load_config(config_file) if config_file.is_file() else pipeline.build_config({})
+
+
+def _held_out(out: Path, data_dir: Path | None, limit: int | None):
+    from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.core.run_dir import load_run
+
+    teacher = load_run(out / "teacher")
+    folder = dataset.scan_folder(data_dir or teacher.manifest["data"]["path"], classes=teacher.classes)
+    examples, split = evaluation.select_examples(teacher, folder, "auto")
+    return teacher, list(examples)[:limit] if limit else list(examples), split
+
+
+def benchmark_pipeline(
+    out_dir: str | Path,
+    config: BenchmarkConfig | None = None,
+    output_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> BenchmarkResult:
+    """Measures every artifact of a pipeline output folder (see the module docstring).
+
+    Args:
+        out_dir: A pipeline output folder (`vgg-mobile pipeline ... --out OUT`).
+        config: Repeats, threads and image count. Defaults to the `[benchmark]` section of
+            `OUT/pipeline.toml`.
+        output_dir: Where `benchmark.json` and `benchmark.md` go. Defaults to `OUT/benchmark`.
+        data_dir: The image folder, when it moved since the pipeline ran. Defaults to the one
+            the teacher's manifest records.
+        log: Receives one line per artifact.
+
+    Returns:
+        A `BenchmarkResult`.
+
+    Raises:
+        RunDirError: `out_dir` is not a pipeline output folder, or has no teacher run.
+        DataError: The image folder fails its checks.
+    """
+    from vgg_mobile.pipeline import runner as pipeline
+    from vgg_mobile.core.run_dir import write_json, write_text
+
+    out = Path(out_dir)
+    if not (out / pipeline.STATE_FILE).is_file():
+        raise RunDirError(f"{out}: not a pipeline output folder (no {pipeline.STATE_FILE})")
+    if not (out / "teacher" / "manifest.json").is_file():
+        raise RunDirError(f"{out}: has no finished teacher run to measure against")
+    pipeline_config = load_pipeline_config(out)
+    config = config or pipeline_config.benchmark
+    threads = _set_threads(config.threads)
+    teacher, examples, split = _held_out(out, Path(data_dir) if data_dir else None, config.images)
+    rows = [row for row in pipeline.summary_rows(out, pipeline_config)
+            if Path(row["path"]).exists()]
+    measured: dict[str, dict] = {}
+    probs_of: dict[str, np.ndarray] = {}  # Keras outputs by stage: the parents of the others
+    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    teacher_ms = None
+    started = time.perf_counter()
+    for row in rows:
+        result = _measure(row, examples, len(teacher.classes), config, images)
+        labels = images[result.pop("image_size")][1]
+        probs = result.pop("probs")
+        if row["format"] == "keras":
+            probs_of[row["stage"]] = probs
+        if row["stage"] == "teacher":
+            teacher_ms = result["latency_ms"]
+        parent = probs_of.get(row["parent"]) if row["parent"] else None
+        measured[row["path"]] = {
+            "artifact": row["artifact"], "stage": row["stage"], "format": row["format"],
+            "path": row["path"], "parent": row["parent"], "runtime": result["runtime"],
+            "accuracy": round(float((probs.argmax(1) == labels).mean()), 4),
+            "agreement": (round(float((probs.argmax(1) == parent.argmax(1)).mean()), 4)
+                          if parent is not None else None),
+            "size_bytes": row["size_bytes"],
+            "gzip_bytes": row["gzip_bytes"] if row["gzip_bytes"] is not None
+            else pipeline.gzip_size(Path(row["path"])),
+            "latency_ms": round(result["latency_ms"], 3),
+            "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
+            "budget": row["budget"],
+        }
+        log(f"benchmark: {row['artifact']}: {result['latency_ms']:.2f} ms/image, accuracy "
+            f"{measured[row['path']]['accuracy']:.3f}")
+    info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "out": str(out.resolve()), "images": len(examples), "split": split,
+            "repeats": config.repeats, "threads": {"tensorflow": threads, "litert": config.threads,
+                                                   "tfjs": 1},
+            "reference": "float teacher (TensorFlow)", "seconds": round(time.perf_counter() - started, 1),
+            "versions": _versions()}
+    target = Path(output_dir) if output_dir else out / "benchmark"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / pipeline.BENCHMARK_JSON).unlink(missing_ok=True)  # the JSON marks it finished
+    markdown = target / "benchmark.md"
+    write_text(markdown, format_benchmark(list(measured.values()), info) + "\n")
+    json_path = target / pipeline.BENCHMARK_JSON
+    write_json(json_path, {**info, "rows": list(measured.values())})
+    return BenchmarkResult(tuple(measured.values()), json_path, markdown, info)
+
+
+def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, images: dict) -> dict:
+    """Runs one artifact on the held-out images and times it on the first one."""
+    from converters.convert import load_images
+
+    path = Path(row["path"])
+    if row["format"] == "keras":
+        from vgg_mobile.core.run_dir import load_run
+
+        run = load_run(path.parent)
+        size = run.image_size
+        if size not in images:
+            images[size] = load_images(examples, size, num_classes)
+        model = run.load_model()
+        x = images[size][0]
+        probs = model.predict(x, batch_size=32, verbose=0)
+        latency = keras_latency_ms(model, x[0], config.repeats)
+    elif row["format"] == "tflite":
+        from converters import tflite
+
+        data = path.read_bytes()
+        size = int(tflite.interpreter(data).get_input_details()[0]["shape"][1])
+        if size not in images:
+            images[size] = load_images(examples, size, num_classes)
+        x = images[size][0]
+        probs = tflite.predict_tflite(data, x, config.threads)
+        latency = tflite.latency_ms(data, x[0], config.threads, config.repeats)
+    else:
+        from converters import tfjs
+
+        size = _tfjs_image_size(path)
+        if size not in images:
+            images[size] = load_images(examples, size, num_classes)
+        output = tfjs.run_tfjs(path, images[size][0], backend="wasm", latency_repeats=config.repeats)
+        probs, latency = output["probs"], output["latency_ms"]
+    return {"probs": np.asarray(probs), "latency_ms": float(latency), "image_size": size,
+            "runtime": RUNTIMES[row["format"]]}
+
+
+def _tfjs_image_size(bundle: Path) -> int:
+    # The export writes the bundle beside its manifest, which records the input size.
+    manifest = json.loads((bundle.parent / "manifest.json").read_text(encoding="utf-8"))
+    return int(manifest["input"]["size"][0])
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("tensorflow", "tf-keras", "ai-edge-litert", "tensorflowjs"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    from vgg_mobile.core.resources import node_modules_dir
+
+    node_modules = node_modules_dir()
+    package = node_modules / "@tensorflow" / "tfjs" / "package.json" if node_modules else None
+    versions["@tensorflow/tfjs"] = (json.loads(package.read_text())["version"]
+                                    if package and package.is_file() else None)
+    return versions
+
+
+BENCHMARK_COLUMNS = ("artifact", "runtime", "accuracy", "agreement with parent", "size", "gzip",
+                     "ms/image", "vs float teacher")
+
+
+def format_benchmark(rows: list[dict], info: dict) -> str:
+    """The benchmark as Markdown: a heading line on how it was measured, then the table."""
+    def cell(value, template):
+        return "-" if value is None else template.format(value)
+
+    lines = [f"{info['images']} held-out images ({info['split']} split); latency: median of "
+             f"{info['repeats']} single-image runs, threads: TensorFlow {info['threads']['tensorflow']}, "
+             f"LiteRT {info['threads']['litert']}, TF.js 1; speed-up against the float teacher "
+             "in the same process.", "",
+             "| " + " | ".join(BENCHMARK_COLUMNS) + " |", "|---|---|" + "---:|" * 6]
+    for row in rows:
+        lines.append("| " + " | ".join((
+            row["artifact"], row["runtime"], cell(row["accuracy"], "{:.3f}"),
+            cell(row["agreement"], "{:.3f}"), f"{row['size_bytes'] / 1e6:.2f} MB",
+            cell(None if row["gzip_bytes"] is None else row["gzip_bytes"] / 1e6, "{:.2f} MB"),
+            cell(row["latency_ms"], "{:.2f}"), cell(row["speedup"], "{:.1f}x"))) + " |")
+    return "\n".join(lines)

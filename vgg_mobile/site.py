@@ -1,0 +1,156 @@
+"""The in-browser demo: assembling a ready-to-host folder, and serving it on 127.0.0.1.
+
+A demo folder holds the static page (`web_demo/` in the project), TensorFlow.js vendored from
+the project's npm packages (versions locked by `package-lock.json`), and a TF.js bundle from
+`vgg-mobile convert` in `model/`. It needs no build step and no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+from vgg_mobile.core.errors import BadInputError, VggMobileError
+from vgg_mobile.core.resources import PROJECT_ROOT, node_modules_dir
+from vgg_mobile.core.run_dir import atomic_dir
+
+PAGE_DIR = PROJECT_ROOT / "web_demo"
+PAGE_FILES = ("index.html", "app.js", "style.css")
+VENDOR_FILES = {
+    "@tensorflow/tfjs": ("dist/tf.min.js",),
+    "@tensorflow/tfjs-backend-wasm": ("dist/tf-backend-wasm.min.js", "dist/tfjs-backend-wasm.wasm",
+                                      "dist/tfjs-backend-wasm-simd.wasm",
+                                      "dist/tfjs-backend-wasm-threaded-simd.wasm"),
+}
+BUNDLE_FILES = ("model.json", "labels.json", "manifest.json")
+
+
+def find_bundle(path: str | Path) -> Path:
+    """Accepts an export folder (with `tfjs/`) or a TF.js bundle folder; returns the bundle.
+
+    Raises:
+        BadInputError: Not a bundle, or a bundle missing a file or a weight shard.
+    """
+    path = Path(path)
+    bundle = path / "tfjs" if (path / "tfjs" / "model.json").is_file() else path
+    for name in BUNDLE_FILES:
+        if not (bundle / name).is_file():
+            raise BadInputError(f"{bundle / name}: missing; expected a TF.js bundle from "
+                                "`vgg-mobile convert` (its export folder or its tfjs/ folder)")
+    try:
+        topology = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+        shards = [p for group in topology["weightsManifest"] for p in group["paths"]]
+        labels = json.loads((bundle / "labels.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise BadInputError(f"{bundle}: damaged bundle ({err})") from None
+    for shard in shards:
+        if not (bundle / shard).is_file():
+            raise BadInputError(f"{bundle / shard}: weight file missing from the bundle")
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise BadInputError(f"{bundle / 'labels.json'}: expected a list of at least two class names")
+    return bundle
+
+
+def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> Path:
+    """Writes a self-contained demo folder: page, vendored TensorFlow.js, and the model bundle.
+
+    Args:
+        out: Folder to create.
+        bundle: A `vgg-mobile convert` export folder or its `tfjs/` bundle.
+        force: Replace `out` if it exists. Defaults to `False`.
+
+    Returns:
+        `out`.
+
+    Raises:
+        BadInputError: A bad bundle, or `out` exists without `force`.
+        VggMobileError: TensorFlow.js is not installed (`npm ci` in the project).
+    """
+    out = Path(out)
+    source = find_bundle(bundle)
+    if out.exists() and not force:
+        raise BadInputError(f"{out}: already exists (pass --force to replace it)")
+    modules = node_modules_dir()
+    if modules is None:
+        raise VggMobileError("TensorFlow.js is not installed: run `npm ci` in the vgg-mobile project")
+    with atomic_dir(out) as staging:
+        for name in PAGE_FILES:
+            shutil.copyfile(PAGE_DIR / name, staging / name)
+        vendor = staging / "vendor"
+        vendor.mkdir()
+        versions = {}
+        for package, files in VENDOR_FILES.items():
+            root = modules / package
+            versions[package] = json.loads((root / "package.json").read_text())["version"]
+            for file in files:
+                shutil.copyfile(root / file, vendor / Path(file).name)
+        (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
+        shutil.copytree(source, staging / "model")
+    return out
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves one folder, with the headers that make the page cross-origin isolated.
+
+    Cross-origin isolation (COOP + COEP) is what lets the WASM backend use threads.
+    """
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".wasm": "application/wasm", ".js": "text/javascript",
+                      ".json": "application/json"}
+
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def translate_path(self, path):
+        translated = Path(super().translate_path(path)).resolve()
+        root = Path(self.directory).resolve()
+        # Symbolic links out of the folder are refused, like `..` in the URL.
+        if translated != root and root not in translated.parents:
+            return str(root / "__outside__")
+        return str(translated)
+
+    def list_directory(self, path):
+        self.send_error(404, "No directory listings")
+        return None
+
+    def log_message(self, format, *args):
+        if not getattr(self.server, "quiet", False):
+            super().log_message(format, *args)
+
+
+def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 8000,
+                quiet: bool = False) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for a demo folder (`serve_forever()` to run it; port 0 picks a free one).
+
+    Raises:
+        BadInputError: `directory` is not a demo folder.
+    """
+    directory = Path(directory)
+    if not (directory / "index.html").is_file():
+        raise BadInputError(f"{directory}: not a demo folder (no index.html); build one with "
+                            "`vgg-mobile demo`")
+    handler = functools.partial(_Handler, directory=str(directory.resolve()))
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as err:
+        raise BadInputError(f"cannot listen on {host}:{port} ({err.strerror})") from None
+    server.quiet = quiet
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_background(directory: str | Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Starts a quiet server on a free local port; returns it and its base URL."""
+    server = make_server(directory, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}/"
