@@ -83,7 +83,7 @@ def _random_export(out: Path, architecture: str, size: int) -> Path:
     """An export folder (TF.js bundle + int8 TFLite) of an untrained classifier."""
     from converters import tflite, tfjs
     from vgg_mobile.models.architectures import ModelOptions, build_classifier
-    from vgg_mobile.core.run_dir import write_json
+    from vgg_mobile.core.io import write_json
 
     classes = ["a", "b", "c", "d"]
     model = build_classifier(ModelOptions(architecture=architecture, image_size=size), len(classes))

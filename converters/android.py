@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.resources import PROJECT_ROOT
-from vgg_mobile.core.run_dir import atomic_dir
+from vgg_mobile.core.io import atomic_dir
 
 TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.

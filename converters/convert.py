@@ -9,7 +9,6 @@ nothing behind.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,8 +18,10 @@ import numpy as np
 from converters import tflite
 from vgg_mobile.data import dataset
 from vgg_mobile.evaluation import metrics as evaluation
+from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
-from vgg_mobile.core.run_dir import atomic_dir, load_run, new_manifest, write_json, write_text
+from vgg_mobile.core.run_dir import load_run, new_manifest
+from vgg_mobile.core.io import atomic_dir, gzip_size, write_json, write_text
 
 SPARSE_MODES = ("auto", "always", "never")
 # Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %
@@ -81,6 +82,11 @@ class ConvertOptions:
     author: str = "vgg-mobile"
     license: str = "Apache-2.0"
 
+    @property
+    def budgets(self) -> Budgets:
+        """The artifact budgets these options hold (validated when built)."""
+        return Budgets(self.max_size, self.min_agreement, self.max_accuracy_drop)
+
     def __post_init__(self):
         if not self.flavours:
             raise BadInputError("at least one TFLite flavour is needed")
@@ -94,12 +100,7 @@ class ConvertOptions:
         if self.sparse not in SPARSE_MODES:
             raise BadInputError(f"sparse must be one of {', '.join(SPARSE_MODES)}. "
                                 f"Received: sparse={self.sparse!r}")
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise BadInputError(f"min_agreement must be in [0, 1]. Received: {self.min_agreement}")
-        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
-            raise BadInputError(f"max_accuracy_drop must be in [0, 1]. Received: {self.max_accuracy_drop}")
-        if self.max_size is not None and self.max_size <= 0:
-            raise BadInputError(f"max_size must be positive. Received: {self.max_size}")
+        self.budgets  # validates the three budget fields
         if self.verify_images < 1 or self.calibration_images < 1:
             raise BadInputError("verify_images and calibration_images must be at least 1")
 
@@ -122,24 +123,6 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dic
             "accuracy": round(acc, 4), "keras_accuracy": round(keras_acc, 4),
             "accuracy_drop": round(keras_acc - acc, 4),
             "max_probability_difference": round(float(np.abs(reference - probs).max()), 5)}
-
-
-def _gzip_size(data: bytes) -> int:
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
-
-
-def _budget_misses(name: str, size: int, check: dict, options: ConvertOptions) -> list[str]:
-    misses = []
-    if options.max_size is not None and size > options.max_size:
-        misses.append(f"{name}: {size / 1e6:.2f} MB is over the size budget of "
-                      f"{options.max_size / 1e6:.2f} MB (--max-size)")
-    if options.min_agreement is not None and check["top1_agreement"] < options.min_agreement:
-        misses.append(f"{name}: top-1 agreement with Keras {check['top1_agreement']:.4f} is below "
-                      f"{options.min_agreement} (--min-agreement)")
-    if options.max_accuracy_drop is not None and check["accuracy_drop"] > options.max_accuracy_drop:
-        misses.append(f"{name}: accuracy drop {check['accuracy_drop']:.4f} is over "
-                      f"{options.max_accuracy_drop} (--max-accuracy-drop)")
-    return misses
 
 
 def _tflite_artifact(model, flavour, options, calibration, log):
@@ -248,10 +231,10 @@ def convert_run(
             check = compare(reference, tflite.predict_tflite(data, x_val), y_val)
             file_name = f"{stem}_{flavour}.tflite"
             (staging / file_name).write_bytes(data)
-            misses += _budget_misses(file_name, len(data), check, options)
+            misses += options.budgets.misses(file_name, len(data), check)
             artifacts.append({"file": file_name, "format": "tflite", "flavour": flavour,
                               "io_dtype": options.io_dtype if flavour == "int8" else "float32",
-                              "size_bytes": len(data), "gzip_bytes": _gzip_size(data),
+                              "size_bytes": len(data), "gzip_bytes": gzip_size(data),
                               "convert_seconds": round(seconds, 2), **encoding,
                               "verification": check})
             log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
@@ -295,11 +278,11 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
     files = sorted(p for p in bundle.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
     check = compare(reference, tfjs.predict_tfjs(bundle, x_val), y_val)
-    misses += _budget_misses("tfjs/", size, check, options)
+    misses += options.budgets.misses("tfjs/", size, check)
     log(f"tfjs/: {size / 1e6:.2f} MB ({options.tfjs_quantization} weights), agreement "
         f"{check['top1_agreement']:.3f}, accuracy {check['accuracy']:.3f}")
     return {"file": "tfjs/", "format": "tfjs_graph_model", "flavour": options.tfjs_quantization,
             "files": [p.name for p in files], "size_bytes": size,
-            "gzip_bytes": sum(_gzip_size(p.read_bytes()) for p in files),
+            "gzip_bytes": sum(gzip_size(p.read_bytes()) for p in files),
             "convert_seconds": round(seconds, 2), "verification": check,
             "verified_with": "TensorFlow.js (Node, cpu backend)"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError
 from vgg_mobile.core.resources import PROJECT_ROOT, node_modules_dir
-from vgg_mobile.core.run_dir import atomic_dir
+from vgg_mobile.core.io import atomic_dir
 
 PAGE_DIR = PROJECT_ROOT / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from converters import metadata, tflite
-from converters.convert import ConvertOptions, _budget_misses, convert_run, parse_size
+from converters.convert import ConvertOptions, convert_run, parse_size
 from vgg_mobile.core.errors import BadInputError, BudgetError
 
 
@@ -63,17 +63,6 @@ def test_a_missed_size_budget_writes_nothing(teacher_run, sample_dir, tmp_path):
         convert_run(teacher_run.run_dir, tmp_path / "out", options, data_dir=sample_dir,
                     android_dir=tmp_path / "android")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_accuracy_budgets():
-    check = {"top1_agreement": 0.97, "accuracy_drop": 0.02}
-    loose = ConvertOptions(max_size=None, min_agreement=0.95, max_accuracy_drop=0.03)
-    assert _budget_misses("m.tflite", 5, check, loose) == []
-    tight = ConvertOptions(max_size=4, min_agreement=0.99, max_accuracy_drop=0.01)
-    misses = _budget_misses("m.tflite", 5, check, tight)
-    assert len(misses) == 3
-    assert "top-1 agreement with Keras 0.9700 is below 0.99" in misses[1]
-    assert "accuracy drop 0.0200 is over 0.01" in misses[2]
 
 
 def test_options_and_sizes_are_validated():

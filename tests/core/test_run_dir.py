@@ -12,25 +12,6 @@ from vgg_mobile.core import run_dir
 from vgg_mobile.core.errors import RunDirError
 
 
-def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
-    target = tmp_path / "model.keras"
-    with pytest.raises(RuntimeError):
-        with run_dir.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half a model")
-            raise RuntimeError("crash mid-write")
-    assert list(tmp_path.iterdir()) == []
-    run_dir.write_text(target, "done")
-    assert target.read_text() == "done"
-    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
-
-
-def test_atomic_write_replaces_the_old_file_whole(tmp_path):
-    path = tmp_path / "manifest.json"
-    run_dir.write_json(path, {"a": 1})
-    run_dir.write_json(path, {"b": (1, 2)})
-    assert json.loads(path.read_text()) == {"b": [1, 2]}
-
-
 def test_finished_run_round_trips(teacher_run):
     run = run_dir.load_run(teacher_run.run_dir)
     assert run.classes == ("circle", "cross", "square", "triangle")

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import math
 import warnings
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,8 @@ import numpy as np
 from vgg_mobile.data import dataset
 from vgg_mobile.evaluation import metrics as evaluation
 from vgg_mobile.core.errors import BadInputError, RunDirError, require
-from vgg_mobile.core.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir, write_json
+from vgg_mobile.core.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir
+from vgg_mobile.core.io import gzip_size, write_json
 
 # Layer classes (tf_keras names) whose kernels magnitude pruning zeroes, with their kernel
 # attributes. Everything else (BatchNormalization, the preprocess layer, pooling) is never pruned.
@@ -302,15 +302,6 @@ def kernel_sparsity(model, pruned: tuple[str, ...] = ()) -> dict:
             "zeros": zeros, "weights": total, "layers": layers}
 
 
-def _gzip_size(path: Path) -> int:
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            size += len(compressor.compress(chunk))
-    return size + len(compressor.flush())
-
-
 def _manifest_common(run: Run) -> dict:
     parent = run.manifest
     return {key: parent[key] for key in ("architecture", "input", "preprocessing", "output")
@@ -460,7 +451,7 @@ def prune_run(
     # manifest is then replaced atomically with them added.
     before, after = run.model_path, out / manifest["model_file"]
     sizes = {"model_bytes_before": before.stat().st_size, "model_bytes_after": after.stat().st_size,
-             "gzip_bytes_before": _gzip_size(before), "gzip_bytes_after": _gzip_size(after)}
+             "gzip_bytes_before": gzip_size(before), "gzip_bytes_after": gzip_size(after)}
     manifest["compression"]["sizes"] = sizes
     write_json(out / "manifest.json", manifest)
     log(f"wrote {out}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "

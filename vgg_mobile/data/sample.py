@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.core.run_dir import atomic_dir
+from vgg_mobile.core.io import atomic_dir
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
 # Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.

@@ -28,8 +28,8 @@ from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
 from vgg_mobile.core.errors import BadInputError, DataError, RunDirError, require
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.core.run_dir import (CHECKPOINTS, Run, finish_run, load_run, manifest_digest, new_manifest,
-                                prepare_out_dir, write_json)
+from vgg_mobile.core.run_dir import CHECKPOINTS, Run, finish_run, load_run, manifest_digest, new_manifest, prepare_out_dir
+from vgg_mobile.core.io import write_json
 
 STATE = "state.json"
 

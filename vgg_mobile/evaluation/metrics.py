@@ -8,7 +8,8 @@ import numpy as np
 
 from vgg_mobile.data import dataset
 from vgg_mobile.core.errors import DataError
-from vgg_mobile.core.run_dir import Run, load_run, write_json
+from vgg_mobile.core.run_dir import Run, load_run
+from vgg_mobile.core.io import write_json
 
 SPLITS = ("auto", "val", "train", "all")
 

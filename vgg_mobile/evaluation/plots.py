@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vgg_mobile.core.run_dir import atomic_path
+from vgg_mobile.core.io import atomic_path
 
 
 def _pyplot():

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from vgg_mobile.core.errors import BadInputError, RunDirError
 from vgg_mobile.training.hyperparameters import TrainConfig
 from vgg_mobile.models.architectures import ModelOptions
+from vgg_mobile.core.io import gzip_size
 from vgg_mobile.core.run_dir import manifest_digest
 
 STATE_FILE = "pipeline_state.json"
@@ -443,7 +444,7 @@ def _read_state(out: Path) -> dict:
 
 
 def _write_state(out: Path, state: dict) -> None:
-    from vgg_mobile.core.run_dir import write_json
+    from vgg_mobile.core.io import write_json
 
     write_json(out / STATE_FILE, state)
 
@@ -545,7 +546,7 @@ def run_pipeline(
     resolve_weights(config.teacher_model.weights, config.teacher_model.architecture)
     data_fingerprint = folder.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
-    from vgg_mobile.core.run_dir import write_text
+    from vgg_mobile.core.io import write_text
 
     write_text(out / CONFIG_FILE, config_toml(config, "the latest run's"))
     state = _read_state(out)
@@ -625,22 +626,6 @@ def _gzip_bytes(run_path: Path) -> int | None:
         return None
     return gzip_size(run_path / json.loads(manifest_path.read_text(encoding="utf-8"))
                      .get("model_file", "model.keras"))
-
-
-def gzip_size(path: Path) -> int:
-    """Bytes after gzip of a file, or of every file of a folder, read in chunks (a teacher's
-    file is tens of MB)."""
-    import zlib
-
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    size = 0
-    for file in files:
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                size += len(compressor.compress(chunk))
-        size += len(compressor.flush())
-    return size
 
 
 def _clock(seconds: float) -> str:

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from vgg_mobile.core.errors import BadInputError, RunDirError
+from vgg_mobile.core.io import gzip_size
 
 RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "tfjs": "TF.js wasm (Node)"}
 
@@ -137,7 +138,7 @@ def benchmark_pipeline(
         DataError: The image folder fails its checks.
     """
     from vgg_mobile.pipeline import runner as pipeline
-    from vgg_mobile.core.run_dir import write_json, write_text
+    from vgg_mobile.core.io import write_json, write_text
 
     out = Path(out_dir)
     if not (out / pipeline.STATE_FILE).is_file():
@@ -172,7 +173,7 @@ def benchmark_pipeline(
                           if parent is not None else None),
             "size_bytes": row["size_bytes"],
             "gzip_bytes": row["gzip_bytes"] if row["gzip_bytes"] is not None
-            else pipeline.gzip_size(Path(row["path"])),
+            else gzip_size(Path(row["path"])),
             "latency_ms": round(result["latency_ms"], 3),
             "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
             "budget": row["budget"],

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from vgg_mobile.core.run_dir import atomic_path, write_text
+from vgg_mobile.core.io import atomic_path, write_text
 
 ASSETS = "report_files"
 _CSS = """

@@ -32,8 +32,8 @@ from vgg_mobile.training.distribute import DistributeConfig
 from vgg_mobile.core.errors import RunDirError, require
 from vgg_mobile.training.hyperparameters import Phase, TrainConfig, plan_phases
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.core.run_dir import (CHECKPOINTS, finish_run, new_manifest, prepare_out_dir, write_guard,
-                                write_json)
+from vgg_mobile.core.run_dir import CHECKPOINTS, finish_run, new_manifest, prepare_out_dir
+from vgg_mobile.core.io import write_guard, write_json
 
 STATE = "state.json"
 

@@ -1,0 +1,47 @@
+"""What several commands share: the log line, option groups, value callbacks."""
+
+from __future__ import annotations
+
+import click
+
+
+def log(message: str) -> None:
+    """Progress and warnings go to stderr; stdout carries only results."""
+    click.echo(message, err=True)
+
+
+
+
+def distribute_options(command):
+    """Adds --strategy, --mixed-precision and --jit-compile to a training command."""
+    command = click.option(
+        "--jit-compile", is_flag=True, help="Compile the training step with XLA.")(command)
+    command = click.option(
+        "--mixed-precision", is_flag=True,
+        help="Train in mixed_float16 (fast on GPUs with compute capability >= 7.0; slow on "
+             "CPUs); the last layers stay float32 and the saved model is float32.")(command)
+    return click.option(
+        "--strategy", default="auto", show_default=True,
+        type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
+        help="default: one device; mirrored: every GPU of this machine; multi-worker: the "
+             "machines in TF_CONFIG; auto: multi-worker if TF_CONFIG names several workers, "
+             "mirrored with several GPUs, else default. --batch-size is per replica: the "
+             "global batch is batch-size x replicas, and the learning rate is multiplied by "
+             "the replica count too (linear scaling), as the manifest records.")(command)
+
+
+def distribute_config(strategy, mixed_precision, jit_compile):
+    from vgg_mobile.training.distribute import DistributeConfig
+
+    return DistributeConfig(strategy=strategy, mixed_precision=mixed_precision,
+                            jit_compile=jit_compile)
+
+
+def fraction(ctx, param, value):
+    if value is None:
+        return None
+    text = str(value).strip()
+    number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not 0 <= number <= 1:
+        raise click.BadParameter(f"must be between 0 and 1 (or 0% and 100%). Received: {value}")
+    return number

@@ -1,0 +1,104 @@
+"""`vgg-mobile prune` and `qat`: compression of a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import log
+
+
+
+def _compression_summary(result, stage: str) -> dict:
+    sizes = result.sizes
+    return {"run": str(result.run_dir), "stage": stage,
+            "val_accuracy": result.metrics.get("accuracy"),
+            "parent_val_accuracy": result.parent_metrics.get("accuracy"),
+            "sparsity": result.sparsity.get("total"),
+            "pruned_layers_sparsity": result.sparsity.get("pruned_layers"),
+            "layer_sparsity": result.sparsity.get("layers"), **sizes}
+
+
+@click.command("prune")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Image folder to fine-tune on (the run's own folder reuses its split).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="New run directory to write.")
+@click.option("--target-sparsity", default=0.5, show_default=True, type=float,
+              help="Share of zero weights in each pruned kernel, in (0, 1).")
+@click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs.")
+@click.option("--end-epoch", default=None, type=float,
+              help="Epoch at which the target is reached. Defaults to two thirds of --epochs.")
+@click.option("--frequency", default=None, type=int,
+              help="Steps between pruning updates. Defaults to about ten over the ramp.")
+@click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--skip-first-conv/--prune-first-conv", default=True, show_default=True,
+              help="Leave the first convolution dense.")
+@click.option("--skip-classifier/--prune-classifier", default=True, show_default=True,
+              help="Leave the logits layer dense.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a finished run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, learning_rate,
+              batch_size, skip_first_conv, skip_classifier, seed, force, as_json):
+    """Prune the model of run directory RUN by weight magnitude while fine-tuning on DATA."""
+    from vgg_mobile.compression.compress import PruneConfig, prune_run
+
+    config = PruneConfig(target_sparsity=target_sparsity, epochs=epochs, end_epoch=end_epoch,
+                         frequency=frequency, learning_rate=learning_rate, batch_size=batch_size,
+                         skip_first_conv=skip_first_conv, skip_classifier=skip_classifier,
+                         seed=seed)
+    result = prune_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
+                       log=log, verbose=0 if as_json else 2)
+    summary = _compression_summary(result, "prune")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"val accuracy: {summary['val_accuracy']} (before: {summary['parent_val_accuracy']})")
+    click.echo(f"sparsity: {summary['pruned_layers_sparsity']:.1%} of the pruned layers, "
+               f"{summary['sparsity']:.1%} of all conv/dense kernels")
+    for name, fraction in summary["layer_sparsity"].items():
+        click.echo(f"  {name:<24} {fraction:.1%}")
+    click.echo(f"gzip size: {summary['gzip_bytes_before'] / 1e6:.2f} MB -> "
+               f"{summary['gzip_bytes_after'] / 1e6:.2f} MB")
+
+
+@click.command("qat")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Image folder to fine-tune on (the run's own folder reuses its split).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="New run directory to write.")
+@click.option("--preserve-sparsity", is_flag=True,
+              help="Keep the zeros of a pruned run (sparsity-preserving QAT).")
+@click.option("--epochs", default=2, show_default=True, help="Fine-tuning epochs.")
+@click.option("--learning-rate", "--lr", "learning_rate", default=1e-5, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a finished run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size, seed, force,
+            as_json):
+    """Quantization-aware training of the model of run directory RUN on DATA (int8-ready)."""
+    from vgg_mobile.compression.compress import QATConfig, qat_run
+
+    config = QATConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                       preserve_sparsity=preserve_sparsity, seed=seed)
+    result = qat_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
+                     log=log, verbose=0 if as_json else 2)
+    summary = _compression_summary(result, "qat")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"val accuracy: {summary['val_accuracy']} (before: {summary['parent_val_accuracy']})")
+    click.echo(f"kernel sparsity: {summary['sparsity']:.1%}")
+
+
+# --- distillation commands ---

@@ -1,0 +1,104 @@
+"""`vgg-mobile convert` and `inspect`: verified TFLite / TF.js exports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import fraction, log
+
+
+@click.command("convert")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder to create.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Images for int8 calibration and verification. Defaults to the run's training folder.")
+@click.option("--flavour", "flavours", multiple=True,
+              type=click.Choice(["float32", "float16", "dynamic", "int8", "all"]),
+              help="TFLite flavour; repeat for several. Default: float16 and int8.")
+@click.option("--io-dtype", default="uint8", show_default=True,
+              type=click.Choice(["uint8", "int8", "float32"]), help="Input/output type of the int8 model.")
+@click.option("--sparse", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
+              help="Sparse weight encoding: auto keeps whichever file is smaller.")
+@click.option("--tfjs/--no-tfjs", default=True, show_default=True, help="Also write a TF.js graph model.")
+@click.option("--tfjs-quantization", default="uint8", show_default=True,
+              type=click.Choice(["uint8", "float16", "none"]))
+@click.option("--android", "android_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write Android assets (model, labels, README) to this folder.")
+@click.option("--max-size", default="10MB", show_default=True,
+              help="Size budget of each artifact, e.g. 10MB, 2.5MiB, or none.")
+@click.option("--min-agreement", callback=fraction, default=None,
+              help="Smallest top-1 agreement with the Keras model, e.g. 0.99 or 99%.")
+@click.option("--max-accuracy-drop", callback=fraction, default=None,
+              help="Largest accuracy loss against Keras, e.g. 0.01 or 1% (one point).")
+@click.option("--verify-images", default=200, show_default=True, help="Held-out images per verification.")
+@click.option("--name", default=None, help="Model name in the metadata and file names.")
+@click.option("--model-version", default="1", show_default=True, help="Version in the metadata.")
+@click.option("--author", default="vgg-mobile", show_default=True)
+@click.option("--license", "license_", default="Apache-2.0", show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out (and --android) if they exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export manifest as JSON on stdout.")
+def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, android_dir,
+                max_size, min_agreement, max_accuracy_drop, verify_images, name, model_version,
+                author, license_, force, as_json):
+    """Convert run RUN to verified TFLite models (with metadata) and a TF.js bundle.
+
+    Every artifact is run on held-out images and compared with the Keras model before anything
+    is written. A missed budget exits with code 3 and writes nothing.
+    """
+    from converters.convert import ConvertOptions, convert_run, parse_size
+
+    chosen = ("float32", "float16", "dynamic", "int8") if "all" in flavours else tuple(flavours)
+    options = ConvertOptions(
+        **({"flavours": chosen} if chosen else {}), io_dtype=io_dtype, sparse=sparse, tfjs=tfjs,
+        tfjs_quantization=tfjs_quantization, max_size=parse_size(max_size),
+        min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+        verify_images=verify_images, name=name, version=model_version, author=author,
+        license=license_)
+    manifest = convert_run(run, out, options, data_dir=data, android_dir=android_dir, force=force,
+                           command=["vgg-mobile", *sys.argv[1:]], log=log)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    width = max(len(a["file"]) for a in manifest["artifacts"])
+    click.echo(f"{'artifact':<{width}} {'MB':>7} {'gzip MB':>8} {'agree':>6} {'acc':>6} {'keras':>6}")
+    for artifact in manifest["artifacts"]:
+        check = artifact["verification"]
+        click.echo(f"{artifact['file']:<{width}} {artifact['size_bytes'] / 1e6:>7.2f} "
+                   f"{artifact['gzip_bytes'] / 1e6:>8.2f} {check['top1_agreement']:>6.3f} "
+                   f"{check['accuracy']:>6.3f} {check['keras_accuracy']:>6.3f}")
+    click.echo(f"wrote {out}" + (f" and {android_dir}" if android_dir else ""))
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON on stdout.")
+def inspect_cmd(model, as_json):
+    """Show a .tflite file's metadata, input/output tensors, size and weight sparsity."""
+    from converters.inspection import inspect_tflite
+
+    report = inspect_tflite(model)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['file']}: {report['size_bytes'] / 1e6:.2f} MB, "
+               f"{report['weight_sparsity']['fraction']:.1%} of weights zero")
+    for kind in ("inputs", "outputs"):
+        for tensor in report[kind]:
+            quant = tensor["quantization"]
+            q = f", scale {quant['scale']:.6g} zero point {quant['zero_point']}" if quant else ""
+            click.echo(f"{kind[:-1]:<6} {tensor['name']}: {tensor['shape']} {tensor['dtype']}{q}")
+    meta = report["metadata"]
+    if meta is None:
+        click.echo("metadata: none")
+        return
+    click.echo(f"name: {meta.get('name')}  version: {meta.get('version')}  author: "
+               f"{meta.get('author')}  license: {meta.get('license')}")
+    click.echo(f"description: {meta.get('description')}")
+    for name, text in report["associated_files"].items():
+        labels = [line for line in text.splitlines() if line]
+        click.echo(f"{name}: {len(labels)} labels: {', '.join(labels[:10])}"
+                   + (" ..." if len(labels) > 10 else ""))

@@ -1,0 +1,86 @@
+"""`vgg-mobile distill`: a MobileNet student taught by the teacher."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import distribute_config, distribute_options, log
+
+
+@click.command("distill")
+@click.option("--teacher", required=True, type=click.Path(path_type=Path),
+              help="Run directory of the trained teacher (e.g. from `vgg-mobile train`).")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Image folder with exactly the teacher's classes (its own folder reuses its split).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Run directory to write the student to.")
+@click.option("--student", default="mobilenet_v2_0.35", show_default=True,
+              help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
+@click.option("--image-size", default=None, type=int,
+              help="Student input side in pixels. Defaults to the teacher's.")
+@click.option("--temperature", default=2.0, show_default=True, type=float,
+              help="Softens teacher and student logits in the distillation term (> 0).")
+@click.option("--alpha", default=0.5, show_default=True, type=float,
+              help="Weight of the hard-label loss in [0, 1]; 1 - alpha weighs the teacher's.")
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate", default=1e-2, show_default=True, type=float,
+              help="Peak learning rate (warm-up, then cosine decay).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
+@click.option("--baseline", is_flag=True,
+              help="Also train the same student without the teacher (same budget) and record the gain.")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out after its last finished epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@distribute_options
+@click.pass_context
+def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
+                learning_rate, seed, no_augment, baseline, force, resume, as_json, quiet, strategy,
+                mixed_precision, jit_compile):
+    """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
+    from vgg_mobile.distillation.distill import DistillConfig, distill
+
+    config = DistillConfig(student=student, image_size=image_size, temperature=temperature,
+                           alpha=alpha, epochs=epochs, batch_size=batch_size,
+                           learning_rate=learning_rate, seed=seed, augment=not no_augment,
+                           baseline=baseline)
+    if force and resume:
+        raise click.UsageError("--force and --resume exclude each other")
+    ctx.meta["resume_hint"] = "resume with the same command and --resume"
+    result = distill(teacher, data, out, config, force=force, resume=resume,
+                     command=["vgg-mobile", *sys.argv[1:]],
+                     log=log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
+                     distribute=distribute_config(strategy, mixed_precision, jit_compile))
+    if not result.wrote_run:
+        summary = {"run": None, "worker": result.distribution["written_by"],
+                   "weights_sha256": result.distribution["weights_sha256"],
+                   "distribution": result.distribution}
+        click.echo(json.dumps(summary, indent=2) if as_json else
+                   f"{summary['worker']}: finished; the chief writes {result.run_dir}")
+        return
+    summary = {"run": str(result.run_dir), "student": config.student,
+               "val_accuracy": result.metrics.get("accuracy"),
+               "teacher_val_accuracy": result.teacher_metrics.get("accuracy"),
+               "baseline_val_accuracy": (result.baseline_metrics or {}).get("accuracy"),
+               "student_parameters": result.student_parameters,
+               "teacher_parameters": result.teacher_parameters,
+               "distribution": result.distribution}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"run: {result.run_dir}\nstudent ({config.student}) val accuracy: "
+               f"{summary['val_accuracy']}\nteacher val accuracy: {summary['teacher_val_accuracy']}")
+    if result.baseline_metrics is not None:
+        click.echo(f"student trained alone: {summary['baseline_val_accuracy']}")
+    click.echo(f"parameters: {result.student_parameters:,} "
+               f"({result.student_parameters / result.teacher_parameters:.1%} of the teacher's)")
+
+
+# --- web demo commands ---

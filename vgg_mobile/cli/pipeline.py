@@ -1,0 +1,97 @@
+"""`vgg-mobile pipeline` and `benchmark`: every stage, and every artifact measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import log
+
+
+
+@click.command("pipeline")
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder: one run directory per stage, the export, the demo, the report.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="TOML file of stage settings, applied over the preset (see --print-config).")
+@click.option("--preset", type=click.Choice(["sample", "real"]), default="sample", show_default=True,
+              help="sample: 32 px teacher, minutes on 2 cores; real: 224 px, ImageNet weights "
+                   "from the local Keras cache.")
+@click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
+@click.option("--force", is_flag=True, help="Redo every stage, even finished ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@click.pass_context
+def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet):
+    """Run every stage on DATA: teacher, prune, QAT, distilled student, student QAT, export
+    (TFLite, TF.js, Android), web demo, report. Re-running resumes after the last finished stage."""
+    from vgg_mobile.pipeline import runner as pipeline
+
+    config = pipeline.load_config(config_path, preset)
+    if print_config:
+        click.echo(pipeline.default_config_toml(preset))
+        return
+    if data is None or out is None:
+        raise click.UsageError("DATA and --out are required (unless --print-config)")
+    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile pipeline {data} --out {out}"
+                               + (f" --config {config_path}" if config_path else "")
+                               + (f" --preset {preset}" if preset != "sample" else ""))
+    result = pipeline.run_pipeline(data, out, config, force=force, log=log,
+                                   verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+    if as_json:
+        click.echo(json.dumps({"out": str(result.out_dir), "summary": list(result.summary),
+                               "stages": [{"name": s.name, "status": s.status,
+                                           "seconds": round(s.seconds, 1)} for s in result.stages],
+                               "report": result.report}, indent=2))
+        return
+    click.echo(pipeline.format_summary(result.summary))
+    click.echo(f"\nartifacts: {out / 'export'} (TFLite), {out / 'android'} (Android), "
+               f"{out / 'web_export'} (TF.js)")
+    if result.report:
+        click.echo(f"report: {result.report['html']}")
+    if (out / "site").is_dir():
+        click.echo(f"open the web demo with: vgg-mobile serve {out / 'site'}")
+
+
+# --- benchmark command ---
+
+
+@click.command("benchmark")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Timed single-image runs per artifact (median reported).  [default: the "
+                   "[benchmark] section of OUT/pipeline.toml]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for TensorFlow and LiteRT (TF.js in Node has one).  [default: as "
+                   "--repeats]")
+@click.option("--images", type=click.IntRange(min=1), default=None,
+              help="At most this many held-out images per artifact.  [default: as --repeats]")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="The image folder, if it moved since the pipeline ran.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Folder for benchmark.json and benchmark.md.  [default: OUT/benchmark]")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-artifact progress lines.")
+def benchmark_cmd(out, repeats, threads, images, data, output, as_json, quiet):
+    """Measure every artifact of a pipeline output OUT in one process: accuracy, top-1
+    agreement with its parent, size, gzip size, single-image latency and speed-up against the
+    float teacher. Writes OUT/benchmark/benchmark.json and benchmark.md."""
+    import dataclasses
+
+    from vgg_mobile.reporting import benchmark
+
+    config = benchmark.load_pipeline_config(out).benchmark if out.is_dir() else benchmark.BenchmarkConfig()
+    changes = {k: v for k, v in (("repeats", repeats), ("threads", threads), ("images", images))
+               if v is not None}
+    result = benchmark.benchmark_pipeline(out, dataclasses.replace(config, **changes),
+                                          output_dir=output, data_dir=data,
+                                          log=(lambda m: None) if quiet else log)
+    if as_json:
+        click.echo(json.dumps({**result.info, "rows": list(result.rows)}, indent=2))
+        return
+    click.echo(benchmark.format_benchmark(list(result.rows), result.info))
+    click.echo(f"\nwrote {result.markdown_path} and {result.json_path}")

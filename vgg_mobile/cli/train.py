@@ -1,0 +1,196 @@
+"""`vgg-mobile train`, `evaluate` and `doctor`: the teacher and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import distribute_config, distribute_options, log
+
+
+def _weights_choice(weights: str, architecture: str) -> str:
+    """`auto` means ImageNet weights if they are in the local Keras cache, else random."""
+    from vgg_mobile.models.architectures import get_architecture, keras_cache_dir
+
+    if weights != "auto":
+        return weights
+    cached = keras_cache_dir() / get_architecture(architecture).imagenet_file
+    if cached.is_file():
+        log(f"using ImageNet weights from {cached}")
+        return "imagenet"
+    log(f"no ImageNet weights at {cached}: training from scratch (--weights none)")
+    return "none"
+
+
+# --- distributed training options (train and distill) ---
+def _print_throughput(report) -> None:
+    rows = [("input pipeline, first pass (decode, cache)", report.first_pass_images_per_second),
+            ("input pipeline, cached and augmented", report.input_images_per_second),
+            ("training step, batches in memory", report.step_images_per_second)]
+    click.echo(f"strategy {report.strategy}, {report.replicas} replica(s), global batch "
+               f"{report.global_batch}, {report.images} training images\n")
+    click.echo("| stage | images/s |\n|---|---|")
+    for name, rate in rows:
+        click.echo(f"| {name} | {rate:,.1f} |")
+    click.echo(f"\nlimited by: the {report.limited_by}")
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def doctor_cmd(as_json):
+    """Report versions, the devices TensorFlow sees, and whether the GPU path is active."""
+    from vgg_mobile.training.doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"python {report['python']} on {report['platform']}")
+    for name, version in report["packages"].items():
+        click.echo(f"{name:<32}{version or 'not installed'}")
+    tf_info = report["tensorflow"]
+    click.echo(f"TensorFlow built with CUDA: {'yes' if tf_info['cuda_build'] else 'no'}"
+               + (f" (CUDA {tf_info['cuda_version']}, cuDNN {tf_info['cudnn_version']})"
+                  if tf_info["cuda_build"] else ""))
+    click.echo(f"physical devices: {', '.join(report['devices']['physical'])}")
+    click.echo(f"logical devices: {', '.join(report['devices']['logical'])}")
+    cluster = report["cluster"]
+    click.echo(cluster["error"] if "error" in cluster else
+               f"TF_CONFIG: {cluster['workers']} worker(s), this task {cluster['task']}, "
+               f"--strategy auto picks {cluster['auto_strategy']}")
+    click.echo(report["hint"])
+
+
+# --- end of distributed training options ---
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Run directory to write (required, except with --data-benchmark).")
+@click.option("--weights", default="auto", show_default=True,
+              help="imagenet (from the local Keras cache, never downloaded), none, a path to an "
+                   ".h5 backbone weights file, or auto (imagenet if cached, else none).")
+@click.option("--architecture", default="vgg16", show_default=True, help="Teacher architecture.")
+@click.option("--image-size", default=224, show_default=True, help="Input side in pixels (>= 32).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True,
+              help="Peak learning rate (warm-up, then cosine decay).")
+@click.option("--warmup-epochs", default=1.0, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--dropout", default=0.3, show_default=True)
+@click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0: none).")
+@click.option("--fine-tune", default="auto", show_default=True,
+              type=click.Choice(["auto", "full", "feature-extraction", "last-blocks", "progressive"]),
+              help="Which layers train: auto is full from scratch, progressive from pretrained weights.")
+@click.option("--unfreeze-blocks", default=2, show_default=True,
+              help="Backbone blocks trained by last-blocks and reached by progressive.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="Share of each class held out (folders without train/ and val/).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--strict", is_flag=True, help="Fail on any bad image instead of skipping it.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@distribute_options
+@click.option("--data-benchmark", is_flag=True,
+              help="Measure the input pipeline's images/s against the training step's (on "
+                   "batches in memory), print which one limits training, and exit; writes nothing.")
+@click.pass_context
+def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
+              warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
+              unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
+              force, as_json, quiet, strategy, mixed_precision, jit_compile, data_benchmark):
+    """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.training.train import benchmark_throughput, train
+
+    if out is None and not data_benchmark:
+        raise click.UsageError("Missing option '--out'.")
+    options = ModelOptions(architecture=architecture, image_size=image_size,
+                           weights=_weights_choice(weights, architecture), dropout=dropout,
+                           head_units=head_units)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                         label_smoothing=label_smoothing, fine_tune=fine_tune,
+                         unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
+                         augment=not no_augment, class_weights=class_weights, strict=strict)
+    distribute = distribute_config(strategy, mixed_precision, jit_compile)
+    if data_benchmark:
+        report = benchmark_throughput(data, options, config, distribute, log=log)
+        if as_json:
+            click.echo(json.dumps({**dataclasses.asdict(report), "limited_by": report.limited_by},
+                                  indent=2))
+        else:
+            _print_throughput(report)
+        return
+    command = ["vgg-mobile", *sys.argv[1:]]
+    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile train {data} --out {out} --resume "
+                               "(and the same options)")
+    result = train(data, out, options, config, resume=resume, force=force, command=command,
+                   log=log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
+                   distribute=distribute)
+    if not result.wrote_run:
+        summary = {"run": None, "worker": result.distribution["written_by"],
+                   "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
+                   "weights_sha256": result.weights_sha256, "distribution": result.distribution}
+        click.echo(json.dumps(summary, indent=2) if as_json else
+                   f"{summary['worker']}: finished; the chief writes {result.run_dir}")
+        return
+    summary = {"run": str(result.run_dir), "epochs": result.epochs_run,
+               "resumed_from_epoch": result.resumed_from_epoch,
+               "images_per_second": round(result.images_per_second, 1),
+               "val_accuracy": result.metrics.get("accuracy"),
+               "val_top_k_accuracy": next((v for k, v in result.metrics.items()
+                                           if k.startswith("top_")), None),
+               "weights_sha256": result.weights_sha256, "distribution": result.distribution}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"run: {result.run_dir}\nval accuracy: {summary['val_accuracy']}\n"
+                   f"training throughput: {summary['images_per_second']} images/s")
+
+
+@click.command("evaluate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Image folder.")
+@click.option("--split", default="auto", show_default=True,
+              type=click.Choice(["auto", "val", "train", "all"]),
+              help="auto: the held-out images of the training folder, val/ of a pre-split "
+                   "folder, or every image of another folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder. Defaults to RUN/eval.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
+def evaluate_cmd(run, data, split, out, batch_size, as_json):
+    """Evaluate the model of run directory RUN on an image folder."""
+    from vgg_mobile.evaluation.metrics import evaluate_run
+
+    report = evaluate_run(run, data, split=split, out_dir=out, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    top_key = next(k for k in report if k.startswith("top_"))
+    click.echo(f"{report['num_images']} images ({report['split']} split) of {report['data']}")
+    click.echo(f"accuracy {report['accuracy']:.4f}  {top_key.replace('_', '-')} "
+               f"{report[top_key]:.4f}  macro F1 {report['macro_f1']:.4f}")
+    width = max(len(c) for c in report["classes"])
+    click.echo(f"{'class':<{width}}  precision  recall  f1      support")
+    for name, m in report["per_class"].items():
+        click.echo(f"{name:<{width}}  {m['precision']:<9.3f}  {m['recall']:<6.3f}  "
+                   f"{m['f1']:<6.3f}  {m['support']}")
+    click.echo(f"report: {report['files']['metrics']}; confusion matrix: "
+               f"{report['files']['confusion_matrix_png']}")
+
+
+# --- converter commands ---
