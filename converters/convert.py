@@ -166,6 +166,7 @@ def convert_run(
     force: bool = False,
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    stage: str = "export",
 ) -> dict:
     """Converts a run's model, verifies every artifact, enforces the budgets, writes `out_dir`.
 
@@ -179,6 +180,8 @@ def convert_run(
         force: Replace existing `out_dir` / `android_dir`. Defaults to `False`.
         command: The command line, recorded in the manifest.
         log: Receives one-line progress messages.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to `"export"`.
 
     Returns:
         The export manifest (also written as `out_dir/manifest.json`).
@@ -245,7 +248,7 @@ def convert_run(
         if misses:
             raise BudgetError("budget missed: " + "; ".join(misses))
         manifest = new_manifest(
-            "convert", run.classes, model_file=None,
+            stage, run.classes, model_file=None,
             architecture=run.manifest.get("architecture"), input=run.manifest["input"],
             preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
             parent=str(run.path.resolve()), command=command,

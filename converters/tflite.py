@@ -19,6 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError
 
 IO_DTYPES = ("float32", "uint8", "int8")
@@ -46,11 +47,6 @@ def get_flavour(name: str) -> Flavour:
     except KeyError:
         raise BadInputError(
             f"unknown TFLite flavour {name!r}; valid: {', '.join(FLAVOURS)}") from None
-
-
-def _is_quantization_aware(model) -> bool:
-    return any(type(layer).__name__ in ("QuantizeLayer", "QuantizeWrapperV2", "QuantizeWrapper")
-               for layer in model.layers)
 
 
 def convert_keras_model(
@@ -87,7 +83,7 @@ def convert_keras_model(
         raise BadInputError(f"io_dtype must be one of {', '.join(IO_DTYPES)}. Received: {io_dtype!r}")
     if io_dtype != "float32" and flavour != "int8":
         raise BadInputError(f"io_dtype={io_dtype!r} needs flavour 'int8'. Received: flavour={flavour!r}")
-    qat = _is_quantization_aware(model)
+    qat = is_quantization_aware(model)
     if spec.needs_representative and (representative is None or len(representative) == 0):
         raise BadInputError("int8 conversion needs representative images (none were given)")
 

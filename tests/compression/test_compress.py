@@ -71,7 +71,7 @@ def test_pruning_reaches_the_target_in_the_saved_kernels(pruned, teacher_run):
 
     run = load_run(pruned.run_dir)
     manifest = run.manifest
-    assert manifest["stage"] == "prune"
+    assert manifest["stage"] == "pruned"
     assert manifest["parent"] == str(teacher_run.run_dir.resolve())
     parent = load_run(teacher_run.run_dir).manifest
     for key in ("input", "preprocessing", "output", "architecture"):
@@ -114,7 +114,7 @@ def test_sparsity_preserving_qat_keeps_zeros_in_int8_tflite(pqat, pruned, teache
     from vgg_mobile.core.run_dir import load_run
 
     run = load_run(pqat.run_dir)
-    assert run.manifest["stage"] == "qat" and run.manifest["model_file"] == "model.h5"
+    assert run.manifest["stage"] == "pruned_qat" and run.manifest["model_file"] == "model.h5"
     assert run.manifest["compression"]["scheme"] == "prune_preserve_default_8bit"
     x, y = sample_images
     model = run.load_model()  # a reload round-trip: the same outputs as before saving
@@ -148,7 +148,7 @@ def test_qat_cli_converts_to_int8_close_to_float_and_evaluates(cli, teacher_run,
                  "--batch-size", "16", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["run"] == str(out) and summary["stage"] == "qat"
+    assert summary["run"] == str(out) and summary["stage"] == "teacher_qat"
     report = evaluate_run(out, sample_dir, out_dir=tmp_path / "eval")
     assert report["split"] == "val" and report["accuracy"] == summary["val_accuracy"]
 

@@ -21,7 +21,7 @@ def test_export_holds_verified_artifacts_with_metadata(export, teacher_run):
     base, manifest = export
     out = base / "out"
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert manifest["stage"] == "convert" and manifest["parent"] == str(teacher_run.run_dir.resolve())
+    assert manifest["stage"] == "export" and manifest["parent"] == str(teacher_run.run_dir.resolve())
     assert (out / "labels.txt").read_text() == "circle\ncross\nsquare\ntriangle\n"
     by_flavour = {a["flavour"]: a for a in manifest["artifacts"]}
     assert set(by_flavour) == {"float32", "int8", "none"}
@@ -59,7 +59,7 @@ def test_android_assets_hold_the_int8_model_labels_and_instructions(export):
 
 def test_a_missed_size_budget_writes_nothing(teacher_run, sample_dir, tmp_path):
     options = ConvertOptions(flavours=("dynamic",), tfjs=False)  # VGG16: ~15 MB > 10 MB
-    with pytest.raises(BudgetError, match=r"vgg16_train_dynamic.tflite: 1\d\.\d\d MB is over the size budget of 10.00 MB"):
+    with pytest.raises(BudgetError, match=r"vgg16_teacher_dynamic.tflite: 1\d\.\d\d MB is over the size budget of 10.00 MB"):
         convert_run(teacher_run.run_dir, tmp_path / "out", options, data_dir=sample_dir,
                     android_dir=tmp_path / "android")
     assert list(tmp_path.iterdir()) == []
@@ -83,7 +83,7 @@ def test_cli_exit_codes(cli, export, teacher_run, sample_dir, tmp_path):
     result = cli("convert", teacher_run.run_dir, "--out", tmp_path / "o", "--data", sample_dir,
                  "--flavour", "dynamic", "--no-tfjs", "--max-size", "1MB")
     assert result.returncode == 3, result.stderr[-1500:]
-    assert "error: budget missed: vgg16_train_dynamic.tflite" in result.stderr
+    assert "error: budget missed: vgg16_teacher_dynamic.tflite" in result.stderr
     assert not (tmp_path / "o").exists()
     # Output exists: exit 2 unless --force.
     result = cli("convert", teacher_run.run_dir, "--out", base / "out", "--no-tfjs")

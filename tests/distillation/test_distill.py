@@ -222,7 +222,7 @@ def test_distilled_run_records_teacher_baseline_and_provenance(distilled, teache
     manifest = distilled["manifest"]
     before, after = distilled["teacher_hash"]
     assert before == after  # the teacher run's model file is untouched
-    assert manifest["stage"] == "distill" and manifest["architecture"] == STUDENT
+    assert manifest["stage"] == "student" and manifest["architecture"] == STUDENT
     assert manifest["parent"] == str(teacher_run.run_dir.resolve())
     assert manifest["input"]["size"] == [STUDENT_SIZE, STUDENT_SIZE]
     assert manifest["preprocessing"]["formula"] == "x / 127.5 - 1"

@@ -36,7 +36,7 @@ def test_teacher_learns_the_sample_data_well_above_chance(teacher_run):
 def test_manifest_records_what_later_stages_need(teacher_run, sample_dir):
     run = teacher_run.run_dir
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["stage"] == "train"
+    assert manifest["schema_version"] == 1 and manifest["stage"] == "teacher"
     assert manifest["classes"] == ["circle", "cross", "square", "triangle"]
     assert (run / "labels.txt").read_text() == "circle\ncross\nsquare\ntriangle\n"
     assert manifest["input"]["size"] == [32, 32] and manifest["input"]["range"] == [0, 255]

@@ -12,9 +12,9 @@ from vgg_mobile.cli.common import log
 
 
 
-def _compression_summary(result, stage: str) -> dict:
+def _compression_summary(result) -> dict:
     sizes = result.sizes
-    return {"run": str(result.run_dir), "stage": stage,
+    return {"run": str(result.run_dir), "stage": result.stage,
             "val_accuracy": result.metrics.get("accuracy"),
             "parent_val_accuracy": result.parent_metrics.get("accuracy"),
             "sparsity": result.sparsity.get("total"),
@@ -55,7 +55,7 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
                          seed=seed)
     result = prune_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
                        log=log, verbose=0 if as_json else 2)
-    summary = _compression_summary(result, "prune")
+    summary = _compression_summary(result)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -92,7 +92,7 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
                        preserve_sparsity=preserve_sparsity, seed=seed)
     result = qat_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
                      log=log, verbose=0 if as_json else 2)
-    summary = _compression_summary(result, "qat")
+    summary = _compression_summary(result)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

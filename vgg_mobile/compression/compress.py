@@ -11,7 +11,6 @@ subclassed models are refused with a `BadInputError` before any work is done.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
@@ -22,6 +21,7 @@ import numpy as np
 
 from vgg_mobile.data import dataset
 from vgg_mobile.evaluation import metrics as evaluation
+from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, RunDirError, require
 from vgg_mobile.core.run_dir import Run, finish_run, load_run, new_manifest, prepare_out_dir
 from vgg_mobile.core.io import gzip_size, write_json
@@ -157,6 +157,7 @@ class CompressResult:
         parent_metrics: The input model's metrics on the same images, before fine-tuning.
         sparsity: `{"total", "pruned_layers", "layers": {name: fraction}}` of the kernels.
         sizes: Bytes of the model files (and their gzip) before and after, when measured.
+        stage: The stage name its manifest records.
         model: The compressed tf_keras model as saved (for notebooks and tests).
     """
 
@@ -165,31 +166,8 @@ class CompressResult:
     parent_metrics: dict
     sparsity: dict
     sizes: dict
+    stage: str
     model: object = dataclasses.field(default=None, repr=False, compare=False)
-
-
-def custom_objects_scope(manifest: dict):
-    """The Keras custom-object scope that a run's model file needs to load.
-
-    Args:
-        manifest: The run's manifest.
-
-    Returns:
-        tfmot's `quantize_scope()` for quantization-aware models, else a no-op context.
-    """
-    if manifest.get("stage") == "qat" or manifest.get("quantization_aware"):
-        import tensorflow_model_optimization as tfmot
-
-        return tfmot.quantization.keras.quantize_scope()
-    return contextlib.nullcontext()
-
-
-# --- shared helpers ---------------------------------------------------------------------
-
-
-def _is_quantization_aware(model) -> bool:
-    return any(type(layer).__name__ in ("QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2",
-                                        "QuantizeAnnotate") for layer in model.layers)
 
 
 def _check_wrappable(model, path: Path) -> None:
@@ -358,6 +336,7 @@ def prune_run(
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
+    stage: str = "pruned",
 ) -> CompressResult:
     """Prunes a run's model by weight magnitude while fine-tuning, into a new run directory.
 
@@ -370,6 +349,8 @@ def prune_run(
         force: Replace a finished run in `out_dir`. Defaults to `False`.
         command: The command line, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to `"pruned"`.
         verbose: Keras progress output (0 silent, 1 bar, 2 a line per epoch). Defaults to `0`.
 
     Returns:
@@ -383,7 +364,7 @@ def prune_run(
         DataError: The data folder fails its checks.
     """
     run, model = _load_parent(run_dir, out_dir, "prune")
-    if _is_quantization_aware(model):
+    if is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware; prune first, then run qat")
     chosen, skipped = _layers_to_prune(model, config)
     if not chosen:
@@ -429,7 +410,7 @@ def prune_run(
     metrics = _validation_metrics(stripped, parts.val, run, config.batch_size)
     sparsity = kernel_sparsity(stripped, tuple(chosen))
     manifest = new_manifest(
-        "prune", run.classes, **_manifest_common(run),
+        stage, run.classes, **_manifest_common(run),
         config={"prune": dataclasses.asdict(config)},
         command=command,
         data=data_record,
@@ -457,7 +438,7 @@ def prune_run(
     log(f"wrote {out}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
         f"({sparsity['total']:.1%} of all kernels), val accuracy {metrics['accuracy']:.3f}, "
         f"gzip {sizes['gzip_bytes_before'] / 1e6:.1f} MB -> {sizes['gzip_bytes_after'] / 1e6:.1f} MB")
-    return CompressResult(out, metrics, parent_metrics, sparsity, sizes, stripped)
+    return CompressResult(out, metrics, parent_metrics, sparsity, sizes, manifest["stage"], stripped)
 
 
 # --- quantization-aware training --------------------------------------------------------
@@ -556,6 +537,7 @@ def qat_run(
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
+    stage: str | None = None,
 ) -> CompressResult:
     """Quantization-aware training of a run's model, into a new run directory.
 
@@ -573,6 +555,8 @@ def qat_run(
         force: Replace a finished run in `out_dir`. Defaults to `False`.
         command: The command line, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to the parent's stage + `"_qat"` (`pruned_qat`, `student_qat`).
         verbose: Keras progress output. Defaults to `0`.
 
     Returns:
@@ -587,7 +571,7 @@ def qat_run(
         DataError: The data folder fails its checks.
     """
     run, model = _load_parent(run_dir, out_dir, "qat")
-    if _is_quantization_aware(model):
+    if is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware")
     parent_sparsity = kernel_sparsity(model)
     if config.preserve_sparsity and parent_sparsity["total"] < _MIN_PRUNED_SPARSITY:
@@ -627,7 +611,7 @@ def qat_run(
     sparsity = kernel_sparsity(qat_model, tuple(n for n, f in parent_sparsity["layers"].items()
                                                 if f >= _MIN_PRUNED_SPARSITY))
     manifest = new_manifest(
-        "qat", run.classes, **_manifest_common(run),
+        stage or f"{run.manifest['stage']}_qat", run.classes, **_manifest_common(run),
         model_file=QAT_MODEL_FILE,
         quantization_aware=True,
         config={"qat": dataclasses.asdict(config)},
@@ -652,4 +636,4 @@ def qat_run(
         finish_run(out, qat_model, manifest)
     log(f"wrote {out}: val accuracy {metrics['accuracy']:.3f} (parent "
         f"{parent_metrics['accuracy']:.3f}), kernel sparsity {sparsity['total']:.1%}")
-    return CompressResult(out, metrics, parent_metrics, sparsity, {}, qat_model)
+    return CompressResult(out, metrics, parent_metrics, sparsity, {}, manifest["stage"], qat_model)

@@ -12,7 +12,6 @@ else it holds. Later stages read a run only through `load_run`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -21,6 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from vgg_mobile.core.custom_objects import load_scope
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import atomic_path, write_json, write_text
 
@@ -108,14 +108,8 @@ class Run:
         path = self.model_path
         if not path.is_file():
             raise RunDirError(f"{path}: model file missing from run directory")
-        scope = contextlib.nullcontext()
-        if self.manifest.get("stage") == "qat" or self.manifest.get("quantization_aware"):
-            # Quantization-aware models hold tfmot layers that only tfmot's scope can rebuild.
-            from vgg_mobile.compression.compress import custom_objects_scope
-
-            scope = custom_objects_scope(self.manifest)
         try:
-            with scope:
+            with load_scope(self.manifest):
                 return keras.models.load_model(path, compile=False)
         except Exception as err:  # Keras raises many types for a damaged file.
             raise RunDirError(

@@ -337,6 +337,7 @@ def distill(
     verbose: int = 0,
     callbacks: tuple = (),
     distribute: DistributeConfig = DistributeConfig(),
+    stage: str = "student",
 ) -> DistillResult:
     """Distills a teacher run into a student and writes the student's run directory.
 
@@ -353,6 +354,8 @@ def distill(
             and settings must be the ones it started with. Defaults to `False`.
         command: The command line that asked for this, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to `"student"`.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
         callbacks: Extra Keras callbacks for the distillation `fit`. Defaults to none.
         distribute: Strategy, mixed precision and XLA, as for `training.train`: the batch
@@ -412,7 +415,7 @@ def distill(
         write_json(out / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
     with dist.writer_dir(out, distribution) as write_dir:
         return _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
-                        write_dir, config, command, log, verbose, callbacks, distribution, recorded)
+                        write_dir, config, command, log, verbose, callbacks, distribution, recorded, stage)
 
 
 def _check_resume(out: Path, identity: dict) -> dict:
@@ -450,7 +453,7 @@ def _epoch_recorder(state_path: Path | None, key: str, history: dict):
 
 
 def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out, write_dir,
-             config, command, log, verbose, callbacks, distribution, recorded) -> DistillResult:
+             config, command, log, verbose, callbacks, distribution, recorded, stage) -> DistillResult:
     n_classes = len(folder.classes)
     teacher_size = teacher_run.image_size
     student_size = config.image_size or teacher_size
@@ -555,7 +558,7 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
         out / "training_curves.png")
     teacher_input = dict(teacher_run.manifest.get("input") or {})
     manifest = new_manifest(
-        "distill", folder.classes,
+        stage, folder.classes,
         architecture=config.student,
         input={**teacher_input, "size": [student_size, student_size], "channels": 3,
                "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC"},

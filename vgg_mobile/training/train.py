@@ -201,6 +201,7 @@ def train(
     verbose: int = 0,
     callbacks: tuple = (),
     distribute: DistributeConfig = DistributeConfig(),
+    stage: str = "teacher",
 ) -> TrainResult:
     """Trains a classifier on an image folder and writes a finished run directory.
 
@@ -216,6 +217,8 @@ def train(
         force: Replace a finished or interrupted run in `out_dir`. Defaults to `False`.
         command: The command line that asked for this, recorded in the manifest.
         log: Receives one-line progress messages. Defaults to discarding them.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to `"teacher"`.
         verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
         callbacks: Extra Keras callbacks, added to every `fit` call. Defaults to none.
         distribute: Strategy, mixed precision and XLA. The strategy is created here, so in a
@@ -256,7 +259,7 @@ def train(
     distribution = dist.create_distribution(distribute)
     with dist.writer_dir(out, distribution) as write_dir:
         return _train(folder, parts, run_config, fingerprint, out, write_dir, options, config,
-                      resume, command, log, verbose, callbacks, distribution)
+                      resume, command, log, verbose, callbacks, distribution, stage)
 
 
 def _read_state(ckpt_dir: Path, run_config: dict, fingerprint: str, folder, out: Path,
@@ -295,7 +298,7 @@ def _first_epoch_recorder(first_epochs: list):
 
 
 def _train(folder, parts, run_config, fingerprint, out: Path, write_dir: Path, options, config,
-           resume, command, log, verbose, callbacks, distribution) -> TrainResult:
+           resume, command, log, verbose, callbacks, distribution, stage) -> TrainResult:
     n_classes = len(folder.classes)
     spec = models.get_architecture(options.architecture)
     ckpt_dir = write_dir / CHECKPOINTS
@@ -402,7 +405,7 @@ def _train(folder, parts, run_config, fingerprint, out: Path, write_dir: Path, o
     write_json(out / "history.json", history)
     plots.training_curves_png(history, out / "training_curves.png")
     manifest = new_manifest(
-        "train", folder.classes,
+        stage, folder.classes,
         architecture=options.architecture,
         input={"size": [options.image_size, options.image_size], "channels": 3,
                "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC",
