@@ -123,7 +123,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from converters import tflite
-    from vgg_mobile.compression.compress import PruneConfig, QATConfig, prune_run, qat_run
+    from vgg_mobile.compression.qat import QATConfig, qat_run
+    from vgg_mobile.compression.prune import PruneConfig, prune_run
     from vgg_mobile.training.hyperparameters import TrainConfig
     from vgg_mobile.models.architectures import ModelOptions
     from vgg_mobile.core.run_dir import load_run

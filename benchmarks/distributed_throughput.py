@@ -56,7 +56,8 @@ def measure(kind: str, replicas: int, args) -> dict:
     from vgg_mobile.training.distribute import DistributeConfig
     from vgg_mobile.training.hyperparameters import TrainConfig
     from vgg_mobile.models.architectures import ModelOptions
-    from vgg_mobile.training.train import benchmark_throughput, train
+    from vgg_mobile.training.throughput import measure_throughput
+    from vgg_mobile.training.train import train
 
     distribute = DistributeConfig(strategy="mirrored" if replicas > 1 else "default",
                                   mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
@@ -80,7 +81,7 @@ def measure(kind: str, replicas: int, args) -> dict:
     size = TEACHER_SIZE if kind == "step-teacher" else STUDENT_SIZE
     options = (ModelOptions(image_size=size) if kind == "step-teacher" else
                ModelOptions(architecture="mobilenet_v2_0.35", image_size=size, head_units=0))
-    report = benchmark_throughput(data, options, TrainConfig(batch_size=args.batch_size),
+    report = measure_throughput(data, options, TrainConfig(batch_size=args.batch_size),
                                   distribute=distribute)
     return {"replicas": report.replicas, "input": report.input_images_per_second,
             "first_pass": report.first_pass_images_per_second,

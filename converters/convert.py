@@ -16,11 +16,10 @@ from typing import Callable
 import numpy as np
 
 from converters import tflite
-from vgg_mobile.data import dataset
-from vgg_mobile.evaluation import metrics as evaluation
+from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
-from vgg_mobile.core.run_dir import load_run, new_manifest
+from vgg_mobile.core.run_dir import Manifest, load_run
 from vgg_mobile.core.io import atomic_dir, gzip_size, write_json, write_text
 
 SPARSE_MODES = ("auto", "always", "never")
@@ -205,14 +204,15 @@ def convert_run(
         data_dir = recorded
         log(f"verifying on the run's own data folder {data_dir}")
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    held_out, split_name = evaluation.select_examples(run, folder, "auto")
-    pool = dataset.split(folder, run.manifest.get("data", {}).get("val_fraction", 0.2),
-                         run.manifest.get("data", {}).get("seed", 0))
-    calibration_examples = (pool.train or held_out)[: options.calibration_images]
+    held_out, split_name = splits.held_out(run.manifest, folder, "auto")
+    pool = splits.choose_split(folder, run.manifest,
+                               seed=int((run.manifest.get("data") or {}).get("seed", 0))).parts
+    # Seeded and drawn from every class in turn: a plain prefix would hold the first classes only.
+    calibration_examples = splits.stratified_sample(pool.train or held_out, options.calibration_images)
     model = run.load_model()
     size = run.image_size
     n_classes = len(run.classes)
-    x_val, y_val = load_images(held_out[: options.verify_images], size, n_classes)
+    x_val, y_val = load_images(splits.stratified_sample(held_out, options.verify_images), size, n_classes)
     x_cal, _ = load_images(calibration_examples, size, n_classes)
     reference = model(x_val, training=False).numpy()
     if np.ptp(reference, axis=0).max() < 1e-6:
@@ -247,16 +247,17 @@ def convert_run(
                                             misses, log))
         if misses:
             raise BudgetError("budget missed: " + "; ".join(misses))
-        manifest = new_manifest(
-            stage, run.classes, model_file=None,
+        manifest = Manifest(
+            stage=stage, classes=run.classes, model_file=None,
             architecture=run.manifest.get("architecture"), input=run.manifest["input"],
             preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
             parent=str(run.path.resolve()), command=command,
             data={"path": str(folder.root.resolve()), "verification_split": split_name,
                   "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
-            options={k: list(v) if isinstance(v, tuple) else v
-                     for k, v in dataclasses.asdict(options).items()}, artifacts=artifacts,
-            metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)})
+            sections={"options": {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in dataclasses.asdict(options).items()},
+                      "artifacts": artifacts},
+            metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)}).to_json()
         write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
         write_json(staging / "manifest.json", manifest)
         if android_dir is not None:

@@ -1,4 +1,10 @@
-"""Shared fixtures: small generated data and one briefly trained teacher, made once per session."""
+"""Shared fixtures: small generated data, one briefly trained teacher and student, made once
+per session, and the CLI in a subprocess. Helpers live in `harness.py`.
+
+Tests that train, convert or run the CLI in a subprocess (seconds to minutes each on 2 cores)
+are the slow tier: a test that uses one of `SLOW_FIXTURES`, or is marked `slow`, runs only in
+the full suite. `pytest -m "not slow"` is the inner loop.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,15 @@ import vgg_mobile  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loa
 # Fixed settings of the session teacher; tests that train their own use smaller budgets.
 TEACHER_SIZE = 32
 TEACHER_EPOCHS = 8
+STUDENT = "mobilenet_v2_0.35"
+
+SLOW_FIXTURES = {"teacher_run", "teacher_export", "teacher_images", "student_run", "cli"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +49,33 @@ def teacher_run(sample_dir, tmp_path_factory):
     return train(sample_dir, out, ModelOptions(image_size=TEACHER_SIZE, weights="none"),
                  TrainConfig(epochs=TEACHER_EPOCHS, batch_size=16, learning_rate=3e-4),
                  command=["pytest-fixture"])
+
+
+@pytest.fixture(scope="session")
+def teacher_images(teacher_run, sample_dir):
+    """The teacher's model, its held-out images and labels, and its probabilities on them
+    (checked to vary across images, so comparisons with it mean something)."""
+    import harness
+    from vgg_mobile.core.run_dir import load_run
+
+    run = load_run(teacher_run.run_dir)
+    model = run.load_model()
+    images, labels = harness.held_out_images(run, sample_dir)
+    reference = model(images, training=False).numpy()
+    harness.assert_varies(reference)
+    return model, images, labels, reference
+
+
+@pytest.fixture(scope="session")
+def student_run(teacher_run, sample_dir, tmp_path_factory):
+    """A MobileNetV2 student distilled from the session teacher at 32 px (a few epochs)."""
+    from vgg_mobile.distillation.distill import DistillConfig, distill
+
+    out = tmp_path_factory.mktemp("runs") / "student"
+    return distill(teacher_run.run_dir, sample_dir, out,
+                   DistillConfig(student=STUDENT, image_size=32, epochs=6, batch_size=16,
+                                 learning_rate=5e-3),
+                   command=["pytest-fixture"])
 
 
 @pytest.fixture(scope="session")

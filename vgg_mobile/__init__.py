@@ -1,5 +1,17 @@
-"""vgg-mobile: fine-tune VGG16 on an image folder and ship it to phones and browsers."""
+"""vgg-mobile: fine-tune VGG16 on an image folder and ship it to phones and browsers.
 
+The public API, one name for each step of the data flow:
+
+    import vgg_mobile as vm
+    teacher = vm.train("photos/", "runs/teacher", vm.ModelOptions(image_size=224))
+    pruned = vm.prune_run(teacher.run_dir, "photos/", "runs/pruned", vm.PruneConfig())
+    student = vm.distill(teacher.run_dir, "photos/", "runs/student", vm.DistillConfig())
+    export = vm.convert_run(student.run_dir, "runs/export", vm.ConvertOptions())
+
+Names are imported on first use, so `import vgg_mobile` stays light (no TensorFlow).
+"""
+
+import importlib
 import os
 
 # tensorflow-model-optimization only understands Keras 2 models, so every model here is a
@@ -7,4 +19,54 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+from vgg_mobile.core.version import __version__  # noqa: E402
+
+# Public name -> the module that defines it (each name is defined once, there).
+_API = {
+    # errors
+    "VggMobileError": "vgg_mobile.core.errors", "BadInputError": "vgg_mobile.core.errors",
+    "DataError": "vgg_mobile.core.errors", "RunDirError": "vgg_mobile.core.errors",
+    "WriteError": "vgg_mobile.core.errors", "BudgetError": "vgg_mobile.core.errors",
+    # run directories and budgets
+    "Run": "vgg_mobile.core.run_dir", "Manifest": "vgg_mobile.core.run_dir",
+    "load_run": "vgg_mobile.core.run_dir", "Budgets": "vgg_mobile.core.budgets",
+    # data
+    "scan_folder": "vgg_mobile.data.dataset", "split": "vgg_mobile.data.dataset",
+    "choose_split": "vgg_mobile.data.splits", "stratified_sample": "vgg_mobile.data.splits",
+    "write_sample_data": "vgg_mobile.data.sample",
+    # models
+    "ModelOptions": "vgg_mobile.models.architectures",
+    "ARCHITECTURES": "vgg_mobile.models.architectures",
+    "get_architecture": "vgg_mobile.models.architectures",
+    # training the teacher
+    "TrainConfig": "vgg_mobile.training.hyperparameters", "train": "vgg_mobile.training.train",
+    "DistributeConfig": "vgg_mobile.training.distribute",
+    "measure_throughput": "vgg_mobile.training.throughput",
+    # evaluation
+    "evaluate_run": "vgg_mobile.evaluation.metrics",
+    # compression
+    "PruneConfig": "vgg_mobile.compression.prune", "prune_run": "vgg_mobile.compression.prune",
+    "QATConfig": "vgg_mobile.compression.qat", "qat_run": "vgg_mobile.compression.qat",
+    # distillation
+    "DistillConfig": "vgg_mobile.distillation.distill", "distill": "vgg_mobile.distillation.distill",
+    "build_distiller": "vgg_mobile.distillation.distiller",
+    # exports
+    "ConvertOptions": "converters.convert", "convert_run": "converters.convert",
+    # the web demo
+    "assemble_demo": "vgg_mobile.site",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vgg_mobile' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

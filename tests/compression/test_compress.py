@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from vgg_mobile.compression.compress import PruneConfig, QATConfig, prune_run, qat_run
+from vgg_mobile.compression.qat import QATConfig, qat_run
+from vgg_mobile.compression.prune import PruneConfig, prune_run
 from vgg_mobile.core.errors import BadInputError
 
 TARGET = 0.5

@@ -85,3 +85,18 @@ def test_prepare_out_dir_protects_existing_work(tmp_path, run_copy):
         run_dir.prepare_out_dir(tmp_path / "new", resume=True)
     run_dir.prepare_out_dir(run_copy, force=True)
     assert list(run_copy.iterdir()) == []
+
+
+def test_a_manifest_is_built_one_way_and_validated():
+    manifest = run_dir.Manifest(stage="pruned", classes=("a", "b"), input={"size": [32, 32]},
+                                parent="/runs/teacher", sections={"compression": {"method": "m"}})
+    written = manifest.to_json()
+    assert written["stage"] == "pruned" and written["num_classes"] == 2
+    assert written["compression"] == {"method": "m"} and written["model_file"] == "model.keras"
+    assert "quantization_aware" not in written and list(written)[-1] == "versions"
+    with pytest.raises(ValueError, match="stage must be a name"):
+        run_dir.Manifest(stage="../x", classes=("a",), input={})
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        run_dir.Manifest(stage="teacher", classes=("a", "a"), input={})
+    with pytest.raises(ValueError, match=r"sections may not redefine manifest fields. Received: \['stage'\]"):
+        run_dir.Manifest(stage="teacher", classes=("a",), input={}, sections={"stage": "x"})

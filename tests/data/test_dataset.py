@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from harness import image_folder
 from vgg_mobile.data import dataset
 from vgg_mobile.core.errors import DataError
 
 
-def _folder(root: Path, counts: dict[str, int], size=24) -> Path:
-    rng = np.random.default_rng(1)
-    for name, n in counts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
-    return root
-
-
 def test_scan_finds_classes_sorted_and_labels_every_file(tmp_path):
-    root = _folder(tmp_path / "d", {"b": 3, "a": 4, "c": 2})
-    folder = dataset.scan_folder(root)
+    root = image_folder(tmp_path / "d", {"b": 3, "a": 4, "c": 2})
+    folder = dataset.scanimage_folder(root)
     assert folder.classes == ("a", "b", "c")
     assert folder.class_counts() == {"a": 4, "b": 3, "c": 2}
     assert all(e.path.parent.name == folder.classes[e.label] for e in folder.train)
@@ -33,60 +23,60 @@ def test_scan_finds_classes_sorted_and_labels_every_file(tmp_path):
 
 
 def test_bad_files_are_listed_and_skipped_or_fail_in_strict_mode(tmp_path):
-    root = _folder(tmp_path / "d", {"a": 3, "b": 3})
+    root = image_folder(tmp_path / "d", {"a": 3, "b": 3})
     (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     (root / "b" / "readme.pdf").write_bytes(b"%PDF-1.4")
     (root / "stray.jpg").write_bytes(b"")
     (root / "a" / ".DS_Store").write_bytes(b"\0\0")
-    folder = dataset.scan_folder(root)
+    folder = dataset.scanimage_folder(root)
     problems = {c.path.name: c.problem for c in folder.bad}
     assert set(problems) == {"broken.jpg", "readme.pdf", "stray.jpg"}
     assert "not inside a class folder" in problems["stray.jpg"]
     assert folder.class_counts() == {"a": 3, "b": 3}
     with pytest.raises(DataError, match=r"(?s)3 bad file\(s\).*broken\.jpg"):
-        dataset.scan_folder(root, strict=True)
+        dataset.scanimage_folder(root, strict=True)
 
 
 def test_class_folder_without_usable_images_is_an_error(tmp_path):
-    root = _folder(tmp_path / "d", {"a": 2, "b": 2})
+    root = image_folder(tmp_path / "d", {"a": 2, "b": 2})
     (root / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty \(no files\)"):
-        dataset.scan_folder(root)
+        dataset.scanimage_folder(root)
     shutil.rmtree(root / "empty")
     (root / "junk").mkdir()
     (root / "junk" / "x.jpg").write_bytes(b"junk")
     with pytest.raises(DataError, match=r"junk \(all 1 files unusable\)"):
-        dataset.scan_folder(root)
+        dataset.scanimage_folder(root)
 
 
 def test_fewer_than_two_classes_or_no_images_is_an_error(tmp_path):
     with pytest.raises(DataError, match="at least two class folders; found 1"):
-        dataset.scan_folder(_folder(tmp_path / "one", {"only": 3}))
+        dataset.scanimage_folder(image_folder(tmp_path / "one", {"only": 3}))
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match="no images found"):
-        dataset.scan_folder(tmp_path / "none")
+        dataset.scanimage_folder(tmp_path / "none")
     with pytest.raises(DataError, match="no such folder"):
-        dataset.scan_folder(tmp_path / "absent")
+        dataset.scanimage_folder(tmp_path / "absent")
 
 
 def test_presplit_folder_keeps_the_users_split(tmp_path):
-    _folder(tmp_path / "d" / "train", {"a": 4, "b": 4})
-    _folder(tmp_path / "d" / "val", {"a": 1, "b": 2})
-    folder = dataset.scan_folder(tmp_path / "d")
+    image_folder(tmp_path / "d" / "train", {"a": 4, "b": 4})
+    image_folder(tmp_path / "d" / "val", {"a": 1, "b": 2})
+    folder = dataset.scanimage_folder(tmp_path / "d")
     assert folder.presplit
     parts = dataset.split(folder, 0.5, seed=3)
     assert len(parts.train) == 8 and len(parts.val) == 3
 
 
 def test_val_folder_with_an_unknown_class_is_an_error(tmp_path):
-    _folder(tmp_path / "d" / "train", {"a": 2, "b": 2})
-    _folder(tmp_path / "d" / "val", {"a": 1, "zebra": 1})
+    image_folder(tmp_path / "d" / "train", {"a": 2, "b": 2})
+    image_folder(tmp_path / "d" / "val", {"a": 1, "zebra": 1})
     with pytest.raises(DataError, match="zebra"):
-        dataset.scan_folder(tmp_path / "d")
+        dataset.scanimage_folder(tmp_path / "d")
 
 
 def test_split_is_stratified_seeded_and_disjoint(tmp_path):
-    folder = dataset.scan_folder(_folder(tmp_path / "d", {"a": 10, "b": 5, "c": 2}))
+    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 10, "b": 5, "c": 2}))
     parts = dataset.split(folder, 0.2, seed=7)
     val_counts = np.bincount([e.label for e in parts.val], minlength=3)
     assert list(val_counts) == [2, 1, 1]  # every class held out, at least one image
@@ -96,15 +86,15 @@ def test_split_is_stratified_seeded_and_disjoint(tmp_path):
     assert dataset.split(folder, 0.2, seed=8) != parts
 
 
-def test_class_weights_balance_an_imbalanced_folder(tmp_path):
-    folder = dataset.scan_folder(_folder(tmp_path / "d", {"a": 6, "b": 2}))
+def test_class_weights_balance_an_imbalancedimage_folder(tmp_path):
+    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 6, "b": 2}))
     weights = dataset.class_weights(folder.train, 2)
     assert weights[0] == pytest.approx(8 / 12) and weights[1] == pytest.approx(2.0)
     assert weights[0] * 6 == pytest.approx(weights[1] * 2)
 
 
 def test_pipeline_resizes_batches_and_augments_only_training(tmp_path):
-    folder = dataset.scan_folder(_folder(tmp_path / "d", {"a": 5, "b": 5}, size=50))
+    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 5, "b": 5}, size=50))
     val = dataset.make_dataset(folder.train, 32, 4, 2)
     first = np.concatenate([x.numpy() for x, _ in val])
     again = np.concatenate([x.numpy() for x, _ in val])

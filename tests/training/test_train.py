@@ -123,7 +123,7 @@ def test_resume_refuses_changed_options(small_data, tmp_path):
     state = {"config": {"model": {}, "train": {}}, "data_fingerprint": "x", "epochs_done": 1,
              "checkpoint": None, "history": {}}
     (out / "checkpoints" / "state.json").write_text(json.dumps(state))
-    with pytest.raises(RunDirError, match="options differ"):
+    with pytest.raises(RunDirError, match="the settings differ"):
         train(small_data, out, ModelOptions(image_size=32), config, resume=True)
 
 

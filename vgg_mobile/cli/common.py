@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
+
+
+def default(cls, name: str):
+    """The library's default for a field of a config dataclass: a flag's default is read from
+    it, never written twice."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def log(message: str) -> None:

@@ -47,7 +47,7 @@ def _compression_summary(result) -> dict:
 def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, learning_rate,
               batch_size, skip_first_conv, skip_classifier, seed, force, as_json):
     """Prune the model of run directory RUN by weight magnitude while fine-tuning on DATA."""
-    from vgg_mobile.compression.compress import PruneConfig, prune_run
+    from vgg_mobile.compression.prune import PruneConfig, prune_run
 
     config = PruneConfig(target_sparsity=target_sparsity, epochs=epochs, end_epoch=end_epoch,
                          frequency=frequency, learning_rate=learning_rate, batch_size=batch_size,
@@ -86,7 +86,7 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
 def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size, seed, force,
             as_json):
     """Quantization-aware training of the model of run directory RUN on DATA (int8-ready)."""
-    from vgg_mobile.compression.compress import QATConfig, qat_run
+    from vgg_mobile.compression.qat import QATConfig, qat_run
 
     config = QATConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                        preserve_sparsity=preserve_sparsity, seed=seed)

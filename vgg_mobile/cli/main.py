@@ -13,9 +13,10 @@ import traceback
 
 import click
 
-from vgg_mobile import __version__
+
 from vgg_mobile.cli import compress, convert, data, distill, pipeline, site, train
 from vgg_mobile.cli.common import log
+from vgg_mobile.core.version import __version__
 from vgg_mobile.core.errors import VggMobileError
 
 EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130

@@ -9,24 +9,11 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import distribute_config, distribute_options, log
+from vgg_mobile.cli.common import default, distribute_config, distribute_options, log
+from vgg_mobile.models.architectures import ModelOptions
+from vgg_mobile.training.hyperparameters import TrainConfig
 
 
-def _weights_choice(weights: str, architecture: str) -> str:
-    """`auto` means ImageNet weights if they are in the local Keras cache, else random."""
-    from vgg_mobile.models.architectures import get_architecture, keras_cache_dir
-
-    if weights != "auto":
-        return weights
-    cached = keras_cache_dir() / get_architecture(architecture).imagenet_file
-    if cached.is_file():
-        log(f"using ImageNet weights from {cached}")
-        return "imagenet"
-    log(f"no ImageNet weights at {cached}: training from scratch (--weights none)")
-    return "none"
-
-
-# --- distributed training options (train and distill) ---
 def _print_throughput(report) -> None:
     rows = [("input pipeline, first pass (decode, cache)", report.first_pass_images_per_second),
             ("input pipeline, cached and augmented", report.input_images_per_second),
@@ -72,28 +59,33 @@ def doctor_cmd(as_json):
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Run directory to write (required, except with --data-benchmark).")
-@click.option("--weights", default="auto", show_default=True,
+@click.option("--weights", default=default(ModelOptions, "weights"), show_default=True,
               help="imagenet (from the local Keras cache, never downloaded), none, a path to an "
                    ".h5 backbone weights file, or auto (imagenet if cached, else none).")
-@click.option("--architecture", default="vgg16", show_default=True, help="Teacher architecture.")
-@click.option("--image-size", default=224, show_default=True, help="Input side in pixels (>= 32).")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True,
+@click.option("--architecture", default=default(ModelOptions, "architecture"), show_default=True,
+              help="Teacher architecture.")
+@click.option("--image-size", default=default(ModelOptions, "image_size"), show_default=True,
+              help="Input side in pixels (>= 32).")
+@click.option("--epochs", default=default(TrainConfig, "epochs"), show_default=True)
+@click.option("--batch-size", default=default(TrainConfig, "batch_size"), show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate", default=default(TrainConfig, "learning_rate"),
+              show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
-@click.option("--warmup-epochs", default=1.0, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--label-smoothing", default=0.1, show_default=True)
-@click.option("--dropout", default=0.3, show_default=True)
-@click.option("--head-units", default=256, show_default=True, help="Hidden units of the head (0: none).")
-@click.option("--fine-tune", default="auto", show_default=True,
+@click.option("--warmup-epochs", default=default(TrainConfig, "warmup_epochs"), show_default=True)
+@click.option("--weight-decay", default=default(TrainConfig, "weight_decay"), show_default=True)
+@click.option("--label-smoothing", default=default(TrainConfig, "label_smoothing"), show_default=True)
+@click.option("--dropout", default=default(ModelOptions, "dropout"), show_default=True)
+@click.option("--head-units", default=default(ModelOptions, "head_units"), show_default=True,
+              help="Hidden units of the head (0: none).")
+@click.option("--fine-tune", default=default(TrainConfig, "fine_tune"), show_default=True,
               type=click.Choice(["auto", "full", "feature-extraction", "last-blocks", "progressive"]),
               help="Which layers train: auto is full from scratch, progressive from pretrained weights.")
-@click.option("--unfreeze-blocks", default=2, show_default=True,
+@click.option("--unfreeze-blocks", default=default(TrainConfig, "unfreeze_blocks"),
+              show_default=True,
               help="Backbone blocks trained by last-blocks and reached by progressive.")
-@click.option("--val-fraction", default=0.2, show_default=True,
+@click.option("--val-fraction", default=default(TrainConfig, "val_fraction"), show_default=True,
               help="Share of each class held out (folders without train/ and val/).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--strict", is_flag=True, help="Fail on any bad image instead of skipping it.")
@@ -111,14 +103,13 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
               unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
               force, as_json, quiet, strategy, mixed_precision, jit_compile, data_benchmark):
     """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
-    from vgg_mobile.training.hyperparameters import TrainConfig
-    from vgg_mobile.models.architectures import ModelOptions
-    from vgg_mobile.training.train import benchmark_throughput, train
+    from vgg_mobile.training.throughput import measure_throughput
+    from vgg_mobile.training.train import train
 
     if out is None and not data_benchmark:
         raise click.UsageError("Missing option '--out'.")
     options = ModelOptions(architecture=architecture, image_size=image_size,
-                           weights=_weights_choice(weights, architecture), dropout=dropout,
+                           weights=weights, dropout=dropout,
                            head_units=head_units)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay,
@@ -127,7 +118,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          augment=not no_augment, class_weights=class_weights, strict=strict)
     distribute = distribute_config(strategy, mixed_precision, jit_compile)
     if data_benchmark:
-        report = benchmark_throughput(data, options, config, distribute, log=log)
+        report = measure_throughput(data, options, config, distribute, log=log)
         if as_json:
             click.echo(json.dumps({**dataclasses.asdict(report), "limited_by": report.limited_by},
                                   indent=2))

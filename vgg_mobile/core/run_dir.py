@@ -23,6 +23,7 @@ from pathlib import Path
 from vgg_mobile.core.custom_objects import load_scope
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import atomic_path, write_json, write_text
+from vgg_mobile.core.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,36 +47,91 @@ def versions() -> dict[str, str]:
     import tensorflow as tf
     import tf_keras
 
-    from vgg_mobile import __version__
-
     return {"vgg_mobile": __version__, "tensorflow": tf.__version__,
             "tf_keras": tf_keras.__version__, "python": sys.version.split()[0]}
 
 
-def new_manifest(stage: str, classes: tuple[str, ...], **fields) -> dict:
-    """A manifest dict with the fields every stage writes; `fields` adds or overrides."""
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "stage": stage,
-        "kind": "image_classifier",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_file": MODEL,
-        "classes": list(classes),
-        "num_classes": len(classes),
-    }
-    manifest.update(fields)
-    manifest["versions"] = versions()
-    return manifest
+# Keys of manifest.json that `Manifest` owns; a stage's own records go in `sections`.
+_FIELDS = ("schema_version", "stage", "kind", "created", "model_file", "classes", "num_classes",
+           "architecture", "input", "preprocessing", "output", "quantization_aware", "config",
+           "command", "data", "parent", "metrics", "versions")
 
 
-def finish_run(out_dir: str | Path, model, manifest: dict) -> Path:
-    """Writes model, labels and (last) the manifest of a finished run."""
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a stage records in `manifest.json`: the one way every stage builds it.
+
+    Attributes:
+        stage: The stage name (`teacher`, `pruned`, `pruned_qat`, `student`, `student_qat`,
+            `export`, ...); in a pipeline also the folder and the config section.
+        classes: Class names in output order.
+        input: The model's input contract (`size`, `channels`, `range`, `color`, ...).
+        architecture: The registry name of the model's architecture.
+        preprocessing: The in-graph preprocessing (mean/std), for metadata and the browser.
+        output: The output layer names (`probs`, `logits_layer`).
+        model_file: The model's file name in the run folder; `None` for an export folder.
+        quantization_aware: The model holds tfmot quantization layers (loads in tfmot's scope).
+        config: The settings the stage ran with.
+        command: The command line that asked for it.
+        data: Which folder and split it used (`data.splits.data_record`).
+        parent: The parent run's path; `None` for a first stage.
+        metrics: Held-out metrics of the model.
+        sections: The stage's own records (`training`, `compression`, `teacher`, `artifacts`,
+            ...), written as top-level keys beside the fields above.
+        kind: What the model is. Defaults to `"image_classifier"`.
+    """
+
+    stage: str
+    classes: tuple[str, ...]
+    input: dict
+    architecture: str | None = None
+    preprocessing: dict | None = None
+    output: dict | None = None
+    model_file: str | None = MODEL
+    quantization_aware: bool = False
+    config: dict = dataclasses.field(default_factory=dict)
+    command: list[str] | None = None
+    data: dict = dataclasses.field(default_factory=dict)
+    parent: str | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+    sections: dict = dataclasses.field(default_factory=dict)
+    kind: str = "image_classifier"
+
+    def __post_init__(self):
+        if not self.stage or not self.stage.replace("_", "").isalnum():
+            raise ValueError(f"stage must be a name of letters, digits and _. Received: stage={self.stage!r}")
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct and at least one. Received: classes={self.classes!r}")
+        clash = sorted(set(self.sections) & set(_FIELDS))
+        if clash:
+            raise ValueError(f"sections may not redefine manifest fields. Received: {clash}")
+
+    def to_json(self) -> dict:
+        """The manifest as written: the fields, the stage's sections, then the versions."""
+        data = {"schema_version": SCHEMA_VERSION, "stage": self.stage, "kind": self.kind,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "model_file": self.model_file, "classes": list(self.classes),
+                "num_classes": len(self.classes)}
+        for name in ("architecture", "input", "preprocessing", "output", "config", "command",
+                     "data", "parent", "metrics"):
+            data[name] = getattr(self, name)
+        if self.quantization_aware:
+            data["quantization_aware"] = True
+        data.update(self.sections)
+        data["versions"] = versions()
+        return data
+
+
+def finish_run(out_dir: str | Path, model, manifest: Manifest) -> dict:
+    """Writes model, labels and (last) the manifest of a finished run; returns the manifest
+    as written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, out_dir / manifest.get("model_file", MODEL))
-    write_text(out_dir / LABELS, "".join(f"{c}\n" for c in manifest["classes"]))
-    write_json(out_dir / MANIFEST, manifest)
-    return out_dir
+    written = manifest.to_json()
+    save_model(model, out_dir / (manifest.model_file or MODEL))
+    write_text(out_dir / LABELS, "".join(f"{c}\n" for c in manifest.classes))
+    write_json(out_dir / MANIFEST, written)
+    return written
 
 
 @dataclasses.dataclass(frozen=True)

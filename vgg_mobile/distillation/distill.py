@@ -22,16 +22,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vgg_mobile.data import dataset
+from vgg_mobile.data import dataset, splits
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
-from vgg_mobile.core.errors import BadInputError, DataError, RunDirError, require
+from vgg_mobile.core.errors import DataError, RunDirError, require
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.core.run_dir import CHECKPOINTS, Run, finish_run, load_run, manifest_digest, new_manifest, prepare_out_dir
+from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load_run, manifest_digest, prepare_out_dir
 from vgg_mobile.core.io import write_json
-
-STATE = "state.json"
+from vgg_mobile.distillation.distiller import build_distiller
+from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
+from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
 
@@ -58,9 +59,10 @@ class DistillConfig:
         weight_decay: Decoupled weight decay (AdamW).
         dropout: Dropout rate before the student's `logits` layer.
         augment: Random resized crop, flip and colour jitter on training images.
-        val_fraction: Share of each class held out for validation; `None` uses the teacher
-            run's, so that on the teacher's own folder the validation images are the ones
-            the teacher never trained on.
+        val_fraction: Share of each class held out for validation on a folder other than
+            the teacher's; `None` uses the teacher run's. On the teacher's own folder the
+            teacher's split is always reused (a warning says so when this differs), so the
+            validation images are ones the teacher never trained on.
         seed: Seeds the student's initialisation, shuffles and augmentation (and the split
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
@@ -109,167 +111,12 @@ class DistillConfig:
                             dropout=self.dropout, head_units=0)
 
 
-_DISTILLER_CLASS = None
-
-
-def distiller_class():
-    """The `Distiller` class (built on first use, so importing this module stays light)."""
-    global _DISTILLER_CLASS
-    if _DISTILLER_CLASS is not None:
-        return _DISTILLER_CLASS
-
-    import tensorflow as tf
-    import tf_keras as keras
-
-    class Distiller(keras.Model):
-        """Trains `student` on labels and on a frozen `teacher`'s softened logits.
-
-        `call()` returns the student's output, so `distiller(x)` equals `student(x)`.
-        Training data is `(x, one_hot_labels)` where `x` is the student's input, or a pair
-        `(student_view, teacher_view)` when the two models take different sizes. With
-        `teacher=None` (and alpha 1) it trains the student on labels alone, the baseline.
-        """
-
-        def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
-                     **kwargs):
-            super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
-            if teacher is None and alpha != 1:
-                raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
-            self.student = student
-            self.teacher = teacher
-            self.temperature = float(temperature)
-            self.alpha = float(alpha)
-            # Sub-models sharing the layers (and weights) of each model up to its logits.
-            self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
-                                              name="student_logits")
-            self.student_size = tuple(student.input_shape[1:3])
-            if teacher is not None:
-                teacher.trainable = False
-                self.teacher_logits = keras.Model(teacher.input, teacher.get_layer("logits").output,
-                                                  name="teacher_logits")
-                self.teacher_size = tuple(teacher.input_shape[1:3])
-            self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-            self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-            self.accuracy_tracker = keras.metrics.CategoricalAccuracy(name="accuracy")
-
-        @property
-        def metrics(self):
-            trackers = [self.student_loss_tracker, self.accuracy_tracker]
-            if self.teacher is not None:
-                trackers += [self.distillation_loss_tracker, self.total_loss_tracker]
-            return trackers
-
-        def call(self, inputs, training=False):
-            if isinstance(inputs, (tuple, list)):
-                inputs = inputs[0]
-            return self.student(inputs, training=training)
-
-        def _views(self, x):
-            if isinstance(x, (tuple, list)):
-                return x[0], x[1]
-            if self.teacher is None or self.teacher_size == self.student_size:
-                return x, x
-            return x, tf.image.resize(x, self.teacher_size, method="bilinear")
-
-        def distillation_loss(self, teacher_logits, student_logits):
-            """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
-
-            The T^2 keeps the gradients of the soft term on the scale of the hard one as T
-            changes (Hinton et al., 2015).
-            """
-            t = self.temperature
-            teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / t)
-            student_log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t)
-            kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
-            return t * t * tf.reduce_mean(kl)
-
-        @staticmethod
-        def student_loss(labels, student_logits):
-            return tf.reduce_mean(keras.losses.categorical_crossentropy(
-                labels, tf.cast(student_logits, tf.float32), from_logits=True))
-
-        def train_step(self, data):
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-            student_x, teacher_x = self._views(x)
-            teacher_logits = (self.teacher_logits(teacher_x, training=False)
-                              if self.teacher is not None else None)
-            variables = self.student.trainable_variables
-            with tf.GradientTape() as tape:
-                logits = self.student_logits(student_x, training=True)
-                student_loss = self.student_loss(y, logits)
-                if teacher_logits is not None:
-                    distillation_loss = self.distillation_loss(teacher_logits, logits)
-                    total_loss = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
-                else:
-                    total_loss = student_loss
-                regularization = self.student.losses
-                objective = total_loss + tf.add_n(regularization) if regularization else total_loss
-            # `minimize` with the tape applies loss scaling when the optimizer has it (mixed
-            # precision); otherwise it is `apply_gradients(tape.gradient(...))`.
-            self.optimizer.minimize(objective, variables, tape=tape)
-            self.student_loss_tracker.update_state(student_loss)
-            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
-            if teacher_logits is not None:
-                self.distillation_loss_tracker.update_state(distillation_loss)
-                self.total_loss_tracker.update_state(total_loss)
-            return {m.name: m.result() for m in self.metrics}
-
-        def test_step(self, data):
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-            student_x, _ = self._views(x)
-            logits = self.student_logits(student_x, training=False)
-            self.student_loss_tracker.update_state(self.student_loss(y, logits))
-            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
-            return {"student_loss": self.student_loss_tracker.result(),
-                    "accuracy": self.accuracy_tracker.result()}
-
-    _DISTILLER_CLASS = Distiller
-    return Distiller
-
-
-def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5):
-    """Wraps a student and a (frozen) teacher in a `Distiller`.
-
-    Args:
-        student: A classifier with a `logits` layer; trained.
-        teacher: A classifier with a `logits` layer and the same classes; frozen. `None`
-            trains the student on labels alone (needs `alpha=1`).
-        temperature: Softening temperature, > 0. Defaults to `2.0`.
-        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
-
-    Returns:
-        An uncompiled `Distiller` (a `tf_keras.Model`).
-
-    Raises:
-        BadInputError: A model without a `logits` layer, different class counts, or a
-            temperature or alpha out of range.
-    """
-    if not temperature > 0:
-        raise BadInputError(f"temperature must be > 0. Received: temperature={temperature}")
-    if not 0 <= alpha <= 1:
-        raise BadInputError(f"alpha must be in [0, 1]. Received: alpha={alpha}")
-    for role, model in (("student", student), ("teacher", teacher)):
-        if model is not None and "logits" not in {layer.name for layer in model.layers}:
-            raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
-    if teacher is not None and teacher.output_shape[-1] != student.output_shape[-1]:
-        raise BadInputError(
-            f"teacher and student disagree on the number of classes: "
-            f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
-    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha)
-
-
 def _optimizer(config: DistillConfig, steps_per_epoch: int, learning_rate: float | None = None):
     import tf_keras as keras
 
-    peak = config.learning_rate if learning_rate is None else learning_rate
-    total = max(config.epochs * steps_per_epoch, 1)
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    if warmup > 0:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=total - warmup, warmup_target=peak, warmup_steps=warmup)
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
+    schedule = warmup_cosine(config.learning_rate if learning_rate is None else learning_rate,
+                             total_steps=config.epochs * steps_per_epoch,
+                             warmup_steps=config.warmup_epochs * steps_per_epoch)
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
@@ -384,16 +231,9 @@ def distill(
     for check in folder.bad:
         log(f"skipped {check.path}: {check.problem}")
 
-    teacher_data = teacher_run.manifest.get("data") or {}
-    same_folder = bool(teacher_data.get("path")) and (
-        Path(teacher_data["path"]).resolve() == folder.root.resolve())
-    val_fraction = (config.val_fraction if config.val_fraction is not None
-                    else float(teacher_data.get("val_fraction", 0.2)))
-    split_seed = int(teacher_data.get("seed", config.seed)) if same_folder else config.seed
-    if same_folder and config.val_fraction is not None and config.val_fraction != teacher_data.get("val_fraction"):
-        log("warning: a validation fraction other than the teacher's puts some of the teacher's "
-            "training images in validation; the teacher's accuracy there is optimistic")
-    parts = dataset.split(folder, val_fraction, split_seed)
+    choice = splits.choose_split(folder, teacher_run.manifest, config.val_fraction, config.seed)
+    if choice.note:
+        log(f"warning: {choice.note}")
     n_classes = len(folder.classes)
     config.student_options(config.image_size or teacher_run.image_size)  # checked before any work
 
@@ -409,37 +249,21 @@ def distill(
                 "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
     if distribution.writes_run:
         prepare_out_dir(out, resume=resume, force=force)
-    recorded = _check_resume(out, identity) if resume else {}
+    # Every worker reads the chief's record: --out must be on storage they all reach.
+    recorded = (read_resume_state(out / CHECKPOINTS / STATE, out, identity).get("history", {})
+                if resume else {})
     if distribution.writes_run and not resume:
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         write_json(out / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
     with dist.writer_dir(out, distribution) as write_dir:
-        return _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
+        return _distill(teacher_run, teacher, folder, choice, out,
                         write_dir, config, command, log, verbose, callbacks, distribution, recorded, stage)
-
-
-def _check_resume(out: Path, identity: dict) -> dict:
-    """Checks that the interrupted run in `out` is this one; returns its recorded history."""
-    # Every worker reads the chief's record: --out must be on storage they all reach.
-    path = out / CHECKPOINTS / STATE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{path}: cannot read the interrupted run's state ({err})") from None
-    for key, what in (("config", "the settings"), ("teacher_manifest", "the teacher run"),
-                      ("data_fingerprint", "the data"), ("replicas", "the replica count")):
-        if state.get(key) != identity[key]:
-            raise RunDirError(f"{out}: {what} differ from the interrupted run's; resume with the "
-                              "same ones or pass --force to start over")
-    return state.get("history", {})
 
 
 def _epoch_recorder(state_path: Path | None, key: str, history: dict):
     """Keeps each finished epoch's logs in the run's state file (the chief's), so that a
     resumed run's history starts where the interrupted one stopped."""
     import tf_keras as keras
-
-    from vgg_mobile.training.train import record_epoch_logs
 
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -452,8 +276,9 @@ def _epoch_recorder(state_path: Path | None, key: str, history: dict):
     return EpochRecorder()
 
 
-def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out, write_dir,
+def _distill(teacher_run, teacher, folder, choice, out, write_dir,
              config, command, log, verbose, callbacks, distribution, recorded, stage) -> DistillResult:
+    parts = choice.parts
     n_classes = len(folder.classes)
     teacher_size = teacher_run.image_size
     student_size = config.image_size or teacher_size
@@ -557,8 +382,8 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
          "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
         out / "training_curves.png")
     teacher_input = dict(teacher_run.manifest.get("input") or {})
-    manifest = new_manifest(
-        stage, folder.classes,
+    manifest = Manifest(
+        stage=stage, classes=folder.classes,
         architecture=config.student,
         input={**teacher_input, "size": [student_size, student_size], "channels": 3,
                "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC"},
@@ -566,14 +391,11 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
         output={"layer": "probs", "activation": "softmax", "logits_layer": "logits"},
         config={"model": dataclasses.asdict(options), "distill": dataclasses.asdict(config)},
         command=command,
-        data={"path": str(folder.root.resolve()), "fingerprint": folder.fingerprint(),
-              "presplit": folder.presplit, "val_fraction": val_fraction, "seed": split_seed,
-              "train_images": len(parts.train), "val_images": len(parts.val),
-              "class_counts": folder.class_counts(parts.train),
-              "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]},
+        data=splits.data_record(folder, choice),
         parent=str(teacher_run.path.resolve()),
         metrics=metrics,
-        tfmot_compatible=spec.tfmot_compatible,
+        sections=dict(
+            tfmot_compatible=spec.tfmot_compatible,
         teacher={"run": str(teacher_run.path.resolve()),
                  "architecture": teacher_run.manifest.get("architecture"),
                  "image_size": teacher_size, "parameters": teacher_parameters,
@@ -590,7 +412,7 @@ def _distill(teacher_run, teacher, folder, parts, val_fraction, split_seed, out,
                       "train_accuracy_last_epoch": history.get("accuracy", [None])[-1],
                       "train_accuracy_inference": round(train_accuracy_inference, 4),
                       "seconds": round(seconds, 1)},
-        distribution=distribution_record,
+        distribution=distribution_record),
     )
     finish_run(out, student, manifest)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.data import dataset
-from vgg_mobile.core.errors import DataError
+from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.run_dir import Run, load_run
 from vgg_mobile.core.io import write_json
-
-SPLITS = ("auto", "val", "train", "all")
-
 
 def classification_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], top_k: int = 5
@@ -81,24 +77,8 @@ def validation_metrics(model, examples, image_size: int, classes: tuple[str, ...
 
 
 def select_examples(run: Run, folder: dataset.ImageFolder, split: str):
-    """Chooses which images of a folder to evaluate on, and says which.
-
-    `auto` picks the held-out images: a pre-split folder's `val/`; for the very folder the run
-    was trained on, the same seeded validation split; for any other folder, every image.
-    """
-    if split not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)}. Received: split={split!r}")
-    data = run.manifest.get("data", {})
-    trained_here = Path(data.get("path", "")).resolve() == folder.root.resolve() if data else False
-    if split == "auto":
-        split = "val" if folder.presplit or trained_here else "all"
-    if split == "all":
-        return folder.train + (folder.val or ()), "all"
-    parts = dataset.split(folder, data.get("val_fraction", 0.2), data.get("seed", 0))
-    chosen = parts.val if split == "val" else parts.train
-    if not chosen:
-        raise DataError(f"{folder.root}: the {split!r} split is empty")
-    return chosen, split
+    # Kept only until the reporting layer calls `splits.held_out` directly.
+    return splits.held_out(run.manifest, folder, split)
 
 
 def evaluate_run(
@@ -113,7 +93,7 @@ def evaluate_run(
     Args:
         run_dir: A finished run directory.
         data_dir: An image folder whose class folders are among the run's classes.
-        split: `auto`, `val`, `train` or `all` (see `select_examples`). Defaults to `"auto"`.
+        split: `auto`, `val`, `train` or `all` (see `data.splits.held_out`). Defaults to `"auto"`.
         out_dir: Where to write `metrics.json`, `confusion_matrix.json` and `.png`.
             Defaults to `RUN_DIR/eval`.
         batch_size: Images per batch. Defaults to `32`.
@@ -125,7 +105,7 @@ def evaluate_run(
 
     run = load_run(run_dir)
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    examples, used_split = select_examples(run, folder, split)
+    examples, used_split = splits.held_out(run.manifest, folder, split)
     model = run.load_model()
     probs, labels = predict(model, examples, run.image_size, len(run.classes), batch_size)
     metrics = classification_metrics(probs, labels, run.classes)

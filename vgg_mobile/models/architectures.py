@@ -30,15 +30,16 @@ class ModelOptions:
     Attributes:
         architecture: A name from `ARCHITECTURES`.
         image_size: Side of the square input in pixels.
-        weights: `"imagenet"` (from the local Keras cache), `"none"` (random), or a path to
-            an `.h5` weights file of the backbone.
+        weights: `"imagenet"` (from the local Keras cache, never downloaded), `"none"`
+            (random), a path to an `.h5` weights file of the backbone, or `"auto"`: ImageNet
+            weights when they are in the local cache, else random (see `choose_weights`).
         dropout: Dropout rate before each head layer.
         head_units: Width of the hidden dense layer of the head; 0 for none.
     """
 
     architecture: str = "vgg16"
-    image_size: int = 64
-    weights: str = "none"
+    image_size: int = 224
+    weights: str = "auto"
     dropout: float = 0.3
     head_units: int = 256
 
@@ -53,8 +54,9 @@ class ModelOptions:
             raise BadInputError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if self.head_units < 0:
             raise BadInputError(f"head_units must be >= 0. Received: head_units={self.head_units}")
-        if self.weights not in ("imagenet", "none") and not self.weights:
-            raise BadInputError("weights must be 'imagenet', 'none' or a path")
+        if not self.weights:
+            raise BadInputError("weights must be 'auto', 'imagenet', 'none' or a path. "
+                                f"Received: weights={self.weights!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +300,15 @@ def keras_cache_dir() -> Path:
     return Path(home) / "models"
 
 
+def choose_weights(weights: str, architecture: str) -> str:
+    """Settles `"auto"`: `"imagenet"` when those weights are in the local Keras cache, else
+    `"none"`. Any other value is returned as it is."""
+    if weights != "auto":
+        return weights
+    return "imagenet" if (keras_cache_dir() / get_architecture(architecture).imagenet_file).is_file() \
+        else "none"
+
+
 def resolve_weights(weights: str, architecture: str) -> str | None:
     """Turns `--weights` into a local file path, or `None` for random initialisation.
 
@@ -307,6 +318,7 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
         BadInputError: The file is absent; the message says where it was looked for.
     """
     spec = get_architecture(architecture)
+    weights = choose_weights(weights, architecture)
     if weights == "none":
         return None
     if weights == "imagenet":

@@ -1,0 +1,59 @@
+"""The shared test harness: small data made on the spot, and the one way a test compares an
+exported model with the Keras model it came from.
+
+A comparison is evidence only on a model whose answers vary across images: `assert_matches`
+checks that first, so no test can pass by comparing two constant outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def image_folder(root: Path, counts: dict[str, int], size: int = 24, seed: int = 1) -> Path:
+    """Writes `<class>/<i>.png|jpg` random images, `counts[class]` of each; returns `root`."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def held_out_images(run, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's held-out images of `data_dir` (its validation split there) as pixels and labels."""
+    from vgg_mobile.data import dataset, splits
+
+    folder = dataset.scan_folder(data_dir, classes=run.classes)
+    examples, _ = splits.held_out(run.manifest, folder, "auto")
+    batches = list(dataset.make_dataset(examples, run.image_size, 64, len(run.classes), one_hot=False))
+    return (np.concatenate([x.numpy() for x, _ in batches]),
+            np.concatenate([y.numpy() for _, y in batches]))
+
+
+def assert_varies(reference: np.ndarray, min_classes: int = 3) -> None:
+    """The model's answers differ across images: at least `min_classes` distinct top-1 classes."""
+    assert len(set(reference.argmax(axis=1).tolist())) >= min_classes, (
+        "the reference model gives (nearly) the same answer for every image; a comparison with "
+        "it would prove nothing")
+
+
+def assert_matches(reference: np.ndarray, probs: np.ndarray, max_diff: float,
+                   min_agreement: float) -> float:
+    """An exported model's probabilities against the Keras model's, on the same images.
+
+    Checks the shape, that each row is a distribution, the largest absolute difference and
+    the top-1 agreement; returns the agreement.
+    """
+    assert_varies(reference)
+    assert probs.shape == reference.shape
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
+    diff = float(np.abs(probs - reference).max())
+    assert diff <= max_diff, f"max probability difference {diff:.5f} > {max_diff}"
+    agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+    assert agreement >= min_agreement, f"top-1 agreement {agreement:.3f} < {min_agreement}"
+    return agreement

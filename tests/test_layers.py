@@ -1,0 +1,124 @@
+"""The layout is the architecture: layers import only downwards, and nothing imports in a circle.
+
+Built from the code's own imports (every `import` statement, at module level or inside a
+function), so a shortcut added anywhere fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Lowest first: a module may import its own layer and the layers before it.
+LAYERS = ("core", "data", "models", "evaluation", "training", "compression", "distillation",
+          "converters", "site", "pipeline", "reporting", "cli")
+# What each package is allowed beyond the order above (kept empty unless a reason is written).
+CONVERTERS_MAY_IMPORT = ("core", "data")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for top in ("vgg_mobile", "converters"):
+        for path in (ROOT / top).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "converters":
+        return "converters"
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "api"
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, bool]]:
+    """(imported project module, at module level?) for every import in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                target = full if full in modules else node.module
+                found.append((target, id(node) in top_level))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top_level) for alias in node.names]
+    return [(target, top) for target, top in found if target in modules]
+
+
+def _graph(modules: dict[str, Path], module_level_only: bool) -> dict[str, set[str]]:
+    return {module: {t for t, top in _imports(path, modules)
+                     if t != module and (top or not module_level_only)}
+            for module, path in modules.items()}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    upward = []
+    for module, targets in graph.items():
+        here = _layer(module)
+        if here == "api":
+            continue  # vgg_mobile/__init__.py and __main__.py sit above everything
+        for target in targets:
+            there = _layer(target)
+            if there == "api" or LAYERS.index(there) > LAYERS.index(here):
+                upward.append(f"{module} ({here}) imports {target} ({there})")
+            elif here == "converters" and there not in (*CONVERTERS_MAY_IMPORT, "converters"):
+                upward.append(f"{module} (converters) imports {target} ({there})")
+    return sorted(upward)
+
+
+def circles(graph: dict[str, set[str]]) -> list[str]:
+    state: dict[str, int] = {}
+    found = []
+
+    def visit(module, stack):
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                found.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif not state.get(target):
+                visit(target, stack)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if not state.get(module):
+            visit(module, [])
+    return found
+
+
+def test_the_layout_is_what_this_test_knows():
+    packages = {m.split(".")[1] for m in MODULES if m.startswith("vgg_mobile.") and m.count(".") >= 1}
+    assert packages - set(LAYERS) <= {"__main__"}, (
+        f"a new top-level module or package {sorted(packages - set(LAYERS))}: give it a layer here")
+
+
+def test_no_layer_imports_one_above_it():
+    assert not (found := upward_imports(_graph(MODULES, module_level_only=False))), "\n".join(found)
+
+
+def test_no_import_circle():
+    assert not (found := circles(_graph(MODULES, module_level_only=True))), "\n".join(found)
+
+
+def test_the_checks_find_a_planted_circle_and_upward_import(tmp_path):
+    fake = {"vgg_mobile.core.a": tmp_path / "a.py", "vgg_mobile.core.b": tmp_path / "b.py",
+            "vgg_mobile.cli.main": tmp_path / "main.py", "converters.x": tmp_path / "x.py"}
+    fake["vgg_mobile.core.a"].write_text("from vgg_mobile.core import b\n")
+    fake["vgg_mobile.core.b"].write_text("import vgg_mobile.core.a\n\ndef f():\n    import vgg_mobile.cli.main\n")
+    fake["vgg_mobile.cli.main"].write_text("from vgg_mobile.core.a import thing\n")
+    fake["converters.x"].write_text("from vgg_mobile.cli import main\n")
+    assert circles(_graph(fake, module_level_only=True)) == [
+        "vgg_mobile.core.a -> vgg_mobile.core.b -> vgg_mobile.core.a"]
+    assert upward_imports(_graph(fake, module_level_only=False)) == [
+        "converters.x (converters) imports vgg_mobile.cli.main (cli)",
+        "vgg_mobile.core.b (core) imports vgg_mobile.cli.main (cli)"]

@@ -1,0 +1,145 @@
+"""Which images a stage trains, validates, calibrates and verifies on, and how it says so.
+
+One rule for every stage that starts from a parent run (compression, distillation,
+evaluation, conversion): on the very folder the parent was trained on, reuse the parent's
+seeded split, so that no image the parent learned from is counted as held out. A pre-split
+folder keeps its own `val/`; any other folder gets a fresh seeded, stratified split.
+The manifest's `data` record is written by `data_record`, the same way by every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vgg_mobile.core.errors import DataError
+from vgg_mobile.data.dataset import Example, ImageFolder, Split, split
+
+DEFAULT_VAL_FRACTION = 0.2
+EVALUATION_SPLITS = ("auto", "val", "train", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitChoice:
+    """A folder's split into training and validation images, and where it came from.
+
+    Attributes:
+        parts: The training and validation examples.
+        val_fraction: Share of each class held out (unused by a pre-split folder).
+        seed: Seed of the per-class shuffle.
+        source: `presplit` (the folder's own `val/`), `parent` (the parent run's split of
+            the folder it was trained on) or `own` (a new split of another folder).
+        note: A warning for the log when a requested setting could not be honoured, else "".
+    """
+
+    parts: Split
+    val_fraction: float
+    seed: int
+    source: str
+    note: str = ""
+
+
+def trained_on(parent_manifest: dict | None, folder: ImageFolder) -> bool:
+    """Whether `folder` is the very folder the parent run was trained on."""
+    recorded = (parent_manifest or {}).get("data") or {}
+    return bool(recorded.get("path")) and Path(recorded["path"]).resolve() == folder.root.resolve()
+
+
+def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
+                 val_fraction: float | None = None, seed: int = 0) -> SplitChoice:
+    """Splits `folder` for a stage, reusing the parent's split on the parent's own folder.
+
+    Args:
+        folder: A checked folder from `dataset.scan_folder`.
+        parent_manifest: The parent run's manifest, or `None` for a first stage.
+        val_fraction: Share held out on a new split. Defaults to the parent's, else `0.2`.
+        seed: Seed of a new split. Defaults to `0`.
+
+    Returns:
+        A `SplitChoice`. On the parent's folder its `note` says when a different
+        `val_fraction` or `seed` was asked for and ignored (honouring it would validate on
+        images the parent trained on).
+    """
+    recorded = (parent_manifest or {}).get("data") or {}
+    if folder.presplit:
+        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        return SplitChoice(split(folder, fraction, seed), fraction, seed, "presplit")
+    if parent_manifest is not None and trained_on(parent_manifest, folder):
+        fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION))
+        parent_seed = int(recorded.get("seed", 0))
+        note = ""
+        if val_fraction is not None and val_fraction != fraction:
+            note = (f"val_fraction={val_fraction} ignored: on the folder the parent run was trained "
+                    f"on, its split (val_fraction={fraction}, seed={parent_seed}) is reused so that "
+                    "no image it learned from is validated on")
+        return SplitChoice(split(folder, fraction, parent_seed), fraction, parent_seed, "parent", note)
+    fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION)) if val_fraction is None \
+        else val_fraction
+    return SplitChoice(split(folder, fraction, seed), fraction, seed, "own")
+
+
+def data_record(folder: ImageFolder, choice: SplitChoice) -> dict:
+    """The manifest's `data` entry: which folder, which split, how many images, what was skipped."""
+    return {"path": str(folder.root.resolve()), "fingerprint": folder.fingerprint(),
+            "presplit": folder.presplit, "split_from": choice.source,
+            "val_fraction": choice.val_fraction, "seed": choice.seed,
+            "train_images": len(choice.parts.train), "val_images": len(choice.parts.val),
+            "class_counts": folder.class_counts(choice.parts.train),
+            "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]}
+
+
+def held_out(run_manifest: dict, folder: ImageFolder, which: str = "auto") -> tuple[tuple[Example, ...], str]:
+    """The images to evaluate (or verify) a run on, and the name of that split.
+
+    `auto` picks the held-out images: a pre-split folder's `val/`; on the folder the run was
+    trained on, its validation split; on any other folder, every image.
+
+    Raises:
+        DataError: An unknown split name, or an empty split.
+    """
+    if which not in EVALUATION_SPLITS:
+        raise DataError(f"split must be one of {', '.join(EVALUATION_SPLITS)}. Received: split={which!r}")
+    if which == "auto":
+        which = "val" if folder.presplit or trained_on(run_manifest, folder) else "all"
+    if which == "all":
+        return folder.train + (folder.val or ()), "all"
+    recorded_seed = int(((run_manifest or {}).get("data") or {}).get("seed", 0))
+    parts = choose_split(folder, run_manifest, seed=recorded_seed).parts
+    chosen = parts.val if which == "val" else parts.train
+    if not chosen:
+        raise DataError(f"{folder.root}: the {which!r} split is empty")
+    return chosen, which
+
+
+def stratified_sample(examples: tuple[Example, ...] | list[Example], limit: int | None,
+                      seed: int = 0) -> tuple[Example, ...]:
+    """At most `limit` examples, drawn in turn from every class, seeded.
+
+    Each class is shuffled with `seed`, then classes take turns, so a sample of n images of a
+    k-class folder holds about n/k of each (all of a class smaller than that). The order of
+    the result is by round, not by class: any prefix of it is stratified too.
+
+    Args:
+        examples: The examples to draw from.
+        limit: How many to keep; `None` keeps them all (still in stratified order).
+        seed: Seed of the per-class shuffle. Defaults to `0`.
+    """
+    import numpy as np
+
+    by_class: dict[int, list[Example]] = {}
+    for example in sorted(examples, key=lambda e: (e.label, str(e.path))):
+        by_class.setdefault(example.label, []).append(example)
+    queues = []
+    for label, members in sorted(by_class.items()):
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        queues.append([members[i] for i in order])
+    total = sum(len(q) for q in queues)
+    limit = total if limit is None else min(limit, total)
+    chosen: list[Example] = []
+    for round_index in range(max((len(q) for q in queues), default=0)):
+        for queue in queues:
+            if round_index < len(queue):
+                chosen.append(queue[round_index])
+        if len(chosen) >= limit:
+            break
+    return tuple(chosen[:limit])

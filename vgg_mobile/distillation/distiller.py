@@ -1,0 +1,160 @@
+"""The `Distiller`: a frozen teacher teaches a student with Hinton's loss.
+
+    alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+Both models are read at their `logits` layers. `call()` returns the student's output, and
+the losses are reported apart (`student_loss`, `distillation_loss`, `total_loss`).
+"""
+
+from __future__ import annotations
+
+from vgg_mobile.core.errors import BadInputError
+
+_DISTILLER_CLASS = None
+
+
+def distiller_class():
+    """The `Distiller` class (built on first use, so importing this module stays light)."""
+    global _DISTILLER_CLASS
+    if _DISTILLER_CLASS is not None:
+        return _DISTILLER_CLASS
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class Distiller(keras.Model):
+        """Trains `student` on labels and on a frozen `teacher`'s softened logits.
+
+        `call()` returns the student's output, so `distiller(x)` equals `student(x)`.
+        Training data is `(x, one_hot_labels)` where `x` is the student's input, or a pair
+        `(student_view, teacher_view)` when the two models take different sizes. With
+        `teacher=None` (and alpha 1) it trains the student on labels alone, the baseline.
+        """
+
+        def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
+                     **kwargs):
+            super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
+            if teacher is None and alpha != 1:
+                raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
+            self.student = student
+            self.teacher = teacher
+            self.temperature = float(temperature)
+            self.alpha = float(alpha)
+            # Sub-models sharing the layers (and weights) of each model up to its logits.
+            self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
+                                              name="student_logits")
+            self.student_size = tuple(student.input_shape[1:3])
+            if teacher is not None:
+                teacher.trainable = False
+                self.teacher_logits = keras.Model(teacher.input, teacher.get_layer("logits").output,
+                                                  name="teacher_logits")
+                self.teacher_size = tuple(teacher.input_shape[1:3])
+            self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+            self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+            self.accuracy_tracker = keras.metrics.CategoricalAccuracy(name="accuracy")
+
+        @property
+        def metrics(self):
+            trackers = [self.student_loss_tracker, self.accuracy_tracker]
+            if self.teacher is not None:
+                trackers += [self.distillation_loss_tracker, self.total_loss_tracker]
+            return trackers
+
+        def call(self, inputs, training=False):
+            if isinstance(inputs, (tuple, list)):
+                inputs = inputs[0]
+            return self.student(inputs, training=training)
+
+        def _views(self, x):
+            if isinstance(x, (tuple, list)):
+                return x[0], x[1]
+            if self.teacher is None or self.teacher_size == self.student_size:
+                return x, x
+            return x, tf.image.resize(x, self.teacher_size, method="bilinear")
+
+        def distillation_loss(self, teacher_logits, student_logits):
+            """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
+
+            The T^2 keeps the gradients of the soft term on the scale of the hard one as T
+            changes (Hinton et al., 2015).
+            """
+            t = self.temperature
+            teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / t)
+            student_log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t)
+            kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+            return t * t * tf.reduce_mean(kl)
+
+        @staticmethod
+        def student_loss(labels, student_logits):
+            return tf.reduce_mean(keras.losses.categorical_crossentropy(
+                labels, tf.cast(student_logits, tf.float32), from_logits=True))
+
+        def train_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            student_x, teacher_x = self._views(x)
+            teacher_logits = (self.teacher_logits(teacher_x, training=False)
+                              if self.teacher is not None else None)
+            variables = self.student.trainable_variables
+            with tf.GradientTape() as tape:
+                logits = self.student_logits(student_x, training=True)
+                student_loss = self.student_loss(y, logits)
+                if teacher_logits is not None:
+                    distillation_loss = self.distillation_loss(teacher_logits, logits)
+                    total_loss = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
+                else:
+                    total_loss = student_loss
+                regularization = self.student.losses
+                objective = total_loss + tf.add_n(regularization) if regularization else total_loss
+            # `minimize` with the tape applies loss scaling when the optimizer has it (mixed
+            # precision); otherwise it is `apply_gradients(tape.gradient(...))`.
+            self.optimizer.minimize(objective, variables, tape=tape)
+            self.student_loss_tracker.update_state(student_loss)
+            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
+            if teacher_logits is not None:
+                self.distillation_loss_tracker.update_state(distillation_loss)
+                self.total_loss_tracker.update_state(total_loss)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            student_x, _ = self._views(x)
+            logits = self.student_logits(student_x, training=False)
+            self.student_loss_tracker.update_state(self.student_loss(y, logits))
+            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
+            return {"student_loss": self.student_loss_tracker.result(),
+                    "accuracy": self.accuracy_tracker.result()}
+
+    _DISTILLER_CLASS = Distiller
+    return Distiller
+
+
+def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5):
+    """Wraps a student and a (frozen) teacher in a `Distiller`.
+
+    Args:
+        student: A classifier with a `logits` layer; trained.
+        teacher: A classifier with a `logits` layer and the same classes; frozen. `None`
+            trains the student on labels alone (needs `alpha=1`).
+        temperature: Softening temperature, > 0. Defaults to `2.0`.
+        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
+
+    Returns:
+        An uncompiled `Distiller` (a `tf_keras.Model`).
+
+    Raises:
+        BadInputError: A model without a `logits` layer, different class counts, or a
+            temperature or alpha out of range.
+    """
+    if not temperature > 0:
+        raise BadInputError(f"temperature must be > 0. Received: temperature={temperature}")
+    if not 0 <= alpha <= 1:
+        raise BadInputError(f"alpha must be in [0, 1]. Received: alpha={alpha}")
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is not None and "logits" not in {layer.name for layer in model.layers}:
+            raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
+    if teacher is not None and teacher.output_shape[-1] != student.output_shape[-1]:
+        raise BadInputError(
+            f"teacher and student disagree on the number of classes: "
+            f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
+    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha)
