@@ -57,3 +57,38 @@ def assert_matches(reference: np.ndarray, probs: np.ndarray, max_diff: float,
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
     assert agreement >= min_agreement, f"top-1 agreement {agreement:.3f} < {min_agreement}"
     return agreement
+
+
+# The sparsity the shared pruned run is pruned to (tests/compression/conftest.py).
+PRUNE_TARGET = 0.5
+
+
+def folder_digest(folder: Path) -> dict:
+    """SHA-256 of every file directly in `folder`: to prove an input was left untouched."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def folder_images(folder: Path, classes, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a folder's classes, as pixels at `size` and labels."""
+    from vgg_mobile.data import dataset
+
+    examples = dataset.scan_folder(folder, classes=classes).train
+    batches = list(dataset.make_dataset(examples, size, 64, len(classes), one_hot=False))
+    return (np.concatenate([x.numpy() for x, _ in batches]),
+            np.concatenate([y.numpy() for _, y in batches]))
+
+
+# `vgg-mobile train` flags for a model that trains in seconds.
+TINY_MODEL_FLAGS = ("--architecture", "mobilenet_v2_0.35", "--head-units", "0", "--image-size", "32",
+                    "--weights", "none")
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    """A `TF_CONFIG` naming workers on 127.0.0.1 at `ports`, for worker `index`."""
+    import json
+
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})

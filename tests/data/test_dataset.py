@@ -15,7 +15,7 @@ from vgg_mobile.core.errors import DataError
 
 def test_scan_finds_classes_sorted_and_labels_every_file(tmp_path):
     root = image_folder(tmp_path / "d", {"b": 3, "a": 4, "c": 2})
-    folder = dataset.scanimage_folder(root)
+    folder = dataset.scan_folder(root)
     assert folder.classes == ("a", "b", "c")
     assert folder.class_counts() == {"a": 4, "b": 3, "c": 2}
     assert all(e.path.parent.name == folder.classes[e.label] for e in folder.train)
@@ -28,41 +28,41 @@ def test_bad_files_are_listed_and_skipped_or_fail_in_strict_mode(tmp_path):
     (root / "b" / "readme.pdf").write_bytes(b"%PDF-1.4")
     (root / "stray.jpg").write_bytes(b"")
     (root / "a" / ".DS_Store").write_bytes(b"\0\0")
-    folder = dataset.scanimage_folder(root)
+    folder = dataset.scan_folder(root)
     problems = {c.path.name: c.problem for c in folder.bad}
     assert set(problems) == {"broken.jpg", "readme.pdf", "stray.jpg"}
     assert "not inside a class folder" in problems["stray.jpg"]
     assert folder.class_counts() == {"a": 3, "b": 3}
     with pytest.raises(DataError, match=r"(?s)3 bad file\(s\).*broken\.jpg"):
-        dataset.scanimage_folder(root, strict=True)
+        dataset.scan_folder(root, strict=True)
 
 
 def test_class_folder_without_usable_images_is_an_error(tmp_path):
     root = image_folder(tmp_path / "d", {"a": 2, "b": 2})
     (root / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty \(no files\)"):
-        dataset.scanimage_folder(root)
+        dataset.scan_folder(root)
     shutil.rmtree(root / "empty")
     (root / "junk").mkdir()
     (root / "junk" / "x.jpg").write_bytes(b"junk")
     with pytest.raises(DataError, match=r"junk \(all 1 files unusable\)"):
-        dataset.scanimage_folder(root)
+        dataset.scan_folder(root)
 
 
 def test_fewer_than_two_classes_or_no_images_is_an_error(tmp_path):
     with pytest.raises(DataError, match="at least two class folders; found 1"):
-        dataset.scanimage_folder(image_folder(tmp_path / "one", {"only": 3}))
+        dataset.scan_folder(image_folder(tmp_path / "one", {"only": 3}))
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match="no images found"):
-        dataset.scanimage_folder(tmp_path / "none")
+        dataset.scan_folder(tmp_path / "none")
     with pytest.raises(DataError, match="no such folder"):
-        dataset.scanimage_folder(tmp_path / "absent")
+        dataset.scan_folder(tmp_path / "absent")
 
 
 def test_presplit_folder_keeps_the_users_split(tmp_path):
     image_folder(tmp_path / "d" / "train", {"a": 4, "b": 4})
     image_folder(tmp_path / "d" / "val", {"a": 1, "b": 2})
-    folder = dataset.scanimage_folder(tmp_path / "d")
+    folder = dataset.scan_folder(tmp_path / "d")
     assert folder.presplit
     parts = dataset.split(folder, 0.5, seed=3)
     assert len(parts.train) == 8 and len(parts.val) == 3
@@ -72,11 +72,11 @@ def test_val_folder_with_an_unknown_class_is_an_error(tmp_path):
     image_folder(tmp_path / "d" / "train", {"a": 2, "b": 2})
     image_folder(tmp_path / "d" / "val", {"a": 1, "zebra": 1})
     with pytest.raises(DataError, match="zebra"):
-        dataset.scanimage_folder(tmp_path / "d")
+        dataset.scan_folder(tmp_path / "d")
 
 
 def test_split_is_stratified_seeded_and_disjoint(tmp_path):
-    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 10, "b": 5, "c": 2}))
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {"a": 10, "b": 5, "c": 2}))
     parts = dataset.split(folder, 0.2, seed=7)
     val_counts = np.bincount([e.label for e in parts.val], minlength=3)
     assert list(val_counts) == [2, 1, 1]  # every class held out, at least one image
@@ -86,15 +86,15 @@ def test_split_is_stratified_seeded_and_disjoint(tmp_path):
     assert dataset.split(folder, 0.2, seed=8) != parts
 
 
-def test_class_weights_balance_an_imbalancedimage_folder(tmp_path):
-    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 6, "b": 2}))
+def test_class_weights_balance_an_imbalanced_folder(tmp_path):
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {"a": 6, "b": 2}))
     weights = dataset.class_weights(folder.train, 2)
     assert weights[0] == pytest.approx(8 / 12) and weights[1] == pytest.approx(2.0)
     assert weights[0] * 6 == pytest.approx(weights[1] * 2)
 
 
 def test_pipeline_resizes_batches_and_augments_only_training(tmp_path):
-    folder = dataset.scanimage_folder(image_folder(tmp_path / "d", {"a": 5, "b": 5}, size=50))
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {"a": 5, "b": 5}, size=50))
     val = dataset.make_dataset(folder.train, 32, 4, 2)
     first = np.concatenate([x.numpy() for x, _ in val])
     again = np.concatenate([x.numpy() for x, _ in val])

@@ -1,4 +1,4 @@
-"""Distillation: MobileNet students, the Distiller's loss and training, `vgg-mobile distill`."""
+"""The distill stage: MobileNet students, the config, `vgg-mobile distill` end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from vgg_mobile.data import dataset
 from vgg_mobile.models import architectures as models
-from vgg_mobile.distillation.distill import DistillConfig, build_distiller, student_names
+from vgg_mobile.distillation.distill import DistillConfig, student_names
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.models.architectures import ModelOptions, build_classifier
 
@@ -101,83 +101,6 @@ def test_multi_view_dataset_gives_each_model_a_view_of_the_same_augmented_image(
     # Without augmentation each view is what evaluation feeds that model.
     np.testing.assert_array_equal(small_plain.numpy(), x_plain.numpy())
     assert np.abs(small.numpy() - x_plain.numpy()).max() > 1.0  # augmentation did change pixels
-
-
-# --- the Distiller ---
-
-
-@pytest.fixture(scope="module")
-def teacher_model(teacher_run):
-    from vgg_mobile.core.run_dir import load_run
-
-    return load_run(teacher_run.run_dir).load_model()
-
-
-def test_distillation_loss_is_hinton_kl_scaled_by_t_squared(teacher_run, teacher_model, sample_dir):
-    import tf_keras as keras
-
-    folder = dataset.scan_folder(sample_dir)
-    x, _ = next(iter(dataset.make_dataset(folder.train[::10], 32, 16, 4)))
-    teacher_logits = keras.Model(teacher_model.input, teacher_model.get_layer("logits").output)(x).numpy()
-    assert np.ptp(teacher_logits, axis=0).max() > 1e-2  # the trained teacher's logits vary
-    student = build_classifier(ModelOptions(architecture=STUDENT, image_size=32, head_units=0), 4)
-    distiller = build_distiller(student, teacher_model, temperature=3.0, alpha=0.2)
-    student_logits = teacher_logits[::-1] * 0.5
-
-    def log_softmax(z):
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-    p_log, q_log = log_softmax(teacher_logits / 3.0), log_softmax(student_logits / 3.0)
-    expected = 9.0 * np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1))
-    got = float(distiller.distillation_loss(teacher_logits, student_logits))
-    assert expected > 1e-3
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
-    assert float(distiller.distillation_loss(teacher_logits, teacher_logits)) == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.slow
-def test_distiller_trains_only_the_student_and_returns_its_output(teacher_model, sample_dir):
-    import tf_keras as keras
-
-    folder = dataset.scan_folder(sample_dir)
-    parts = dataset.split(folder)
-    keras.utils.set_random_seed(0)
-    student = build_classifier(
-        ModelOptions(architecture=STUDENT, image_size=STUDENT_SIZE, head_units=0, dropout=0.0), 4)
-    distiller = build_distiller(student, teacher_model, temperature=2.0, alpha=0.5)
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
-    teacher_before = [w.copy() for w in teacher_model.get_weights()]
-    student_before = {w.name: w.numpy().copy() for w in student.weights}
-    ds = dataset.make_multi_view_dataset(parts.train, (STUDENT_SIZE, 32), 16, 4, training=True,
-                                         augmentation=dataset.Augmentation(), seed=0)
-    history = distiller.fit(ds, epochs=2, verbose=0).history
-
-    assert {"student_loss", "distillation_loss", "total_loss", "accuracy"} <= set(history)
-    # Epoch means of a linear combination: total = alpha * student + (1 - alpha) * distillation.
-    np.testing.assert_allclose(
-        history["total_loss"],
-        0.5 * np.array(history["student_loss"]) + 0.5 * np.array(history["distillation_loss"]),
-        rtol=1e-4)
-    assert all(v > 0 for v in history["distillation_loss"])
-    for before, after in zip(teacher_before, teacher_model.get_weights()):
-        np.testing.assert_array_equal(before, after)
-    assert not teacher_model.trainable
-    changed = {w.name for w in student.weights
-               if not np.array_equal(student_before[w.name], w.numpy())}
-    trainable = {w.name for w in student.trainable_weights}
-    assert trainable <= changed  # every trainable student weight moved
-    assert any("moving_mean" in name for name in changed)  # and BatchNorm statistics followed
-    assert {w.ref() for w in distiller.trainable_weights} == {w.ref() for w in student.trainable_weights}
-
-    x = next(iter(dataset.make_dataset(parts.val, STUDENT_SIZE, 16, 4)))[0]
-    # After two epochs the moving statistics are still young and inference outputs nearly
-    # constant; with batch statistics (and no dropout) the outputs vary, so compare there too.
-    for training in (True, False):
-        expected = student(x, training=training).numpy()
-        np.testing.assert_allclose(distiller(x, training=training).numpy(), expected,
-                                   rtol=1e-5, atol=1e-6)
-    assert np.ptp(student(x, training=True).numpy(), axis=0).max() > 1e-3
 
 
 # --- vgg-mobile distill, end to end ---

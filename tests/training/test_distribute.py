@@ -1,9 +1,8 @@
 """Training at scale, tested on CPU: strategies, replicas, multi-worker restarts, mixed
-precision, XLA, the data benchmark, and `vgg-mobile doctor`."""
+precision and XLA."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -20,15 +19,9 @@ import pytest
 from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import Cluster, DistributeConfig
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.data.sample import write_sample_data
 
-TINY = ("--architecture", "mobilenet_v2_0.35", "--head-units", "0", "--image-size", "32",
-        "--weights", "none")
-
-
-def _tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+from harness import TINY_MODEL_FLAGS as TINY
+from harness import tf_config
 
 
 # --- choosing a strategy (no TensorFlow runtime) ---
@@ -37,10 +30,10 @@ def _tf_config(ports: list[int], index: int) -> str:
 def test_tf_config_decides_the_chief_and_auto_strategy():
     assert dist.read_cluster({}) == Cluster()
     assert Cluster().is_chief
-    workers = dist.read_cluster({"TF_CONFIG": _tf_config([1, 2, 3], 1)})
+    workers = dist.read_cluster({"TF_CONFIG": tf_config([1, 2, 3], 1)})
     assert (workers.workers, workers.task_type, workers.task_index) == (3, "worker", 1)
     assert not workers.is_chief and workers.name == "worker:1"
-    assert dist.read_cluster({"TF_CONFIG": _tf_config([1, 2], 0)}).is_chief
+    assert dist.read_cluster({"TF_CONFIG": tf_config([1, 2], 0)}).is_chief
     with_chief = dist.read_cluster({"TF_CONFIG": json.dumps(
         {"cluster": {"chief": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}})})
     assert with_chief.workers == 2 and not with_chief.is_chief  # the chief task writes, not worker 0
@@ -78,38 +71,6 @@ def test_multi_worker_without_tf_config_exits_2_and_writes_nothing(sample_dir, t
     assert not (tmp_path / "run").exists()
 
 
-def test_gpu_hint_says_what_to_do():
-    from vgg_mobile.training.doctor import gpu_hint
-
-    assert gpu_hint(True, 2, True).startswith("GPU path active: 2 GPU(s)")
-    assert "uv sync --extra gpu" in gpu_hint(True, 0, False)
-    assert "nvidia-smi" in gpu_hint(True, 0, True)
-    assert "not built with CUDA" in gpu_hint(False, 0, False)
-
-
-def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
-    result = cli("doctor", "--json", env={"TF_CONFIG": _tf_config([1, 2], 1)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    for name in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tensorflowjs",
-                 "tflite-support"):
-        assert report["packages"][name] == importlib.metadata.version(name)
-    assert report["tensorflow"]["version"] == report["packages"]["tensorflow"]
-    assert report["python"] == sys.version.split()[0]
-    assert any(d.startswith("CPU:") for d in report["devices"]["physical"])
-    assert any(d.startswith("CPU:") for d in report["devices"]["logical"])
-    # No GPU on the machines this runs on; the report must say so, and why.
-    assert report["gpus"] == len([d for d in report["devices"]["physical"] if d.startswith("GPU:")])
-    assert report["gpu_path_active"] == (report["tensorflow"]["cuda_build"] and report["gpus"] > 0)
-    assert report["hint"].startswith("GPU path " + ("active" if report["gpu_path_active"] else "inactive"))
-    assert report["cluster"] == {"workers": 2, "task": "worker:1", "chief": False,
-                                 "auto_strategy": "multi-worker"}
-    text = cli("doctor")
-    assert text.returncode == 0
-    assert f"tensorflow                      {report['packages']['tensorflow']}" in text.stdout
-    assert report["hint"] in text.stdout and "physical devices: CPU:" in text.stdout
-
-
 # --- one machine: mirrored replicas, mixed precision, XLA, the data benchmark ---
 
 
@@ -144,13 +105,6 @@ def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli,
     assert record["scaled_learning_rate"] == pytest.approx(2 * record["learning_rate"])
     model = run.load_model()
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """4 classes x 10 images of 32 px: 32 training and 8 validation images."""
-    return write_sample_data(tmp_path_factory.mktemp("tiny") / "data", images_per_class=10,
-                             image_size=32, seed=2)
 
 
 @pytest.mark.slow
@@ -199,25 +153,6 @@ def test_mixed_precision_and_xla_train_a_model_that_converts(tiny_data, tmp_path
     np.testing.assert_allclose(lite, reference, atol=1e-4)
 
 
-def test_data_benchmark_reports_which_side_limits_and_writes_nothing(cli, tiny_data, tmp_path):
-    out = tmp_path / "never"
-    result = cli("train", tiny_data, "--out", out, *TINY, "--batch-size", "8", "--data-benchmark")
-    assert result.returncode == 0, result.stderr[-3000:]
-    rates = dict(re.findall(r"^\| (.+?) \| ([\d,.]+) \|$", result.stdout, re.M))
-    assert set(rates) == {"input pipeline, first pass (decode, cache)",
-                          "input pipeline, cached and augmented", "training step, batches in memory"}
-    values = {k: float(v.replace(",", "")) for k, v in rates.items()}
-    assert all(v > 0 for v in values.values())
-    limited = re.search(r"limited by: the (input pipeline|model step)", result.stdout).group(1)
-    slower = min(("input pipeline", values["input pipeline, cached and augmented"]),
-                 ("model step", values["training step, batches in memory"]), key=lambda kv: kv[1])[0]
-    assert limited == slower
-    assert "32 training images" in result.stdout and "global batch 8" in result.stdout
-    assert not out.exists()
-    missing = cli("train", tiny_data, *TINY)
-    assert missing.returncode == 2 and "Missing option '--out'" in missing.stderr
-
-
 # --- several workers: MultiWorkerMirroredStrategy on 127.0.0.1 ---
 
 
@@ -240,7 +175,7 @@ def workers():
         ports = _free_ports(2)
         procs = []
         for index in range(2):
-            env = {**os.environ, "TF_CONFIG": _tf_config(ports, index)}
+            env = {**os.environ, "TF_CONFIG": tf_config(ports, index)}
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "vgg_mobile", "train", str(data), "--out", str(out), *TINY,
                  "--epochs", str(epochs), "--batch-size", "4", "--strategy", "multi-worker",

@@ -1,0 +1,41 @@
+"""`vgg-mobile doctor`: versions, devices, whether the GPU path is active and what to do."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+
+from harness import tf_config
+
+
+def test_gpu_hint_says_what_to_do():
+    from vgg_mobile.training.doctor import gpu_hint
+
+    assert gpu_hint(True, 2, True).startswith("GPU path active: 2 GPU(s)")
+    assert "uv sync --extra gpu" in gpu_hint(True, 0, False)
+    assert "nvidia-smi" in gpu_hint(True, 0, True)
+    assert "not built with CUDA" in gpu_hint(False, 0, False)
+
+
+def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
+    result = cli("doctor", "--json", env={"TF_CONFIG": tf_config([1, 2], 1)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    for name in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tensorflowjs",
+                 "tflite-support"):
+        assert report["packages"][name] == importlib.metadata.version(name)
+    assert report["tensorflow"]["version"] == report["packages"]["tensorflow"]
+    assert report["python"] == sys.version.split()[0]
+    assert any(d.startswith("CPU:") for d in report["devices"]["physical"])
+    assert any(d.startswith("CPU:") for d in report["devices"]["logical"])
+    # No GPU on the machines this runs on; the report must say so, and why.
+    assert report["gpus"] == len([d for d in report["devices"]["physical"] if d.startswith("GPU:")])
+    assert report["gpu_path_active"] == (report["tensorflow"]["cuda_build"] and report["gpus"] > 0)
+    assert report["hint"].startswith("GPU path " + ("active" if report["gpu_path_active"] else "inactive"))
+    assert report["cluster"] == {"workers": 2, "task": "worker:1", "chief": False,
+                                 "auto_strategy": "multi-worker"}
+    text = cli("doctor")
+    assert text.returncode == 0
+    assert f"tensorflow                      {report['packages']['tensorflow']}" in text.stdout
+    assert report["hint"] in text.stdout and "physical devices: CPU:" in text.stdout
