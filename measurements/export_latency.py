@@ -1,6 +1,6 @@
 """Size, agreement and single-image latency of every TFLite flavour of one or more runs.
 
-    uv run python benchmarks/export_latency.py [TEACHER_RUN [STUDENT_RUN ...]] [--data DATA]
+    uv run python measurements/export_latency.py [TEACHER_RUN [STUDENT_RUN ...]] [--data DATA]
 
 Without a run directory, a VGG16 teacher is trained from scratch on the built-in sample data
 (32 px, 8 epochs). Latency is the median of `--repeats` single-image calls after warm-up:
@@ -26,16 +26,15 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
     from converters.convert import load_images, compare
     from converters import tflite
     from vgg_mobile.data import dataset
-    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.data import splits
     from vgg_mobile.core.run_dir import load_run
 
     run = load_run(run_dir)
     folder = dataset.scan_folder(data_dir or run.manifest["data"]["path"], classes=run.classes)
-    held_out, _ = evaluation.select_examples(run, folder, "auto")
-    parts = dataset.split(folder, run.manifest["data"].get("val_fraction", 0.2),
-                          run.manifest["data"].get("seed", 0))
+    held_out, _ = splits.held_out(run.manifest, folder, "auto")
+    parts = splits.choose_split(folder, run.manifest, seed=run.manifest["data"].get("seed", 0)).parts
     x, y = load_images(held_out, run.image_size, len(run.classes))
-    x_cal, _ = load_images(parts.train[:100], run.image_size, len(run.classes))
+    x_cal, _ = load_images(splits.stratified_sample(parts.train, 100), run.image_size, len(run.classes))
     model = run.load_model()
     reference = model(x, training=False).numpy()
     compiled = tf.function(lambda t: model(t, training=False))

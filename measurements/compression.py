@@ -1,6 +1,6 @@
 """Pruning, QAT and both, against the float model and post-training int8, as a Markdown table.
 
-    uv run python benchmarks/compression.py [--data DIR] [--teacher RUN] [--stretch]
+    uv run python measurements/compression.py [--data DIR] [--teacher RUN] [--stretch]
 
 For one data folder and one trained run (by default: the built-in sample data, 100 images per
 class at 32 px, and a VGG16 teacher trained here from scratch), it writes a pruned, a QAT and
@@ -32,11 +32,11 @@ def _val_images(run, data_dir, limit_train: int):
     import numpy as np
 
     from vgg_mobile.data import dataset
-    from vgg_mobile.evaluation import metrics as evaluation
+    from vgg_mobile.data import splits
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    val, _ = evaluation.select_examples(run, folder, "auto")
-    train_part = [e for e in folder.train if e not in set(val)][:limit_train]
+    val, _ = splits.held_out(run.manifest, folder, "auto")
+    train_part = splits.stratified_sample([e for e in folder.train if e not in set(val)], limit_train)
 
     def load(examples):
         ds = dataset.make_dataset(tuple(examples), run.image_size, 64, len(run.classes),

@@ -1,7 +1,7 @@
 """In-browser latency of a TF.js bundle per backend (headless Chromium), beside LiteRT's.
 
-    uv run python benchmarks/browser_latency.py EXPORT_DIR [--runs 15]
-    uv run python benchmarks/browser_latency.py --architecture mobilenet_v2_0.35 --image-size 224
+    uv run python measurements/browser_latency.py EXPORT_DIR [--runs 15]
+    uv run python measurements/browser_latency.py --architecture mobilenet_v2_0.35 --image-size 224
 
 EXPORT_DIR is a `vgg-mobile convert` output (with `tfjs/` and `.tflite` files). With
 `--architecture` instead, a classifier of that architecture with random weights is exported
