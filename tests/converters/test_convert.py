@@ -139,3 +139,24 @@ def test_converted_model_classifies_like_the_keras_model_on_new_images(export, t
     probs = tflite.predict_tflite((base / "out" / float32["file"]).read_bytes(), images)
     assert len(set(keras_probs.argmax(1))) >= 3
     np.testing.assert_allclose(probs, keras_probs, atol=1e-4)
+
+
+def test_the_distilled_student_exports_to_an_int8_model_that_agrees_with_keras(student_run, sample_dir,
+                                                                             tmp_path):
+    """The shared student through `convert`: the int8 file, run in LiteRT, against Keras."""
+    import harness
+    from converters import tflite
+    from vgg_mobile.core.run_dir import load_run
+
+    manifest = convert_run(student_run.run_dir, tmp_path / "export",
+                           ConvertOptions(flavours=("int8",), tfjs=False, max_size=None),
+                           data_dir=sample_dir)
+    assert manifest["stage"] == "export" and manifest["architecture"] == "mobilenet_v2_0.35"
+    (artifact,) = manifest["artifacts"]
+    assert artifact["file"] == "mobilenet_v2_0.35_student_int8.tflite"
+    run = load_run(student_run.run_dir)
+    images, _ = harness.held_out_images(run, sample_dir)
+    reference = run.load_model()(images, training=False).numpy()
+    probs = tflite.predict_tflite((tmp_path / "export" / artifact["file"]).read_bytes(), images)
+    agreement = harness.assert_matches(reference, probs, max_diff=0.25, min_agreement=0.85)
+    assert agreement == pytest.approx(artifact["verification"]["top1_agreement"], abs=1e-6)

@@ -12,6 +12,17 @@ from vgg_mobile.cli.common import log
 
 
 
+def _print_result(result, as_json: bool) -> dict | None:
+    """Prints the JSON summary (returns None) or the lines every compression run starts with."""
+    summary = _compression_summary(result)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return None
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"val accuracy: {summary['val_accuracy']} (before: {summary['parent_val_accuracy']})")
+    return summary
+
+
 def _compression_summary(result) -> dict:
     sizes = result.sizes
     return {"run": str(result.run_dir), "stage": result.stage,
@@ -55,12 +66,9 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
                          seed=seed)
     result = prune_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
                        log=log, verbose=0 if as_json else 2)
-    summary = _compression_summary(result)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
+    summary = _print_result(result, as_json)
+    if summary is None:
         return
-    click.echo(f"run: {result.run_dir}")
-    click.echo(f"val accuracy: {summary['val_accuracy']} (before: {summary['parent_val_accuracy']})")
     click.echo(f"sparsity: {summary['pruned_layers_sparsity']:.1%} of the pruned layers, "
                f"{summary['sparsity']:.1%} of all conv/dense kernels")
     for name, fraction in summary["layer_sparsity"].items():
@@ -92,12 +100,9 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
                        preserve_sparsity=preserve_sparsity, seed=seed)
     result = qat_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
                      log=log, verbose=0 if as_json else 2)
-    summary = _compression_summary(result)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
+    summary = _print_result(result, as_json)
+    if summary is None:
         return
-    click.echo(f"run: {result.run_dir}")
-    click.echo(f"val accuracy: {summary['val_accuracy']} (before: {summary['parent_val_accuracy']})")
     click.echo(f"kernel sparsity: {summary['sparsity']:.1%}")
 
 
