@@ -164,7 +164,7 @@ def main() -> None:
                                         batch_size=16), force=True, log=_log))
     qat = stage("qat", lambda out: qat_run(
         teacher, data, out, QATConfig(epochs=args.qat_epochs, batch_size=16), force=True, log=_log))
-    pqat = stage("pqat", lambda out: qat_run(
+    pqat = stage("pruned_qat", lambda out: qat_run(
         work / "pruned", data, out,
         QATConfig(epochs=args.qat_epochs, batch_size=16, preserve_sparsity=True), force=True,
         log=_log))
@@ -193,7 +193,7 @@ def main() -> None:
             teacher, data, out, PruneConfig(target_sparsity=args.stretch_sparsity,
                                             epochs=args.stretch_epochs, batch_size=16),
             force=True, log=_log))
-        stretch = stage("pqat-stretch", lambda out: qat_run(
+        stretch = stage("pruned_qat-stretch", lambda out: qat_run(
             work / "pruned-stretch", data, out,
             QATConfig(epochs=args.qat_epochs, batch_size=16, preserve_sparsity=True), force=True,
             log=_log))

@@ -54,6 +54,12 @@ _API = {
     "ConvertOptions": "converters.convert", "convert_run": "converters.convert",
     # the web demo
     "assemble_demo": "vgg_mobile.site",
+    # the pipeline, its summary, benchmark and report
+    "PipelineConfig": "vgg_mobile.pipeline.config", "build_config": "vgg_mobile.pipeline.config",
+    "load_config": "vgg_mobile.pipeline.config", "run_pipeline": "vgg_mobile.pipeline.runner",
+    "summary_rows": "vgg_mobile.pipeline.summary",
+    "benchmark_pipeline": "vgg_mobile.reporting.benchmark",
+    "write_report": "vgg_mobile.reporting.report",
 }
 
 __all__ = ["__version__", *_API]

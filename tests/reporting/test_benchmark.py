@@ -1,4 +1,7 @@
-"""`vgg-mobile benchmark`: every artifact of a pipeline folder measured in one process."""
+"""`vgg-mobile benchmark`: every artifact of a pipeline folder measured in one process.
+
+These run the session teacher and its export in every runtime: slow.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,15 @@ import json
 
 import pytest
 
-from vgg_mobile.pipeline import runner as pipeline
-from vgg_mobile.reporting.benchmark import BenchmarkConfig, benchmark_pipeline, format_benchmark
+from vgg_mobile.pipeline.config import CONFIG_FILE, load_config
+from vgg_mobile.pipeline.state import STATE_FILE
+from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.reporting.benchmark import benchmark_pipeline, format_benchmark
+
+pytestmark = pytest.mark.slow
 
 CONFIG = """
-[convert]
+[export]
 source = "teacher"
 max_size = "none"
 min_agreement = 0.9
@@ -25,8 +32,8 @@ def pipeline_folder(teacher_run, teacher_export, tmp_path_factory):
     """A pipeline output folder holding the session teacher and its export (TFLite, TF.js)."""
     out = tmp_path_factory.mktemp("bench") / "out"
     out.mkdir()
-    (out / pipeline.STATE_FILE).write_text(json.dumps({"stages": {}}))
-    (out / pipeline.CONFIG_FILE).write_text(CONFIG)
+    (out / STATE_FILE).write_text(json.dumps({"stages": {}}))
+    (out / CONFIG_FILE).write_text(CONFIG)
     (out / "teacher").symlink_to(teacher_run.run_dir.resolve(), target_is_directory=True)
     (out / "export").symlink_to((teacher_export[0] / "out").resolve(), target_is_directory=True)
     return out
@@ -35,9 +42,8 @@ def pipeline_folder(teacher_run, teacher_export, tmp_path_factory):
 def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_run, sample_dir):
     from converters import tflite
     from converters.convert import load_images
-    from vgg_mobile.data import dataset
-    from vgg_mobile.evaluation import metrics as evaluation
     from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data import dataset, splits
 
     result = benchmark_pipeline(pipeline_folder)
     rows = {row["artifact"]: row for row in result.rows}
@@ -49,9 +55,10 @@ def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_
     # The same numbers, computed here without the harness, on a model whose outputs vary.
     run = load_run(teacher_run.run_dir)
     folder = dataset.scan_folder(sample_dir, classes=run.classes)
-    examples, split = evaluation.select_examples(run, folder, "auto")
+    examples, split = splits.held_out(run.manifest, folder, "auto")
     assert split == "val" and result.info["images"] == 24
-    x, y = load_images(list(examples)[:24], run.image_size, len(run.classes))
+    x, y = load_images(splits.stratified_sample(examples, 24), run.image_size, len(run.classes))
+    assert len(set(y.tolist())) == len(run.classes)  # every class measured, not the first ones
     reference = run.load_model().predict(x, verbose=0).argmax(1)
     assert len(set(reference.tolist())) >= 3  # a trained model: its answers differ per image
     assert rows["float teacher"]["accuracy"] == pytest.approx(float((reference == y).mean()), abs=1e-4)
@@ -74,8 +81,8 @@ def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_
     saved = json.loads(result.json_path.read_text())
     assert saved["rows"] == list(result.rows) and saved["repeats"] == 3
     assert result.markdown_path.read_text().strip() == format_benchmark(list(result.rows), result.info)
-    config = pipeline.load_config(pipeline_folder / pipeline.CONFIG_FILE)
-    summary = {row["artifact"]: row for row in pipeline.summary_rows(pipeline_folder, config)}
+    config = load_config(pipeline_folder / CONFIG_FILE)
+    summary = {row["artifact"]: row for row in summary_rows(pipeline_folder, config)}
     assert summary["float teacher"]["latency_ms"] == teacher_ms
     assert summary["TF.js (teacher)"]["speedup"] == rows["TF.js (teacher)"]["speedup"]
 
@@ -92,11 +99,3 @@ def test_cli_benchmark_json_and_bad_folders(cli, pipeline_folder, tmp_path):
                           (tmp_path / "b", "not a pipeline output folder")):
         result = cli("benchmark", folder)
         assert result.returncode == 2 and words in result.stderr and str(folder) in result.stderr
-
-
-def test_benchmark_config_is_validated():
-    from vgg_mobile.core.errors import BadInputError
-
-    for kwargs in ({"repeats": 0}, {"threads": 0}, {"images": 0}):
-        with pytest.raises(BadInputError, match=next(iter(kwargs))):
-            BenchmarkConfig(**kwargs)

@@ -11,14 +11,13 @@ import click
 from vgg_mobile.cli.common import log
 
 
-
 @click.command("pipeline")
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Output folder: one run directory per stage, the export, the demo, the report.")
+              help="Output folder: one folder per stage, the Android assets, the report.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="TOML file of stage settings, applied over the preset (see --print-config).")
-@click.option("--preset", type=click.Choice(["sample", "real"]), default="sample", show_default=True,
+@click.option("--preset", default="sample", show_default=True,
               help="sample: 32 px teacher, minutes on 2 cores; real: 224 px, ImageNet weights "
                    "from the local Keras cache.")
 @click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
@@ -27,32 +26,36 @@ from vgg_mobile.cli.common import log
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @click.pass_context
 def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet):
-    """Run every stage on DATA: teacher, prune, QAT, distilled student, student QAT, export
-    (TFLite, TF.js, Android), web demo, report. Re-running resumes after the last finished stage."""
-    from vgg_mobile.pipeline import runner as pipeline
+    """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
+    (TFLite, Android), web_export (TF.js), site, benchmark; then write the report.
+    Re-running resumes after the last finished stage."""
+    from vgg_mobile.pipeline.config import default_config_toml, load_config
+    from vgg_mobile.pipeline.runner import run_pipeline
+    from vgg_mobile.reporting.report import format_summary, write_report
 
-    config = pipeline.load_config(config_path, preset)
+    config = load_config(config_path, preset)
     if print_config:
-        click.echo(pipeline.default_config_toml(preset))
+        click.echo(default_config_toml(preset))
         return
     if data is None or out is None:
         raise click.UsageError("DATA and --out are required (unless --print-config)")
     ctx.meta["resume_hint"] = (f"resume with: vgg-mobile pipeline {data} --out {out}"
                                + (f" --config {config_path}" if config_path else "")
                                + (f" --preset {preset}" if preset != "sample" else ""))
-    result = pipeline.run_pipeline(data, out, config, force=force, log=log,
-                                   verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+    result = run_pipeline(data, out, config, force=force, log=log,
+                          verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+    report = write_report(out, config)
+    log(f"report: {report['html']}")
     if as_json:
         click.echo(json.dumps({"out": str(result.out_dir), "summary": list(result.summary),
                                "stages": [{"name": s.name, "status": s.status,
                                            "seconds": round(s.seconds, 1)} for s in result.stages],
-                               "report": result.report}, indent=2))
+                               "report": report}, indent=2))
         return
-    click.echo(pipeline.format_summary(result.summary))
+    click.echo(format_summary(result.summary))
     click.echo(f"\nartifacts: {out / 'export'} (TFLite), {out / 'android'} (Android), "
                f"{out / 'web_export'} (TF.js)")
-    if result.report:
-        click.echo(f"report: {result.report['html']}")
+    click.echo(f"report: {report['html']}")
     if (out / "site").is_dir():
         click.echo(f"open the web demo with: vgg-mobile serve {out / 'site'}")
 
@@ -82,9 +85,11 @@ def benchmark_cmd(out, repeats, threads, images, data, output, as_json, quiet):
     float teacher. Writes OUT/benchmark/benchmark.json and benchmark.md."""
     import dataclasses
 
+    from vgg_mobile.pipeline.config import load_pipeline_config
+    from vgg_mobile.pipeline.sections import BenchmarkConfig
     from vgg_mobile.reporting import benchmark
 
-    config = benchmark.load_pipeline_config(out).benchmark if out.is_dir() else benchmark.BenchmarkConfig()
+    config = load_pipeline_config(out).benchmark if out.is_dir() else BenchmarkConfig()
     changes = {k: v for k, v in (("repeats", repeats), ("threads", threads), ("images", images))
                if v is not None}
     result = benchmark.benchmark_pipeline(out, dataclasses.replace(config, **changes),

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_mobile.data import dataset, splits
-from vgg_mobile.core.run_dir import Run, load_run
+from vgg_mobile.core.run_dir import load_run
 from vgg_mobile.core.io import write_json
 
 def classification_metrics(
@@ -74,11 +74,6 @@ def validation_metrics(model, examples, image_size: int, classes: tuple[str, ...
     probs, labels = predict(model, examples, image_size, len(classes), batch_size)
     full = classification_metrics(probs, labels, classes)
     return {k: v for k, v in full.items() if k != "classes"}
-
-
-def select_examples(run: Run, folder: dataset.ImageFolder, split: str):
-    # Kept only until the reporting layer calls `splits.held_out` directly.
-    return splits.held_out(run.manifest, folder, split)
 
 
 def evaluate_run(

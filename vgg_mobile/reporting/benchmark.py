@@ -25,34 +25,20 @@ from typing import Callable
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError, RunDirError
-from vgg_mobile.core.io import gzip_size
+from vgg_mobile.core.errors import RunDirError
+from vgg_mobile.core.io import gzip_size, write_json, write_text
+from vgg_mobile.data import dataset, splits
+from vgg_mobile.pipeline.config import load_pipeline_config
+from vgg_mobile.pipeline.sections import BenchmarkConfig
+from vgg_mobile.pipeline.stages import BENCHMARK_JSON, get_stage
+from vgg_mobile.pipeline.state import STATE_FILE, is_pipeline_out
+from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.reporting.tables import Column, markdown_table, megabytes, number
 
+# Every artifact runs on the held-out images of the teacher's split, and every speed-up is
+# against the float teacher.
+REFERENCE = get_stage("teacher").name
 RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "tfjs": "TF.js wasm (Node)"}
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
-    """The benchmark stage.
-
-    Attributes:
-        enabled: Measure every artifact at the end of the pipeline (`OUT/benchmark`).
-        repeats: Timed single-image runs per artifact; the median is reported.
-        threads: Threads for TensorFlow and LiteRT (TF.js's WASM backend in Node has one).
-        images: Held-out images every artifact runs on, at most; "none" for all of them.
-    """
-
-    enabled: bool = True
-    repeats: int = 30
-    threads: int = 1
-    images: int | None = None
-
-    def __post_init__(self):
-        if self.repeats < 1 or self.threads < 1:
-            raise BadInputError("repeats and threads must be at least 1. Received: "
-                                f"repeats={self.repeats}, threads={self.threads}")
-        if self.images is not None and self.images < 1:
-            raise BadInputError(f"images must be at least 1 or none. Received: images={self.images}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,25 +77,15 @@ def keras_latency_ms(model, image: np.ndarray, repeats: int = 30) -> float:
     return median_ms(lambda: compiled(one).numpy(), repeats)
 
 
-def load_pipeline_config(out: str | Path):
-    """The configuration of the pipeline that wrote OUT (`OUT/pipeline.toml`; else the defaults)."""
-    from vgg_mobile.pipeline import runner as pipeline
-
-    out = Path(out)
-
-    config_file = out / pipeline.CONFIG_FILE
-    return pipeline.load_config(config_file) if config_file.is_file() else pipeline.build_config({})
-
-
 def _held_out(out: Path, data_dir: Path | None, limit: int | None):
-    from vgg_mobile.data import dataset
-    from vgg_mobile.evaluation import metrics as evaluation
     from vgg_mobile.core.run_dir import load_run
 
-    teacher = load_run(out / "teacher")
+    teacher = load_run(out / REFERENCE)
     folder = dataset.scan_folder(data_dir or teacher.manifest["data"]["path"], classes=teacher.classes)
-    examples, split = evaluation.select_examples(teacher, folder, "auto")
-    return teacher, list(examples)[:limit] if limit else list(examples), split
+    examples, split = splits.held_out(teacher.manifest, folder, "auto")
+    # Drawn from every class in turn: a plain prefix of the held-out images (sorted by
+    # class) would measure the first classes only.
+    return teacher, list(splits.stratified_sample(examples, limit) if limit else examples), split
 
 
 def benchmark_pipeline(
@@ -137,19 +113,16 @@ def benchmark_pipeline(
         RunDirError: `out_dir` is not a pipeline output folder, or has no teacher run.
         DataError: The image folder fails its checks.
     """
-    from vgg_mobile.pipeline import runner as pipeline
-    from vgg_mobile.core.io import write_json, write_text
-
     out = Path(out_dir)
-    if not (out / pipeline.STATE_FILE).is_file():
-        raise RunDirError(f"{out}: not a pipeline output folder (no {pipeline.STATE_FILE})")
-    if not (out / "teacher" / "manifest.json").is_file():
+    if not is_pipeline_out(out):
+        raise RunDirError(f"{out}: not a pipeline output folder (no {STATE_FILE})")
+    if not (out / REFERENCE / "manifest.json").is_file():
         raise RunDirError(f"{out}: has no finished teacher run to measure against")
     pipeline_config = load_pipeline_config(out)
     config = config or pipeline_config.benchmark
     threads = _set_threads(config.threads)
     teacher, examples, split = _held_out(out, Path(data_dir) if data_dir else None, config.images)
-    rows = [row for row in pipeline.summary_rows(out, pipeline_config)
+    rows = [row for row in summary_rows(out, pipeline_config)
             if Path(row["path"]).exists()]
     measured: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # Keras outputs by stage: the parents of the others
@@ -162,7 +135,7 @@ def benchmark_pipeline(
         probs = result.pop("probs")
         if row["format"] == "keras":
             probs_of[row["stage"]] = probs
-        if row["stage"] == "teacher":
+        if row["stage"] == REFERENCE:
             teacher_ms = result["latency_ms"]
         parent = probs_of.get(row["parent"]) if row["parent"] else None
         measured[row["path"]] = {
@@ -186,12 +159,12 @@ def benchmark_pipeline(
                                                    "tfjs": 1},
             "reference": "float teacher (TensorFlow)", "seconds": round(time.perf_counter() - started, 1),
             "versions": _versions()}
-    target = Path(output_dir) if output_dir else out / "benchmark"
+    target = Path(output_dir) if output_dir else out / get_stage("benchmark").name
     target.mkdir(parents=True, exist_ok=True)
-    (target / pipeline.BENCHMARK_JSON).unlink(missing_ok=True)  # the JSON marks it finished
+    (target / BENCHMARK_JSON).unlink(missing_ok=True)  # the JSON marks it finished
     markdown = target / "benchmark.md"
     write_text(markdown, format_benchmark(list(measured.values()), info) + "\n")
-    json_path = target / pipeline.BENCHMARK_JSON
+    json_path = target / BENCHMARK_JSON
     write_json(json_path, {**info, "rows": list(measured.values())})
     return BenchmarkResult(tuple(measured.values()), json_path, markdown, info)
 
@@ -258,24 +231,27 @@ def _versions() -> dict:
     return versions
 
 
-BENCHMARK_COLUMNS = ("artifact", "runtime", "accuracy", "agreement with parent", "size", "gzip",
-                     "ms/image", "vs float teacher")
+BENCHMARK_COLUMNS: tuple[Column, ...] = (
+    Column("artifact", lambda row: row["artifact"], numeric=False),
+    Column("runtime", lambda row: row["runtime"], numeric=False),
+    Column("accuracy", lambda row: number(row["accuracy"])),
+    Column("agreement with parent", lambda row: number(row["agreement"])),
+    Column("size", lambda row: megabytes(row["size_bytes"])),
+    Column("gzip", lambda row: megabytes(row["gzip_bytes"])),
+    Column("ms/image", lambda row: number(row["latency_ms"], "{:.2f}")),
+    Column("vs float teacher", lambda row: number(row["speedup"], "{:.1f}x")),
+)
 
 
 def format_benchmark(rows: list[dict], info: dict) -> str:
-    """The benchmark as Markdown: a heading line on how it was measured, then the table."""
-    def cell(value, template):
-        return "-" if value is None else template.format(value)
+    """The benchmark as Markdown: a heading line on how it was measured, then the table.
 
-    lines = [f"{info['images']} held-out images ({info['split']} split); latency: median of "
-             f"{info['repeats']} single-image runs, threads: TensorFlow {info['threads']['tensorflow']}, "
-             f"LiteRT {info['threads']['litert']}, TF.js 1; speed-up against the float teacher "
-             "in the same process.", "",
-             "| " + " | ".join(BENCHMARK_COLUMNS) + " |", "|---|---|" + "---:|" * 6]
-    for row in rows:
-        lines.append("| " + " | ".join((
-            row["artifact"], row["runtime"], cell(row["accuracy"], "{:.3f}"),
-            cell(row["agreement"], "{:.3f}"), f"{row['size_bytes'] / 1e6:.2f} MB",
-            cell(None if row["gzip_bytes"] is None else row["gzip_bytes"] / 1e6, "{:.2f} MB"),
-            cell(row["latency_ms"], "{:.2f}"), cell(row["speedup"], "{:.1f}x"))) + " |")
-    return "\n".join(lines)
+    Args:
+        rows: `BenchmarkResult.rows`.
+        info: `BenchmarkResult.info`.
+    """
+    heading = (f"{info['images']} held-out images ({info['split']} split); latency: median of "
+               f"{info['repeats']} single-image runs, threads: TensorFlow "
+               f"{info['threads']['tensorflow']}, LiteRT {info['threads']['litert']}, TF.js 1; "
+               "speed-up against the float teacher in the same process.")
+    return heading + "\n\n" + markdown_table(BENCHMARK_COLUMNS, rows)

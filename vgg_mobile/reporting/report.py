@@ -1,7 +1,8 @@
 """The pipeline's report: `report.md` and a self-contained `report.html` (opens offline).
 
-Everything is read back from the run directories' manifests and PNGs, so a report can be
-rewritten from a finished pipeline folder without running any model.
+Everything is read back from the pipeline folder (manifests, PNGs, the state file and the
+benchmark's measurements, through `pipeline.summary`), so a report can be rewritten from a
+finished pipeline folder without running any model: `write_report(OUT)`.
 """
 
 from __future__ import annotations
@@ -11,26 +12,57 @@ import html
 import json
 from pathlib import Path
 
+from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.io import atomic_path, write_text
+from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
+from vgg_mobile.pipeline.stages import STAGES, get_stage
+from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = "report_files"
+TITLE = "vgg-mobile pipeline report"
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
        color: #222; }
 table { border-collapse: collapse; margin: 1rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th.text, td.text { text-align: left; }
 img { max-width: 100%; }
 .fail { color: #b00; font-weight: bold; } .pass { color: #070; }
 code { background: #f4f4f4; padding: 0 0.2rem; }
 """
 
+# The summary table (`pipeline.summary.summary_rows`), as the report and `vgg-mobile pipeline`
+# show it.
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("artifact", lambda row: row["artifact"], numeric=False),
+    Column("accuracy", lambda row: number(row["accuracy"])),
+    Column("agreement", lambda row: number(row["agreement"])),
+    Column("size", lambda row: megabytes(row["size_bytes"])),
+    Column("gzip", lambda row: megabytes(row.get("gzip_bytes"))),
+    Column("latency", lambda row: number(row.get("latency_ms"), "{:.2f} ms")),
+    Column("vs teacher", lambda row: number(row.get("speedup"), "{:.1f}x")),
+    Column("budget", lambda row: row["budget"], numeric=False,
+           css_class=lambda row: row["budget"] if row["budget"] in ("pass", "fail") else None),
+)
+_PER_CLASS_COLUMNS: tuple[Column, ...] = (
+    Column("class", lambda item: item[0], numeric=False),
+    Column("precision", lambda item: f"{item[1]['precision']:.3f}"),
+    Column("recall", lambda item: f"{item[1]['recall']:.3f}"),
+    Column("F1", lambda item: f"{item[1]['f1']:.3f}"),
+    Column("images", lambda item: str(item[1]["support"])),
+)
 
 _COLUMNS_NOTE = (
     "Accuracy on the held-out images; agreement: top-1 agreement with the artifact it was made "
     "from; latency: median single-image time with one thread, and the speed-up against the float "
-    "teacher measured in the same process (benchmark/benchmark.md); budget: the size and "
-    "agreement budgets of [convert].")
+    "teacher measured in the same process (benchmark/benchmark.md); budget: the budgets of the "
+    "export's section ([export] or [web_export]: max_size, min_agreement, max_accuracy_drop).")
+
+
+def format_summary(rows) -> str:
+    """The summary rows as a Markdown table (what `vgg-mobile pipeline` prints)."""
+    return markdown_table(SUMMARY_COLUMNS, rows)
 
 
 def _manifest(path: Path) -> dict:
@@ -38,7 +70,7 @@ def _manifest(path: Path) -> dict:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def _artifacts_png(rows, max_size, min_agreement, path: Path) -> bool:
+def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
     """Accuracy against size and against single-image latency, one point per artifact."""
     from vgg_mobile.evaluation.plots import _pyplot
 
@@ -60,10 +92,11 @@ def _artifacts_png(rows, max_size, min_agreement, path: Path) -> bool:
             if row["budget"] == "fail":
                 ax.scatter(row[key] * scale, row["accuracy"], marker="x", s=140, color="red",
                            label="misses a budget")
-    if max_size is not None:
-        axes[0].axvline(max_size / 1e6, color="red", linestyle="--",
-                        label=f"size budget {max_size / 1e6:g} MB")
-    budget_note = "" if min_agreement is None else f"; agreement budget {min_agreement:g}"
+    if budgets.max_size is not None:
+        axes[0].axvline(budgets.max_size / 1e6, color="red", linestyle="--",
+                        label=f"size budget {budgets.max_size / 1e6:g} MB")
+    budget_note = ("" if budgets.min_agreement is None
+                   else f"; agreement budget {budgets.min_agreement:g}")
     axes[0].set_xlabel("size (MB, log scale)")
     axes[0].set_title("size" + budget_note, fontsize=9)
     if timed:
@@ -91,21 +124,21 @@ def _figures(out: Path, source: str) -> tuple[list[tuple[str, Path]], list[tuple
     assets = out / ASSETS
     assets.mkdir(exist_ok=True)
     curves = []
-    for stage, title in (("teacher", "teacher training"), ("pruned", "pruning fine-tuning"),
-                         ("pqat", "teacher QAT"), ("student", "student distillation"),
-                         ("student_qat", "student QAT")):
-        own = out / stage / "training_curves.png"
-        if own.is_file():
-            curves.append((title, own))
+    for stage in STAGES:
+        if stage.curves is None:
             continue
-        history = (_manifest(out / stage).get("compression") or {}).get("history")
+        own = out / stage.name / "training_curves.png"
+        if own.is_file():
+            curves.append((stage.curves, own))
+            continue
+        history = (_manifest(out / stage.name).get("compression") or {}).get("history")
         if history:
-            png = assets / f"{stage}_curves.png"
+            png = assets / f"{stage.name}_curves.png"
             plots.training_curves_png(history, png)
-            curves.append((title, png))
+            curves.append((stage.curves, png))
     # The teacher and the exported run: where the class errors start, and where they end up.
     evaluated = []
-    for stage in dict.fromkeys(("teacher", source)):
+    for stage in dict.fromkeys((get_stage("teacher").name, source)):
         manifest = _manifest(out / stage)
         metrics = manifest.get("metrics") or {}
         if not metrics.get("confusion_matrix"):
@@ -116,32 +149,36 @@ def _figures(out: Path, source: str) -> tuple[list[tuple[str, Path]], list[tuple
     return curves, evaluated
 
 
-def write_report(out: str | Path, rows, source: str, max_size: int | None = None,
-                 min_agreement: float | None = None) -> dict:
-    """Writes `OUT/report.md` and a self-contained `OUT/report.html`.
+def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
+    """Writes `OUT/report.md` and a self-contained `OUT/report.html` from a pipeline folder.
 
     Args:
-        out: A pipeline output folder.
-        rows: The summary rows (`pipeline.summary_rows`).
-        source: The stage whose run was exported (its metrics fill the per-class table).
-        max_size: The size budget in bytes, marked on the chart. Defaults to `None`.
-        min_agreement: The agreement budget, named on the chart. Defaults to `None`.
+        out_dir: A pipeline output folder.
+        config: The configuration it was made with (for the exported run and the budgets).
+            Defaults to `OUT/pipeline.toml`'s.
 
     Returns:
         `{"md": path, "html": path}`.
-    """
-    from vgg_mobile.pipeline.runner import SUMMARY_COLUMNS, format_summary, summary_cells
 
-    out = Path(out)
-    rows = list(rows)
+    Raises:
+        BadInputError: `OUT/pipeline.toml` is invalid.
+    """
+    out = Path(out_dir)
+    config = config or load_pipeline_config(out)
+    rows = summary_rows(out, config)
+    source = config.export.source
+    budgets = config.export.options.budgets
     curves, evaluated = _figures(out, source)
     chart = out / ASSETS / "size_accuracy.png"
-    has_chart = _artifacts_png(rows, max_size, min_agreement, chart)
+    has_chart = _artifacts_png(rows, budgets, chart)
+    misses = [miss for row in rows for miss in row["misses"]]
+    web = (f" the web demo's TF.js bundle, from the `{config.web_export.source}` run, is in "
+           "`web_export/`." if config.web_export.enabled else "")
+    intro = f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;{web}"
 
-    md = ["# vgg-mobile pipeline report", "",
-          f"Exported model: the `{source}` run (`{source}/`), converted into `export/`; the "
-          "web demo's TF.js bundle is in `web_export/`.", "",
-          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
+    md = [f"# {TITLE}", "", intro, "", "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
+    if misses:
+        md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
     if has_chart:
         md += ["## Size, latency and accuracy", "",
                f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
@@ -150,10 +187,7 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
     for stage, png, per_class in evaluated:
         md += [f"## Confusion matrix and per-class metrics: {stage} (validation images)", "",
                f"![{stage} confusion matrix]({png.relative_to(out).as_posix()})", "",
-               "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
-        md += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-               for name, m in per_class.items()]
-        md.append("")
+               markdown_table(_PER_CLASS_COLUMNS, per_class.items()), ""]
     md_path = out / "report.md"
     write_text(md_path, "\n".join(md))
 
@@ -162,15 +196,15 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
     esc = html.escape
-    table = ["<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS) + "</tr>"]
-    for row in rows:
-        *cells, budget = summary_cells(row)
-        table.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells)
-                     + f"<td class=\"{esc(budget)}\">{esc(budget)}</td></tr>")
-    table.append("</table>")
-    body = ["<h1>vgg-mobile pipeline report</h1>",
+    web_html = (f" the web demo's TF.js bundle, from the <code>{esc(config.web_export.source)}</code> "
+                "run, is in <code>web_export/</code>." if config.web_export.enabled else "")
+    body = [f"<h1>{esc(TITLE)}</h1>",
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
-            "<code>export/</code>.</p>", "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>", *table]
+            f"<code>export/</code>;{web_html}</p>", "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
+            html_table(SUMMARY_COLUMNS, rows)]
+    if misses:
+        body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
+                 "</ul>"]
     if has_chart:
         body += ["<h2>Size, latency and accuracy</h2>", img(chart, "size, latency and accuracy")]
     body.append("<h2>Training curves</h2>")
@@ -178,14 +212,9 @@ def write_report(out: str | Path, rows, source: str, max_size: int | None = None
         body += [f"<h3>{esc(title)}</h3>", img(png, title)]
     for stage, png, per_class in evaluated:
         body += [f"<h2>Confusion matrix and per-class metrics: {esc(stage)} (validation images)</h2>",
-                 img(png, f"{stage} confusion matrix"),
-                 "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-                 "<th>images</th></tr>"]
-        body += [f"<tr><td>{esc(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-                 f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>" for name, m in per_class.items()]
-        body.append("</table>")
+                 img(png, f"{stage} confusion matrix"), html_table(_PER_CLASS_COLUMNS, per_class.items())]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>vgg-mobile pipeline report</title>"
+            f"<title>{esc(TITLE)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     html_path = out / "report.html"
     write_text(html_path, page)

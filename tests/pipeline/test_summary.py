@@ -1,0 +1,96 @@
+"""The summary rows, read from a hand-made pipeline folder of JSON manifests (no model runs)."""
+
+from __future__ import annotations
+
+import json
+
+from vgg_mobile.pipeline.config import load_config
+from vgg_mobile.pipeline.summary import summary_rows
+
+
+def _json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _artifact(file, fmt, flavour, size, agreement, accuracy, drop):
+    return {"file": file, "format": fmt, "flavour": flavour, "size_bytes": size,
+            "gzip_bytes": size // 2, "verification": {"top1_agreement": agreement,
+                                                      "accuracy": accuracy, "accuracy_drop": drop}}
+
+
+def make_out(tmp_path):
+    """A pipeline folder as the stages leave it: two runs, both exports, a benchmark."""
+    out = tmp_path / "out"
+    for stage, accuracy, size in (("teacher", 0.9, 4000), ("student_qat", 0.85, 1000)):
+        (out / stage).mkdir(parents=True)
+        (out / stage / "model.keras").write_bytes(b"\0" * size)
+        _json(out / stage / "manifest.json", {"stage": stage, "model_file": "model.keras",
+                                             "architecture": "x", "metrics": {"accuracy": accuracy}})
+    _json(out / "export" / "manifest.json", {"stage": "export", "architecture": "x", "artifacts": [
+        # Agrees with Keras and is small, but lost five points of accuracy.
+        _artifact("x_int8.tflite", "tflite", "int8", 300_000, 0.95, 0.80, 0.05)]})
+    _json(out / "web_export" / "manifest.json", {"stage": "web_export", "artifacts": [
+        _artifact("x_float16.tflite", "tflite", "float16", 600_000, 1.0, 0.85, 0.0),
+        _artifact("tfjs/", "tfjs_graph_model", "uint8", 700_000, 0.99, 0.85, 0.0)]})
+    _json(out / "pipeline_state.json", {"stages": {"teacher": {"gzip_bytes": 123}}})
+    _json(out / "benchmark" / "benchmark.json", {"rows": [
+        {"path": str(out / "teacher" / "model.keras"), "latency_ms": 8.0, "speedup": 1.0,
+         "agreement": None, "accuracy": 0.5},
+        {"path": str(out / "export" / "x_int8.tflite"), "latency_ms": 2.0, "speedup": 4.0,
+         "agreement": 0.1, "accuracy": 0.1}]})
+    return out
+
+
+def test_rows_per_artifact_with_their_stage_and_parent(tmp_path):
+    out = make_out(tmp_path)
+    rows = summary_rows(out, load_config(text=""))
+    assert [(r["artifact"], r["stage"], r["format"], r["parent"]) for r in rows] == [
+        ("float teacher", "teacher", "keras", None),
+        ("QAT student", "student_qat", "keras", "student"),
+        ("TFLite int8 (student_qat)", "export", "tflite", "student_qat"),
+        ("TFLite float16 (student)", "web_export", "tflite", "student"),
+        ("TF.js (student)", "web_export", "tfjs", "student")]
+    teacher, student_qat, int8 = rows[:3]
+    assert teacher["size_bytes"] == 4000 and teacher["gzip_bytes"] == 123  # from the state
+    assert student_qat["gzip_bytes"] is None and student_qat["latency_ms"] is None
+    # The benchmark fills only what the stages did not record.
+    assert (teacher["latency_ms"], teacher["speedup"], teacher["accuracy"]) == (8.0, 1.0, 0.9)
+    assert (int8["latency_ms"], int8["agreement"], int8["accuracy"]) == (2.0, 0.95, 0.80)
+    assert int8["path"] == str(out / "export" / "x_int8.tflite") and int8["gzip_bytes"] == 150_000
+    assert all(r["budget"] == "-" and r["misses"] == [] for r in rows[:2])
+
+
+def test_budgets_are_the_ones_convert_enforces_including_the_accuracy_drop(tmp_path):
+    out = make_out(tmp_path)
+    # The presets' budgets (10 MB, agreement 0.9) pass everything.
+    assert {r["budget"] for r in summary_rows(out, load_config(text=""))[2:]} == {"pass"}
+
+    rows = summary_rows(out, load_config(text="[export]\nmax_accuracy_drop = 0.01\n"))
+    int8 = rows[2]
+    assert int8["budget"] == "fail"
+    (miss,) = int8["misses"]
+    assert "export/x_int8.tflite" in miss and "accuracy drop 0.0500" in miss
+    # Each export is held to its own section's budgets.
+    assert [r["budget"] for r in rows[3:]] == ["pass", "pass"]
+
+    rows = summary_rows(out, load_config(text='[web_export]\nmax_size = "650kB"\n'
+                                              "min_agreement = 0.995\n"))
+    assert [r["budget"] for r in rows[2:]] == ["pass", "pass", "fail"]
+    assert len(rows[4]["misses"]) == 2 and "size budget" in rows[4]["misses"][0]
+    assert "agreement" in rows[4]["misses"][1]
+
+
+def test_a_missing_verification_value_misses_the_budget_that_needs_it(tmp_path):
+    out = make_out(tmp_path)
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    del manifest["artifacts"][0]["verification"]["accuracy_drop"]
+    (out / "export" / "manifest.json").write_text(json.dumps(manifest))
+    rows = summary_rows(out, load_config(text="[export]\nmax_accuracy_drop = 0.5\n"))
+    assert rows[2]["budget"] == "fail" and "unknown" in rows[2]["misses"][0]
+
+
+def test_empty_or_unfinished_folder_has_no_rows(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model.keras").write_bytes(b"x")  # no manifest: unfinished
+    assert summary_rows(tmp_path, load_config(text="")) == []

@@ -1,0 +1,66 @@
+"""The report, written from a hand-made pipeline folder (manifests only, no model runs)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from vgg_mobile.pipeline.config import CONFIG_FILE, config_toml, load_config
+from vgg_mobile.reporting.report import SUMMARY_COLUMNS, format_summary, write_report
+
+CLASSES = ["cat", "<b>dog|wolf</b>"]
+
+
+def _json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _out(tmp_path, config_text: str):
+    out = tmp_path / "out"
+    metrics = {"accuracy": 0.75, "confusion_matrix": [[3, 1], [1, 3]],
+               "per_class": {name: {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
+                             for name in CLASSES}}
+    for stage in ("teacher", "student_qat"):
+        (out / stage).mkdir(parents=True)
+        (out / stage / "model.keras").write_bytes(b"\0" * 2000)
+        _json(out / stage / "manifest.json", {"stage": stage, "model_file": "model.keras",
+                                             "classes": CLASSES, "metrics": metrics})
+    _json(out / "student_qat" / "manifest.json", {
+        "stage": "student_qat", "model_file": "model.keras", "classes": CLASSES,
+        "metrics": metrics, "compression": {"history": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
+                                    "accuracy": [0.5, 0.7], "val_accuracy": [0.5, 0.75]}}})
+    _json(out / "export" / "manifest.json", {"stage": "export", "artifacts": [
+        {"file": "s_int8.tflite", "format": "tflite", "flavour": "int8", "size_bytes": 500,
+         "gzip_bytes": 400, "verification": {"top1_agreement": 0.9, "accuracy": 0.7,
+                                             "accuracy_drop": 0.05}}]})
+    _json(out / "pipeline_state.json", {"stages": {}})
+    (out / CONFIG_FILE).write_text(config_toml(load_config(text=config_text)))
+    return out
+
+
+def test_report_reads_the_folder_and_marks_the_accuracy_drop_budget(tmp_path):
+    out = _out(tmp_path, "[export]\nmax_accuracy_drop = 0.01\n[web_export]\nenabled = false\n")
+    files = write_report(out)  # the configuration comes from OUT/pipeline.toml
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert files == {"md": str(out / "report.md"), "html": str(out / "report.html")}
+    assert format_summary([]).splitlines()[0] in md
+    assert "| TFLite int8 (student_qat) |" in md and "| fail |" in md
+    assert "Missed budgets:" in md and "accuracy drop 0.0500" in md
+    assert '<td class="text fail">fail</td>' in page and "accuracy drop 0.0500" in page
+    assert "web_export/" not in md  # switched off: not announced
+    # The user's class names are escaped in both tables.
+    assert "&lt;b&gt;dog|wolf&lt;/b&gt;" in page and "<b>dog" not in page
+    assert "\\|wolf" in md
+    # Self-contained: curves drawn from the QAT history, confusion matrices, the size chart.
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
+    assert page.count("data:image/png;base64,") == 4
+    assert "per-class metrics: teacher" in page and "per-class metrics: student_qat" in page
+    assert "<th>latency</th>" in page and len(SUMMARY_COLUMNS) == 8
+
+
+def test_report_without_budget_misses(tmp_path):
+    out = _out(tmp_path, "")
+    write_report(out, load_config(text=""))
+    md = (out / "report.md").read_text()
+    assert "Missed budgets" not in md and "| pass |" in md and "`web_export/`" in md

@@ -1,0 +1,100 @@
+"""The pipeline's summary as data: one row per artifact under OUT, read from the manifests.
+
+Nothing here runs a model: rows come from the run directories' and exports' manifests, the
+state file (gzip sizes measured once, when a stage finished) and the benchmark stage's
+measurements. `vgg_mobile.reporting` turns the rows into tables and the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vgg_mobile.pipeline.stages import STAGES, get_stage
+from vgg_mobile.pipeline.state import read_state
+
+# The keys the benchmark measures, filled into rows that the stages left without them.
+MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
+
+
+def _manifest(path: Path) -> dict | None:
+    file = path / "manifest.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
+def summary_rows(out: str | Path, config) -> list[dict]:
+    """One row per artifact under OUT: every run's Keras model, then every exported file.
+
+    Each row has `artifact` (its title), `stage`, `format` (`keras`, `tflite` or `tfjs`),
+    `path`, `parent` (the stage it was made from), `architecture`, `accuracy` (held-out
+    images), `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`,
+    `latency_ms` and `speedup` (single image, against the float teacher in the same process),
+    `budget` (`pass` or `fail` for exported files under their stage's budgets,
+    `Budgets.misses`, the rule `convert` enforces; `-` for runs) and `misses` (what an
+    exported file misses, one sentence each). The benchmark stage's measurements fill in what
+    the stages did not record; missing values are `None`.
+
+    Args:
+        out: A pipeline output folder.
+        config: The `PipelineConfig` it was made with (for parents and budgets).
+
+    Returns:
+        The rows, in stage order.
+    """
+    out = Path(out)
+    recorded = read_state(out)["stages"]
+    rows = []
+    for stage in STAGES:
+        settings = getattr(config, stage.name)
+        if stage.kind == "run":
+            row = _run_row(out / stage.name, stage, settings, recorded.get(stage.name, {}))
+            rows += [row] if row else []
+        elif stage.kind == "export":
+            rows += _export_rows(out / stage.name, stage, settings)
+    benchmark = get_stage("benchmark")
+    measured = out / benchmark.name / benchmark.finished_file
+    if measured.is_file():
+        by_path = {row["path"]: row
+                   for row in json.loads(measured.read_text(encoding="utf-8"))["rows"]}
+        for row in rows:
+            found = by_path.get(row["path"], {})
+            for key in MEASURED:
+                if row[key] is None:
+                    row[key] = found.get(key)
+    return rows
+
+
+def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
+    manifest = _manifest(path)
+    if manifest is None:
+        return None
+    model = path / manifest.get("model_file", "model.keras")
+    return {"artifact": stage.artifact, "stage": stage.name, "format": "keras", "path": str(model),
+            "parent": stage.parent_of(settings), "architecture": manifest.get("architecture"),
+            "accuracy": (manifest.get("metrics") or {}).get("accuracy"), "agreement": None,
+            "size_bytes": model.stat().st_size if model.is_file() else 0,
+            "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
+            "budget": "-", "misses": []}
+
+
+def _export_rows(folder: Path, stage, settings) -> list[dict]:
+    manifest = _manifest(folder)
+    if manifest is None:
+        return []
+    source = stage.parent_of(settings)
+    budgets = settings.options.budgets
+    rows = []
+    for artifact in manifest.get("artifacts", []):
+        check = artifact.get("verification", {})
+        misses = budgets.misses(f"{stage.name}/{artifact['file']}", artifact["size_bytes"], check)
+        tflite = artifact["format"] == "tflite"
+        kind = f"TFLite {artifact['flavour']}" if tflite else "TF.js"
+        rows.append({"artifact": f"{kind} ({source})", "stage": stage.name,
+                     "format": "tflite" if tflite else "tfjs",
+                     "path": str(folder / artifact["file"]), "parent": source,
+                     "architecture": manifest.get("architecture"),
+                     "accuracy": check.get("accuracy"), "agreement": check.get("top1_agreement"),
+                     "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
+                     "latency_ms": None, "speedup": None,
+                     "budget": "fail" if misses else "pass", "misses": misses})
+    return rows
