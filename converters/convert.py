@@ -159,7 +159,7 @@ def _tflite_artifact(model, flavour, options, calibration, log):
 def convert_run(
     run_dir: str | Path,
     out_dir: str | Path,
-    options: ConvertOptions = ConvertOptions(),
+    options: ConvertOptions | None = None,
     data_dir: str | Path | None = None,
     android_dir: str | Path | None = None,
     force: bool = False,
@@ -189,6 +189,7 @@ def convert_run(
         BadInputError: Bad run directory, data, or options; an output that exists without `force`.
         BudgetError: An artifact missed a budget; nothing was written.
     """
+    options = options or ConvertOptions()
     from converters import metadata
 
     out_dir = Path(out_dir)

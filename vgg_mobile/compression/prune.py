@@ -130,7 +130,7 @@ def prune_run(
     run_dir: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
-    config: PruneConfig = PruneConfig(),
+    config: PruneConfig | None = None,
     force: bool = False,
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -162,6 +162,7 @@ def prune_run(
             quantization-aware model, nothing to prune, or `out_dir` equal to `run_dir`.
         DataError: The data folder fails its checks.
     """
+    config = config or PruneConfig()
     run, model = load_parent(run_dir, out_dir, "prune")
     if is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware; prune first, then run qat")

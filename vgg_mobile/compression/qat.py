@@ -149,7 +149,7 @@ def qat_run(
     run_dir: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
-    config: QATConfig = QATConfig(),
+    config: QATConfig | None = None,
     force: bool = False,
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -187,6 +187,7 @@ def qat_run(
             `run_dir`.
         DataError: The data folder fails its checks.
     """
+    config = config or QATConfig()
     run, model = load_parent(run_dir, out_dir, "qat")
     if is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware")

@@ -176,14 +176,14 @@ def distill(
     teacher_run_dir: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
-    config: DistillConfig = DistillConfig(),
+    config: DistillConfig | None = None,
     force: bool = False,
     resume: bool = False,
     command: list[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
     callbacks: tuple = (),
-    distribute: DistributeConfig = DistributeConfig(),
+    distribute: DistributeConfig | None = None,
     stage: str = "student",
 ) -> DistillResult:
     """Distills a teacher run into a student and writes the student's run directory.
@@ -219,6 +219,8 @@ def distill(
         DataError: The data folder fails its checks or its classes differ from the teacher's.
         BadInputError: Bad settings.
     """
+    distribute = distribute or DistributeConfig()
+    config = config or DistillConfig()
     teacher_run = load_run(teacher_run_dir)
     _check_teacher(teacher_run)
     out = Path(out_dir)

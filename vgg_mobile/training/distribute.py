@@ -234,7 +234,7 @@ class Distribution:
                 "written_by": self.cluster.name}
 
 
-def create_distribution(config: DistributeConfig = DistributeConfig()) -> Distribution:
+def create_distribution(config: DistributeConfig | None = None) -> Distribution:
     """Creates the strategy; call it before any other TensorFlow work in the process.
 
     `MultiWorkerMirroredStrategy` configures collective ops, which TensorFlow accepts only
@@ -250,6 +250,7 @@ def create_distribution(config: DistributeConfig = DistributeConfig()) -> Distri
         BadInputError: `multi-worker` without a `TF_CONFIG` of at least two workers, or a bad
             `TF_CONFIG` or `VGG_MOBILE_LOGICAL_CPUS`.
     """
+    config = config or DistributeConfig()
     cluster = read_cluster()
     logical_cpus = configure_logical_cpus()
     import tensorflow as tf

@@ -49,9 +49,9 @@ class ThroughputReport:
 
 def measure_throughput(
     data_dir: str | Path,
-    options: ModelOptions = ModelOptions(),
-    config: TrainConfig = TrainConfig(),
-    distribute: DistributeConfig = DistributeConfig(),
+    options: ModelOptions | None = None,
+    config: TrainConfig | None = None,
+    distribute: DistributeConfig | None = None,
     steps: int = 10,
     log: Callable[[str], None] = lambda message: None,
 ) -> ThroughputReport:
@@ -76,6 +76,9 @@ def measure_throughput(
         DataError: The data folder fails its checks.
         BadInputError: Bad options.
     """
+    distribute = distribute or DistributeConfig()
+    config = config or TrainConfig()
+    options = options or ModelOptions()
     require(steps >= 1, "steps must be >= 1", f"steps={steps}")
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     parts = dataset.split(folder, config.val_fraction, config.seed)

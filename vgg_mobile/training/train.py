@@ -50,12 +50,14 @@ class TrainResult:
     distribution: dict = dataclasses.field(default_factory=dict)
 
 
-def compile_classifier(model, config: TrainConfig, phase: Phase, steps_per_epoch: int, n_classes: int,
-             learning_rate: float | None = None, distribute: DistributeConfig = DistributeConfig()):
+def compile_classifier(model, config: TrainConfig, phase: Phase, steps_per_epoch: int,
+                       n_classes: int, learning_rate: float | None = None,
+                       distribute: DistributeConfig | None = None):
     """Compiles `model`; returns the optimizer whose state the checkpoints hold.
 
     `learning_rate` overrides `config.learning_rate` (scaled with the replica count).
     """
+    distribute = distribute or DistributeConfig()
     import tf_keras as keras
 
     schedule = warmup_cosine(
