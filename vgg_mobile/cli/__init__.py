@@ -1,0 +1,1 @@
+"""The `vgg-mobile` command line, one module per command group."""

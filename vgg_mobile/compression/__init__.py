@@ -1,0 +1,1 @@
+"""Pruning and quantization-aware training with tfmot, each a stage that writes a new run."""

@@ -1,0 +1,1 @@
+"""The lowest layer: errors, atomic output, the run-directory contract, budgets. Imports nothing above it."""

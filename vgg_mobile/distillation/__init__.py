@@ -1,0 +1,1 @@
+"""The Distiller and the distill stage: a MobileNet student taught by the teacher."""

@@ -1,0 +1,1 @@
+"""Metrics of a model on held-out images, and their plots."""

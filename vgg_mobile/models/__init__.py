@@ -1,0 +1,1 @@
+"""The architectures, registered as data, built as flat tf_keras models with their preprocessing inside."""

@@ -1,0 +1,1 @@
+"""`vgg-mobile pipeline`: the stage table, its config, state, runner and summary."""

@@ -1,0 +1,1 @@
+"""The teacher's training: hyperparameters, schedules, checkpoints, strategies, throughput."""
