@@ -112,7 +112,7 @@ def test_inspect_prints_metadata_tensors_and_size(cli, export, tmp_path):
     assert report["size_bytes"] == int8["size_bytes"]
     assert report["inputs"][0]["shape"] == [1, 32, 32, 3] and report["inputs"][0]["dtype"] == "uint8"
     assert report["outputs"][0]["shape"] == [1, 4]
-    assert report["metadata"]["name"] == "vgg16_train"
+    assert report["metadata"]["name"] == "vgg16_teacher"
     assert report["associated_files"]["labels.txt"].split() == manifest["classes"]
     text = cli("inspect", base / "out" / int8["file"])
     assert "labels.txt: 4 labels: circle, cross, square, triangle" in text.stdout
@@ -159,4 +159,4 @@ def test_the_distilled_student_exports_to_an_int8_model_that_agrees_with_keras(s
     reference = run.load_model()(images, training=False).numpy()
     probs = tflite.predict_tflite((tmp_path / "export" / artifact["file"]).read_bytes(), images)
     agreement = harness.assert_matches(reference, probs, max_diff=0.25, min_agreement=0.85)
-    assert agreement == pytest.approx(artifact["verification"]["top1_agreement"], abs=1e-6)
+    assert agreement == pytest.approx(artifact["verification"]["top1_agreement"], abs=1e-4)  # rounded there
