@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 from vgg_mobile.core.errors import WriteError
 
+GZIP_LEVEL = 6
+
 
 @contextlib.contextmanager
 def write_guard(path: str | Path) -> Iterator[None]:
@@ -118,20 +120,21 @@ def _json_default(value):
 
 
 def gzip_size(source: str | Path | bytes) -> int:
-    """Bytes after gzip (level 9) of some bytes, a file, or every file of a folder.
+    """Bytes after gzip (level 6, gzip's default) of some bytes, a file, or every file of a folder.
 
     What a download costs: pruning's zeros show here, not in the file size. Files are read in
     chunks (a teacher's file is tens of MB). Every size table of the project uses this one
-    function, so their gzip columns compare.
+    function, so their gzip columns compare. Level 6, not 9: on a pruned VGG16 file (59 MB,
+    half its weights zero) level 9 took 27 s against 3.3 s for a 2 % smaller result.
     """
     if isinstance(source, (bytes, bytearray)):
-        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         return len(compressor.compress(bytes(source))) + len(compressor.flush())
     path = Path(source)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     size = 0
     for file in files:
-        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 size += len(compressor.compress(chunk))
