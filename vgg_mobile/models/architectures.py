@@ -300,13 +300,17 @@ def keras_cache_dir() -> Path:
     return Path(home) / "models"
 
 
+def imagenet_weights_path(architecture: str) -> Path:
+    """Where the architecture's ImageNet weights are looked for (never downloaded)."""
+    return keras_cache_dir() / get_architecture(architecture).imagenet_file
+
+
 def choose_weights(weights: str, architecture: str) -> str:
     """Settles `"auto"`: `"imagenet"` when those weights are in the local Keras cache, else
     `"none"`. Any other value is returned as it is."""
     if weights != "auto":
         return weights
-    return "imagenet" if (keras_cache_dir() / get_architecture(architecture).imagenet_file).is_file() \
-        else "none"
+    return "imagenet" if imagenet_weights_path(architecture).is_file() else "none"
 
 
 def resolve_weights(weights: str, architecture: str) -> str | None:
@@ -322,7 +326,7 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     if weights == "none":
         return None
     if weights == "imagenet":
-        path = keras_cache_dir() / spec.imagenet_file
+        path = imagenet_weights_path(architecture)
         if not path.is_file():
             raise BadInputError(
                 f"ImageNet weights for {spec.name} not found at {path}. vgg-mobile never "

@@ -137,7 +137,7 @@ def train(
     distribute = distribute or DistributeConfig()
     if options.weights == "auto":
         options = dataclasses.replace(options, weights=models.choose_weights("auto", options.architecture))
-        cached = models.keras_cache_dir() / models.get_architecture(options.architecture).imagenet_file
+        cached = models.imagenet_weights_path(options.architecture)
         log(f"using ImageNet weights from {cached}" if options.weights == "imagenet" else
             f"no ImageNet weights at {cached}: training from scratch (weights none)")
     out = Path(out_dir)
