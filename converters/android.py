@@ -7,28 +7,28 @@ from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.resources import PROJECT_ROOT
-from vgg_mobile.core.io import atomic_dir
+from vgg_mobile.core.io import write_json, write_text
+from vgg_mobile.core.run_dir import Manifest
 
 TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.
 PREFERENCE = ("int8", "dynamic", "float16", "float32")
 
 
-def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path, force: bool = False) -> Path:
-    """Writes the `.tflite` (int8 if exported), `labels.txt` and a README with the app settings.
+def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> Path:
+    """Writes the `.tflite` (int8 if exported), `labels.txt`, a README with the app settings
+    and a `manifest.json` that marks the folder as a vgg-mobile output.
 
     Args:
         export_dir: A folder holding the exported `.tflite` files named in `manifest`.
         manifest: The export manifest (see `converters.convert.convert_run`).
-        android_dir: Folder to create.
-        force: Replace an existing folder. Defaults to `False`.
+        android_dir: An empty folder claimed for the assets (`convert_run` claims it, with
+            `core.outputs.claim_output`, and renames it into place).
 
     Returns:
         `android_dir`.
     """
     android_dir = Path(android_dir)
-    if android_dir.exists() and not force:
-        raise BadInputError(f"{android_dir}: already exists (pass --force to replace it)")
     models = {a["flavour"]: a for a in manifest["artifacts"] if a["format"] == "tflite"}
     flavour = next((f for f in PREFERENCE if f in models), None)
     if flavour is None:
@@ -42,8 +42,14 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path, forc
         classes=", ".join(manifest["classes"]), height=height, width=width,
         input_type=artifact["io_dtype"], agreement=check["top1_agreement"], images=check["images"],
         accuracy=check["accuracy"], keras_accuracy=check["keras_accuracy"])
-    with atomic_dir(android_dir) as staging:
-        shutil.copyfile(export_dir / artifact["file"], staging / artifact["file"])
-        (staging / "labels.txt").write_text("".join(f"{c}\n" for c in manifest["classes"]), encoding="utf-8")
-        (staging / "README.md").write_text(readme, encoding="utf-8")
+    shutil.copyfile(export_dir / artifact["file"], android_dir / artifact["file"])
+    write_text(android_dir / "labels.txt", "".join(f"{c}\n" for c in manifest["classes"]))
+    write_text(android_dir / "README.md", readme)
+    write_json(android_dir / "manifest.json", Manifest(
+        stage="android", kind="android_assets", classes=tuple(manifest["classes"]),
+        input=manifest["input"], architecture=manifest.get("architecture"),
+        preprocessing=manifest.get("preprocessing"), output=manifest.get("output"),
+        model_file=None,
+        sections={"model": {"file": artifact["file"], "flavour": flavour,
+                            "io_dtype": artifact["io_dtype"], "verification": check}}).to_json())
     return android_dir

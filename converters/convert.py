@@ -8,7 +8,9 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,7 +22,8 @@ from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
 from vgg_mobile.core.run_dir import Manifest, load_run
-from vgg_mobile.core.io import atomic_dir, gzip_size, write_json, write_text
+from vgg_mobile.core.io import gzip_size, write_json, write_text
+from vgg_mobile.core.outputs import check_no_overlap, claim_output, safe_name
 
 SPARSE_MODES = ("auto", "always", "never")
 # Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %
@@ -41,7 +44,7 @@ def parse_size(text: str | None) -> int | None:
         size = float(number)
     except ValueError:
         size = -1.0
-    if unit not in units or size < 0:
+    if unit not in units or not math.isfinite(size) or size < 0:
         raise BadInputError(f"not a size: {text!r} (use e.g. 10MB, 2.5MiB, 800kB or none)")
     return int(size * units[unit])
 
@@ -100,6 +103,8 @@ class ConvertOptions:
             raise BadInputError(f"sparse must be one of {', '.join(SPARSE_MODES)}. "
                                 f"Received: sparse={self.sparse!r}")
         self.budgets  # validates the three budget fields
+        if self.name is not None:
+            safe_name(self.name, "name")
         if self.verify_images < 1 or self.calibration_images < 1:
             raise BadInputError("verify_images and calibration_images must be at least 1")
 
@@ -190,13 +195,11 @@ def convert_run(
         BudgetError: An artifact missed a budget; nothing was written.
     """
     options = options or ConvertOptions()
-    from converters import metadata
-
     out_dir = Path(out_dir)
     run = load_run(run_dir)
-    for target in (out_dir, Path(android_dir) if android_dir else None):
-        if target is not None and target.exists() and not force:
-            raise BadInputError(f"{target}: already exists (pass --force to replace it)")
+    check_no_overlap(out_dir, (run.path, data_dir))
+    if android_dir is not None:
+        check_no_overlap(Path(android_dir), (run.path, data_dir, out_dir), "--android")
     if data_dir is None:
         recorded = run.manifest.get("data", {}).get("path")
         if not recorded or not Path(recorded).is_dir():
@@ -205,6 +208,22 @@ def convert_run(
         data_dir = recorded
         log(f"verifying on the run's own data folder {data_dir}")
     folder = dataset.scan_folder(data_dir, classes=run.classes)
+    # Both folders are claimed before any work, and each is renamed into place only when
+    # everything passed: a missed budget leaves them as they were.
+    with contextlib.ExitStack() as claims:
+        output = claims.enter_context(claim_output(
+            out_dir, ("export",), inputs=(run.path, folder.root), force=force, staged=True))
+        assets = None if android_dir is None else claims.enter_context(claim_output(
+            android_dir, ("android",), inputs=(run.path, folder.root, out_dir), force=force,
+            staged=True, what="--android"))
+        return _convert(run, folder, options, output.path, assets and assets.path, command, log,
+                        stage)
+
+
+def _convert(run, folder, options, staging: Path, android_dir: Path | None, command, log,
+             stage) -> dict:
+    from converters import metadata
+
     held_out, split_name = splits.held_out(run.manifest, folder, "auto")
     pool = splits.choose_split(folder, run.manifest,
                                seed=int((run.manifest.get("data") or {}).get("seed", 0))).parts
@@ -220,51 +239,51 @@ def convert_run(
         log("warning: the model gives the same output for every image; the comparisons below "
             "cannot tell a good conversion from a broken one")
 
-    stem = options.name or f"{run.manifest.get('architecture', 'model')}_{run.manifest.get('stage', 'run')}"
+    stem = safe_name(options.name or f"{run.manifest.get('architecture', 'model')}_"
+                                      f"{run.manifest.get('stage', 'run')}", "name")
     info = metadata.ModelInfo(
         name=stem, version=options.version, author=options.author, license=options.license,
         description=f"Image classifier ({', '.join(run.classes)}), {size}x{size} RGB input, "
                     f"exported by vgg-mobile from a {run.manifest.get('stage')} run.")
     artifacts, misses = [], []
-    with atomic_dir(out_dir) as staging:
-        for flavour in options.flavours:
-            started = time.perf_counter()
-            data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
-            data = metadata.add_metadata(data, list(run.classes), info)
-            seconds = time.perf_counter() - started
-            check = compare(reference, tflite.predict_tflite(data, x_val), y_val)
-            file_name = f"{stem}_{flavour}.tflite"
-            (staging / file_name).write_bytes(data)
-            misses += options.budgets.misses(file_name, len(data), check)
-            artifacts.append({"file": file_name, "format": "tflite", "flavour": flavour,
-                              "io_dtype": options.io_dtype if flavour == "int8" else "float32",
-                              "size_bytes": len(data), "gzip_bytes": gzip_size(data),
-                              "convert_seconds": round(seconds, 2), **encoding,
-                              "verification": check})
-            log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
-                f"{check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
-        if options.tfjs:
-            artifacts.append(_tfjs_artifact(model, run, staging, options, reference, x_val, y_val,
-                                            misses, log))
-        if misses:
-            raise BudgetError("budget missed: " + "; ".join(misses))
-        manifest = Manifest(
-            stage=stage, classes=run.classes, model_file=None,
-            architecture=run.manifest.get("architecture"), input=run.manifest["input"],
-            preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
-            parent=str(run.path.resolve()), command=command,
-            data={"path": str(folder.root.resolve()), "verification_split": split_name,
-                  "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
-            sections={"options": {k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in dataclasses.asdict(options).items()},
-                      "artifacts": artifacts},
-            metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)}).to_json()
-        write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
-        write_json(staging / "manifest.json", manifest)
-        if android_dir is not None:
-            from converters import android
+    for flavour in options.flavours:
+        started = time.perf_counter()
+        data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
+        data = metadata.add_metadata(data, list(run.classes), info)
+        seconds = time.perf_counter() - started
+        check = compare(reference, tflite.predict_tflite(data, x_val), y_val)
+        file_name = f"{stem}_{flavour}.tflite"
+        (staging / file_name).write_bytes(data)
+        misses += options.budgets.misses(file_name, len(data), check)
+        artifacts.append({"file": file_name, "format": "tflite", "flavour": flavour,
+                          "io_dtype": options.io_dtype if flavour == "int8" else "float32",
+                          "size_bytes": len(data), "gzip_bytes": gzip_size(data),
+                          "convert_seconds": round(seconds, 2), **encoding,
+                          "verification": check})
+        log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
+            f"{check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
+    if options.tfjs:
+        artifacts.append(_tfjs_artifact(model, run, staging, options, reference, x_val, y_val,
+                                        misses, log))
+    if misses:
+        raise BudgetError("budget missed: " + "; ".join(misses))
+    manifest = Manifest(
+        stage=stage, classes=run.classes, model_file=None,
+        architecture=run.manifest.get("architecture"), input=run.manifest["input"],
+        preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
+        parent=str(run.path.resolve()), command=command,
+        data={"path": str(folder.root.resolve()), "verification_split": split_name,
+              "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
+        sections={"options": {k: list(v) if isinstance(v, tuple) else v
+                              for k, v in dataclasses.asdict(options).items()},
+                  "artifacts": artifacts},
+        metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)}).to_json()
+    write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
+    write_json(staging / "manifest.json", manifest)
+    if android_dir is not None:
+        from converters import android
 
-            android.write_assets(staging, manifest, android_dir, force=force)
+        android.write_assets(staging, manifest, android_dir)
     return manifest
 
 

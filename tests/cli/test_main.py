@@ -29,7 +29,7 @@ def test_sample_data_writes_a_mixed_folder_and_refuses_to_overwrite(cli, tmp_pat
     assert "wrote 16 images in 4 classes" in result.stdout
     assert {p.suffix for p in out.rglob("*.*")} == {".jpg", ".png"}
     again = cli("sample-data", out)
-    assert again.returncode == 2 and f"{out}: already exists" in again.stderr
+    assert again.returncode == 2 and f"{out}: already holds a finished vgg-mobile sample data" in again.stderr
 
 
 @pytest.mark.parametrize("args,message", [

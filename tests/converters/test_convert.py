@@ -87,7 +87,7 @@ def test_cli_exit_codes(cli, export, teacher_run, sample_dir, tmp_path):
     assert not (tmp_path / "o").exists()
     # Output exists: exit 2 unless --force.
     result = cli("convert", teacher_run.run_dir, "--out", base / "out", "--no-tfjs")
-    assert result.returncode == 2 and "already exists (pass --force" in result.stderr
+    assert result.returncode == 2 and "already holds a finished vgg-mobile export (pass --force" in result.stderr
     # A truncated model: exit 2, naming the file.
     damaged = tmp_path / "damaged"
     shutil.copytree(teacher_run.run_dir, damaged)

@@ -69,24 +69,6 @@ def test_truncated_or_missing_model_names_the_file(run_copy):
         run.load_model()
 
 
-def test_prepare_out_dir_protects_existing_work(tmp_path, run_copy):
-    unrelated = tmp_path / "photos"
-    unrelated.mkdir()
-    (unrelated / "holiday.jpg").write_bytes(b"x")
-    for force in (False, True):
-        with pytest.raises(RunDirError, match="not a vgg-mobile run directory"):
-            run_dir.prepare_out_dir(unrelated, force=force)
-    assert (unrelated / "holiday.jpg").exists()
-    with pytest.raises(RunDirError, match="already holds a finished run"):
-        run_dir.prepare_out_dir(run_copy)
-    with pytest.raises(RunDirError, match="nothing to resume"):
-        run_dir.prepare_out_dir(run_copy, resume=True)
-    with pytest.raises(RunDirError, match="no interrupted run"):
-        run_dir.prepare_out_dir(tmp_path / "new", resume=True)
-    run_dir.prepare_out_dir(run_copy, force=True)
-    assert list(run_copy.iterdir()) == []
-
-
 def test_a_manifest_is_built_one_way_and_validated():
     manifest = run_dir.Manifest(stage="pruned", classes=("a", "b"), input={"size": [32, 32]},
                                 parent="/runs/teacher", sections={"compression": {"method": "m"}})

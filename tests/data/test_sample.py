@@ -21,9 +21,10 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     c = write_sample_data(tmp_path / "c", images_per_class=4, image_size=32, seed=4)
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
-    assert sorted(p.name for p in a.iterdir()) == list(SAMPLE_CLASSES)
-    assert len(_digest(a)) == 16
-    assert {name.rsplit(".", 1)[1] for name in _digest(a)} == {"jpg", "png"}
+    # The classes, and the hidden marker that lets --force replace this folder (and no other).
+    assert sorted(p.name for p in a.iterdir()) == [".vgg-mobile.json", *SAMPLE_CLASSES]
+    assert len(_digest(a)) == 17
+    assert {name.rsplit(".", 1)[1] for name in _digest(a)} == {"jpg", "png", "json"}
 
 
 def test_images_differ_within_a_class(tmp_path):
@@ -34,10 +35,16 @@ def test_images_differ_within_a_class(tmp_path):
 
 def test_refuses_to_overwrite_and_validates(tmp_path):
     write_sample_data(tmp_path / "s", images_per_class=2, image_size=32)
-    with pytest.raises(BadInputError, match="already exists"):
+    with pytest.raises(BadInputError, match="already holds a finished vgg-mobile sample data"):
         write_sample_data(tmp_path / "s", images_per_class=2, image_size=32)
     write_sample_data(tmp_path / "s", images_per_class=3, image_size=32, overwrite=True)
     assert len(list((tmp_path / "s" / "circle").iterdir())) == 3
+    # A folder it did not write is never replaced, even with overwrite.
+    (tmp_path / "mine" / "cat").mkdir(parents=True)
+    (tmp_path / "mine" / "cat" / "1.jpg").write_bytes(b"x")
+    with pytest.raises(BadInputError, match="never replaced"):
+        write_sample_data(tmp_path / "mine", images_per_class=2, image_size=32, overwrite=True)
+    assert (tmp_path / "mine" / "cat" / "1.jpg").exists()
     with pytest.raises(BadInputError, match="images_per_class"):
         write_sample_data(tmp_path / "t", images_per_class=1)
     assert not (tmp_path / "t").exists()

@@ -214,7 +214,7 @@ def bad_inputs(teacher_run, sample_dir, tmp_path_factory):
     ("ok", ("--temperature", "-2"), "temperature must be > 0"),
     ("ok", ("--alpha", "1.5"), r"alpha must be in [0, 1]. Received: alpha=1.5"),
     ("ok", ("--alpha", "-0.5"), "alpha must be in [0, 1]"),
-    ("teacher_out", (), "is (or contains) the teacher run"),
+    ("teacher_out", (), "is the input"),
 ])
 def test_bad_input_fails_fast_with_exit_2_and_writes_nothing(cli, teacher_run, sample_dir, bad_inputs,
                                                             tmp_path, case, extra, message):

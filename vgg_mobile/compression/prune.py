@@ -20,7 +20,8 @@ from vgg_mobile.compression.common import (PRUNABLE_KERNELS, CompressResult, fin
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, require
 from vgg_mobile.core.io import gzip_size, write_json
-from vgg_mobile.core.run_dir import Manifest, finish_run, prepare_out_dir
+from vgg_mobile.core.outputs import claim_output
+from vgg_mobile.core.run_dir import Manifest, finish_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +172,15 @@ def prune_run(
         raise BadInputError(f"{run.model_path}: no conv or dense layer left to prune "
                             f"(skipped: {skipped})")
     folder, parts, data_record = fine_tune_split(run, data_dir, config.val_fraction, config.seed)
-    out = prepare_out_dir(out_dir, force=force)
+    with claim_output(out_dir, ("run",), inputs=(run.path, folder.root), force=force,
+                      staged=True) as output:
+        result = _prune(output.path, Path(out_dir), run, model, config, chosen, skipped, parts,
+                        data_record, command, log, verbose, stage)
+    return dataclasses.replace(result, run_dir=Path(out_dir))
+
+
+def _prune(out, shown, run, model, config, chosen, skipped, parts, data_record, command, log,
+           verbose, stage) -> CompressResult:
 
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
@@ -235,7 +244,7 @@ def prune_run(
              "gzip_bytes_before": gzip_size(before), "gzip_bytes_after": gzip_size(after)}
     written["compression"]["sizes"] = sizes
     write_json(out / "manifest.json", written)
-    log(f"wrote {out}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
+    log(f"wrote {shown}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
         f"({sparsity['total']:.1%} of all kernels), val accuracy {metrics['accuracy']:.3f}, "
         f"gzip {sizes['gzip_bytes_before'] / 1e6:.1f} MB -> {sizes['gzip_bytes_after'] / 1e6:.1f} MB")
     return CompressResult(out, metrics, parent_metrics, sparsity, sizes, manifest.stage, stripped)

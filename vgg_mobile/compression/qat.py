@@ -16,7 +16,8 @@ from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult, 
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, require
-from vgg_mobile.core.run_dir import Manifest, Run, finish_run, prepare_out_dir
+from vgg_mobile.core.outputs import claim_output
+from vgg_mobile.core.run_dir import Manifest, Run, finish_run
 from vgg_mobile.data import dataset, splits
 
 # In-graph preprocessing layers, missing from tfmot's 8-bit registry: QAT gives them an
@@ -199,7 +200,6 @@ def qat_run(
     folder, parts, data_record = fine_tune_split(run, data_dir, config.val_fraction, config.seed)
 
     import tensorflow_model_optimization as tfmot
-    import tf_keras as keras
 
     annotated = _annotate_for_qat(model, run.model_path)
     scheme_name = "prune_preserve_default_8bit" if config.preserve_sparsity else "default_8bit"
@@ -212,7 +212,17 @@ def qat_run(
     except (ValueError, TypeError, AttributeError, RuntimeError) as err:
         raise BadInputError(f"{run.model_path}: tfmot cannot quantize this model "
                             f"({type(err).__name__}: {str(err)[:300]})") from None
-    out = prepare_out_dir(out_dir, force=force)
+    with claim_output(out_dir, ("run",), inputs=(run.path, folder.root), force=force,
+                      staged=True) as output:
+        result = _qat(output.path, Path(out_dir), run, model, qat_model, config, scheme_name,
+                      parts, parent_sparsity, data_record, command, log, verbose, stage)
+    return dataclasses.replace(result, run_dir=Path(out_dir))
+
+
+def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_sparsity,
+         data_record, command, log, verbose, stage) -> CompressResult:
+    import tf_keras as keras
+
 
     keras.utils.set_random_seed(config.seed)
     parent_metrics = validation_metrics(model, parts.val, run, config.batch_size)
@@ -252,6 +262,6 @@ def qat_run(
         # HDF5 is chosen on purpose (see the docstring); tf_keras warns that it is legacy.
         warnings.filterwarnings("ignore", message=".*HDF5 file.*")
         finish_run(out, qat_model, manifest)
-    log(f"wrote {out}: val accuracy {metrics['accuracy']:.3f} (parent "
+    log(f"wrote {shown}: val accuracy {metrics['accuracy']:.3f} (parent "
         f"{parent_metrics['accuracy']:.3f}), kernel sparsity {sparsity['total']:.1%}")
     return CompressResult(out, metrics, parent_metrics, sparsity, {}, manifest.stage, qat_model)

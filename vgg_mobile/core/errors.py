@@ -31,6 +31,12 @@ class WriteError(VggMobileError):
     exit_code = 1
 
 
+class OutputBusyError(VggMobileError):
+    """Another vgg-mobile process is writing the same output folder."""
+
+    exit_code = 4
+
+
 class BudgetError(VggMobileError):
     """A size or accuracy budget was missed."""
 

@@ -16,7 +16,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.core.io import atomic_dir
+from vgg_mobile.core.io import write_json
+from vgg_mobile.core.outputs import DATA_MARKER, claim_output
+from vgg_mobile.core.run_dir import SCHEMA_VERSION
+from vgg_mobile.core.version import __version__
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
 # Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.
@@ -103,22 +106,27 @@ def write_sample_data(
         images_per_class: Images in each class. Defaults to `60`.
         image_size: Width and height of each image in pixels. Defaults to `64`.
         seed: Seed of the generator; the same seed writes the same files. Defaults to `0`.
-        overwrite: Replace `out` if it exists. Defaults to `False`.
+        overwrite: Replace `out` if it is a sample folder written here (never another
+            folder). Defaults to `False`.
 
     Returns:
         The folder written.
 
     Raises:
-        BadInputError: `out` exists and `overwrite` is false, or a count or size is too small.
+        BadInputError: `out` exists and is not a sample folder, or exists and `overwrite` is
+            false, or a count or size is too small.
     """
     out = Path(out)
     if images_per_class < 2:
         raise BadInputError(f"images_per_class must be at least 2. Received: {images_per_class}")
     if image_size < 16:
         raise BadInputError(f"image_size must be at least 16. Received: {image_size}")
-    if out.exists() and not overwrite:
-        raise BadInputError(f"{out}: already exists (pass overwrite to replace it)")
-    with atomic_dir(out) as staging:
+    with claim_output(out, ("sample_data",), force=overwrite, staged=True) as output:
+        staging = output.path
+        write_json(staging / DATA_MARKER, {
+            "schema_version": SCHEMA_VERSION, "stage": "sample_data", "kind": "sample_data",
+            "classes": list(SAMPLE_CLASSES), "images_per_class": images_per_class,
+            "image_size": image_size, "seed": seed, "versions": {"vgg_mobile": __version__}})
         for class_index, label in enumerate(SAMPLE_CLASSES):
             rng = np.random.default_rng([seed, class_index])
             (staging / label).mkdir()

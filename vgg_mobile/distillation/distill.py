@@ -28,7 +28,8 @@ from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
 from vgg_mobile.core.errors import DataError, RunDirError, require
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load_run, manifest_digest, prepare_out_dir
+from vgg_mobile.core.outputs import check_no_overlap, claim_output, worker_output
+from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load_run, manifest_digest
 from vgg_mobile.core.io import write_json
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
@@ -159,15 +160,6 @@ def _check_teacher(run: Run) -> None:
                           f"(output={manifest.get('output')!r}), so it cannot teach")
 
 
-def _check_out_dir(out: Path, protected: dict[str, Path]) -> None:
-    # `--force` clears the output folder: never let it point at (or above) the inputs.
-    resolved = out.resolve()
-    for what, path in protected.items():
-        path = path.resolve()
-        if resolved == path or resolved in path.parents:
-            raise RunDirError(f"{out}: is (or contains) the {what} {path}; choose another --out")
-
-
 def _summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("classes", "per_class", "confusion_matrix")}
 
@@ -224,7 +216,7 @@ def distill(
     teacher_run = load_run(teacher_run_dir)
     _check_teacher(teacher_run)
     out = Path(out_dir)
-    _check_out_dir(out, {"teacher run": teacher_run.path, "data folder": Path(data_dir)})
+    check_no_overlap(out, (teacher_run.path, data_dir))
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     if folder.classes != teacher_run.classes:
         raise DataError(
@@ -249,17 +241,30 @@ def distill(
     identity = {"config": json.loads(json.dumps(dataclasses.asdict(config))),
                 "teacher_manifest": manifest_digest(teacher_run.path),
                 "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
+    claim = (claim_output(out, ("run",), inputs=(teacher_run.path, folder.root), force=force,
+                          resume=resume)
+             if distribution.writes_run else worker_output(out, resume, force))
+    with claim as output:
+        path = output.path
+        # Every worker reads the chief's record: --out must be on storage they all reach.
+        recorded = (read_resume_state(path / CHECKPOINTS / STATE, path, identity).get("history", {})
+                    if resume else {})
+        if distribution.writes_run and not resume:
+            (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            write_json(path / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
+        with dist.writer_dir(path, distribution) as write_dir:
+            result = _distill(teacher_run, teacher, folder, choice, path, write_dir, config,
+                              command, log, verbose, callbacks, distribution, recorded, stage)
     if distribution.writes_run:
-        prepare_out_dir(out, resume=resume, force=force)
-    # Every worker reads the chief's record: --out must be on storage they all reach.
-    recorded = (read_resume_state(out / CHECKPOINTS / STATE, out, identity).get("history", {})
-                if resume else {})
-    if distribution.writes_run and not resume:
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        write_json(out / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
-    with dist.writer_dir(out, distribution) as write_dir:
-        return _distill(teacher_run, teacher, folder, choice, out,
-                        write_dir, config, command, log, verbose, callbacks, distribution, recorded, stage)
+        log(f"wrote {out} (student val accuracy {_accuracy(result.metrics)}, teacher "
+            f"{_accuracy(result.teacher_metrics)}"
+            + (f", student alone {_accuracy(result.baseline_metrics)}"
+               if result.baseline_metrics is not None else "") + ")")
+    return dataclasses.replace(result, run_dir=out)
+
+
+def _accuracy(metrics: dict) -> str:
+    return f"{metrics.get('accuracy', float('nan')):.3f}"
 
 
 def _epoch_recorder(state_path: Path | None, key: str, history: dict):
@@ -418,10 +423,6 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     )
     finish_run(out, student, manifest)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    log(f"wrote {out} (student val accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-        f"teacher {teacher_metrics.get('accuracy', float('nan')):.3f}"
-        + (f", student alone {baseline_metrics.get('accuracy', float('nan')):.3f}"
-           if baseline_metrics is not None else "") + ")")
     return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
                          student_parameters, teacher_parameters, seconds,
                          distribution=distribution_record)

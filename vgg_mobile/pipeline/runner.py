@@ -26,12 +26,14 @@ from typing import Callable
 
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import gzip_size, write_text
+from vgg_mobile.core.outputs import lock
 from vgg_mobile.core.run_dir import manifest_digest
 from vgg_mobile.data import dataset
 from vgg_mobile.models.architectures import resolve_weights
 from vgg_mobile.pipeline.config import CONFIG_FILE, PipelineConfig, build_config, config_toml
 from vgg_mobile.pipeline.stages import STAGES, Stage, StageJob
-from vgg_mobile.pipeline.state import STATE_FILE, inputs_digest, is_pipeline_out, read_state, write_state
+from vgg_mobile.pipeline.state import (REPORT_FILES, STATE_FILE, inputs_digest, is_pipeline_out,
+                                      read_state, write_state)
 from vgg_mobile.pipeline.summary import summary_rows
 
 
@@ -114,6 +116,13 @@ def run_pipeline(
     config = config or build_config({}, "sample")
     data_dir, out = Path(data_dir), Path(out_dir)
     _check_out(out, data_dir)
+    # One pipeline per OUT: a second one stops here, naming the first.
+    with lock(out):
+        return _run(data_dir, out, config, force, log, verbose)
+
+
+def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, verbose) -> PipelineResult:
+    _check_out(out, data_dir)  # again, now that no other pipeline can be writing it
     folder = dataset.scan_folder(data_dir, strict=config.teacher.train.strict)
     # Missing ImageNet weights (the real preset) stop the run here, not after OUT is made.
     resolve_weights(config.teacher.model.weights, config.teacher.model.architecture)
@@ -147,6 +156,8 @@ def run_pipeline(
                   and (path / "checkpoints" / "state.json").is_file() and not _finished(out, stage))
         if not resume:
             _discard_outputs(out, stage)
+        # What was built from this stage is out of date from now on, even if it fails.
+        _discard_dependents(out, plan, number - 1)
         state["stages"][name] = {"inputs": inputs, "status": "running", "path": str(path)}
         write_state(out, state)
         log(f"{prefix}: started" + (" (resuming from its last checkpoint)" if resume else ""))
@@ -201,6 +212,18 @@ def _discard(path: Path) -> None:
 def _discard_outputs(out: Path, stage: Stage) -> None:
     for name in (stage.name, *stage.extra_outputs):
         _discard(out / name)
+
+
+def _discard_dependents(out: Path, plan, index: int) -> None:
+    """Discards the report, and the later stages built from stage `plan[index]` (directly,
+    through other stages, or as a stage that measures every earlier one)."""
+    for name in REPORT_FILES:
+        _discard(out / name)
+    stale = {plan[index][0].name}
+    for stage, settings in plan[index + 1:]:
+        if stage.after_all or stage.parent_of(settings) in stale:
+            stale.add(stage.name)
+            _discard_outputs(out, stage)
 
 
 def _discard_stale(out: Path, config: PipelineConfig, plan, ran: set[str], state: dict) -> None:

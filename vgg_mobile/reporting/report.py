@@ -16,10 +16,11 @@ from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.io import atomic_path, write_text
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
+from vgg_mobile.pipeline.state import REPORT_FILES
 from vgg_mobile.pipeline.summary import summary_rows
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
-ASSETS = "report_files"
+ASSETS = REPORT_FILES[2]
 TITLE = "vgg-mobile pipeline report"
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
@@ -188,7 +189,7 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
         md += [f"## Confusion matrix and per-class metrics: {stage} (validation images)", "",
                f"![{stage} confusion matrix]({png.relative_to(out).as_posix()})", "",
                markdown_table(_PER_CLASS_COLUMNS, per_class.items()), ""]
-    md_path = out / "report.md"
+    md_path = out / REPORT_FILES[0]
     write_text(md_path, "\n".join(md))
 
     def img(png: Path, alt: str) -> str:
@@ -216,6 +217,6 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(TITLE)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    html_path = out / "report.html"
+    html_path = out / REPORT_FILES[1]
     write_text(html_path, page)
     return {"md": str(md_path), "html": str(html_path)}

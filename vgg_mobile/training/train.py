@@ -30,7 +30,8 @@ from vgg_mobile.training.distribute import DistributeConfig
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.training.hyperparameters import Phase, TrainConfig, plan_phases
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, finish_run, prepare_out_dir
+from vgg_mobile.core.outputs import check_no_overlap, claim_output, worker_output
+from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, finish_run
 from vgg_mobile.core.io import write_json
 from vgg_mobile.training.checkpoints import STATE, epoch_checkpoint, read_resume_state, restore_checkpoint
 from vgg_mobile.training.schedules import warmup_cosine
@@ -141,6 +142,7 @@ def train(
         log(f"using ImageNet weights from {cached}" if options.weights == "imagenet" else
             f"no ImageNet weights at {cached}: training from scratch (weights none)")
     out = Path(out_dir)
+    check_no_overlap(out, (data_dir,))
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     for check in folder.bad:
         log(f"skipped {check.path}: {check.problem}")
@@ -154,16 +156,24 @@ def train(
     models.resolve_weights(options.weights, options.architecture)  # fail before any work
     cluster = dist.read_cluster()
     dist.check_cluster(distribute, cluster)
-    # Checked before the strategy starts, so a refused run never leaves other workers waiting.
+    # Claimed before the strategy starts, so a refused run never leaves other workers waiting.
     if dist.writes_run(distribute, cluster):
-        prepare_out_dir(out, resume=resume, force=force)
-    elif resume and not (out / CHECKPOINTS / STATE).is_file():
-        raise RunDirError(f"{out / CHECKPOINTS / STATE}: not found; a restarted worker reads the "
-                          "chief's checkpoints, so --out must be on storage every worker reaches")
-    distribution = dist.create_distribution(distribute)
-    with dist.writer_dir(out, distribution) as write_dir:
-        return _train(folder, choice, run_config, fingerprint, out, write_dir, options, config,
-                      resume, command, log, verbose, callbacks, distribution, stage)
+        claim = claim_output(out, ("run",), inputs=(data_dir,), force=force, resume=resume)
+    else:
+        claim = worker_output(out, resume, force)
+        if resume and not (claim.path / CHECKPOINTS / STATE).is_file():
+            raise RunDirError(f"{claim.path / CHECKPOINTS / STATE}: not found; a restarted worker "
+                              "reads the chief's checkpoints, so --out must be on storage every "
+                              "worker reaches")
+    with claim as output:
+        distribution = dist.create_distribution(distribute)
+        with dist.writer_dir(output.path, distribution) as write_dir:
+            result = _train(folder, choice, run_config, fingerprint, output.path, write_dir,
+                            options, config, resume, command, log, verbose, callbacks,
+                            distribution, stage)
+    if result.wrote_run:
+        log(f"wrote {out} (val accuracy {result.metrics.get('accuracy', float('nan')):.3f})")
+    return dataclasses.replace(result, run_dir=out)
 
 
 def _first_epoch_recorder(first_epochs: list):
@@ -313,6 +323,5 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
     )
     finish_run(out, final, manifest)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log(f"wrote {out} (val accuracy {metrics.get('accuracy', float('nan')):.3f})")
     return TrainResult(out, metrics, history, config.epochs, throughput, start_epoch,
                        weights_sha256=digest, distribution=distribution_record)
