@@ -199,3 +199,23 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert all(row["latency_ms"] is None for row in json.loads(result.stdout)["summary"])
     assert json.loads((out / "export" / "manifest.json").read_text())["artifacts"][0][
         "verification"]["top1_agreement"] >= 0.75
+
+
+def test_a_redone_stage_discards_the_report_and_what_was_built_from_it(tmp_path):
+    from vgg_mobile.pipeline.config import build_config
+    from vgg_mobile.pipeline.runner import _discard_dependents, stage_plan
+    from vgg_mobile.pipeline.state import REPORT_FILES
+
+    plan = stage_plan(build_config({}, "sample"))
+    names = [stage.name for stage, _ in plan]
+    out = tmp_path / "out"
+    for name in (*names, *REPORT_FILES):
+        (out / name).mkdir(parents=True)
+    # The export is redone (and may fail): the report and the benchmark that vouched for the
+    # old export go at once; the student, its web export and the demo do not depend on it.
+    _discard_dependents(out, plan, names.index("export"))
+    left = sorted(p.name for p in out.iterdir())
+    assert left == sorted(set(names) - {"benchmark"}), left
+    # The teacher is redone: everything after it was built from it.
+    _discard_dependents(out, plan, names.index("teacher"))
+    assert sorted(p.name for p in out.iterdir()) == ["teacher"]
