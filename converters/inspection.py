@@ -1,30 +1,132 @@
-"""`vgg-mobile inspect`: what is inside a `.tflite` file."""
+"""`vgg-mobile inspect`: what is inside a `.tflite` file.
+
+A damaged `.tflite` can crash the native readers (LiteRT's interpreter, tflite-support's
+metadata reader) instead of raising, so the file is read in a child process
+(`python -m converters.inspection`, the bytes on stdin, a JSON answer on stdout): a crash
+there becomes a `BadInputError` naming the file. The child runs without TensorFlow, which
+neither reader needs, so it starts in about a second.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError, VggMobileError
+
+# Seconds the child may take; a file that keeps a reader busy longer counts as damaged.
+READ_TIMEOUT = 120
+FILE_IDENTIFIER = b"TFL3"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def inspect_tflite(path: str | Path) -> dict:
     """Reads a `.tflite` file's size, tensors, weight sparsity and metadata.
 
-    Raises:
-        BadInputError: Missing file, or not a loadable TFLite model (e.g. truncated).
-    """
-    from converters import metadata, tflite
+    Args:
+        path: The `.tflite` file.
 
+    Returns:
+        `{"file", "size_bytes", "inputs", "outputs", "weight_sparsity", "metadata",
+        "associated_files"}`.
+
+    Raises:
+        BadInputError: Missing file, or not a loadable TFLite model (truncated, damaged,
+            corrupt metadata, or one that crashes the reader).
+        VggMobileError: The reader could not start (a broken installation).
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     content = path.read_bytes()
+    check_structure(content, path)
+    return {"file": str(path), "size_bytes": len(content),
+            **_read_in_child(content, path, READ_TIMEOUT)}
+
+
+def check_structure(content: bytes, path: str | Path) -> None:
+    """The cheap checks of a flatbuffer's header, before any native reader sees the bytes.
+
+    Raises:
+        BadInputError: Shorter than a header, no `TFL3` file identifier at bytes 4 to 8, or a
+            root table offset outside the file.
+    """
+    if len(content) < 8:
+        raise BadInputError(f"{path}: not a valid TFLite model ({len(content)} bytes; a TFLite "
+                            "file has at least an 8-byte header)")
+    if content[4:8] != FILE_IDENTIFIER:
+        raise BadInputError(f"{path}: not a valid TFLite model (no {FILE_IDENTIFIER.decode()} "
+                            f"file identifier at bytes 4 to 8; found {content[4:8]!r})")
+    root = int.from_bytes(content[:4], "little")
+    if not 8 <= root <= len(content) - 4:
+        raise BadInputError(f"{path}: not a valid TFLite model (root table offset {root} is "
+                            f"outside the {len(content)}-byte file)")
+
+
+def _read_in_child(content: bytes, path: Path, timeout: float) -> dict:
+    """Runs `_read` in a fresh interpreter; its crash, hang or garbage is the file's fault."""
+    python_path = os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))
+                                  if p)
+    try:
+        done = subprocess.run([sys.executable, "-m", "converters.inspection"], input=content,
+                              capture_output=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": python_path})
+    except subprocess.TimeoutExpired:
+        raise BadInputError(f"{path}: damaged TFLite file: the reader did not finish in "
+                            f"{timeout:g} s") from None
+    if done.returncode < 0:
+        raise BadInputError(f"{path}: damaged TFLite file: the reader crashed "
+                            f"({_signal_name(-done.returncode)})")
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise VggMobileError(f"{path}: the TFLite reader failed to run (exit {done.returncode}): "
+                             f"{last}")
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ({"report", "error"} & answer.keys()):
+        raise BadInputError(f"{path}: damaged TFLite file: the reader returned no result")
+    if "error" in answer:
+        raise BadInputError(f"{path}: {answer['error']}")
+    return answer["report"]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _reason(err: Exception) -> str:
+    """One line about an exception: its type and the start of its message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def _read(content: bytes) -> dict:
+    """Tensors, weight sparsity and metadata of `.tflite` bytes (run in the child).
+
+    Raises:
+        BadInputError: The interpreter, the flatbuffer parser or the metadata reader refused
+            the bytes.
+    """
+    from converters import metadata, tflite
+
     try:
         runner = tflite.interpreter(content)
-    except BadInputError as err:
-        raise BadInputError(f"{path}: {err}") from None
+    except BadInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any refusal of these bytes is the file's fault
+        raise BadInputError(f"not a valid TFLite model ({_reason(err)})") from None
 
     def describe(detail):
         scale, zero_point = detail["quantization"]
@@ -32,8 +134,69 @@ def inspect_tflite(path: str | Path) -> dict:
                 "dtype": np.dtype(detail["dtype"]).name,
                 "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None}
 
-    return {"file": str(path), "size_bytes": len(content),
-            "inputs": [describe(d) for d in runner.get_input_details()],
-            "outputs": [describe(d) for d in runner.get_output_details()],
-            "weight_sparsity": tflite.weight_sparsity(content),
-            **metadata.read_metadata(content)}
+    try:
+        tensors = {"inputs": [describe(d) for d in runner.get_input_details()],
+                   "outputs": [describe(d) for d in runner.get_output_details()],
+                   "weight_sparsity": _weight_sparsity(content)}
+    except Exception as err:  # noqa: BLE001
+        raise BadInputError(f"damaged TFLite file: its tensors cannot be read ({_reason(err)})") from None
+    try:
+        found = metadata.read_metadata(content)
+    except Exception as err:  # noqa: BLE001
+        raise BadInputError(f"damaged TFLite metadata ({_reason(err)})") from None
+    return {**tensors, **found}
+
+
+def _weight_sparsity(content: bytes, min_elements: int = 1024) -> dict:
+    """`tflite.weight_sparsity`, parsed with LiteRT's copy of the flatbuffer schema.
+
+    `tflite.weight_sparsity` parses with TensorFlow's copy, and the child runs without
+    TensorFlow; both copies are generated from the same schema.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from converters import tflite
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    zeros = total = count = 0
+    for subgraph in model.subgraphs or ():
+        for tensor in subgraph.tensors or ():
+            buffer = model.buffers[tensor.buffer]
+            dtype = tflite._NUMPY_TYPES.get(tensor.type)
+            if buffer.data is None or dtype is None:
+                continue
+            size = int(np.prod(tensor.shape)) if tensor.shape is not None else 0
+            if size < min_elements:
+                continue
+            stored_nonzero = int(np.count_nonzero(np.frombuffer(bytes(bytearray(buffer.data)),
+                                                                dtype=dtype)))
+            zeros += size - stored_nonzero
+            total += size
+            count += 1
+    return {"zeros": zeros, "total": total, "fraction": round(zeros / total, 4) if total else 0.0,
+            "tensors": count}
+
+
+def _child_main() -> int:
+    """The child: `.tflite` bytes on stdin, `{"report": ...}` or `{"error": ...}` on stdout
+    (the error on one line: LiteRT's messages span several).
+
+    Native libraries may print to stdout, so the answer goes to a copy of the original stdout
+    and stdout itself is pointed at stderr. TensorFlow is marked as absent: tflite-support
+    then reads with plain file access instead of importing it.
+    """
+    answer_stream = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.modules["tensorflow"] = None
+    content = sys.stdin.buffer.read()
+    try:
+        answer = {"report": _read(content)}
+    except BadInputError as err:
+        answer = {"error": re.sub(r"\s+", " ", str(err)).strip().replace(" )", ")")}
+    json.dump(answer, answer_stream)
+    answer_stream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import ipaddress
 import json
 import shutil
+import socket
+import sys
 import threading
+import urllib.parse
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError
 from vgg_mobile.core.resources import PROJECT_ROOT, node_modules_dir
-from vgg_mobile.core.io import atomic_dir
+from vgg_mobile.core.io import write_json
+from vgg_mobile.core.outputs import claim_output, marker
 
 PAGE_DIR = PROJECT_ROOT / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -61,23 +66,26 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
     Args:
         out: Folder to create.
         bundle: A `vgg-mobile convert` export folder or its `tfjs/` bundle.
-        force: Replace `out` if it exists. Defaults to `False`.
+        force: Replace `out` if it is a demo folder written here (never another folder, and
+            never one that overlaps the bundle). Defaults to `False`.
 
     Returns:
         `out`.
 
     Raises:
-        BadInputError: A bad bundle, or `out` exists without `force`.
+        BadInputError: A bad bundle, or `out` exists without `force`, is not a demo folder,
+            or overlaps the bundle.
         VggMobileError: TensorFlow.js is not installed (`npm ci` in the project).
     """
     out = Path(out)
     source = find_bundle(bundle)
-    if out.exists() and not force:
-        raise BadInputError(f"{out}: already exists (pass --force to replace it)")
     modules = node_modules_dir()
     if modules is None:
         raise VggMobileError("TensorFlow.js is not installed: run `npm ci` in the vgg-mobile project")
-    with atomic_dir(out) as staging:
+    # The bundle is an input however it was named: its export folder is never replaced.
+    inputs = (Path(bundle), source)
+    with claim_output(out, ("demo",), inputs=inputs, force=force, staged=True) as output:
+        staging = output.path
         for name in PAGE_FILES:
             shutil.copyfile(PAGE_DIR / name, staging / name)
         vendor = staging / "vendor"
@@ -90,6 +98,9 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
                 shutil.copyfile(root / file, vendor / Path(file).name)
         (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
         shutil.copytree(source, staging / "model")
+        classes = json.loads((source / "labels.json").read_text(encoding="utf-8"))
+        write_json(staging / "manifest.json", marker("demo", "web_demo", classes=classes,
+                                                     model="model/", vendor=versions))
     return out
 
 
@@ -110,12 +121,31 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 
+    def send_head(self):
+        """Refuses a NUL in the path (400) and any dotfile or dot-folder (404), then serves."""
+        url_path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0],
+                                        errors="replace")
+        if "\0" in url_path:
+            self.send_error(400, "NUL byte in the path")
+            return None
+        if any(part.startswith(".") for part in url_path.split("/")):
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
+
     def translate_path(self, path):
-        translated = Path(super().translate_path(path)).resolve()
         root = Path(self.directory).resolve()
-        # Symbolic links out of the folder are refused, like `..` in the URL.
+        try:
+            translated = Path(super().translate_path(path)).resolve()
+        except (OSError, ValueError, RuntimeError):
+            # A symbolic-link loop, an unencodable name: answered as not found.
+            return str(root / "__unreadable__")
+        # Symbolic links out of the folder are refused, like `..` in the URL, and so are
+        # links to a dotfile inside it.
         if translated != root and root not in translated.parents:
             return str(root / "__outside__")
+        if any(part.startswith(".") for part in translated.relative_to(root).parts):
+            return str(root / "__hidden__")
         return str(translated)
 
     def list_directory(self, path):
@@ -127,24 +157,71 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that reports a failed request in one line, not a traceback."""
+
+    daemon_threads = True
+    quiet = False
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError) or self.quiet:
+            return
+        print(f"error: request from {client_address[0]}: {type(error).__name__}: {error}",
+              file=sys.stderr)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is reachable from this machine only."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port: int, directory: str | Path) -> str | None:
+    """The warning for a server bound beyond this machine, or `None` on a loopback address."""
+    if is_loopback(host):
+        return None
+    shown = host or '""'
+    where = ("every network interface" if host in ("", "0.0.0.0", "::")
+             else f"{host}, an address other machines may reach")
+    return (f"warning: --host {shown} binds {where}, beyond this machine: anyone who can "
+            f"reach port {port} can fetch the files of {directory}")
+
+
 def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 8000,
                 quiet: bool = False) -> http.server.ThreadingHTTPServer:
     """An HTTP server for a demo folder (`serve_forever()` to run it; port 0 picks a free one).
 
+    It serves the folder's files only: no directory listings, no dotfiles or dot-folders
+    (`.env`, `.git/`), nothing a symbolic link points to outside the folder. A request it
+    cannot answer with a file gets a 4xx status.
+
     Raises:
-        BadInputError: `directory` is not a demo folder.
+        BadInputError: `directory` is not a demo folder, or `host:port` cannot be bound.
     """
     directory = Path(directory)
     if not (directory / "index.html").is_file():
         raise BadInputError(f"{directory}: not a demo folder (no index.html); build one with "
                             "`vgg-mobile demo`")
     handler = functools.partial(_Handler, directory=str(directory.resolve()))
+    server_class = _Server6 if ":" in host else _Server
     try:
-        server = http.server.ThreadingHTTPServer((host, port), handler)
-    except OSError as err:
-        raise BadInputError(f"cannot listen on {host}:{port} ({err.strerror})") from None
+        server = server_class((host, port), handler)
+    except (OSError, OverflowError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise BadInputError(f"cannot listen on {host}:{port} ({reason})") from None
     server.quiet = quiet
-    server.daemon_threads = True
     return server
 
 

@@ -27,7 +27,7 @@ def test_sample_data_writes_a_mixed_folder_and_refuses_to_overwrite(cli, tmp_pat
     result = cli("sample-data", out, "--images-per-class", "4", "--image-size", "32")
     assert result.returncode == 0, result.stderr
     assert "wrote 16 images in 4 classes" in result.stdout
-    assert {p.suffix for p in out.rglob("*.*")} == {".jpg", ".png"}
+    assert {p.suffix for p in out.rglob("*.*") if not p.name.startswith(".")} == {".jpg", ".png"}
     again = cli("sample-data", out)
     assert again.returncode == 2 and f"{out}: already holds a finished vgg-mobile sample data" in again.stderr
 

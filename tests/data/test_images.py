@@ -115,3 +115,33 @@ def test_decompression_bomb_is_refused_without_decoding(tmp_path):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_rgb(tmp_path / "absent.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_images_convert_a_band_at_a_time_and_read_the_same_in_the_pipeline(
+        tmp_path, monkeypatch, suffix):
+    from vgg_mobile.data import dataset, images
+
+    monkeypatch.setattr(images, "_BAND_PIXELS", 40)  # bands of 2 rows of 20 pixels
+    values = np.random.default_rng(0).integers(0, 65536, (20, 20), dtype=np.uint16)
+    path = tmp_path / f"deep{suffix}"
+    Image.fromarray(values).save(path)
+    expected = np.repeat((values >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(load_rgb(path), expected)
+    check = check_image(path)
+    assert check.ok and check.size == (20, 20) and "16-bit" in check.notes[0]
+    # The tf.data decoder reads the file through `load_rgb`; at the file's own size the
+    # resize leaves every pixel as it is.
+    examples = (dataset.Example(path, 0),)
+    (batch, _), = dataset.make_dataset(examples, 20, 1, 2, one_hot=False)
+    np.testing.assert_array_equal(batch.numpy()[0], expected.astype(np.float32))
+
+
+def test_a_jpeg_is_checked_at_a_reduced_scale_but_reports_its_full_size(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg")
+    check = check_image(tmp_path / "photo.jpg")
+    assert check.ok and check.size == (400, 300)
+    data = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert "truncated" in check_image(tmp_path / "cut.jpg").problem

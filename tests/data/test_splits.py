@@ -75,3 +75,41 @@ def test_a_sample_draws_from_every_class_in_turn_and_is_seeded(folder):
     assert splits.stratified_sample(examples, 7, seed=1) != sample
     assert len(splits.stratified_sample(examples, None)) == len(examples)
     assert splits.stratified_sample(examples, 100)[:7] == sample  # any prefix is stratified
+
+
+@pytest.mark.parametrize("empty_val", [False, True])
+def test_train_without_val_is_split_like_an_unsplit_folder(tmp_path, empty_val):
+    root = tmp_path / "p"
+    image_folder(root / "train", {"a": 10, "b": 6, "c": 3}, size=8)
+    if empty_val:
+        (root / "val").mkdir()
+    folder = dataset.scan_folder(root)
+    choice = splits.choose_split(folder, None, val_fraction=0.3, seed=4)
+    unsplit = dataset.scan_folder(root / "train")
+    assert [e.path for e in choice.parts.val] == [e.path for e in dataset.split(unsplit, 0.3, 4).val]
+    assert {e.label for e in choice.parts.val} == {0, 1, 2}
+    assert not {e.path for e in choice.parts.val} & {e.path for e in choice.parts.train}
+    assert len(choice.parts.train) + len(choice.parts.val) == 19
+    assert choice.source == "own" and (choice.val_fraction, choice.seed) == (0.3, 4)
+    assert f"{root / 'val'} is missing or without images" in choice.note
+    assert "split of train/ (val_fraction=0.3, seed=4)" in choice.note
+    record = splits.data_record(folder, choice)
+    assert record["val_from_train"] and record["val_images"] == len(choice.parts.val)
+    # Later commands (evaluate, convert) rescan the folder and re-derive the same held-out
+    # images from the manifest, whatever val_fraction they are given.
+    manifest = {"data": record}
+    again = dataset.scan_folder(root, classes=folder.classes)
+    examples, name = splits.held_out(manifest, again, "auto")
+    assert name == "val" and examples == choice.parts.val
+    assert splits.held_out(manifest, again, "train")[0] == choice.parts.train
+    reused = splits.choose_split(again, manifest, val_fraction=0.5, seed=0)
+    assert reused.parts == choice.parts and reused.source == "parent"
+    assert "val_fraction=0.5 ignored" in reused.note and "missing or without images" in reused.note
+
+
+def test_train_without_val_and_no_val_fraction_is_an_error(tmp_path):
+    root = tmp_path / "p"
+    image_folder(root / "train", {"a": 4, "b": 4}, size=8)
+    folder = dataset.scan_folder(root)
+    with pytest.raises(DataError, match="a validation set is needed"):
+        splits.choose_split(folder, None, val_fraction=0.0)

@@ -93,6 +93,18 @@ def test_registry_and_options_are_validated():
         build_classifier(ModelOptions(image_size=32), 1)
 
 
+@pytest.mark.parametrize("architecture", ["vgg16", "mobilenet_v2_0.35", "mobilenet_v3_small"])
+def test_image_size_has_an_upper_bound(architecture):
+    with pytest.raises(BadInputError) as err:
+        ModelOptions(architecture=architecture, image_size=20000)
+    assert str(err.value) == "image_size must be between 32 and 1024. Received: image_size=20000"
+    with pytest.raises(BadInputError, match="between 32 and 1024"):
+        ModelOptions(architecture=architecture, image_size=1025)
+    assert ModelOptions(architecture=architecture, image_size=1024).image_size == 1024
+    with pytest.raises(BadInputError, match="at least 32"):
+        ModelOptions(architecture=architecture, image_size=31)
+
+
 @pytest.mark.parametrize("blocks,frozen_prefixes", [
     (0, ("block1", "block2", "block3", "block4", "block5")),
     (2, ("block1", "block2", "block3")),

@@ -220,5 +220,12 @@ def test_demo_folder_needs_a_complete_bundle(teacher_export, tmp_path):
     site = assemble_demo(tmp_path / "site", base / "out")
     versions = json.loads((site / "vendor" / "VERSIONS.json").read_text())
     assert versions == {"@tensorflow/tfjs": "4.22.0", "@tensorflow/tfjs-backend-wasm": "4.22.0"}
-    with pytest.raises(BadInputError, match="already exists"):
+    with pytest.raises(BadInputError, match="already holds a finished vgg-mobile demo"):
         assemble_demo(site, base / "out")
+    assert assemble_demo(site, base / "out", force=True) == site
+    # The bundle's own folder is an input: --force never replaces it.
+    export_before = sorted(p.name for p in (base / "out").iterdir())
+    for out in (base / "out", base / "out" / "tfjs", base / "out" / "site"):
+        with pytest.raises(BadInputError, match="input"):
+            assemble_demo(out, base / "out", force=True)
+    assert sorted(p.name for p in (base / "out").iterdir()) == export_before

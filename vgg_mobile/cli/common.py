@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import click
 
@@ -18,6 +19,9 @@ def log(message: str) -> None:
     click.echo(message, err=True)
 
 
+# The type of every option that counts something (images, epochs, steps): 0 and negatives are
+# refused while parsing, with exit code 2.
+COUNT = click.IntRange(min=1)
 
 
 def distribute_options(command):
@@ -46,10 +50,15 @@ def distribute_config(strategy, mixed_precision, jit_compile):
 
 
 def fraction(ctx, param, value):
+    """A share written as 0.99 or 99%, checked to be a finite number in [0, 1]."""
     if value is None:
         return None
     text = str(value).strip()
-    number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    if not 0 <= number <= 1:
-        raise click.BadParameter(f"must be between 0 and 1 (or 0% and 100%). Received: {value}")
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise click.BadParameter(f"must be a number between 0 and 1 (or 0% and 100%). "
+                                 f"Received: {value}")
     return number

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import log
+from vgg_mobile.cli.common import COUNT, log
 
 
 
@@ -41,13 +41,13 @@ def _compression_summary(result) -> dict:
               help="New run directory to write.")
 @click.option("--target-sparsity", default=0.5, show_default=True, type=float,
               help="Share of zero weights in each pruned kernel, in (0, 1).")
-@click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs.")
+@click.option("--epochs", default=4, show_default=True, type=COUNT, help="Fine-tuning epochs.")
 @click.option("--end-epoch", default=None, type=float,
               help="Epoch at which the target is reached. Defaults to two thirds of --epochs.")
-@click.option("--frequency", default=None, type=int,
+@click.option("--frequency", default=None, type=COUNT,
               help="Steps between pruning updates. Defaults to about ten over the ramp.")
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=COUNT)
 @click.option("--skip-first-conv/--prune-first-conv", default=True, show_default=True,
               help="Leave the first convolution dense.")
 @click.option("--skip-classifier/--prune-classifier", default=True, show_default=True,
@@ -85,9 +85,9 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
               help="New run directory to write.")
 @click.option("--preserve-sparsity", is_flag=True,
               help="Keep the zeros of a pruned run (sparsity-preserving QAT).")
-@click.option("--epochs", default=2, show_default=True, help="Fine-tuning epochs.")
+@click.option("--epochs", default=2, show_default=True, type=COUNT, help="Fine-tuning epochs.")
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-5, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=COUNT)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import fraction, log
+from vgg_mobile.cli.common import COUNT, fraction, log
 
 
 @click.command("convert")
@@ -34,7 +34,8 @@ from vgg_mobile.cli.common import fraction, log
               help="Smallest top-1 agreement with the Keras model, e.g. 0.99 or 99%.")
 @click.option("--max-accuracy-drop", callback=fraction, default=None,
               help="Largest accuracy loss against Keras, e.g. 0.01 or 1% (one point).")
-@click.option("--verify-images", default=200, show_default=True, help="Held-out images per verification.")
+@click.option("--verify-images", default=200, show_default=True, type=COUNT,
+              help="Held-out images per verification.")
 @click.option("--name", default=None, help="Model name in the metadata and file names.")
 @click.option("--model-version", default="1", show_default=True, help="Version in the metadata.")
 @click.option("--author", default="vgg-mobile", show_default=True)

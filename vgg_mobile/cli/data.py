@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
-
+from vgg_mobile.cli.common import COUNT
 
 
 @click.command("sample-data")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--images-per-class", default=60, show_default=True, help="Images in each class.")
-@click.option("--image-size", default=64, show_default=True, help="Side of each image in pixels.")
+@click.option("--images-per-class", default=60, show_default=True, type=COUNT,
+              help="Images in each class.")
+@click.option("--image-size", default=64, show_default=True, type=COUNT,
+              help="Side of each image in pixels.")
 @click.option("--seed", default=0, show_default=True, help="The same seed writes the same files.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def sample_data_cmd(out, images_per_class, image_size, seed, force):

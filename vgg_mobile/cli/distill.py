@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import distribute_config, distribute_options, log
+from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, log
 
 
 @click.command("distill")
@@ -20,14 +20,14 @@ from vgg_mobile.cli.common import distribute_config, distribute_options, log
               help="Run directory to write the student to.")
 @click.option("--student", default="mobilenet_v2_0.35", show_default=True,
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
-@click.option("--image-size", default=None, type=int,
+@click.option("--image-size", default=None, type=COUNT,
               help="Student input side in pixels. Defaults to the teacher's.")
 @click.option("--temperature", default=2.0, show_default=True, type=float,
               help="Softens teacher and student logits in the distillation term (> 0).")
 @click.option("--alpha", default=0.5, show_default=True, type=float,
               help="Weight of the hard-label loss in [0, 1]; 1 - alpha weighs the teacher's.")
-@click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--epochs", default=20, show_default=True, type=COUNT)
+@click.option("--batch-size", default=32, show_default=True, type=COUNT)
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-2, show_default=True, type=float,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", default=0, show_default=True)

@@ -1,7 +1,8 @@
 """The `vgg-mobile` command line: the only module that parses flags and talks to the terminal.
 
 Exit codes: 0 success; 1 internal or environment error (e.g. disk full); 2 bad input (usage,
-data, run directory, option values); 3 a size or accuracy budget was missed; 130 interrupted.
+data, run directory, option values); 3 a size or accuracy budget was missed; 4 the output
+folder is in use by another vgg-mobile process; 130 interrupted.
 Progress goes to stderr, results to stdout (`--json` prints only JSON there).
 """
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-
+from vgg_mobile.cli.common import log
 
 
 @click.command("demo")
@@ -24,15 +24,22 @@ def demo_cmd(out, bundle, force):
 
 @click.command("serve")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but 127.0.0.1, ::1 or localhost lets other "
+                   "machines fetch the folder's files.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port.")
 def serve_cmd(directory, host, port):
     """Serve a demo folder (only its files), cross-origin isolated for the WASM backend."""
-    from vgg_mobile.site import make_server
+    from vgg_mobile.site import exposure_warning, make_server
 
     server = make_server(directory, host, port)
     bound_host, bound_port = server.server_address[:2]
-    click.echo(f"serving {directory} at http://{bound_host}:{bound_port}/ (Ctrl+C to stop)")
+    warning = exposure_warning(host, bound_port, directory)
+    if warning:
+        log(warning)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    click.echo(f"serving {directory} at http://{shown}:{bound_port}/ (Ctrl+C to stop)")
     try:
         server.serve_forever()
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import default, distribute_config, distribute_options, log
+from vgg_mobile.cli.common import COUNT, default, distribute_config, distribute_options, log
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.training.hyperparameters import TrainConfig
 
@@ -65,9 +65,11 @@ def doctor_cmd(as_json):
 @click.option("--architecture", default=default(ModelOptions, "architecture"), show_default=True,
               help="Teacher architecture.")
 @click.option("--image-size", default=default(ModelOptions, "image_size"), show_default=True,
+              type=COUNT,
               help="Input side in pixels (>= 32).")
-@click.option("--epochs", default=default(TrainConfig, "epochs"), show_default=True)
-@click.option("--batch-size", default=default(TrainConfig, "batch_size"), show_default=True)
+@click.option("--epochs", default=default(TrainConfig, "epochs"), show_default=True, type=COUNT)
+@click.option("--batch-size", default=default(TrainConfig, "batch_size"), show_default=True,
+              type=COUNT)
 @click.option("--learning-rate", "--lr", "learning_rate", default=default(TrainConfig, "learning_rate"),
               show_default=True,
               help="Peak learning rate (warm-up, then cosine decay).")
@@ -76,12 +78,13 @@ def doctor_cmd(as_json):
 @click.option("--label-smoothing", default=default(TrainConfig, "label_smoothing"), show_default=True)
 @click.option("--dropout", default=default(ModelOptions, "dropout"), show_default=True)
 @click.option("--head-units", default=default(ModelOptions, "head_units"), show_default=True,
+              type=click.IntRange(min=0),
               help="Hidden units of the head (0: none).")
 @click.option("--fine-tune", default=default(TrainConfig, "fine_tune"), show_default=True,
               type=click.Choice(["auto", "full", "feature-extraction", "last-blocks", "progressive"]),
               help="Which layers train: auto is full from scratch, progressive from pretrained weights.")
 @click.option("--unfreeze-blocks", default=default(TrainConfig, "unfreeze_blocks"),
-              show_default=True,
+              show_default=True, type=COUNT,
               help="Backbone blocks trained by last-blocks and reached by progressive.")
 @click.option("--val-fraction", default=default(TrainConfig, "val_fraction"), show_default=True,
               help="Share of each class held out (folders without train/ and val/).")
@@ -161,7 +164,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                    "folder, or every image of another folder.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report folder. Defaults to RUN/eval.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=COUNT)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 def evaluate_cmd(run, data, split, out, batch_size, as_json):
     """Evaluate the model of run directory RUN on an image folder."""

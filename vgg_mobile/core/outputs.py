@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 from vgg_mobile.core.errors import BadInputError, OutputBusyError, RunDirError
 
 MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
 # A data folder's own marker is hidden, so that no scan reads it as a stray image.
 DATA_MARKER = ".vgg-mobile.json"
 CHECKPOINT_STATE = ("checkpoints", "state.json")
@@ -53,6 +54,16 @@ def _is_own_manifest(data) -> bool:
     return (isinstance(data, dict) and isinstance(data.get("schema_version"), int)
             and isinstance(data.get("stage"), str)
             and isinstance(data.get("versions"), dict) and "vgg_mobile" in data["versions"])
+
+
+def marker(stage: str, kind: str, **fields) -> dict:
+    """The manifest of an output without a model (a demo folder, a sample dataset): what
+    `output_kind` recognises, written without importing TensorFlow."""
+    from vgg_mobile.core.version import __version__
+
+    return {"schema_version": SCHEMA_VERSION, "stage": stage, "kind": kind,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **fields, "versions": {"vgg_mobile": __version__}}
 
 
 def output_kind(path: str | Path) -> str | None:

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from vgg_mobile.core.errors import DataError
-from vgg_mobile.data.images import MAX_PIXELS, ImageCheck, check_image, load_rgb
+from vgg_mobile.core.outputs import output_kind
+from vgg_mobile.data.images import MAX_PIXELS, DecodeBudget, ImageCheck, check_image, load_rgb
 
 # Files that operating systems and tools leave in folders; never reported as bad images.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "labels.txt", "readme.md", "readme.txt"}
+
+# Decoded pixels, in bytes, that the file check holds at once across its threads; a single
+# image larger than this is checked alone.
+CHECK_MEMORY = 256 * 2**20
+
+# Unicode categories that no class name may hold: control and format characters, line and
+# paragraph separators (a newline in a name would split its line of labels.txt in two).
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,18 +89,92 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_output(folder: Path) -> bool:
+    """Whether `folder` is something vgg-mobile wrote (`core.outputs.output_kind`): a run, an
+    export, an interrupted run, a demo, a sample dataset or a pipeline's output."""
+    return output_kind(folder) is not None
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a folder name cannot be a class name (one line of `labels.txt`), or `None`."""
+    if any(unicodedata.category(ch) in _UNPRINTABLE for ch in name):
+        return "holds a control character (a newline, tab or other unprintable character)"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    return None
+
+
+def _check_class_dirs(root: Path, dirs: list[Path]) -> None:
+    """Refuses would-be class folders of `root` that are not classes of images.
+
+    Raises:
+        DataError: A name that `labels.txt` cannot hold, a vgg-mobile output, or a link to
+            the data folder itself or to a folder above it.
+    """
+    real_root = root.resolve()
+    for folder in dirs:
+        problem = _name_problem(folder.name)
+        if problem:
+            raise DataError(f"{root}: the class folder name {folder.name!r} {problem}, which "
+                            "labels.txt and later commands cannot hold; rename the folder")
+        if _is_output(folder):
+            raise DataError(f"{folder}: a vgg-mobile output folder, not a class of images; "
+                            "move it out of the data folder")
+        real = folder.resolve()
+        if real == real_root or real in real_root.parents:
+            raise DataError(f"{folder}: a link to {real}, the data folder itself or a folder "
+                            "above it, not a class of images; remove the link")
+
+
+def _check_distinct(dirs: list[Path]) -> None:
+    """Refuses class folders that are (through links) the same folder, or one inside another,
+    whose images would be read twice, under two labels.
+
+    Raises:
+        DataError: Naming both folders.
+    """
+    # With a separator appended, a folder lies inside another exactly when the other's key is
+    # a prefix of its own; in sorted order such a pair (or a pair of equals) is adjacent.
+    keys = sorted((str(d.resolve()).rstrip("/") + "/", str(d)) for d in dirs)
+    for (outer, outer_dir), (inner, inner_dir) in zip(keys, keys[1:]):
+        if inner.startswith(outer):
+            how = (f"are the same folder ({outer[:-1]})" if inner == outer
+                   else f"overlap ({inner_dir} lies inside {outer_dir})")
+            raise DataError(f"{outer_dir} and {inner_dir} {how} through a link: the same images "
+                            "would be read under two class names; remove one of them")
+
+
 def _candidate_files(class_dir: Path) -> list[Path]:
-    return sorted(
-        p for p in class_dir.rglob("*")
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        and p.name.lower() not in _IGNORED_NAMES
-    )
+    """The files of a class folder, at any depth, except hidden and ignored ones.
+
+    Raises:
+        DataError: A subfolder is a vgg-mobile output, whose files are not images of the class.
+    """
+    files = []
+    for p in sorted(class_dir.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(class_dir).parts):
+            continue
+        if p.is_dir() and _is_output(p):
+            raise DataError(f"{p}: a vgg-mobile output folder, not images of the class "
+                            f"{class_dir.name!r}; move it out of the data folder")
+        if p.is_file() and p.name.lower() not in _IGNORED_NAMES:
+            files.append(p)
+    return files
+
+
+def _check_pools(pools: list[Path]) -> None:
+    """Checks the would-be class folders of every pool, before any image is decoded."""
+    found = {pool: _class_dirs(pool) for pool in pools}
+    for pool, dirs in found.items():
+        _check_class_dirs(pool, dirs)
+    _check_distinct([d for dirs in found.values() for d in dirs])
 
 
 def _check_all(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
+    """Checks files 8 at a time, fewer when their decoded pixels would not fit `CHECK_MEMORY`."""
+    budget = DecodeBudget(CHECK_MEMORY)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: check_image(p, max_pixels), paths))
+        return list(pool.map(lambda p: check_image(p, max_pixels, budget), paths))
 
 
 def _scan_pool(
@@ -113,8 +197,9 @@ def _scan_pool(
     bad = [ImageCheck(p, problem="not inside a class folder") for p in stray]
     examples, converted = [], []
     empty = []
+    candidates = {class_dir: _candidate_files(class_dir) for class_dir in dirs}
     for class_dir in dirs:
-        checks = _check_all(_candidate_files(class_dir), max_pixels)
+        checks = _check_all(candidates[class_dir], max_pixels)
         good = [c for c in checks if c.ok]
         bad.extend(c for c in checks if not c.ok)
         converted.extend(c for c in good if c.notes)
@@ -150,15 +235,22 @@ def scan_folder(
 
     Raises:
         DataError: The folder is missing, has fewer than two classes, no images, a class folder
-            without a usable image, or (with `strict`) any bad file.
+            without a usable image, or (with `strict`) any bad file; a would-be class folder
+            that is a vgg-mobile output, has a name `labels.txt` cannot hold, or links to the
+            data folder, a folder above it, or another class folder (checked before any image
+            is decoded).
     """
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    sub = {d.name for d in _class_dirs(root)}
+    top = _class_dirs(root)
+    sub = {d.name for d in top}
     presplit = "train" in sub and sub <= {"train", "val", "test"}
+    if presplit:
+        _check_class_dirs(root, top)  # train/, val/ and test/ themselves
+    _check_pools([root / name for name in ("train", "val") if name in sub] if presplit else [root])
     if presplit:
         classes, train, bad, converted = _scan_pool(root / "train", classes, max_pixels)
         val: list[Example] | None = []
@@ -186,9 +278,10 @@ def scan_folder(
 def split(folder: ImageFolder, val_fraction: float = 0.2, seed: int = 0) -> Split:
     """Splits a folder into training and validation examples.
 
-    A pre-split folder keeps the user's split. Otherwise each class is shuffled with `seed` and
-    `val_fraction` of it (at least one image when the class has two or more) goes to
-    validation, so every class is represented on both sides.
+    A pre-split folder keeps the user's split. Otherwise (and for a `train/` without images in
+    `val/`) each class is shuffled with `seed` and `val_fraction` of it (at least one image
+    when the class has two or more) goes to validation, so every class is represented on
+    both sides.
 
     Args:
         folder: A checked folder from `scan_folder`.
@@ -200,7 +293,7 @@ def split(folder: ImageFolder, val_fraction: float = 0.2, seed: int = 0) -> Spli
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction}")
-    if folder.val is not None:
+    if folder.val:
         return Split(folder.train, folder.val)
     train, val = [], []
     for label in range(len(folder.classes)):

@@ -1,17 +1,21 @@
 """Reading one image file into RGB pixels, and telling what is wrong with a file that fails.
 
-Everything that decodes a user's image goes through `load_rgb`, so the checks that run before
-training and the decoder inside the tf.data pipeline agree on what every file means.
+The check that runs before training (`check_image`) and the decoder inside the tf.data
+pipeline (`load_rgb`) open, decode and convert a file the same way, so they agree on what every
+file means; the check converts only a corner of the decoded image, and decodes a JPEG at a
+reduced scale, to keep its memory small.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -41,20 +45,40 @@ class ImageCheck:
         return self.problem is None
 
 
-def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+class DecodeBudget:
+    """Bytes of decoded pixels that threads may hold at once.
+
+    A thread waits while the images being decoded would not fit in `limit`; an image larger
+    than the limit is decoded alone.
+    """
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int):
+        with self._changed:
+            self._changed.wait_for(lambda: self._used == 0 or self._used + amount <= self._limit)
+            self._used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= amount
+                self._changed.notify_all()
+
+
+@contextlib.contextmanager
+def _reading():
+    """Turns what Pillow and the OS raise while reading a file into a `ValueError` saying why."""
     with warnings.catch_warnings():
         # The pixel limit is ours (`max_pixels`); Pillow's own error still stops anything over
-        # twice its default before the header check below runs.
+        # twice its default before our header check runs.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(
-                    f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                    f"{max_pixels:,} (possible decompression bomb)"
-                )
-            image.load()
+            yield
         except Image.DecompressionBombError as err:
             raise ValueError(f"possible decompression bomb ({err})") from None
         except FileNotFoundError:
@@ -66,38 +90,122 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
         except (OSError, SyntaxError) as err:
             # Truncated files raise OSError("image file is truncated ...") on load().
             raise ValueError(f"corrupt or truncated image (Pillow: {err})") from None
-    return image
 
 
-def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
-    transposed = ImageOps.exif_transpose(image)
-    if transposed is not None and transposed is not image:
-        orientation = image.getexif().get(0x0112)
-        if orientation not in (None, 1):
-            notes.append(f"rotated by EXIF orientation {orientation}")
-        image = transposed
+def _open(path: Path, max_pixels: int,
+          draft: bool = False) -> tuple[Image.Image, tuple[int, int] | None]:
+    """Opens an image (its header only), refusing one over `max_pixels` before decoding.
+
+    With `draft`, a JPEG is set to decode at up to 1/8 of its size: every byte of the file is
+    still read, so a truncated or corrupt file fails the same way, for a fraction of the memory.
+
+    Returns:
+        The image, not yet decoded, and its full `(width, height)` if it was reduced, else `None`.
+    """
+    with _reading():
+        image = Image.open(path)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                         f"{max_pixels:,} (possible decompression bomb)")
+    if draft and image.format == "JPEG" and image.draft(
+            None, (max(1, width // 8), max(1, height // 8))) is not None:
+        return image, (width, height)
+    return image, None
+
+
+def _load(image: Image.Image) -> None:
+    """Decodes an opened image, failing with the reason."""
+    with _reading():
+        image.load()
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """The memory Pillow takes to hold the opened image's pixels once it is decoded."""
+    mode = image.mode
+    depth = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return image.width * image.height * depth
+
+
+# EXIF orientation -> the transpose that shows the picture as a viewer does (as
+# `ImageOps.exif_transpose`); 5 to 8 swap width and height.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+_SIDEWAYS = {_ORIENTATIONS[k] for k in (5, 6, 7, 8)}
+
+# Pixels converted at a time from 16-bit, 32-bit or floating-point grayscale: the int64 and
+# float intermediates of a whole image near `MAX_PIXELS` would take gigabytes.
+_BAND_PIXELS = 1 << 20
+
+
+def _orientation(image: Image.Image, notes: list[str]) -> Image.Transpose | None:
+    """The transpose that the image's EXIF orientation asks for, noted in `notes`, or `None`."""
+    orientation = image.getexif().get(0x0112)
+    try:
+        transpose = _ORIENTATIONS.get(orientation)
+    except TypeError:  # an unhashable value: not an orientation
+        transpose = None
+    if transpose is not None:
+        notes.append(f"rotated by EXIF orientation {orientation}")
+    return transpose
+
+
+def _gray_to_8_bit(image: Image.Image, scale) -> Image.Image:
+    """A grayscale image of any depth as 8-bit "L", converted a band of rows at a time."""
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))
+        out[top:top + rows] = scale(np.asarray(band))
+    return Image.fromarray(out)
+
+
+def _top_8_bits(band: np.ndarray) -> np.ndarray:
+    return (np.clip(band.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _clip_to_8_bits(band: np.ndarray) -> np.ndarray:
+    return np.clip(band.astype(np.float32), 0, 255).astype(np.uint8)
+
+
+def _convert(image: Image.Image, notes: list[str]) -> Image.Image:
+    """Converts an (already oriented) image to "RGB", or to "L" for gray that `_rgb_array`
+    replicates to three channels, the same pixels as Pillow's own "L" to "RGB"."""
     mode = image.mode
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit (or 32-bit integer) grayscale: keep the top 8 bits of a 16-bit range.
-        array = np.asarray(image, dtype=np.int64)
-        array = (np.clip(array, 0, 65535) >> 8).astype(np.uint8)
         notes.append(f"{mode} (16-bit) grayscale converted to 8-bit RGB")
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return _gray_to_8_bit(image, _top_8_bits)
     if mode == "F":
-        array = np.clip(np.asarray(image, dtype=np.float32), 0, 255).astype(np.uint8)
         notes.append("floating-point grayscale converted to RGB")
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return _gray_to_8_bit(image, _clip_to_8_bits)
     has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
         # Transparent pixels become white, as an image viewer on a white page shows them.
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         notes.append(f"{mode} with transparency composited on white")
         return Image.alpha_composite(background, rgba).convert("RGB")
     notes.append(f"{mode} converted to RGB")
-    return image.convert("RGB")
+    return image if mode == "L" else image.convert("RGB")
+
+
+def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    transpose = _orientation(image, notes)
+    return _convert(image if transpose is None else image.transpose(transpose), notes)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """The pixels of an "RGB" or "L" image as a `uint8` `(height, width, 3)` array."""
+    array = np.asarray(image, dtype=np.uint8)
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
 
 
 def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -120,35 +228,51 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
     path = Path(path)
     try:
-        with _open_checked(path, max_pixels) as image:
-            rgb = _to_rgb(image, [])
-            return np.asarray(rgb, dtype=np.uint8)
+        image, _ = _open(path, max_pixels)
+        with image:
+            _load(image)
+            return _rgb_array(_to_rgb(image, []))
     except ValueError as err:
         raise DataError(f"{path}: {err}") from None
 
 
-def check_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:
+def check_image(path: str | Path, max_pixels: int = MAX_PIXELS,
+                budget: DecodeBudget | None = None) -> ImageCheck:
     """Checks that a file decodes to a usable RGB image, without raising.
+
+    The whole file is decoded (a JPEG at a reduced scale), but the conversion to RGB runs on
+    a small corner of it: the conversion depends on the mode, not on the pixels, and on a
+    whole image it would need several times the memory of the decoded file.
 
     Args:
         path: The file to check.
         max_pixels: Images with more pixels are refused. Defaults to `MAX_PIXELS`.
+        budget: Shared by threads that check files at once, to bound the memory they hold.
+            Defaults to `None` (no bound).
 
     Returns:
-        An `ImageCheck` with `problem` set if the file cannot be used.
+        An `ImageCheck` with `problem` set if the file cannot be used; its `size` is the
+        full size after EXIF rotation, as `load_rgb` returns it.
     """
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return ImageCheck(path, problem=f"not an image file (suffix {path.suffix!r})")
     notes: list[str] = []
     try:
-        with _open_checked(path, max_pixels) as image:
-            rgb = _to_rgb(image, notes)
-            width, height = rgb.size
+        image, full_size = _open(path, max_pixels, draft=True)
+        holding = budget.hold(_decoded_bytes(image)) if budget else contextlib.nullcontext()
+        with holding, image:  # closed (its pixels freed) before the budget is given back
+            _load(image)
+            # A TIFF applies its orientation while loading: its size is the one after `load()`.
+            width, height = full_size or image.size
+            transpose = _orientation(image, notes)
+            _convert(image.crop((0, 0, min(image.width, 64), min(image.height, 64))), notes)
     except ValueError as err:
         return ImageCheck(path, problem=str(err))
     except OSError as err:
         return ImageCheck(path, problem=f"cannot read file ({err.strerror or err})")
     if width < 1 or height < 1:
         return ImageCheck(path, problem=f"empty image ({width}x{height})")
+    if transpose in _SIDEWAYS:
+        width, height = height, width
     return ImageCheck(path, notes=tuple(notes), size=(width, height))

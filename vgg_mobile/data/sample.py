@@ -17,9 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.io import write_json
-from vgg_mobile.core.outputs import DATA_MARKER, claim_output
-from vgg_mobile.core.run_dir import SCHEMA_VERSION
-from vgg_mobile.core.version import __version__
+from vgg_mobile.core.outputs import DATA_MARKER, claim_output, marker
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
 # Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.
@@ -123,10 +121,9 @@ def write_sample_data(
         raise BadInputError(f"image_size must be at least 16. Received: {image_size}")
     with claim_output(out, ("sample_data",), force=overwrite, staged=True) as output:
         staging = output.path
-        write_json(staging / DATA_MARKER, {
-            "schema_version": SCHEMA_VERSION, "stage": "sample_data", "kind": "sample_data",
-            "classes": list(SAMPLE_CLASSES), "images_per_class": images_per_class,
-            "image_size": image_size, "seed": seed, "versions": {"vgg_mobile": __version__}})
+        write_json(staging / DATA_MARKER, marker(
+            "sample_data", "sample_data", classes=list(SAMPLE_CLASSES),
+            images_per_class=images_per_class, image_size=image_size, seed=seed))
         for class_index, label in enumerate(SAMPLE_CLASSES):
             rng = np.random.default_rng([seed, class_index])
             (staging / label).mkdir()

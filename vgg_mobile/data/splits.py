@@ -3,7 +3,8 @@
 One rule for every stage that starts from a parent run (compression, distillation,
 evaluation, conversion): on the very folder the parent was trained on, reuse the parent's
 seeded split, so that no image the parent learned from is counted as held out. A pre-split
-folder keeps its own `val/`; any other folder gets a fresh seeded, stratified split.
+folder keeps its own `val/`; any other folder (and a `train/` without images in `val/`) gets a
+fresh seeded, stratified split.
 The manifest's `data` record is written by `data_record`, the same way by every stage.
 """
 
@@ -29,7 +30,8 @@ class SplitChoice:
         seed: Seed of the per-class shuffle.
         source: `presplit` (the folder's own `val/`), `parent` (the parent run's split of
             the folder it was trained on) or `own` (a new split of another folder).
-        note: A warning for the log when a requested setting could not be honoured, else "".
+        note: A warning for the log when a requested setting could not be honoured, or when
+            a `train/` without images in `val/` was split, else "".
     """
 
     parts: Split
@@ -49,6 +51,9 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
                  val_fraction: float | None = None, seed: int = 0) -> SplitChoice:
     """Splits `folder` for a stage, reusing the parent's split on the parent's own folder.
 
+    A folder with `train/` but no images in `val/` is split like an unsplit folder: its
+    `train/` gives the validation images, and the `note` says so.
+
     Args:
         folder: A checked folder from `dataset.scan_folder`.
         parent_manifest: The parent run's manifest, or `None` for a first stage.
@@ -59,23 +64,34 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
         A `SplitChoice`. On the parent's folder its `note` says when a different
         `val_fraction` or `seed` was asked for and ignored (honouring it would validate on
         images the parent trained on).
+
+    Raises:
+        DataError: A `train/` without images in `val/`, and a `val_fraction` of 0.
     """
     recorded = (parent_manifest or {}).get("data") or {}
-    if folder.presplit:
+    if folder.val:
         fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         return SplitChoice(split(folder, fraction, seed), fraction, seed, "presplit")
     if parent_manifest is not None and trained_on(parent_manifest, folder):
         fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION))
-        parent_seed = int(recorded.get("seed", 0))
-        note = ""
+        source, chosen_seed, note = "parent", int(recorded.get("seed", 0)), ""
         if val_fraction is not None and val_fraction != fraction:
             note = (f"val_fraction={val_fraction} ignored: on the folder the parent run was trained "
-                    f"on, its split (val_fraction={fraction}, seed={parent_seed}) is reused so that "
+                    f"on, its split (val_fraction={fraction}, seed={chosen_seed}) is reused so that "
                     "no image it learned from is validated on")
-        return SplitChoice(split(folder, fraction, parent_seed), fraction, parent_seed, "parent", note)
-    fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION)) if val_fraction is None \
-        else val_fraction
-    return SplitChoice(split(folder, fraction, seed), fraction, seed, "own")
+    else:
+        fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION)) if val_fraction is None \
+            else val_fraction
+        source, chosen_seed, note = "own", seed, ""
+    if folder.presplit:
+        if fraction <= 0:
+            raise DataError(f"{folder.root / 'val'}: missing or without images, and val_fraction "
+                            f"is {fraction}: a validation set is needed; add val/<class>/ images "
+                            "or give a val_fraction above 0 to hold out part of train/")
+        note = "; ".join(filter(None, (note, (
+            f"{folder.root / 'val'} is missing or without images: validating on a seeded, "
+            f"stratified split of train/ (val_fraction={fraction}, seed={chosen_seed})"))))
+    return SplitChoice(split(folder, fraction, chosen_seed), fraction, chosen_seed, source, note)
 
 
 def data_record(folder: ImageFolder, choice: SplitChoice) -> dict:
@@ -83,6 +99,7 @@ def data_record(folder: ImageFolder, choice: SplitChoice) -> dict:
     return {"path": str(folder.root.resolve()), "fingerprint": folder.fingerprint(),
             "presplit": folder.presplit, "split_from": choice.source,
             "val_fraction": choice.val_fraction, "seed": choice.seed,
+            "val_from_train": folder.presplit and not folder.val,
             "train_images": len(choice.parts.train), "val_images": len(choice.parts.val),
             "class_counts": folder.class_counts(choice.parts.train),
             "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]}
@@ -92,7 +109,8 @@ def held_out(run_manifest: dict, folder: ImageFolder, which: str = "auto") -> tu
     """The images to evaluate (or verify) a run on, and the name of that split.
 
     `auto` picks the held-out images: a pre-split folder's `val/`; on the folder the run was
-    trained on, its validation split; on any other folder, every image.
+    trained on, its validation split (of `train/`, for a folder without images in `val/`);
+    on any other folder, every image.
 
     Raises:
         DataError: An unknown split name, or an empty split.
@@ -100,7 +118,7 @@ def held_out(run_manifest: dict, folder: ImageFolder, which: str = "auto") -> tu
     if which not in EVALUATION_SPLITS:
         raise DataError(f"split must be one of {', '.join(EVALUATION_SPLITS)}. Received: split={which!r}")
     if which == "auto":
-        which = "val" if folder.presplit or trained_on(run_manifest, folder) else "all"
+        which = "val" if folder.val or trained_on(run_manifest, folder) else "all"
     if which == "all":
         return folder.train + (folder.val or ()), "all"
     recorded_seed = int(((run_manifest or {}).get("data") or {}).get("seed", 0))

@@ -16,11 +16,15 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError, require
 
 # The mean RGB pixel of ImageNet, subtracted by the VGG ("caffe") preprocessing.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+# The largest input side. Activations grow with its square: far above this, a model (and a
+# batch of its inputs) no longer fits in memory.
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,8 @@ class ModelOptions:
 
     Attributes:
         architecture: A name from `ARCHITECTURES`.
-        image_size: Side of the square input in pixels.
+        image_size: Side of the square input in pixels, from the architecture's `min_size`
+            to `MAX_IMAGE_SIZE`.
         weights: `"imagenet"` (from the local Keras cache, never downloaded), `"none"`
             (random), a path to an `.h5` weights file of the backbone, or `"auto"`: ImageNet
             weights when they are in the local cache, else random (see `choose_weights`).
@@ -50,6 +55,9 @@ class ModelOptions:
                 f"{spec.name} needs an image size of at least {spec.min_size}. "
                 f"Received: image_size={self.image_size}"
             )
+        require(self.image_size <= MAX_IMAGE_SIZE,
+                f"image_size must be between {spec.min_size} and {MAX_IMAGE_SIZE}",
+                f"image_size={self.image_size}")
         if not 0 <= self.dropout < 1:
             raise BadInputError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if self.head_units < 0:

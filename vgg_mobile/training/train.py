@@ -150,6 +150,8 @@ def train(
         log(f"{len(folder.converted)} image(s) converted to RGB on reading (e.g. "
             f"{folder.converted[0].path.name}: {'; '.join(folder.converted[0].notes)})")
     choice = splits.choose_split(folder, None, config.val_fraction, config.seed)
+    if choice.note:
+        log(choice.note)
     run_config = _run_config(options, config)
     fingerprint = folder.fingerprint()
 

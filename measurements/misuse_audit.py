@@ -1,0 +1,326 @@
+"""Misuse audit: each case run as a user would, through the real `vgg-mobile` command.
+
+    uv run python measurements/misuse_audit.py [--keep DIR]
+
+Builds a small world in a temporary folder (the sample data, a 1-epoch MobileNetV2 run, its
+export and demo), then runs every case: `--force` on folders vgg-mobile did not write, outputs
+that overlap inputs, names that climb out of `--out`, models that would run code, damaged
+files, bad flag values, a second writer, Ctrl-C during a replacement, the demo server. For each
+case it prints the exit code and whether what must be kept was kept (a SHA-256 of every file
+before and after). A row that breaks its rule is marked `FAIL` and the script exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def vgg(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vgg_mobile", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def digest(path: Path) -> dict:
+    if path.is_file():
+        return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@dataclasses.dataclass
+class Row:
+    case: str
+    code: int | str
+    expected: str
+    kept: str
+    ok: bool
+    message: str
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:150]
+
+
+def user_folder(path: Path) -> Path:
+    (path / "photos").mkdir(parents=True)
+    (path / "photos" / "beach.jpg").write_bytes(b"jpeg")
+    (path / "thesis.docx").write_text("chapter 1")
+    (path / "manifest.json").write_text('{"name": "app"}')
+    return path
+
+
+def dot_folder(path: Path) -> Path:
+    (path / ".git").mkdir(parents=True)
+    (path / ".git" / "config").write_text("[core]")
+    (path / ".env").write_text("TOKEN=1")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, default=None, help="Work here and keep it.")
+    args = parser.parse_args()
+    base = args.keep or Path(tempfile.mkdtemp(prefix="vgg-misuse-"))
+    base.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+
+    def case(name: str, argv: list, expect: int | tuple, keep: list[Path] = (),
+             extra: Callable[[subprocess.CompletedProcess], tuple[bool, str]] | None = None,
+             timeout: float = 600):
+        before = {str(p): digest(p) for p in keep}
+        result = vgg(*argv, timeout=timeout)
+        expected = expect if isinstance(expect, tuple) else (expect,)
+        kept = all(Path(p).exists() and digest(Path(p)) == d for p, d in before.items())
+        ok = result.returncode in expected and kept and "Traceback" not in result.stderr
+        note = "all" if keep else "-"
+        if extra is not None:
+            extra_ok, note = extra(result)
+            ok = ok and extra_ok
+        if keep and not kept:
+            note = "LOST"
+        rows.append(Row(name, result.returncode, "/".join(map(str, expected)), note, ok,
+                        last_line(result.stderr)))
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: exit {result.returncode}", flush=True)
+
+    data = base / "data"
+    print(f"building the world in {base} ...", flush=True)
+    vgg("sample-data", data, "--images-per-class", "12", "--image-size", "32", check=True)
+    run = base / "run"
+    tiny = ["--architecture", "mobilenet_v2_0.35", "--head-units", "0", "--image-size", "32",
+            "--weights", "none", "--batch-size", "8"]
+    vgg("train", data, "--out", run, "--epochs", "1", *tiny, "--quiet", check=True)
+    export = base / "export"
+    vgg("convert", run, "--out", export, "--flavour", "dynamic", "--tfjs-quantization", "none",
+        check=True)
+    site = base / "site"
+    vgg("demo", site, "--model", export, check=True)
+
+    # --force on folders vgg-mobile did not write.
+    work, repo = user_folder(base / "vA"), dot_folder(base / "repo")
+    for folder in (work, repo):
+        label = "someone's folder with its own manifest.json" if folder == work else "a folder of dotfiles only"
+        case(f"train --force over {label}",
+             ["train", data, "--out", folder, "--force", *tiny, "--epochs", "1"], 2, [folder])
+    case("distill --force over someone's folder",
+         ["distill", "--teacher", run, "--data", data, "--out", work, "--force", "--image-size", "32"],
+         2, [work])
+    case("prune --force over someone's folder",
+         ["prune", run, "--data", data, "--out", work, "--force"], 2, [work])
+    case("qat --force over someone's folder", ["qat", run, "--data", data, "--out", work, "--force"],
+         2, [work])
+
+    # Names and paths.
+    important = base / "abs" / "important_dynamic.tflite"
+    important.parent.mkdir()
+    important.write_bytes(b"keep")
+    case("convert --name ../../evil (budget missed too)",
+         ["convert", run, "--out", base / "o1", "--name", "../../evil", "--flavour", "dynamic",
+          "--no-tfjs", "--max-size", "1kB"], 2, [run],
+         lambda r: (not list(base.parent.glob("evil*")) and not (base / "o1").exists(),
+                    "nothing written"))
+    case("convert --name /abs/path/important",
+         ["convert", run, "--out", base / "o2", "--name", important.parent / "important",
+          "--flavour", "dynamic", "--no-tfjs"], 2, [important])
+    config = base / "evil.toml"
+    config.write_text('[export]\nname = "../../evil"\n')
+    case("pipeline with [export] name = \"../../evil\"",
+         ["pipeline", data, "--out", base / "p1", "--config", config], 2, [],
+         lambda r: (not (base / "p1").exists(), "nothing written"))
+
+    # A run directory that would run code, or point outside itself.
+    marker = base / "PWNED"
+    evil = base / "evil_run"
+    shutil.copytree(run, evil)
+    _lambda_h5(evil / "model.h5", marker)
+    manifest = json.loads((evil / "manifest.json").read_text())
+    manifest["model_file"] = "model.h5"
+    (evil / "manifest.json").write_text(json.dumps(manifest))
+    case("evaluate a run whose model.h5 holds a Lambda",
+         ["evaluate", evil, "--data", data], 2, [evil],
+         lambda r: (not marker.exists(), "no code ran" if not marker.exists() else "CODE RAN"))
+    outside = base / "outside_run"
+    shutil.copytree(run, outside)
+    manifest = json.loads((outside / "manifest.json").read_text())
+    manifest["model_file"] = str((run / "model.keras").resolve())
+    (outside / "manifest.json").write_text(json.dumps(manifest))
+    case("evaluate a run whose model_file is an absolute path elsewhere",
+         ["evaluate", outside, "--data", data], 2, [outside])
+
+    # --force on inputs.
+    case("convert RUN --out RUN --force", ["convert", run, "--out", run, "--force"], 2, [run])
+    case("convert --data D --out D --force",
+         ["convert", run, "--data", data, "--out", data, "--force"], 2, [data])
+    assets = base / "app" / "src" / "main" / "assets"
+    assets.mkdir(parents=True)
+    (assets / "fonts.ttf").write_bytes(b"font")
+    case("convert --android app/src/main/assets --force (other assets there)",
+         ["convert", run, "--out", base / "o3", "--android", assets, "--force", "--no-tfjs"], 2,
+         [assets])
+    case("demo wx --model wx --force", ["demo", export, "--model", export, "--force"], 2, [export])
+    case("train D --out D/run", ["train", data, "--out", data / "run", *tiny, "--epochs", "1"], 2,
+         [data])
+
+    # Ctrl-C two seconds into `train --force` over a finished run.
+    before = digest(run)
+    process = subprocess.Popen([sys.executable, "-m", "vgg_mobile", "train", data, "--out", run,
+                                "--force", *tiny, "--epochs", "3", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    kept = digest(run) == before
+    rows.append(Row("Ctrl-C 2 s into train --force over a finished run", process.returncode,
+                    "130", "all" if kept else "LOST", process.returncode == 130 and kept,
+                    last_line(stderr)))
+
+    # Two pipelines on one OUT.
+    out = base / "pipe"
+    first = subprocess.Popen([sys.executable, "-m", "vgg_mobile", "pipeline", data, "--out", out],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = base / ".pipe.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    case("a second pipeline on the same --out", ["pipeline", data, "--out", out], 4, [],
+         lambda r: ("pid" in r.stderr, "first keeps running"))
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+
+    # Hidden leftovers of a killed export.
+    leftover = base / ".export2.a1b2.partial"
+    leftover.mkdir()
+    (base / ".export2.replacing").mkdir()
+    case("convert after a killed one left hidden folders",
+         ["convert", run, "--out", base / "export2", "--flavour", "dynamic", "--no-tfjs"], 0, [],
+         lambda r: (not leftover.exists() and not (base / ".export2.replacing").exists(),
+                    "leftovers removed"))
+
+    # Damaged model files.
+    tflite = next(export.glob("*.tflite"))
+    rng = random.Random(0)
+    codes = []
+    for i in range(12):
+        data_bytes = bytearray(tflite.read_bytes())
+        for _ in range(4):
+            data_bytes[rng.randrange(len(data_bytes))] = rng.randrange(256)
+        damaged = base / f"damaged_{i}.tflite"
+        damaged.write_bytes(bytes(data_bytes))
+        codes.append(vgg("inspect", damaged).returncode)
+    rows.append(Row("inspect: 12 .tflite files with 4 random bytes changed",
+                    ",".join(sorted({str(c) for c in codes})), "0/2", "-",
+                    set(codes) <= {0, 2}, ""))
+
+    # Flag values and files of the wrong type.
+    for name, argv in [
+        ("--max-size nan", ["convert", run, "--out", base / "o4", "--max-size", "nan"]),
+        ("--max-size inf", ["convert", run, "--out", base / "o4", "--max-size", "inf"]),
+        ("--min-agreement abc", ["convert", run, "--out", base / "o4", "--min-agreement", "abc"]),
+        ("--max-accuracy-drop x", ["convert", run, "--out", base / "o4", "--max-accuracy-drop", "x"]),
+        ("serve --port 99999", ["serve", site, "--port", "99999"]),
+        ("evaluate --batch-size 0", ["evaluate", run, "--data", data, "--batch-size", "0"]),
+        ("train --image-size 20000", ["train", data, "--out", base / "big", "--image-size", "20000"]),
+    ]:
+        case(name, argv, 2)
+    wrong = base / "wrong_type"
+    shutil.copytree(run, wrong)
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    manifest["input"] = {"size": "big"}
+    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    case("evaluate: a manifest field of the wrong type", ["evaluate", wrong, "--data", data], 2)
+    mismatch = base / "mismatch"
+    shutil.copytree(run, mismatch)
+    manifest = json.loads((mismatch / "manifest.json").read_text())
+    manifest["classes"] = manifest["classes"][:3]
+    manifest["num_classes"] = 3
+    (mismatch / "manifest.json").write_text(json.dumps(manifest))
+    (mismatch / "labels.txt").write_text("".join(f"{c}\n" for c in manifest["classes"]))
+    case("evaluate: a model that does not match its manifest",
+         ["evaluate", mismatch, "--data", data], 2)
+
+    # Data folders.
+    selfclass = base / "data_self"
+    shutil.copytree(data, selfclass)
+    (selfclass / "selfclass").symlink_to(".")
+    case("train on a folder with a symlink class -> .",
+         ["train", selfclass, "--out", base / "r_self", *tiny, "--epochs", "1"], 2)
+    newline = base / "data_newline"
+    shutil.copytree(data, newline)
+    os.rename(newline / "circle", newline / "cir\ncle")
+    case("train on a class folder named with a newline",
+         ["train", newline, "--out", base / "r_nl", *tiny, "--epochs", "1"], 2)
+    nested = base / "data_nested"
+    shutil.copytree(data, nested)
+    shutil.copytree(run, nested / "old_run")
+    case("train on a folder holding an earlier run",
+         ["train", nested, "--out", base / "r_nested", *tiny, "--epochs", "1"], 2)
+
+    # The demo server.
+    (site / ".env").write_text("TOKEN=1")
+    server = subprocess.Popen([sys.executable, "-m", "vgg_mobile", "serve", site, "--host",
+                               "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        answers = {}
+        for path in ("/.env", "/.git/config", "/index.html%00.js", "/index.html"):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", path)
+            answers[path] = connection.getresponse().status
+            connection.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, server_err = server.communicate(timeout=30)
+    warned = "every interface" in server_err or "beyond this machine" in server_err
+    ok = (answers["/.env"] == 404 and answers["/.git/config"] == 404
+          and answers["/index.html%00.js"] in (400, 404) and answers["/index.html"] == 200
+          and warned and "Traceback" not in server_err)
+    rows.append(Row("serve --host 0.0.0.0; GET /.env, /.git/config, a %00 path, then /index.html",
+                    " ".join(str(v) for v in answers.values()), "404 404 4xx 200",
+                    "warned" if warned else "no warning", ok, ""))
+
+    print()
+    print("| case | exit | expected | kept | result |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row.case} | {row.code} | {row.expected} | {row.kept} | "
+              f"{'ok' if row.ok else 'FAIL'} |")
+    print()
+    for row in rows:
+        if row.message:
+            print(f"- {row.case}: `{row.message}`")
+    if args.keep is None:
+        shutil.rmtree(base, ignore_errors=True)
+    sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+def _lambda_h5(path: Path, marker: Path) -> None:
+    """An .h5 model whose Lambda layer creates `marker` when the model is deserialised."""
+    code = (f"import tf_keras as keras\n"
+            f"inputs = keras.Input((32, 32, 3))\n"
+            f"x = keras.layers.Lambda(lambda t: (open({str(marker)!r}, 'w').write('x'), t)[1])(inputs)\n"
+            f"x = keras.layers.GlobalAveragePooling2D()(x)\n"
+            f"outputs = keras.layers.Dense(4, activation='softmax', name='probs')(x)\n"
+            f"keras.Model(inputs, outputs).save({str(path)!r})\n")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    marker.unlink(missing_ok=True)  # built while saving: only a load may create it now
+
+
+if __name__ == "__main__":
+    main()
