@@ -201,7 +201,7 @@ def convert_run(
     if android_dir is not None:
         check_no_overlap(Path(android_dir), (run.path, data_dir, out_dir), "--android")
     if data_dir is None:
-        recorded = run.manifest.get("data", {}).get("path")
+        recorded = (run.manifest.get("data") or {}).get("path")
         if not recorded or not Path(recorded).is_dir():
             raise DataError(f"{run.path}: no --data given and the training folder recorded in "
                             f"the manifest ({recorded!r}) is not available")

@@ -50,7 +50,13 @@ def test_android_assets_hold_the_int8_model_labels_and_instructions(export):
     base, manifest = export
     android = base / "android"
     int8 = next(a for a in manifest["artifacts"] if a["flavour"] == "int8")
-    assert sorted(p.name for p in android.iterdir()) == sorted([int8["file"], "README.md", "labels.txt"])
+    assert sorted(p.name for p in android.iterdir()) == sorted(
+        [int8["file"], "README.md", "labels.txt", "manifest.json"])
+    # The manifest marks the folder as vgg-mobile's (so --force may replace it) and says
+    # which model it holds.
+    own = json.loads((android / "manifest.json").read_text())
+    assert own["kind"] == "android_assets" and own["model"]["file"] == int8["file"]
+    assert own["classes"] == manifest["classes"]
     assert (android / int8["file"]).read_bytes() == (base / "out" / int8["file"]).read_bytes()
     readme = (android / "README.md").read_text()
     assert 'noCompress += "tflite"' in readme and "ImageClassifier" in readme

@@ -197,3 +197,15 @@ def test_inside_keeps_paths_in_their_folder(tmp_path):
     for name in ("../secret", str(tmp_path / "secret"), "link", "a\x00b"):
         with pytest.raises(RunDirError):
             inside(folder, name, "model_file")
+
+
+def test_the_current_folder_can_be_replaced_by_name(tmp_path, monkeypatch):
+    run = own_run(tmp_path / "run")
+    monkeypatch.chdir(run)
+    with claim_output(".", ("run",), force=True) as output:
+        assert output.path == replacing_path(run)
+        (output.path / "model.keras").write_bytes(b"new model")
+    assert (run / "model.keras").read_bytes() == b"new model"
+    with pytest.raises(RunDirError, match="root folder"):
+        with claim_output("/", ("run",), force=True):
+            pass

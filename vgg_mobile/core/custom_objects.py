@@ -34,3 +34,16 @@ def load_scope(manifest: dict):
 
         return tfmot.quantization.keras.quantize_scope()
     return contextlib.nullcontext()
+
+
+def scope_class_names(manifest: dict) -> frozenset[str]:
+    """The class names that `load_scope(manifest)` lets Keras build beyond its own.
+
+    Args:
+        manifest: The run's manifest, as for `load_scope`.
+
+    Returns:
+        tfmot's quantization classes for a quantization-aware model, else none.
+    """
+    scope = load_scope(manifest)
+    return frozenset(name for objects in getattr(scope, "custom_objects", ()) for name in objects)

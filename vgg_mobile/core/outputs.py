@@ -107,20 +107,31 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
-def inside(folder: str | Path, name: str, what: str) -> Path:
+def inside(folder: str | Path, name: str, what: str, source: str | Path | None = None) -> Path:
     """`folder / name`, checked to stay inside `folder` (symbolic links followed).
 
+    Args:
+        folder: The folder the path must stay in.
+        name: A relative path read from a file or a flag.
+        what: What `name` is, for messages (`model_file`).
+        source: The file that named it, for messages. Defaults to `folder`.
+
     Raises:
-        RunDirError: `name` is absolute, climbs out with `..`, or leads out through a link.
+        RunDirError: `name` is absolute, climbs out with `..`, leads out through a link, or
+            cannot be resolved (a link loop).
     """
     folder = Path(folder)
+    where = source or folder
     if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute():
-        raise RunDirError(f"{folder}: {what} {name!r} is not a path inside the folder")
+        raise RunDirError(f"{where}: {what} {name!r} is not a path inside {folder}")
     path = folder / name
-    root = folder.resolve()
-    resolved = path.resolve()
+    try:
+        root, resolved = folder.resolve(), path.resolve()
+    except (OSError, RuntimeError) as err:  # a symbolic-link loop
+        raise RunDirError(f"{where}: {what} {name!r} cannot be resolved ({err})") from None
     if resolved != root and root not in resolved.parents:
-        raise RunDirError(f"{folder}: {what} {name!r} leads outside the folder")
+        raise RunDirError(f"{where}: {what} {name!r} leads outside the folder {folder} "
+                          f"(to {str(resolved)[:200]})")
     return path
 
 
@@ -159,7 +170,7 @@ def lock(target: str | Path) -> Iterator[Path]:
     Raises:
         OutputBusyError: Another process holds the lock.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     path = target.parent / f".{target.name}.lock"
     while True:
@@ -299,7 +310,10 @@ def claim_output(
         BadInputError, RunDirError: The folder may not be used (see the rule).
         OutputBusyError: Another process is writing it.
     """
-    target = Path(target)
+    # Absolute, so that `.` or `runs/..` have a name and a parent to stage and lock beside.
+    target = Path(os.path.abspath(target))
+    if not target.name:
+        raise RunDirError(f"{target}: {what} cannot be the root folder; choose another")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise RunDirError(f"{target}: {what} exists and is not a folder (or is a link); "
                           "choose another")

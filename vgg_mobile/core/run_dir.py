@@ -16,19 +16,22 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import shutil
+import os
 import sys
+import unicodedata
 from pathlib import Path
 
-from vgg_mobile.core.custom_objects import load_scope
+from vgg_mobile.core.custom_objects import load_scope, scope_class_names
 from vgg_mobile.core.errors import RunDirError
+from vgg_mobile.core.outputs import SCHEMA_VERSION, inside
 from vgg_mobile.core.io import atomic_path, write_json, write_text
+from vgg_mobile.core.model_files import check_model_file, keras_class_names, one_line, short_repr
 from vgg_mobile.core.version import __version__
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MODEL = "model.keras"
+MODEL_SUFFIXES = (".keras", ".h5")
 CHECKPOINTS = "checkpoints"
 
 
@@ -98,7 +101,7 @@ class Manifest:
     kind: str = "image_classifier"
 
     def __post_init__(self):
-        if not self.stage or not self.stage.replace("_", "").isalnum():
+        if not _is_name(self.stage):
             raise ValueError(f"stage must be a name of letters, digits and _. Received: stage={self.stage!r}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct and at least one. Received: classes={self.classes!r}")
@@ -151,27 +154,161 @@ class Run:
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.manifest.get("model_file", MODEL)
-
-    def load_model(self):
-        """Loads the run's model (not compiled).
+        """The model file, checked to be a plain file name inside the run folder.
 
         Raises:
-            RunDirError: The model file is missing, truncated or not a Keras model.
+            RunDirError: The manifest names no model (`model_file: null`, an export folder)
+                or one outside the run folder.
+        """
+        name = self.manifest.get("model_file", MODEL)
+        if name is None:
+            raise RunDirError(f"{self.path / MANIFEST}: model_file is null, so this folder holds "
+                              "no Keras model (an export folder?)")
+        return _model_path(self.path, name)
+
+    def load_model(self):
+        """Loads the run's model (not compiled), never running code from the file.
+
+        The file's architecture config is checked first (see `model_files.check_config`):
+        no `Lambda` layer or other Python code, only classes of Keras and of the run's
+        load scope. After loading, the model must fit the manifest: one score per class,
+        images of `input.size`.
+
+        Raises:
+            RunDirError: The model file is missing, truncated, not a Keras model, holds code
+                or unknown classes, or does not fit the manifest.
         """
         import tf_keras as keras
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
 
         path = self.model_path
         if not path.is_file():
             raise RunDirError(f"{path}: model file missing from run directory")
+        check_model_file(path, keras_class_names() | scope_class_names(self.manifest))
         try:
-            with load_scope(self.manifest):
-                return keras.models.load_model(path, compile=False)
+            # Safe mode for both formats: the HDF5 loader ignores `safe_mode` but not the scope.
+            with load_scope(self.manifest), SafeModeScope(True):
+                model = keras.models.load_model(path, compile=False, safe_mode=True)
         except Exception as err:  # Keras raises many types for a damaged file.
             raise RunDirError(
                 f"{path}: cannot load the model; the file is damaged or not a Keras model "
-                f"({type(err).__name__}: {str(err)[:200]})"
+                f"({type(err).__name__}: {one_line(err)})"
             ) from None
+        _check_fits(path, model, self.classes, self.manifest["input"]["size"])
+        return model
+
+
+def _check_fits(path: Path, model, classes: tuple[str, ...], size: list[int]) -> None:
+    """Refuses a model whose output is not one score per class, or whose input is not an
+    RGB image of `size`."""
+    try:
+        inputs, outputs = model.input_shape, model.output_shape
+    except (AttributeError, RuntimeError, ValueError) as err:
+        raise RunDirError(f"{path}: the model has no defined input and output shape "
+                          f"({one_line(err)})") from None
+    if not (isinstance(outputs, tuple) and len(outputs) == 2):
+        raise RunDirError(f"{path}: the model outputs shape {outputs}, not one score per class "
+                          f"(the manifest lists {len(classes)} classes)")
+    if outputs[1] != len(classes):
+        raise RunDirError(f"{path}: the model outputs {outputs[1]} classes but the manifest lists "
+                          f"{len(classes)}")
+    if not (isinstance(inputs, tuple) and len(inputs) == 4):
+        raise RunDirError(f"{path}: the model takes input of shape {inputs}, not a batch of images "
+                          "(batch, height, width, channels)")
+    if any(have not in (None, want) for have, want in zip(inputs[1:3], size)):
+        raise RunDirError(f"{path}: the model takes {inputs[1]}x{inputs[2]} images but the "
+                          f"manifest's input.size is {list(size)}")
+    if inputs[3] not in (None, 3):
+        raise RunDirError(f"{path}: the model takes {inputs[3]}-channel images; vgg-mobile feeds "
+                          "RGB (3 channels)")
+
+
+def _model_path(run_path: Path, name) -> Path:
+    """`run_path / name`, for a manifest's `model_file` that is a plain `.keras` or `.h5` file
+    name whose real path (symlinks followed) stays inside the run folder.
+
+    Raises:
+        RunDirError: Naming the manifest and the value.
+    """
+    manifest_path = run_path / MANIFEST
+    plain = (isinstance(name, str) and name not in (".", "..") and Path(name).suffix in MODEL_SUFFIXES
+             and not any(c in "/\\" or unicodedata.category(c)[0] == "C" for c in name))
+    if not plain:
+        raise RunDirError(f"{manifest_path}: model_file must be the name of a .keras or .h5 file in "
+                          f"the run folder. Received: model_file={short_repr(name)}")
+    return inside(run_path, name, "model_file", manifest_path)
+
+
+def _is_name(text) -> bool:
+    """A stage name: letters, digits and `_`, as a folder and a config section are named."""
+    return isinstance(text, str) and bool(text) and text.replace("_", "").isalnum()
+
+
+def _is_path(value) -> bool:
+    """A string the operating system accepts as a path."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_class_name(name) -> bool:
+    """A class name: a non-empty string that is one line of `labels.txt`."""
+    return isinstance(name, str) and bool(name) and not any(
+        unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name)
+
+
+def _check_fields(manifest_path: Path, manifest: dict) -> None:
+    """Checks the type of every manifest field that `Run` and the later stages read.
+
+    Raises:
+        RunDirError: `{manifest_path}: {field} must be .... Received: {field}={value}`.
+    """
+
+    def require(ok: bool, field: str, what: str, value) -> None:
+        if not ok:
+            raise RunDirError(f"{manifest_path}: {field} must be {what}. "
+                              f"Received: {field}={short_repr(value)}")
+
+    stage, classes, input_ = manifest["stage"], manifest["classes"], manifest["input"]
+    require(_is_name(stage), "stage", "a name of letters, digits and _", stage)
+    require(isinstance(classes, list) and bool(classes) and all(map(_is_class_name, classes))
+            and len(set(classes)) == len(classes), "classes",
+            "a list of at least one distinct, non-empty name without control characters", classes)
+    if "num_classes" in manifest:
+        require(_is_int(manifest["num_classes"]) and manifest["num_classes"] == len(classes),
+                "num_classes", f"the number of classes ({len(classes)})", manifest["num_classes"])
+    require(isinstance(input_, dict), "input", "an object", input_)
+    size = input_.get("size")
+    require(isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size)
+            and size[0] == size[1], "input.size", "[side, side] with a positive integer side", size)
+    for field in ("preprocessing", "output", "metrics", "config", "data"):
+        value = manifest.get(field)
+        require(value is None or isinstance(value, dict), field, "an object or null", value)
+    for field in ("parent", "kind"):
+        value = manifest.get(field)
+        require(value is None or isinstance(value, str), field, "a string or null", value)
+    architecture = manifest.get("architecture")
+    require(architecture is None or (isinstance(architecture, str) and bool(architecture) and all(
+        c.isalnum() or c in "_.-" for c in architecture) and not architecture.startswith(".")),
+        "architecture", "null or a name of letters, digits, _, . and -", architecture)
+    require(isinstance(manifest.get("quantization_aware", False), bool), "quantization_aware",
+            "true or false", manifest.get("quantization_aware"))
+    data = manifest.get("data") or {}
+    require(data.get("path") is None or _is_path(data["path"]), "data.path", "a path or null",
+            data.get("path"))
+    require(_is_int(data.get("seed", 0)) and data.get("seed", 0) >= 0, "data.seed",
+            "an integer >= 0", data.get("seed"))
+    fraction = data.get("val_fraction", 0)
+    require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+            and 0 <= fraction < 1, "data.val_fraction", "a number in [0, 1)", fraction)
 
 
 def load_run(path: str | Path) -> Run:
@@ -179,7 +316,8 @@ def load_run(path: str | Path) -> Run:
 
     Raises:
         RunDirError: No such directory, no or unreadable manifest (e.g. an unfinished run),
-            a schema from a newer vgg-mobile, or labels that disagree with the manifest.
+            a schema from a newer vgg-mobile, a manifest field of the wrong type, a
+            `model_file` outside the run folder, or labels that disagree with the manifest.
     """
     path = Path(path)
     if not path.is_dir():
@@ -191,27 +329,35 @@ def load_run(path: str | Path) -> Run:
         raise RunDirError(f"{manifest_path}: missing, so {path} is not a finished run{hint}")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunDirError(f"{manifest_path}: not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a huge or deep value
+        raise RunDirError(f"{manifest_path}: not valid JSON ({one_line(err)})") from None
     if not isinstance(manifest, dict):
         raise RunDirError(f"{manifest_path}: expected a JSON object")
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not _is_int(version) or not 1 <= version <= SCHEMA_VERSION:
         raise RunDirError(
-            f"{manifest_path}: schema_version {version!r} is not supported "
+            f"{manifest_path}: schema_version {short_repr(version)} is not supported "
             f"(this vgg-mobile reads up to {SCHEMA_VERSION})"
         )
     for key in ("classes", "input", "stage"):
         if key not in manifest:
             raise RunDirError(f"{manifest_path}: missing required field {key!r}")
+    _check_fields(manifest_path, manifest)
+    model_file = manifest.get("model_file", MODEL)
+    if model_file is not None:
+        _model_path(path, model_file)
     labels_path = path / LABELS
     if not labels_path.is_file():
         raise RunDirError(f"{labels_path}: missing from run directory")
-    labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        text = labels_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RunDirError(f"{labels_path}: not UTF-8 text ({one_line(err)})") from None
+    labels = [line for line in text.splitlines() if line]
     if labels != list(manifest["classes"]):
         raise RunDirError(
-            f"{labels_path}: labels {labels} disagree with the manifest's classes "
-            f"{manifest['classes']}"
+            f"{labels_path}: labels {short_repr(labels, 300)} disagree with the manifest's "
+            f"classes {short_repr(manifest['classes'], 300)}"
         )
     return Run(path, manifest)
 
@@ -221,35 +367,3 @@ def manifest_digest(run_path: str | Path) -> str | None:
     for a run that has not finished."""
     manifest = Path(run_path) / MANIFEST
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
-
-
-def prepare_out_dir(out: str | Path, resume: bool = False, force: bool = False) -> Path:
-    """Checks that `out` may be written by a new (or resumed) run, clearing it with `force`.
-
-    Raises:
-        RunDirError: `out` holds a finished run (without `force`), an interrupted one (without
-            `resume` or `force`), or unrelated files (never deleted, even with `force`).
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: exists and is not a directory")
-    entries = [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
-    finished = (out / MANIFEST).is_file()
-    interrupted = (out / CHECKPOINTS).is_dir() and not finished
-    if resume:
-        if finished:
-            raise RunDirError(f"{out}: holds a finished run; nothing to resume")
-        if not interrupted:
-            raise RunDirError(f"{out}: no interrupted run to resume (no {CHECKPOINTS}/ folder)")
-        return out
-    if entries and not (finished or interrupted):
-        raise RunDirError(f"{out}: exists and is not a vgg-mobile run directory; choose another --out")
-    if finished and not force:
-        raise RunDirError(f"{out}: already holds a finished run (pass --force to replace it)")
-    if interrupted and not force:
-        raise RunDirError(
-            f"{out}: holds an interrupted run; pass --resume to continue it or --force to restart")
-    if out.exists() and force:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out

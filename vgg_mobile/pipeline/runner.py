@@ -26,7 +26,7 @@ from typing import Callable
 
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import gzip_size, write_text
-from vgg_mobile.core.outputs import lock
+from vgg_mobile.core.outputs import inside, lock
 from vgg_mobile.core.run_dir import manifest_digest
 from vgg_mobile.data import dataset
 from vgg_mobile.models.architectures import resolve_weights
@@ -252,7 +252,8 @@ def _model_gzip_bytes(run_path: Path) -> int | None:
     if not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return gzip_size(run_path / manifest.get("model_file", "model.keras"))
+    return gzip_size(inside(run_path, manifest.get("model_file", "model.keras"), "model_file",
+                            manifest_path))
 
 
 def _clock(seconds: float) -> str:

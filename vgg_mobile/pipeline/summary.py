@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vgg_mobile.core.outputs import inside
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
 
@@ -68,7 +69,7 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
     manifest = _manifest(path)
     if manifest is None:
         return None
-    model = path / manifest.get("model_file", "model.keras")
+    model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / "manifest.json")
     return {"artifact": stage.artifact, "stage": stage.name, "format": "keras", "path": str(model),
             "parent": stage.parent_of(settings), "architecture": manifest.get("architecture"),
             "accuracy": (manifest.get("metrics") or {}).get("accuracy"), "agreement": None,
@@ -91,7 +92,8 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
         kind = f"TFLite {artifact['flavour']}" if tflite else "TF.js"
         rows.append({"artifact": f"{kind} ({source})", "stage": stage.name,
                      "format": "tflite" if tflite else "tfjs",
-                     "path": str(folder / artifact["file"]), "parent": source,
+                     "path": str(inside(folder, artifact["file"], "artifact file",
+                                        folder / "manifest.json")), "parent": source,
                      "architecture": manifest.get("architecture"),
                      "accuracy": check.get("accuracy"), "agreement": check.get("top1_agreement"),
                      "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
