@@ -185,7 +185,8 @@ def main() -> None:
     _, stderr = process.communicate(timeout=300)
     kept = digest(run) == before
     rows.append(Row("Ctrl-C 2 s into train --force over a finished run", process.returncode,
-                    "130", "all" if kept else "LOST", process.returncode == 130 and kept,
+                    "130", "all" if kept else "LOST",
+                    process.returncode == 130 and kept and "left as it was" in stderr,
                     last_line(stderr)))
 
     # Two pipelines on one OUT.
@@ -249,8 +250,11 @@ def main() -> None:
     manifest["num_classes"] = 3
     (mismatch / "manifest.json").write_text(json.dumps(manifest))
     (mismatch / "labels.txt").write_text("".join(f"{c}\n" for c in manifest["classes"]))
+    three = base / "data_three"
+    shutil.copytree(data, three, ignore=shutil.ignore_patterns("triangle"))
     case("evaluate: a model that does not match its manifest",
-         ["evaluate", mismatch, "--data", data], 2)
+         ["evaluate", mismatch, "--data", three], 2, [],
+         lambda r: ("outputs 4 classes but the manifest lists 3" in r.stderr, "-"))
 
     # Data folders.
     selfclass = base / "data_self"

@@ -88,11 +88,14 @@ def test_replacing_is_atomic(tmp_path):
 
 def test_an_interrupted_replacement_keeps_the_old_output(tmp_path):
     run = own_run(tmp_path / "run")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as err:
         with claim_output(run, ("run",), force=True) as output:
             (output.path / "half").write_text("written")
             raise KeyboardInterrupt
     assert (run / "model.keras").read_bytes() == b"old model"
+    # What the CLI prints instead of a "resume with" hint: there is nothing to resume.
+    assert err.value.__notes__ == [f"{run} was left as it was: nothing had been finished to "
+                                   "resume from"]
     assert not replacing_path(run).exists()
 
 

@@ -102,6 +102,15 @@ def test_a_class_linking_to_the_data_folder_or_above_is_refused(tmp_path, target
     assert str(err.value).startswith(f"{root / 'loop'}: a link to {real}, the data folder")
 
 
+def test_a_link_to_a_sample_folder_itself_is_named_as_a_link(tmp_path):
+    from vgg_mobile.data.sample import write_sample_data
+
+    root = write_sample_data(tmp_path / "sample", images_per_class=2, image_size=32)
+    os.symlink(".", root / "selfclass")  # the root holds the sample marker: still a link first
+    with pytest.raises(DataError, match="selfclass: a link to .*, the data folder itself"):
+        dataset.scan_folder(root)
+
+
 def test_two_class_folders_that_are_one_folder_are_refused(tmp_path):
     root = image_folder(tmp_path / "d", {"a": 2, "b": 2}, size=8)
     os.symlink("a", root / "c")

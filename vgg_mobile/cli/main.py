@@ -32,8 +32,10 @@ class _Group(click.Group):
         except VggMobileError as err:
             log(f"error: {err}")
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            log("interrupted" + (f"; {ctx.meta['resume_hint']}" if ctx.meta.get("resume_hint") else ""))
+        except KeyboardInterrupt as err:
+            # An output that had nothing to resume from says so (`core.outputs.claim_output`).
+            hint = (getattr(err, "__notes__", None) or [ctx.meta.get("resume_hint")])[-1]
+            log("interrupted" + (f"; {hint}" if hint else ""))
             sys.exit(EXIT_INTERRUPTED)
         except OSError as err:
             if err.errno == errno.ENOSPC:

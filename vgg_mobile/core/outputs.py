@@ -323,11 +323,15 @@ def claim_output(
         output = _plan(target, tuple(kinds), force, resume, staged, what)
         try:
             yield output
-        except BaseException:
+        except BaseException as err:
             if output.created and output.path.exists() and not _resumable(output.path):
                 shutil.rmtree(output.path, ignore_errors=True)
                 if output.existed and not output.replacing:
                     target.mkdir(exist_ok=True)  # the empty folder the user had made
+                # Read by the CLI instead of its "resume with ..." hint: there is nothing to resume.
+                err.add_note(f"{target} was left as it was: nothing had been finished to resume from"
+                             if output.replacing else
+                             f"nothing was kept in {target}: nothing had been finished to resume from")
             raise
         if output.replacing:
             _commit(output.path, target)

@@ -117,13 +117,13 @@ def _check_class_dirs(root: Path, dirs: list[Path]) -> None:
         if problem:
             raise DataError(f"{root}: the class folder name {folder.name!r} {problem}, which "
                             "labels.txt and later commands cannot hold; rename the folder")
-        if _is_output(folder):
-            raise DataError(f"{folder}: a vgg-mobile output folder, not a class of images; "
-                            "move it out of the data folder")
         real = folder.resolve()
         if real == real_root or real in real_root.parents:
             raise DataError(f"{folder}: a link to {real}, the data folder itself or a folder "
                             "above it, not a class of images; remove the link")
+        if _is_output(folder):
+            raise DataError(f"{folder}: a vgg-mobile output folder, not a class of images; "
+                            "move it out of the data folder")
 
 
 def _check_distinct(dirs: list[Path]) -> None:
