@@ -21,7 +21,7 @@ from pathlib import Path
 from vgg_mobile.core.errors import BadInputError, VggMobileError
 from vgg_mobile.core.resources import PROJECT_ROOT, node_modules_dir
 from vgg_mobile.core.io import write_json
-from vgg_mobile.core.outputs import claim_output, marker
+from vgg_mobile.core.outputs import claim_output, inside, marker
 
 PAGE_DIR = PROJECT_ROOT / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -53,7 +53,8 @@ def find_bundle(path: str | Path) -> Path:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise BadInputError(f"{bundle}: damaged bundle ({err})") from None
     for shard in shards:
-        if not (bundle / shard).is_file():
+        # The page fetches each shard beside model.json: a path out of the bundle is refused.
+        if not inside(bundle, shard, "weight file", bundle / "model.json").is_file():
             raise BadInputError(f"{bundle / shard}: weight file missing from the bundle")
     if not isinstance(labels, list) or len(labels) < 2:
         raise BadInputError(f"{bundle / 'labels.json'}: expected a list of at least two class names")

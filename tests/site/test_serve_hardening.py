@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from vgg_mobile.cli.main import main
+from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.site import make_server
 
 
@@ -168,3 +170,17 @@ def test_a_port_out_of_range_exits_2(folder, port):
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert "Invalid value for '--port'" in result.stderr
     assert "internal error" not in result.output + result.stderr
+
+
+def test_a_bundle_naming_weights_outside_itself_is_refused(tmp_path):
+    from vgg_mobile.site import find_bundle
+
+    bundle = tmp_path / "tfjs"
+    bundle.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"x")
+    for name, content in (("labels.json", '["a", "b"]'), ("manifest.json", "{}")):
+        (bundle / name).write_text(content)
+    for shard in ("../secret.bin", str(tmp_path / "secret.bin")):
+        (bundle / "model.json").write_text(json.dumps({"weightsManifest": [{"paths": [shard]}]}))
+        with pytest.raises(BadInputError, match="weight file"):
+            find_bundle(bundle)
