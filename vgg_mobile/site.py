@@ -1,8 +1,8 @@
 """The in-browser demo: assembling a ready-to-host folder, and serving it on 127.0.0.1.
 
-A demo folder holds the static page (`web_demo/` in the project), TensorFlow.js vendored from
-the project's npm packages (versions locked by `package-lock.json`), and a TF.js bundle from
-`vgg-mobile convert` in `model/`. It needs no build step and no network.
+A demo folder holds the static page (`web_demo/` in the project, package data when installed),
+TensorFlow.js vendored from the npm packages locked by `converters/js/package-lock.json` (see
+`core.resources.node_modules_dir`), and a TF.js bundle from `vgg-mobile convert` in `model/`. It needs no build step and no network.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-from vgg_mobile.core.errors import BadInputError, VggMobileError
-from vgg_mobile.core.resources import PROJECT_ROOT, node_modules_dir
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.resources import node_modules_dir, web_demo_dir
 from vgg_mobile.core.io import write_json
 from vgg_mobile.core.outputs import claim_output, inside, marker
 
-PAGE_DIR = PROJECT_ROOT / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
 VENDOR_FILES = {
     "@tensorflow/tfjs": ("dist/tf.min.js",),
@@ -76,19 +75,18 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
     Raises:
         BadInputError: A bad bundle, or `out` exists without `force`, is not a demo folder,
             or overlaps the bundle.
-        VggMobileError: TensorFlow.js is not installed (`npm ci` in the project).
+        VggMobileError: TensorFlow.js is missing and `npm ci` could not install it.
     """
     out = Path(out)
     source = find_bundle(bundle)
     modules = node_modules_dir()
-    if modules is None:
-        raise VggMobileError("TensorFlow.js is not installed: run `npm ci` in the vgg-mobile project")
+    page = web_demo_dir()
     # The bundle is an input however it was named: its export folder is never replaced.
     inputs = (Path(bundle), source)
     with claim_output(out, ("demo",), inputs=inputs, force=force, staged=True) as output:
         staging = output.path
         for name in PAGE_FILES:
-            shutil.copyfile(PAGE_DIR / name, staging / name)
+            shutil.copyfile(page / name, staging / name)
         vendor = staging / "vendor"
         vendor.mkdir()
         versions = {}

@@ -13,11 +13,10 @@ import pytest
 
 from vgg_mobile.data import dataset
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.core.resources import PROJECT_ROOT
 from vgg_mobile.site import assemble_demo, find_bundle, serve_in_background
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = PROJECT_ROOT / "build" / "test-artifacts" / "web_demo.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "web_demo.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 

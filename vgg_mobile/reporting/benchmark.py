@@ -227,7 +227,7 @@ def _versions() -> dict:
             versions[package] = None
     from vgg_mobile.core.resources import node_modules_dir
 
-    node_modules = node_modules_dir()
+    node_modules = node_modules_dir(install=False)
     package = node_modules / "@tensorflow" / "tfjs" / "package.json" if node_modules else None
     versions["@tensorflow/tfjs"] = (json.loads(package.read_text())["version"]
                                     if package and package.is_file() else None)
