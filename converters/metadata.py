@@ -7,7 +7,6 @@ label file packed inside the `.tflite`.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -15,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
-
-_LIBUSB_LOADED = False
+from vgg_mobile.core.resources import load_libusb
 
 
 def _metadata_modules():
@@ -27,14 +25,7 @@ def _metadata_modules():
     Their native module links against libusb-1.0; loading the copy shipped by the
     libusb-package wheel first makes that work without a system package.
     """
-    global _LIBUSB_LOADED
-    if not _LIBUSB_LOADED:
-        import libusb_package
-
-        library = libusb_package.get_library_path()
-        if library is not None:
-            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
-        _LIBUSB_LOADED = True
+    load_libusb()
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
     from tensorflow_lite_support.metadata.python import metadata
     from tensorflow_lite_support.metadata.python.metadata_writers import (

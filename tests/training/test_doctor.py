@@ -5,8 +5,19 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+from pathlib import Path
 
 from harness import tf_config
+
+
+def test_tflite_support_hint_names_what_fails():
+    from vgg_mobile.training.doctor import tflite_support_hint
+
+    assert "cannot pack metadata" in tflite_support_hint({"metadata writers": "ImportError: x"})
+    hint = tflite_support_hint({"metadata writers": "ok", "tflite_support.metadata": "TypeError: y",
+                                "tflite_support.task.vision": "TypeError: y"})
+    assert "tflite_support.metadata and tflite_support.task.vision do not import" in hint
+    assert tflite_support_hint({"metadata writers": "ok"}) == "tflite-support imports fully"
 
 
 def test_gpu_hint_says_what_to_do():
@@ -26,6 +37,14 @@ def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
                  "tflite-support"):
         assert report["packages"][name] == importlib.metadata.version(name)
     assert report["tensorflow"]["version"] == report["packages"]["tensorflow"]
+    import vgg_mobile
+
+    assert report["vgg_mobile"]["location"] == str(Path(vgg_mobile.__file__).resolve().parent)
+    assert report["vgg_mobile"]["tfjs"]  # the checkout's, installed by `make install`
+    # What convert needs works; tflite-support's public modules fail on the old protobuf files.
+    assert report["tflite_support"]["metadata writers"] == "ok"
+    assert report["tflite_support"]["tflite_support.task.vision"].startswith("TypeError")
+    assert "uses only the metadata writers" in report["tflite_support_hint"]
     assert report["python"] == sys.version.split()[0]
     assert any(d.startswith("CPU:") for d in report["devices"]["physical"])
     assert any(d.startswith("CPU:") for d in report["devices"]["logical"])
@@ -39,3 +58,4 @@ def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
     assert text.returncode == 0
     assert f"tensorflow                      {report['packages']['tensorflow']}" in text.stdout
     assert report["hint"] in text.stdout and "physical devices: CPU:" in text.stdout
+    assert "import metadata writers: ok" in text.stdout

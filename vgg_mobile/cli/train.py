@@ -37,8 +37,14 @@ def doctor_cmd(as_json):
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"python {report['python']} on {report['platform']}")
+    own = report["vgg_mobile"]
+    click.echo(f"vgg-mobile {own['version']} in {own['location']}")
+    click.echo(f"TensorFlow.js: {own['tfjs'] or 'not installed yet (installed on first use into ' + own['tfjs_cache'] + ')'}")
     for name, version in report["packages"].items():
         click.echo(f"{name:<32}{version or 'not installed'}")
+    for name, state in report["tflite_support"].items():
+        click.echo(f"import {name}: {state}")
+    click.echo(report["tflite_support_hint"])
     tf_info = report["tensorflow"]
     click.echo(f"TensorFlow built with CUDA: {'yes' if tf_info['cuda_build'] else 'no'}"
                + (f" (CUDA {tf_info['cuda_version']}, cuDNN {tf_info['cudnn_version']})"

