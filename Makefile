@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen
 BUILD ?= build
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test dist clean
 
 NODE_MODULES := converters/js/node_modules
 
@@ -37,6 +37,12 @@ demo: install
 
 test: install
 	$(RUN) pytest $(PYTEST_ARGS)
+
+# The release a consumer project installs from (docs/ci.md): wheel, sdist and the two install files.
+dist: install
+	rm -rf $(BUILD)/dist
+	$(UV) build --out-dir $(BUILD)/dist
+	cp install/overrides.txt install/requirements.txt $(BUILD)/dist/
 
 clean:
 	rm -rf $(BUILD) .pytest_cache
