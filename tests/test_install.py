@@ -63,10 +63,12 @@ def test_the_pinned_requirements_are_the_lock():
 
 def _isolated_env(tmp: Path, uv: str) -> dict[str, str]:
     """The environment of a consumer's CI job: tool, home and cache folders in `tmp`, PATH with
-    nothing of the checkout; uv's and npm's download caches kept, so nothing is fetched twice."""
+    nothing of the checkout; uv's and npm's download caches (and npm's registry settings) kept,
+    so nothing is fetched twice."""
     uv_cache = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True,
                               check=True).stdout.strip()
     npm_cache = os.environ.get("npm_config_cache") or str(Path.home() / ".npm")
+    npmrc = os.environ.get("npm_config_userconfig") or str(Path.home() / ".npmrc")
     drop = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT", "UV_RUN_RECURSION_DEPTH",
             "VGG_MOBILE_NODE_MODULES", "KERAS_HOME")
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -77,7 +79,8 @@ def _isolated_env(tmp: Path, uv: str) -> dict[str, str]:
         PATH=os.pathsep.join([str(tmp / "bin"), str(Path(sys.base_prefix) / "bin"), *path]),
         HOME=str(tmp / "home"), XDG_CACHE_HOME=str(tmp / "cache"),
         UV_TOOL_DIR=str(tmp / "tools"), UV_TOOL_BIN_DIR=str(tmp / "bin"), UV_CACHE_DIR=uv_cache,
-        UV_PYTHON_DOWNLOADS="never", npm_config_cache=npm_cache, PYTHONUNBUFFERED="1")
+        UV_PYTHON_DOWNLOADS="never", npm_config_cache=npm_cache, npm_config_userconfig=npmrc,
+        PYTHONUNBUFFERED="1")
     (tmp / "home").mkdir()
     return env
 
