@@ -60,7 +60,8 @@ def find_bundle(path: str | Path) -> Path:
     return bundle
 
 
-def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> Path:
+def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
+                  stage: str = "demo") -> Path:
     """Writes a self-contained demo folder: page, vendored TensorFlow.js, and the model bundle.
 
     Args:
@@ -68,6 +69,8 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
         bundle: A `vgg-mobile convert` export folder or its `tfjs/` bundle.
         force: Replace `out` if it is a demo folder written here (never another folder, and
             never one that overlaps the bundle). Defaults to `False`.
+        stage: The stage name its manifest records (the pipeline's folder and config
+            section). Defaults to `"demo"`.
 
     Returns:
         `out`.
@@ -98,7 +101,7 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False) -> P
         (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
         shutil.copytree(source, staging / "model")
         classes = json.loads((source / "labels.json").read_text(encoding="utf-8"))
-        write_json(staging / "manifest.json", marker("demo", "web_demo", classes=classes,
+        write_json(staging / "manifest.json", marker(stage, "web_demo", classes=classes,
                                                      model="model/", vendor=versions))
     return out
 

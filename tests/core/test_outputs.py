@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,27 +148,21 @@ def test_a_staged_new_output_appears_only_when_complete(tmp_path):
     assert not (tmp_path / "export2").exists()
 
 
-def _hold(path, ready, release):
-    with lock(path):
-        ready.set()
-        release.wait(30)
-
-
 def test_one_writer_at_a_time(tmp_path):
     out = tmp_path / "out"
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold, args=(out, ready, release))
-    holder.start()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom vgg_mobile.core.outputs import lock\n"
+         f"with lock({str(out)!r}):\n    print('holding', flush=True)\n    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert ready.wait(60)
+        assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(OutputBusyError, match=f"pid {holder.pid}") as err:
             with claim_output(out, ("run",)):
                 pass
         assert err.value.exit_code == 4
     finally:
-        release.set()
-        holder.join(30)
+        holder.stdin.close()
+        holder.wait(30)
     with claim_output(out, ("run",)):  # free again once the holder is done
         pass
 

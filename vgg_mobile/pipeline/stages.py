@@ -153,7 +153,7 @@ def _web_export(job: StageJob, settings: WebExportConfig) -> None:
 
 
 def _site(job: StageJob, settings: SiteConfig) -> None:
-    assemble_demo(job.path, job.parent)
+    assemble_demo(job.path, job.parent, stage=job.name)
 
 
 def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:

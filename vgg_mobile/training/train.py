@@ -159,15 +159,14 @@ def train(
     cluster = dist.read_cluster()
     dist.check_cluster(distribute, cluster)
     # Claimed before the strategy starts, so a refused run never leaves other workers waiting.
-    if dist.writes_run(distribute, cluster):
-        claim = claim_output(out, ("run",), inputs=(data_dir,), force=force, resume=resume)
-    else:
-        claim = worker_output(out, resume, force)
-        if resume and not (claim.path / CHECKPOINTS / STATE).is_file():
-            raise RunDirError(f"{claim.path / CHECKPOINTS / STATE}: not found; a restarted worker "
-                              "reads the chief's checkpoints, so --out must be on storage every "
-                              "worker reaches")
+    writes = dist.writes_run(distribute, cluster)
+    claim = (claim_output(out, ("run",), inputs=(data_dir,), force=force, resume=resume) if writes
+             else worker_output(out, resume, force))
     with claim as output:
+        if resume and not writes and not (output.path / CHECKPOINTS / STATE).is_file():
+            raise RunDirError(f"{output.path / CHECKPOINTS / STATE}: not found; a restarted "
+                              "worker reads the chief's checkpoints, so --out must be on storage "
+                              "every worker reaches")
         distribution = dist.create_distribution(distribute)
         with dist.writer_dir(output.path, distribution) as write_dir:
             result = _train(folder, choice, run_config, fingerprint, output.path, write_dir,
