@@ -29,7 +29,7 @@ def _uv() -> str:
     """The uv running this suite (`uv run` names itself in $UV), else PATH's."""
     uv = os.environ.get("UV") or shutil.which("uv")
     if uv is None:
-        pytest.skip("uv is not available")
+        pytest.fail("uv is not on PATH: the install test needs it (`make install` installs it)")
     return uv
 
 
