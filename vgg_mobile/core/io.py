@@ -62,38 +62,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def staging_dir(target: str | Path) -> Path:
-    """Creates a hidden, empty folder beside `target` to build it in before renaming.
-
-    Unlike `tempfile.mkdtemp`'s private 0700 folder, it gets the usual permissions, since it
-    becomes the user's output.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-    return path
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yields a hidden staging folder beside `target`; if the block succeeds, it replaces
-    `target` (whatever was there) in one rename. Otherwise it is deleted, `target` untouched."""
-    target = Path(target)
-    staging = staging_dir(target)
-    try:
-        yield staging
-        with write_guard(target):
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def write_text(path: str | Path, text: str) -> None:
     """Writes a text file atomically (temporary file, fsync, rename)."""
     with atomic_path(path) as tmp:

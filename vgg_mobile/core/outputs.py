@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import glob
 import json
 import os
 import re
@@ -263,18 +264,14 @@ def _resumable(path: Path) -> bool:
 
 def _clean_leftovers(target: Path) -> None:
     """Removes hidden staging folders of `target` left by a killed process (lock held)."""
-    for leftover in target.parent.glob(f".{glob_escape(target.name)}.*.partial"):
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
         shutil.rmtree(leftover, ignore_errors=True)
-    old = sorted(target.parent.glob(f".{glob_escape(target.name)}.replaced-*"))
+    old = sorted(target.parent.glob(f".{glob.escape(target.name)}.replaced-*"))
     if old and not target.exists():
         os.replace(old[-1], target)  # killed between the two renames of a replacement
         old = old[:-1]
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 @contextlib.contextmanager
