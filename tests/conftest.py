@@ -1,5 +1,5 @@
 """Shared fixtures: small generated data, one briefly trained teacher and student, made once
-per session, and the CLI in a subprocess. Helpers live in `harness.py`.
+per session, and the CLI in a subprocess. Helpers live in `support/harness.py`.
 
 Tests that train, convert or run the CLI in a subprocess (seconds to minutes each on 2 cores)
 are the slow tier: a test that uses one of `SLOW_FIXTURES`, or is marked `slow`, runs only in
