@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
+from harness import TEACHER_EPOCHS
 
 import vgg_mobile  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 # Fixed settings of the session teacher; tests that train their own use smaller budgets.
 TEACHER_SIZE = 32
-TEACHER_EPOCHS = 8
 STUDENT = "mobilenet_v2_0.35"
 
 SLOW_FIXTURES = {"teacher_run", "teacher_export", "teacher_images", "student_run", "cli"}

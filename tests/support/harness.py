@@ -59,6 +59,9 @@ def assert_matches(reference: np.ndarray, probs: np.ndarray, max_diff: float,
     return agreement
 
 
+# Epochs of the session's shared teacher run (conftest.py).
+TEACHER_EPOCHS = 8
+
 # The sparsity the shared pruned run is pruned to (tests/compression/conftest.py).
 PRUNE_TARGET = 0.5
 

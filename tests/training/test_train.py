@@ -17,7 +17,7 @@ from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.data.sample import write_sample_data
 from vgg_mobile.training.train import train
 
-from conftest import TEACHER_EPOCHS
+from harness import TEACHER_EPOCHS
 
 
 def test_teacher_learns_the_sample_data_well_above_chance(teacher_run):
