@@ -117,3 +117,44 @@ def test_set_trainable_blocks(blocks, frozen_prefixes):
         frozen = layer.name.startswith(frozen_prefixes) if frozen_prefixes else False
         assert layer.trainable is not frozen, layer.name
     assert model.get_layer("logits").trainable
+
+
+def test_vgg16_bn_is_vgg16_with_batch_normalisation_after_each_convolution():
+    import tf_keras as keras
+
+    model = build_classifier(ModelOptions(architecture="vgg16_bn", image_size=32), 5)
+    plain = build_classifier(ModelOptions(architecture="vgg16", image_size=32), 5)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.name for c in convs] == [
+        layer.name for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 13
+    for conv in convs:
+        following = model.get_layer(conv.name.replace("conv", "bn"))
+        assert isinstance(following, keras.layers.BatchNormalization)
+        assert following.input is conv.output
+        relu = model.get_layer(conv.name.replace("conv", "relu"))
+        assert isinstance(relu, keras.layers.ReLU) and relu.input is following.output
+        # Same kernels as VGG16's; the bias is the BN's beta, as in torchvision's vgg16_bn.
+        assert conv.kernel.shape == plain.get_layer(conv.name).kernel.shape and not conv.use_bias
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert [layer.name for layer in model.layers][-2:] == ["logits", "probs"]
+    assert models.block_of("block4_bn2", "vgg16_bn") == 3
+
+
+def test_vgg16_bn_has_no_imagenet_weights_and_auto_trains_it_from_scratch(keras_home):
+    assert models.choose_weights("auto", "vgg16_bn") == "none"
+    with pytest.raises(BadInputError, match="no ImageNet weights for vgg16_bn"):
+        build_classifier(ModelOptions(architecture="vgg16_bn", image_size=32, weights="imagenet"), 3)
+
+
+def test_vgg16_bn_weights_from_a_path_round_trip(tmp_path):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(3)
+    first = build_classifier(ModelOptions(architecture="vgg16_bn", image_size=32), 3)
+    first.save_weights(tmp_path / "backbone.h5")
+    second = build_classifier(
+        ModelOptions(architecture="vgg16_bn", image_size=32, weights=str(tmp_path / "backbone.h5")), 3)
+    for name in ("block1_conv1", "block3_bn2", "block5_conv3"):
+        for a, b in zip(first.get_layer(name).get_weights(), second.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)

@@ -75,7 +75,8 @@ class Architecture:
         name: Registry name.
         build_backbone: `(pixels_tensor, weights_path_or_None) -> feature_tensor`.
         min_size: Smallest input side it accepts.
-        imagenet_file: File name of its no-top ImageNet weights in the Keras cache.
+        imagenet_file: File name of its no-top ImageNet weights in the Keras cache; `""`
+            when Keras has none.
         preprocessing: How pixels are normalised inside the graph (for the manifest), keyed
             by "pretrained" and "scratch".
         blocks: Names of its trainable blocks, input side first, as layer-name prefixes.
@@ -125,6 +126,39 @@ def _vgg16_backbone(pixels, weights_path: str | None):
     return base.output
 
 
+# The 13 convolutions of VGG16, by block: (convolutions, filters).
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+def _vgg16_bn_backbone(pixels, weights_path: str | None):
+    """VGG16 with batch normalisation, as torchvision's `vgg16_bn`: conv, BN, ReLU.
+
+    The same 13 convolutions and 5 max-pools as VGG16 and the same layer names
+    (`block3_conv2`, ...), with a `BatchNormalization` (`block3_bn2`) and a `ReLU`
+    (`block3_relu2`) after each convolution: as three layers, the pattern tfmot's
+    quantization folds. Keras has no ImageNet weights for it; `weights_path` may be an `.h5`
+    of a trained vgg16_bn (matched by layer name).
+    """
+    import tf_keras as keras
+
+    x = keras.layers.Normalization(
+        mean=list(IMAGENET_MEAN_RGB), variance=[s * s for s in IMAGENET_STD_RGB],
+        name="preprocess")(pixels)
+    for block, (convolutions, filters) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, convolutions + 1):
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                    kernel_initializer="he_normal",
+                                    name=f"block{block}_conv{i}")(x)
+            x = keras.layers.BatchNormalization(momentum=VGG_BN_MOMENTUM, epsilon=1e-5,
+                                                name=f"block{block}_bn{i}")(x)
+            x = keras.layers.ReLU(name=f"block{block}_relu{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    if weights_path is not None:
+        model = keras.Model(pixels, x)
+        _load_named_weights(model, weights_path, "vgg16_bn")
+    return x
+
+
 def _he_init(base) -> None:
     import numpy as np
 
@@ -155,6 +189,8 @@ def _flip_input_channels(conv) -> None:
 # inference-mode accuracy stays at chance while training accuracy climbs. 0.9 tracks the
 # batch statistics within a few dozen steps.
 STUDENT_BN_MOMENTUM = 0.9
+# The same for vgg16_bn, trained from scratch (PyTorch's BN momentum 0.1 is Keras's 0.9).
+VGG_BN_MOMENTUM = 0.9
 MOBILENET_V2_WIDTHS = (0.35, 0.5, 0.75, 1.0)
 
 # MobileNets take pixels in [-1, 1], pretrained or not.
@@ -264,6 +300,19 @@ ARCHITECTURES: dict[str, Architecture] = {
         },
         blocks=("block1", "block2", "block3", "block4", "block5"),
     ),
+    "vgg16_bn": Architecture(
+        name="vgg16_bn",
+        build_backbone=_vgg16_bn_backbone,
+        min_size=32,
+        imagenet_file="",
+        preprocessing=dict.fromkeys(("pretrained", "scratch"), {
+            "in_graph": True, "layer": "preprocess", "formula": "(x - mean_rgb) / std_rgb",
+            "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": list(IMAGENET_STD_RGB),
+        }),
+        blocks=("block1", "block2", "block3", "block4", "block5"),
+        bn_momentum=VGG_BN_MOMENTUM,
+        family="vgg16",
+    ),
     **{spec.name: spec for spec in _mobilenet_architectures()},
 }
 
@@ -318,6 +367,8 @@ def choose_weights(weights: str, architecture: str) -> str:
     `"none"`. Any other value is returned as it is."""
     if weights != "auto":
         return weights
+    if not get_architecture(architecture).imagenet_file:
+        return "none"
     return "imagenet" if imagenet_weights_path(architecture).is_file() else "none"
 
 
@@ -334,6 +385,10 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     if weights == "none":
         return None
     if weights == "imagenet":
+        if not spec.imagenet_file:
+            raise BadInputError(
+                f"Keras has no ImageNet weights for {spec.name}: train it from scratch "
+                f"(--weights none) or pass --weights PATH. Received: weights={weights!r}")
         path = imagenet_weights_path(architecture)
         if not path.is_file():
             raise BadInputError(
