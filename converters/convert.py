@@ -64,7 +64,9 @@ class ConvertOptions:
         min_agreement: Smallest allowed top-1 agreement with the Keras model (`None`: no check).
         max_accuracy_drop: Largest allowed accuracy loss against Keras, in points of accuracy
             as a fraction (0.01 = one point) (`None`: no check).
-        verify_images: At most this many held-out images verify each artifact.
+        verify_images: At most this many held-out images verify each artifact; `0` verifies
+            on every held-out image (what the pipeline does, so that its table compares
+            every model on the same images).
         calibration_images: At most this many training images calibrate `int8`.
         name, version, author, license: Written into the TFLite metadata.
     """
@@ -105,8 +107,11 @@ class ConvertOptions:
         self.budgets  # validates the three budget fields
         if self.name is not None:
             safe_name(self.name, "name")
-        if self.verify_images < 1 or self.calibration_images < 1:
-            raise BadInputError("verify_images and calibration_images must be at least 1")
+        if self.verify_images < 0 or self.calibration_images < 1:
+            raise BadInputError("verify_images must be at least 0 (0: every held-out image) and "
+                                "calibration_images at least 1. Received: "
+                                f"verify_images={self.verify_images}, "
+                                f"calibration_images={self.calibration_images}")
 
 
 def load_images(examples, image_size: int, num_classes: int):
@@ -232,7 +237,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
     model = run.load_model()
     size = run.image_size
     n_classes = len(run.classes)
-    x_val, y_val = load_images(splits.stratified_sample(held_out, options.verify_images), size, n_classes)
+    x_val, y_val = load_images(splits.stratified_sample(held_out, options.verify_images or len(held_out)),
+                               size, n_classes)
     x_cal, _ = load_images(calibration_examples, size, n_classes)
     reference = model(x_val, training=False).numpy()
     if np.ptp(reference, axis=0).max() < 1e-6:

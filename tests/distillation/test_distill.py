@@ -159,8 +159,14 @@ def test_distilled_run_records_teacher_baseline_and_provenance(distilled, teache
     baseline = manifest["baseline"]
     assert 0 <= baseline["metrics"]["accuracy"] <= 1
     assert baseline["accuracy_gain"] == pytest.approx(
-        manifest["metrics"]["accuracy"] - baseline["metrics"]["accuracy"], abs=1e-4)
+        baseline["distilled_metrics"]["accuracy"] - baseline["metrics"]["accuracy"], abs=1e-4)
     assert distilled["summary"]["baseline_val_accuracy"] == baseline["metrics"]["accuracy"]
+    # The run keeps the better of the two students (the distilled one on a tie), and says why.
+    kept = "baseline" if baseline["accuracy_gain"] < 0 else "distilled"
+    assert baseline["shipped"] == distilled["summary"]["shipped"] == kept
+    kept_metrics = baseline["metrics"] if kept == "baseline" else baseline["distilled_metrics"]
+    assert manifest["metrics"]["accuracy"] == kept_metrics["accuracy"]
+    assert "trained alone" in baseline["reason"] and baseline["reason"] == distilled["summary"]["reason"]
     assert "student_loss" in json.loads((distilled["out"] / "history.json").read_text())["distillation"]
 
 
@@ -293,3 +299,19 @@ def test_killed_distillation_resumes_after_its_last_epoch(cli, teacher_run, samp
     assert all(len(values) == 5 for values in history["baseline"].values())
     assert (out / "manifest.json").is_file() and not (out / "checkpoints").exists()
     assert cli(*args, "--resume").returncode == 2  # a finished run has nothing to resume
+
+
+@pytest.mark.parametrize("teacher, distilled, baseline, ship, kept, weaker, says", [
+    (0.90, 0.88, 0.85, "better", "distilled", False, "distillation paid"),
+    (0.80, 0.84, 0.87, "better", "baseline", True, "kept the student trained alone"),
+    (0.80, 0.84, 0.87, "distilled", "distilled", True, "had little to teach"),
+    (0.90, 0.86, 0.86, "better", "distilled", False, "did not pay"),
+])
+def test_the_kept_student_and_the_reason(teacher, distilled, baseline, ship, kept, weaker, says):
+    from vgg_mobile.distillation.distill import compare_with_baseline
+
+    verdict = compare_with_baseline({"accuracy": teacher}, {"accuracy": distilled},
+                                    {"accuracy": baseline}, ship)
+    assert verdict["shipped"] == kept and verdict["teacher_weaker"] is weaker
+    assert says in verdict["reason"]
+    assert verdict["accuracy_gain"] == pytest.approx(distilled - baseline)

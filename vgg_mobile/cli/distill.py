@@ -34,6 +34,8 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
 @click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
+@click.option("--ship", type=click.Choice(["better", "distilled"]), default="better", show_default=True,
+              help="With --baseline: keep the more accurate of the two students, or always the distilled one.")
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out after its last finished epoch.")
@@ -42,7 +44,7 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
 @distribute_options
 @click.pass_context
 def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
-                learning_rate, seed, no_augment, baseline, force, resume, as_json, quiet, strategy,
+                learning_rate, seed, no_augment, baseline, ship, force, resume, as_json, quiet, strategy,
                 mixed_precision, jit_compile):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import DistillConfig, distill
@@ -50,7 +52,7 @@ def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha
     config = DistillConfig(student=student, image_size=image_size, temperature=temperature,
                            alpha=alpha, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
-                           baseline=baseline)
+                           baseline=baseline, ship=ship)
     if force and resume:
         raise click.UsageError("--force and --resume exclude each other")
     ctx.meta["resume_hint"] = "resume with the same command and --resume"
@@ -69,6 +71,8 @@ def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha
                "val_accuracy": result.metrics.get("accuracy"),
                "teacher_val_accuracy": result.teacher_metrics.get("accuracy"),
                "baseline_val_accuracy": (result.baseline_metrics or {}).get("accuracy"),
+               "shipped": (result.verdict or {}).get("shipped", "distilled"),
+               "reason": (result.verdict or {}).get("reason"),
                "student_parameters": result.student_parameters,
                "teacher_parameters": result.teacher_parameters,
                "distribution": result.distribution}
@@ -78,7 +82,7 @@ def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha
     click.echo(f"run: {result.run_dir}\nstudent ({config.student}) val accuracy: "
                f"{summary['val_accuracy']}\nteacher val accuracy: {summary['teacher_val_accuracy']}")
     if result.baseline_metrics is not None:
-        click.echo(f"student trained alone: {summary['baseline_val_accuracy']}")
+        click.echo(f"student trained alone: {summary['baseline_val_accuracy']}\n{summary['reason']}")
     click.echo(f"parameters: {result.student_parameters:,} "
                f"({result.student_parameters / result.teacher_parameters:.1%} of the teacher's)")
 

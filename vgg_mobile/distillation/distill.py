@@ -36,6 +36,7 @@ from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epo
 from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
+SHIP_CHOICES = ("better", "distilled")
 
 
 def student_names() -> tuple[str, ...]:
@@ -68,6 +69,10 @@ class DistillConfig:
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
             teacher (alpha 1), with the same budget, and record its accuracy.
+        ship: With `baseline`, which student the run keeps: `better` keeps the one more
+            accurate on the validation images (the distilled one on a tie) and records why;
+            `distilled` always keeps the distilled one. Without `baseline` the distilled
+            student is kept.
         strict: Fail on any bad image instead of skipping it.
     """
 
@@ -85,6 +90,7 @@ class DistillConfig:
     val_fraction: float | None = None
     seed: int = 0
     baseline: bool = False
+    ship: str = "better"
     strict: bool = False
 
     def __post_init__(self):
@@ -103,6 +109,8 @@ class DistillConfig:
         require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
         require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
         require(0 <= self.dropout < 1, "dropout must be in [0, 1)", f"dropout={self.dropout}")
+        require(self.ship in SHIP_CHOICES, f"ship must be one of {', '.join(SHIP_CHOICES)}",
+             f"ship={self.ship!r}")
         require(self.val_fraction is None or 0 < self.val_fraction < 1,
              "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
 
@@ -136,6 +144,8 @@ class DistillResult:
         seconds: Wall time of training (distillation and baseline).
         wrote_run: `False` on a multi-worker non-chief, which writes nothing.
         distribution: The manifest's `distribution` entry (strategy, replicas, batch, lr).
+        verdict: With a baseline, `compare_with_baseline`'s answer (which student was kept,
+            and why); else `None`. `metrics` are the kept student's.
     """
 
     run_dir: Path
@@ -148,6 +158,7 @@ class DistillResult:
     seconds: float
     wrote_run: bool = True
     distribution: dict = dataclasses.field(default_factory=dict)
+    verdict: dict | None = None
 
 
 def _check_teacher(run: Run) -> None:
@@ -263,6 +274,35 @@ def distill(
     return dataclasses.replace(result, run_dir=out)
 
 
+def compare_with_baseline(teacher: dict, distilled: dict, baseline: dict, ship: str) -> dict:
+    """Which student a run with a baseline keeps, and the plain sentence that says why.
+
+    Args:
+        teacher: The teacher's metrics on the validation images.
+        distilled: The distilled student's, on the same images.
+        baseline: The same student trained alone's, on the same images.
+        ship: `DistillConfig.ship`.
+
+    Returns:
+        `{"shipped": "distilled" | "baseline", "accuracy_gain": distilled - baseline,
+        "teacher_weaker": bool, "reason": str}`.
+    """
+    t, d, b = (m.get("accuracy", 0.0) for m in (teacher, distilled, baseline))
+    gain = round(d - b, 4)
+    shipped = "baseline" if ship == "better" and b > d else "distilled"
+    if gain > 0:
+        reason = f"distillation paid: {d:.3f} against {b:.3f} for the student trained alone"
+    else:
+        reason = (f"distillation did not pay: {d:.3f} against {b:.3f} for the student "
+                  "trained alone")
+    if t <= b:
+        reason += (f"; the teacher ({t:.3f}) is no more accurate than the student trained "
+                   "alone, so it had little to teach")
+    reason += ("; kept the student trained alone" if shipped == "baseline"
+               else "; kept the distilled student")
+    return {"shipped": shipped, "accuracy_gain": gain, "teacher_weaker": t <= b, "reason": reason}
+
+
 def _accuracy(metrics: dict) -> str:
     return f"{metrics.get('accuracy', float('nan')):.3f}"
 
@@ -366,8 +406,15 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         baseline_metrics = val_metrics(baseline, student_size)
     seconds = time.perf_counter() - t0
 
-    metrics = val_metrics(student, student_size)
+    metrics = distilled_metrics = val_metrics(student, student_size)
     teacher_metrics = val_metrics(teacher, teacher_size)
+    verdict = None
+    if baseline_metrics is not None:
+        verdict = compare_with_baseline(teacher_metrics, distilled_metrics, baseline_metrics,
+                                        config.ship)
+        log(verdict["reason"])
+        if verdict["shipped"] == "baseline":
+            student, metrics = baseline, baseline_metrics
     # Inference-mode accuracy on the training images, beside the accuracy measured during
     # training: a large gap means BatchNormalization's moving statistics did not keep up.
     probs, labels = evaluation.predict(student, parts.train, student_size, n_classes, config.batch_size)
@@ -381,7 +428,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
             f"this worker's own files went to {write_dir} (deleted on exit)")
         return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
                              student_parameters, teacher_parameters, seconds,
-                             wrote_run=False, distribution=distribution_record)
+                             wrote_run=False, distribution=distribution_record, verdict=verdict)
 
     write_json(out / "history.json", {"distillation": history, "baseline": baseline_history})
     plots.training_curves_png(
@@ -410,7 +457,8 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         baseline=None if baseline_metrics is None else {
             "description": "the same student, same initialisation and budget, without the teacher",
             "metrics": _summary(baseline_metrics),
-            "accuracy_gain": round(metrics.get("accuracy", 0.0) - baseline_metrics.get("accuracy", 0.0), 4),
+            "distilled_metrics": _summary(distilled_metrics),
+            **verdict,
         },
         distillation={"temperature": config.temperature, "alpha": config.alpha,
                       "epochs": config.epochs, "consistent_teaching": True,
@@ -425,4 +473,4 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
                          student_parameters, teacher_parameters, seconds,
-                         distribution=distribution_record)
+                         distribution=distribution_record, verdict=verdict)

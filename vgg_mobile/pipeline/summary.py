@@ -28,7 +28,7 @@ def summary_rows(out: str | Path, config) -> list[dict]:
 
     Each row has `artifact` (its title), `stage`, `format` (`keras`, `tflite` or `tfjs`),
     `path`, `parent` (the stage it was made from), `architecture`, `accuracy` (held-out
-    images), `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`,
+    images), `images` (how many held-out images that accuracy is on), `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`,
     `latency_ms` and `speedup` (single image, against the float teacher in the same process),
     `budget` (`pass` or `fail` for exported files under their stage's budgets,
     `Budgets.misses`, the rule `convert` enforces; `-` for runs) and `misses` (what an
@@ -72,10 +72,53 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
     model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / "manifest.json")
     return {"artifact": stage.artifact, "stage": stage.name, "format": "keras", "path": str(model),
             "parent": stage.parent_of(settings), "architecture": manifest.get("architecture"),
-            "accuracy": (manifest.get("metrics") or {}).get("accuracy"), "agreement": None,
+            "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
+            "images": _images(manifest.get("metrics") or {}), "agreement": None,
             "size_bytes": model.stat().st_size if model.is_file() else 0,
             "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
             "budget": "-", "misses": []}
+
+
+def _images(metrics: dict) -> int | None:
+    per_class = metrics.get("per_class")
+    return sum(c.get("support", 0) for c in per_class.values()) if per_class else None
+
+
+def findings(out: str | Path, config) -> list[str]:
+    """Plain sentences on what the rows mean for the student: whether the teacher was worth
+    learning from, whether distillation paid, and which student went on (needs the student
+    stage's baseline, `[student] baseline = true`).
+
+    Args:
+        out: A pipeline output folder.
+        config: The `PipelineConfig` it was made with.
+
+    Returns:
+        The sentences; empty when the student stage has not run or had no baseline.
+    """
+    del config  # the sentences come from the student's manifest alone
+    manifest = _manifest(Path(out) / get_stage("student").name) or {}
+    baseline, teacher = manifest.get("baseline"), manifest.get("teacher") or {}
+    if not baseline or "shipped" not in baseline:
+        return []
+    t = (teacher.get("metrics") or {}).get("accuracy")
+    d = (baseline.get("distilled_metrics") or {}).get("accuracy")
+    b = (baseline.get("metrics") or {}).get("accuracy")
+    n = _images(baseline.get("metrics") or {})
+    on = f" on {n} held-out images" if n else ""
+    lines = [f"Teacher {t:.3f}, distilled student {d:.3f}, the same student trained alone "
+             f"{b:.3f}{on}."]
+    if baseline.get("teacher_weaker"):
+        lines.append("The teacher is no more accurate than the student trained alone, so it had "
+                     "little to teach: train a stronger teacher (more epochs, vgg16_bn, ImageNet "
+                     "weights) before distilling.")
+    gain = baseline.get("accuracy_gain", 0.0)
+    lines.append(f"Distillation {'paid' if gain > 0 else 'did not pay'}: "
+                 f"{gain * 100:+.1f} points against the student trained alone.")
+    lines.append("The student stage kept the student trained alone, the more accurate one; the "
+                 "later stages start from it." if baseline["shipped"] == "baseline" else
+                 "The student stage kept the distilled student.")
+    return lines
 
 
 def _export_rows(folder: Path, stage, settings) -> list[dict]:
@@ -95,7 +138,8 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
                      "path": str(inside(folder, artifact["file"], "artifact file",
                                         folder / "manifest.json")), "parent": source,
                      "architecture": manifest.get("architecture"),
-                     "accuracy": check.get("accuracy"), "agreement": check.get("top1_agreement"),
+                     "accuracy": check.get("accuracy"), "images": check.get("verification_images"),
+                     "agreement": check.get("top1_agreement"),
                      "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
                      "budget": "fail" if misses else "pass", "misses": misses})

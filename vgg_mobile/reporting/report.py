@@ -17,7 +17,7 @@ from vgg_mobile.core.io import atomic_path, write_text
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
-from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.pipeline.summary import findings, summary_rows
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = REPORT_FILES[2]
@@ -38,6 +38,7 @@ code { background: #f4f4f4; padding: 0 0.2rem; }
 SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("artifact", lambda row: row["artifact"], numeric=False),
     Column("accuracy", lambda row: number(row["accuracy"])),
+    Column("images", lambda row: "-" if row.get("images") is None else str(row["images"])),
     Column("agreement", lambda row: number(row["agreement"])),
     Column("size", lambda row: megabytes(row["size_bytes"])),
     Column("gzip", lambda row: megabytes(row.get("gzip_bytes"))),
@@ -55,7 +56,8 @@ _PER_CLASS_COLUMNS: tuple[Column, ...] = (
 )
 
 _COLUMNS_NOTE = (
-    "Accuracy on the held-out images; agreement: top-1 agreement with the artifact it was made "
+    "Accuracy on the held-out images (images: how many; every row of the pipeline's defaults "
+    "is measured on all of them); agreement: top-1 agreement with the artifact it was made "
     "from; latency: median single-image time with one thread, and the speed-up against the float "
     "teacher measured in the same process (benchmark/benchmark.md); budget: the budgets of the "
     "export's section ([export] or [web_export]: max_size, min_agreement, max_accuracy_drop).")
@@ -177,7 +179,9 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
            "`web_export/`." if config.web_export.enabled else "")
     intro = f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;{web}"
 
-    md = [f"# {TITLE}", "", intro, "", "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
+    said = findings(out, config)
+    md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
+          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
     if misses:
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
     if has_chart:
@@ -201,7 +205,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                 "run, is in <code>web_export/</code>." if config.web_export.enabled else "")
     body = [f"<h1>{esc(TITLE)}</h1>",
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
-            f"<code>export/</code>;{web_html}</p>", "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
+            f"<code>export/</code>;{web_html}</p>", *(f"<p>{esc(line)}</p>" for line in said),
+            "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
             html_table(SUMMARY_COLUMNS, rows)]
     if misses:
         body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
