@@ -128,3 +128,28 @@ def test_augmentation_options_are_validated():
         dataset.Augmentation(crop_scale=(0.0, 1.0))
     with pytest.raises(DataError, match="brightness"):
         dataset.Augmentation(brightness=1.5)
+
+
+def test_small_inputs_are_never_mirrored_photos_are():
+    from vgg_mobile.data.dataset import (NO_AUGMENTATION, SMALL_IMAGE_MAX, Augmentation,
+                                         augmentation_for)
+
+    assert augmentation_for(False, 32) == augmentation_for(False, 224) == NO_AUGMENTATION
+    small = augmentation_for(True, SMALL_IMAGE_MAX)
+    assert not small.flip and small.crop_scale[0] >= 0.75
+    assert augmentation_for(True, SMALL_IMAGE_MAX + 1) == Augmentation()
+    assert Augmentation().flip
+
+
+def test_small_image_augmentation_keeps_left_and_right():
+    import tensorflow as tf
+
+    from vgg_mobile.data.dataset import SMALL_IMAGE_AUGMENTATION, _augment
+
+    # A bright left half: a mirror would put it on the right.
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, :16] = 255
+    tf.random.set_seed(0)
+    for _ in range(40):
+        out = _augment(tf.constant(image), 32, SMALL_IMAGE_AUGMENTATION).numpy()
+        assert out[:, :8].mean() > out[:, -8:].mean()

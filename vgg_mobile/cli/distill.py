@@ -31,7 +31,7 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-2, show_default=True, type=float,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
+@click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
 @click.option("--ship", type=click.Choice(["better", "distilled"]), default="better", show_default=True,

@@ -95,7 +95,7 @@ def doctor_cmd(as_json):
 @click.option("--val-fraction", default=default(TrainConfig, "val_fraction"), show_default=True,
               help="Share of each class held out (folders without train/ and val/).")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
-@click.option("--no-augment", is_flag=True, help="Turn off crop, flip and colour jitter.")
+@click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--strict", is_flag=True, help="Fail on any bad image instead of skipping it.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")

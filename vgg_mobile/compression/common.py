@@ -117,7 +117,7 @@ def validation_metrics(model, examples, run: Run, batch_size: int) -> dict:
 def train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int):
     return dataset.make_dataset(
         parts.train, run.image_size, batch_size, len(run.classes), training=True,
-        augmentation=dataset.Augmentation() if augment else dataset.NO_AUGMENTATION, seed=seed)
+        augmentation=dataset.augmentation_for(augment, run.image_size), seed=seed)
 
 
 def _kernels(layer) -> list[np.ndarray]:

@@ -344,6 +344,30 @@ class Augmentation:
 NO_AUGMENTATION = Augmentation(crop_scale=(1.0, 1.0), flip=False, brightness=0.0,
                                contrast=0.0, saturation=0.0)
 
+# Inputs up to this side get `SMALL_IMAGE_AUGMENTATION`, larger ones `Augmentation()`.
+SMALL_IMAGE_MAX = 64
+# Small inputs are usually digits, letters, icons or thumbnails: a mirror image can be another
+# class (2 and 5, b and d) and a tight crop cuts the object off, so they get a mild shift and
+# scale with brightness and contrast, and no flip.
+SMALL_IMAGE_AUGMENTATION = Augmentation(crop_scale=(0.75, 1.0), flip=False, brightness=0.1,
+                                        contrast=0.2, saturation=0.0)
+
+
+def augmentation_for(augment: bool, image_size: int) -> Augmentation:
+    """The training augmentation of a model with input side `image_size`.
+
+    Args:
+        augment: Whether to augment at all (the configs' `augment`).
+        image_size: The largest input side the augmented images feed.
+
+    Returns:
+        `NO_AUGMENTATION`, `SMALL_IMAGE_AUGMENTATION` (up to `SMALL_IMAGE_MAX` px) or
+        `Augmentation()` (photos: random resized crop from 60% of the area, flips, colour).
+    """
+    if not augment:
+        return NO_AUGMENTATION
+    return SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
+
 
 def decode_and_resize(path, image_size: int):
     """Graph op: reads a file with `load_rgb` and resizes it like every exported model expects.

@@ -60,7 +60,8 @@ class DistillConfig:
         warmup_epochs: Length of the warm-up, in epochs (may be fractional).
         weight_decay: Decoupled weight decay (AdamW).
         dropout: Dropout rate before the student's `logits` layer.
-        augment: Random resized crop, flip and colour jitter on training images.
+        augment: Augment training images (`dataset.augmentation_for`: shift, scale and
+            contrast up to 64 px; random resized crop, flip and colour jitter above).
         val_fraction: Share of each class held out for validation on a folder other than
             the teacher's; `None` uses the teacher run's. On the teacher's own folder the
             teacher's split is always reused (a warning says so when this differs), so the
@@ -346,7 +347,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     from vgg_mobile.evaluation import metrics as evaluation
     from vgg_mobile.evaluation import plots
 
-    augmentation = dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION
+    augmentation = dataset.augmentation_for(config.augment, max(student_size, teacher_size))
     steps_per_epoch = -(-len(parts.train) // global_batch)
 
     state_path = out / CHECKPOINTS / STATE if write_dir == out else None

@@ -27,7 +27,8 @@ class TrainConfig:
         unfreeze_blocks: Blocks trained by `last-blocks`, and reached by `progressive`.
         val_fraction: Share of each class held out for validation (unsplit folders).
         seed: Seeds the split, shuffles, augmentation and initialisation.
-        augment: Random resized crop, flip and colour jitter on training images.
+        augment: Augment training images (`dataset.augmentation_for`: shift, scale and
+            contrast up to 64 px; random resized crop, flip and colour jitter above).
         class_weights: Weight the loss by inverse class frequency.
         strict: Fail on any bad image instead of skipping it.
     """

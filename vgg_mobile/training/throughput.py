@@ -91,7 +91,7 @@ def measure_throughput(
     global_batch = distribution.global_batch(config.batch_size)
     train_ds = dataset.make_dataset(
         parts.train, options.image_size, global_batch, n_classes, training=True,
-        augmentation=dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION,
+        augmentation=dataset.augmentation_for(config.augment, options.image_size),
         seed=config.seed)
     seconds = []
     for _ in range(2):

@@ -233,7 +233,7 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
             model = dist.to_mixed_precision(model)
     train_ds = dist.shard_by_data(dataset.make_dataset(
         parts.train, options.image_size, global_batch, n_classes, training=True,
-        augmentation=dataset.Augmentation() if config.augment else dataset.NO_AUGMENTATION,
+        augmentation=dataset.augmentation_for(config.augment, options.image_size),
         seed=config.seed + done))
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, options.image_size, global_batch,
                                                       n_classes))
