@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.data import dataset
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.models.architectures import ModelOptions, build_classifier
@@ -85,3 +86,23 @@ def test_distiller_trains_only_the_student_and_returns_its_output(teacher_model,
         np.testing.assert_allclose(distiller(x, training=training).numpy(), expected,
                                    rtol=1e-5, atol=1e-6)
     assert np.ptp(student(x, training=True).numpy(), axis=0).max() > 1e-3
+
+
+def test_mixup_mixes_both_views_and_the_labels_with_one_weight_and_one_order(teacher_model):
+    import tensorflow as tf
+
+    student = build_classifier(ModelOptions(architecture=STUDENT, image_size=32, head_units=0), 4)
+    distiller = build_distiller(student, teacher_model, mixup=0.4)
+    rng = np.random.default_rng(0)
+    student_x = tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32))
+    teacher_x = student_x * 0.5 + 7.0  # another view, tied to the first
+    y = tf.one_hot(np.arange(8) % 4, 4)
+    tf.random.set_seed(1)
+    mixed_s, mixed_t, mixed_y = (t.numpy() for t in distiller._mix(student_x, teacher_x, y))
+    # The same mix of the same images: the tie between the views survives mixing.
+    np.testing.assert_allclose(mixed_t, mixed_s * 0.5 + 7.0, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
+    assert not np.allclose(mixed_s, student_x.numpy())  # something was mixed
+    assert not np.allclose(mixed_y, y.numpy()) or np.allclose(mixed_s, student_x.numpy())
+    with pytest.raises(BadInputError, match="mixup must be >= 0"):
+        build_distiller(student, teacher_model, mixup=-1)

@@ -26,6 +26,8 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
               help="Softens teacher and student logits in the distillation term (> 0).")
 @click.option("--alpha", default=0.5, show_default=True, type=float,
               help="Weight of the hard-label loss in [0, 1]; 1 - alpha weighs the teacher's.")
+@click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Beta parameter of batch mixup in distillation (teacher, student and labels mixed alike); 0: off.")
 @click.option("--epochs", default=20, show_default=True, type=COUNT)
 @click.option("--batch-size", default=32, show_default=True, type=COUNT)
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-2, show_default=True, type=float,
@@ -43,14 +45,14 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @distribute_options
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, epochs, batch_size,
+def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, mixup, epochs, batch_size,
                 learning_rate, seed, no_augment, baseline, ship, force, resume, as_json, quiet, strategy,
                 mixed_precision, jit_compile):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import DistillConfig, distill
 
     config = DistillConfig(student=student, image_size=image_size, temperature=temperature,
-                           alpha=alpha, epochs=epochs, batch_size=batch_size,
+                           alpha=alpha, mixup=mixup, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline, ship=ship)
     if force and resume:

@@ -54,6 +54,9 @@ class DistillConfig:
         image_size: The student's input side in pixels; `None` takes the teacher's.
         temperature: Softens both models' logits before the KL term (T in Hinton's loss).
         alpha: Weight of the hard-label cross-entropy; `1 - alpha` weighs the teacher's term.
+        mixup: Mixes each distillation batch with a shuffled copy of itself, the same mix for
+            both models' views and the labels, with a weight drawn from Beta(mixup, mixup);
+            0 turns it off. The baseline (the student trained alone) is trained without it.
         epochs: Passes over the training split.
         batch_size: Images per step.
         learning_rate: Peak learning rate, after a linear warm-up, then cosine-decayed to 0.
@@ -81,6 +84,7 @@ class DistillConfig:
     image_size: int | None = None
     temperature: float = 2.0
     alpha: float = 0.5
+    mixup: float = 0.0
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-2
@@ -104,6 +108,7 @@ class DistillConfig:
              f"image_size={self.image_size}")
         require(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
         require(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
+        require(self.mixup >= 0, "mixup must be >= 0", f"mixup={self.mixup}")
         require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
         require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
         require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
@@ -359,7 +364,8 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
             if distribution.config.mixed_precision:
                 student = dist.to_mixed_precision(student)
             distiller = build_distiller(student, teacher_in_strategy if with_teacher else None,
-                                        config.temperature, config.alpha if with_teacher else 1.0)
+                                        config.temperature, config.alpha if with_teacher else 1.0,
+                                        mixup=config.mixup if with_teacher else 0.0)
             distiller.compile(
                 optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
                                               distribution.config),
@@ -462,6 +468,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
             **verdict,
         },
         distillation={"temperature": config.temperature, "alpha": config.alpha,
+                      "mixup": config.mixup,
                       "epochs": config.epochs, "consistent_teaching": True,
                       "student_parameters": student_parameters,
                       "parameter_ratio": round(student_parameters / teacher_parameters, 4),

@@ -4,6 +4,11 @@
 
 Both models are read at their `logits` layers. `call()` returns the student's output, and
 the losses are reported apart (`student_loss`, `distillation_loss`, `total_loss`).
+
+With `mixup` > 0 each training batch is mixed with a shuffled copy of itself (one weight per
+batch, drawn from Beta(mixup, mixup)), the same mix for the teacher's view, the student's view
+and the labels: the teacher is asked about images between the training images, where its
+answers carry the most that labels do not ("function matching", Beyer et al. 2022).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def distiller_class():
         """
 
         def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
-                     **kwargs):
+                     mixup: float = 0.0, **kwargs):
             super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
             if teacher is None and alpha != 1:
                 raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
@@ -40,6 +45,7 @@ def distiller_class():
             self.teacher = teacher
             self.temperature = float(temperature)
             self.alpha = float(alpha)
+            self.mixup = float(mixup)
             # Sub-models sharing the layers (and weights) of each model up to its logits.
             self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
                                               name="student_logits")
@@ -90,9 +96,24 @@ def distiller_class():
             return tf.reduce_mean(keras.losses.categorical_crossentropy(
                 labels, tf.cast(student_logits, tf.float32), from_logits=True))
 
+        def _mix(self, student_x, teacher_x, y):
+            """Mixup: every tensor with a shuffled copy of its batch, one weight per batch."""
+            a = tf.random.gamma([], self.mixup)
+            b = tf.random.gamma([], self.mixup)
+            weight = a / (a + b)
+            order = tf.random.shuffle(tf.range(tf.shape(y)[0]))
+
+            def mix(t):
+                return weight * t + (1 - weight) * tf.gather(t, order)
+
+            y = tf.cast(y, tf.float32)
+            return mix(student_x), (None if teacher_x is None else mix(teacher_x)), mix(y)
+
         def train_step(self, data):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             student_x, teacher_x = self._views(x)
+            if self.mixup > 0:
+                student_x, teacher_x, y = self._mix(student_x, teacher_x, y)
             teacher_logits = (self.teacher_logits(teacher_x, training=False)
                               if self.teacher is not None else None)
             variables = self.student.trainable_variables
@@ -129,7 +150,8 @@ def distiller_class():
     return Distiller
 
 
-def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5):
+def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5,
+                    mixup: float = 0.0):
     """Wraps a student and a (frozen) teacher in a `Distiller`.
 
     Args:
@@ -138,6 +160,7 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
             trains the student on labels alone (needs `alpha=1`).
         temperature: Softening temperature, > 0. Defaults to `2.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
+        mixup: Beta parameter of the batch mixup; 0 turns it off. Defaults to `0.0`.
 
     Returns:
         An uncompiled `Distiller` (a `tf_keras.Model`).
@@ -150,6 +173,8 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         raise BadInputError(f"temperature must be > 0. Received: temperature={temperature}")
     if not 0 <= alpha <= 1:
         raise BadInputError(f"alpha must be in [0, 1]. Received: alpha={alpha}")
+    if not mixup >= 0:
+        raise BadInputError(f"mixup must be >= 0. Received: mixup={mixup}")
     for role, model in (("student", student), ("teacher", teacher)):
         if model is not None and "logits" not in {layer.name for layer in model.layers}:
             raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
@@ -157,4 +182,4 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         raise BadInputError(
             f"teacher and student disagree on the number of classes: "
             f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
-    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha)
+    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha, mixup=mixup)
