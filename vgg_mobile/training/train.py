@@ -156,6 +156,10 @@ def train(
     fingerprint = folder.fingerprint()
 
     models.resolve_weights(options.weights, options.architecture)  # fail before any work
+    if options.architecture == "vgg16" and options.weights == "none":
+        log("note: VGG16 without batch normalisation trains poorly from scratch on a few "
+            "thousand images; --architecture vgg16_bn is the from-scratch teacher "
+            "(what `vgg-mobile pipeline` trains without ImageNet weights)")
     cluster = dist.read_cluster()
     dist.check_cluster(distribute, cluster)
     # Claimed before the strategy starts, so a refused run never leaves other workers waiting.
