@@ -234,6 +234,59 @@ def test_auto_never_downloads(keras_home, monkeypatch):
     assert resolve_weights("auto", "vgg16") == str(keras_home / "models" / VGG_FILE)
 
 
+def test_a_pretrained_student_loads_the_downloaded_weights(mirror, keras_home, monkeypatch):
+    import tf_keras as keras
+
+    from vgg_mobile.distillation.distill import DistillConfig
+
+    name = "mobilenet_v2_0.35"
+    file_name = models.get_architecture(name).imagenet_file
+    keras.utils.set_random_seed(3)
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
+                                          input_shape=(224, 224, 3))
+    base.save_weights(mirror / file_name)
+    _with_hash(monkeypatch, file_name, hashlib.md5((mirror / file_name).read_bytes()).hexdigest())
+    options = DistillConfig(student=name, student_weights="imagenet").student_options(32)
+    assert options.weights == "imagenet"
+    model = build_classifier(options, 4)
+    assert (keras_home / "models" / file_name).is_file()
+    for layer in ("Conv1", "block_16_project"):
+        np.testing.assert_array_equal(model.get_layer(layer).get_weights()[0],
+                                      base.get_layer(layer).get_weights()[0])
+    with pytest.raises(BadInputError, match="student_weights=''"):
+        DistillConfig(student_weights="")
+
+
+def test_distill_downloads_the_students_weights_before_any_work(teacher_run, sample_dir, mirror,
+                                                                keras_home, tmp_path):
+    import json
+
+    import tf_keras as keras
+
+    from vgg_mobile.distillation.distill import DistillConfig, distill
+
+    file_name = models.get_architecture("mobilenet_v2_0.35").imagenet_file
+    keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
+                                   input_shape=(224, 224, 3)).save_weights(mirror / file_name)
+    lines: list[str] = []
+    config = DistillConfig(student="mobilenet_v2_0.35", image_size=32, epochs=1, batch_size=16,
+                           student_weights="imagenet")
+    result = distill(teacher_run.run_dir, sample_dir, tmp_path / "student", config, log=lines.append)
+    assert (keras_home / "models" / file_name).is_file()
+    assert any(line.startswith("downloading ImageNet weights for mobilenet_v2_0.35") for line in lines)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["config"]["model"]["weights"] == "imagenet"
+    assert manifest["config"]["distill"]["student_weights"] == "imagenet"
+
+
+def test_the_real_preset_asks_for_pretrained_teacher_and_student():
+    from vgg_mobile.pipeline.config import build_config
+
+    real, sample = build_config({}, "real"), build_config({}, "sample")
+    assert (real.teacher.model.weights, real.student.student_weights) == ("imagenet", "imagenet")
+    assert (sample.teacher.model.weights, sample.student.student_weights) == ("none", "none")
+
+
 def test_train_offline_exits_2_with_the_message(cli, sample_dir, tmp_path):
     keras_home = tmp_path / "keras_home"
     args = ("train", sample_dir, "--out", tmp_path / "run", "--weights", "imagenet",
@@ -252,7 +305,8 @@ def test_train_offline_exits_2_with_the_message(cli, sample_dir, tmp_path):
     assert not any(keras_home.rglob("*.h5*"))
 
 
-def test_the_commands_offer_offline(cli):
-    for command in ("train", "pipeline"):
+def test_the_commands_offer_offline_and_student_weights(cli):
+    for command in ("train", "distill", "pipeline"):
         result = cli(command, "--help")
         assert result.returncode == 0 and "--offline" in result.stdout, command
+    assert "--student-weights" in cli("distill", "--help").stdout

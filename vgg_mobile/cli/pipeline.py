@@ -19,8 +19,8 @@ from vgg_mobile.cli.common import log, offline_option
               help="TOML file of stage settings, applied over the preset (see --print-config).")
 @click.option("--preset", default="sample", show_default=True,
               help="sample: 32 px teacher, minutes on 2 cores, no pretrained weights; real: "
-                   "224 px, ImageNet weights for the teacher (from the Keras cache, downloaded "
-                   "into it when missing unless --offline).")
+                   "224 px, ImageNet weights for teacher and student (from the Keras cache, "
+                   "downloaded into it when missing unless --offline).")
 @click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
 @click.option("--force", is_flag=True, help="Redo every stage, even finished ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")

@@ -102,8 +102,8 @@ def run_pipeline(
         log: Receives one line per stage (with elapsed time) and the stages' own messages.
             Defaults to discarding them.
         verbose: Keras progress output inside training stages. Defaults to `0`.
-        offline: Never download: ImageNet weights that the teacher's `weights` ask for
-            must be in the Keras cache
+        offline: Never download: ImageNet weights that the teacher's `weights` or the
+            student's `student_weights` ask for must be in the Keras cache
             (`VGG_MOBILE_OFFLINE=1` does the same). Otherwise they are downloaded into it
             before anything is written; "auto" (and so the default `sample` preset) never
             downloads. Defaults to `False`.
@@ -114,8 +114,8 @@ def run_pipeline(
     Raises:
         DataError: The data folder fails its checks (before anything is written).
         RunDirError: `out_dir` is not a pipeline output folder, or overlaps the data.
-        BadInputError: The teacher's weights are not on this machine and downloads are off
-            (before anything is written).
+        BadInputError: The teacher's or the student's weights are not on this machine and
+            downloads are off (before anything is written).
         VggMobileError: Their download failed (before anything is written).
         BadInputError, BudgetError, WriteError: From the stages; earlier finished stages are
             kept.
@@ -136,6 +136,8 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
     # after OUT is made.
     resolve_weights(config.teacher.model.weights, config.teacher.model.architecture,
                     offline=offline, log=log, flag="[teacher] weights =")
+    resolve_weights(config.student.student_weights, config.student.student, offline=offline,
+                    log=log, flag="[student] student_weights =")
     data_fingerprint = folder.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG_FILE, config_toml(config, "the latest run's"))

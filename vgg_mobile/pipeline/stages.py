@@ -141,7 +141,7 @@ def _qat(job: StageJob, settings: QATConfig) -> None:
 
 def _distill(job: StageJob, settings: DistillConfig) -> None:
     distill(job.parent, job.data_dir, job.path, settings, resume=job.resume, command=job.command,
-            log=job.log, verbose=job.verbose, stage=job.name)
+            log=job.log, verbose=job.verbose, stage=job.name, offline=job.offline)
 
 
 def _export(job: StageJob, settings: ExportConfig) -> None:
