@@ -16,6 +16,11 @@ from harness import TEACHER_EPOCHS
 
 import vgg_mobile  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+# No test reaches the internet: a weights download that a test did not point elsewhere goes to
+# a port that refuses (in this process and in every CLI subprocess, which inherit it).
+os.environ["VGG_MOBILE_WEIGHTS_URL"] = "http://127.0.0.1:9/"
+os.environ.pop("VGG_MOBILE_OFFLINE", None)
+
 # Fixed settings of the session teacher; tests that train their own use smaller budgets.
 TEACHER_SIZE = 32
 STUDENT = "mobilenet_v2_0.35"

@@ -35,8 +35,8 @@ def test_sample_data_writes_a_mixed_folder_and_refuses_to_overwrite(cli, tmp_pat
 @pytest.mark.parametrize("args,message", [
     (("train", "{tmp}/absent", "--out", "{tmp}/run", "--weights", "none"), "absent: no such folder"),
     (("train", "{one_class}", "--out", "{tmp}/run", "--weights", "none"), "at least two class folders"),
-    (("train", "{sample}", "--out", "{tmp}/run", "--weights", "imagenet", "--image-size", "32"),
-     "never downloads"),
+    (("train", "{sample}", "--out", "{tmp}/run", "--weights", "imagenet", "--image-size", "32",
+      "--offline"), "downloads are off (--offline"),
     (("train", "{sample}", "--out", "{tmp}/run", "--weights", "none", "--image-size", "16"),
      "image_size=16"),
     (("train", "{sample}", "--out", "{tmp}/run", "--weights", "none", "--label-smoothing", "2"),

@@ -221,6 +221,8 @@ def bad_inputs(teacher_run, sample_dir, tmp_path_factory):
     ("ok", ("--alpha", "1.5"), r"alpha must be in [0, 1]. Received: alpha=1.5"),
     ("ok", ("--alpha", "-0.5"), "alpha must be in [0, 1]"),
     ("teacher_out", (), "is the input"),
+    ("ok", ("--student-weights", ""), "student_weights=''"),
+    ("ok", ("--student-weights", "imagenet", "--offline"), "downloads are off (--offline"),
 ])
 def test_bad_input_fails_fast_with_exit_2_and_writes_nothing(cli, teacher_run, sample_dir, bad_inputs,
                                                             tmp_path, case, extra, message):
@@ -233,7 +235,7 @@ def test_bad_input_fails_fast_with_exit_2_and_writes_nothing(cli, teacher_run, s
         out = teacher_run.run_dir
     before = _sha256(teacher_run.run_dir / "manifest.json")
     result = cli("distill", "--teacher", teacher, "--data", data, "--out", out, "--force", *extra,
-                 timeout=120)
+                 timeout=120, env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
     assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
     assert message in result.stderr
     assert "Epoch" not in result.stderr  # refused before any training

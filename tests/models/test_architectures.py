@@ -67,9 +67,9 @@ def test_weights_from_a_path(tmp_path, keras_home):
                                   base.get_layer("block3_conv1").get_weights()[0])
 
 
-def test_missing_imagenet_weights_is_a_clear_error_not_a_download(keras_home):
-    with pytest.raises(BadInputError, match="never downloads") as info:
-        build_classifier(ModelOptions(image_size=32, weights="imagenet"), 2)
+def test_missing_imagenet_weights_offline_is_a_clear_error_not_a_download(keras_home):
+    with pytest.raises(BadInputError, match="not found at .*--offline") as info:
+        build_classifier(ModelOptions(image_size=32, weights="imagenet"), 2, offline=True)
     assert str(keras_home / "models") in str(info.value)
 
 

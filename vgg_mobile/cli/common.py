@@ -42,6 +42,16 @@ def distribute_options(command):
              "the replica count too (linear scaling), as the manifest records.")(command)
 
 
+def offline_option(command):
+    """Adds --offline: never download weights (the same switch as VGG_MOBILE_OFFLINE=1)."""
+    return click.option(
+        "--offline", is_flag=True,
+        help="Never download: ImageNet weights missing from the Keras cache are an error "
+             "(VGG_MOBILE_OFFLINE=1 does the same). Without it, --weights imagenet downloads "
+             "them into the cache from Keras's URL (or $VGG_MOBILE_WEIGHTS_URL); auto never "
+             "downloads.")(command)
+
+
 def distribute_config(strategy, mixed_precision, jit_compile):
     from vgg_mobile.training.distribute import DistributeConfig
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, log
+from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
+                                   offline_option)
+from vgg_mobile.distillation.distill import DistillConfig
 
 
 @click.command("distill")
@@ -22,6 +24,12 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
 @click.option("--image-size", default=None, type=COUNT,
               help="Student input side in pixels. Defaults to the teacher's.")
+@click.option("--student-weights", default=default(DistillConfig, "student_weights"),
+              show_default=True,
+              help="The student's starting weights: none (random), imagenet (Keras's ImageNet "
+                   "weights of the student, from the Keras cache, downloaded into it when "
+                   "missing unless --offline), auto (imagenet if cached, else none; never "
+                   "downloads) or a path to an .h5 backbone weights file.")
 @click.option("--temperature", default=2.0, show_default=True, type=float,
               help="Softens teacher and student logits in the distillation term (> 0).")
 @click.option("--alpha", default=0.5, show_default=True, type=float,
@@ -44,14 +52,16 @@ from vgg_mobile.cli.common import COUNT, distribute_config, distribute_options, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @distribute_options
+@offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha, mixup, epochs, batch_size,
-                learning_rate, seed, no_augment, baseline, ship, force, resume, as_json, quiet, strategy,
-                mixed_precision, jit_compile):
+def distill_cmd(ctx, teacher, data, out, student, image_size, student_weights, temperature, alpha,
+                mixup, epochs, batch_size, learning_rate, seed, no_augment, baseline, ship, force, resume,
+                as_json, quiet, strategy, mixed_precision, jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
-    from vgg_mobile.distillation.distill import DistillConfig, distill
+    from vgg_mobile.distillation.distill import distill
 
-    config = DistillConfig(student=student, image_size=image_size, temperature=temperature,
+    config = DistillConfig(student=student, image_size=image_size,
+                           student_weights=student_weights, temperature=temperature,
                            alpha=alpha, mixup=mixup, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline, ship=ship)
@@ -61,7 +71,8 @@ def distill_cmd(ctx, teacher, data, out, student, image_size, temperature, alpha
     result = distill(teacher, data, out, config, force=force, resume=resume,
                      command=["vgg-mobile", *sys.argv[1:]],
                      log=log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
-                     distribute=distribute_config(strategy, mixed_precision, jit_compile))
+                     distribute=distribute_config(strategy, mixed_precision, jit_compile),
+                     offline=offline)
     if not result.wrote_run:
         summary = {"run": None, "worker": result.distribution["written_by"],
                    "weights_sha256": result.distribution["weights_sha256"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import log
+from vgg_mobile.cli.common import log, offline_option
 
 
 @click.command("pipeline")
@@ -18,14 +18,17 @@ from vgg_mobile.cli.common import log
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="TOML file of stage settings, applied over the preset (see --print-config).")
 @click.option("--preset", default="sample", show_default=True,
-              help="sample: 32 px teacher, minutes on 2 cores; real: 224 px, ImageNet weights "
-                   "from the local Keras cache.")
+              help="sample: 32 px teacher, minutes on 2 cores, no pretrained weights; real: "
+                   "224 px, ImageNet weights for teacher and student (from the Keras cache, "
+                   "downloaded into it when missing unless --offline).")
 @click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
 @click.option("--force", is_flag=True, help="Redo every stage, even finished ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
+@offline_option
 @click.pass_context
-def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet):
+def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet,
+                 offline):
     """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
     (TFLite, Android), web_export (TF.js), site, benchmark; then write the report.
     Re-running resumes after the last finished stage."""
@@ -44,7 +47,8 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
                                + (f" --config {config_path}" if config_path else "")
                                + (f" --preset {preset}" if preset != "sample" else ""))
     result = run_pipeline(data, out, config, force=force, log=log,
-                          verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
+                          verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
+                          offline=offline)
     report = write_report(out, config)
     log(f"report: {report['html']}")
     if as_json:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import COUNT, default, distribute_config, distribute_options, log
+from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
+                                   offline_option)
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.training.hyperparameters import TrainConfig
 
@@ -66,8 +67,9 @@ def doctor_cmd(as_json):
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Run directory to write (required, except with --data-benchmark).")
 @click.option("--weights", default=default(ModelOptions, "weights"), show_default=True,
-              help="imagenet (from the local Keras cache, never downloaded), none, a path to an "
-                   ".h5 backbone weights file, or auto (imagenet if cached, else none).")
+              help="imagenet (from the Keras cache, downloaded into it when missing unless "
+                   "--offline), none, a path to an .h5 backbone weights file, or auto (imagenet "
+                   "if cached, else none; never downloads).")
 @click.option("--architecture", default=default(ModelOptions, "architecture"), show_default=True,
               help="Teacher architecture.")
 @click.option("--image-size", default=default(ModelOptions, "image_size"), show_default=True,
@@ -103,6 +105,7 @@ def doctor_cmd(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @distribute_options
+@offline_option
 @click.option("--data-benchmark", is_flag=True,
               help="Measure the input pipeline's images/s against the training step's (on "
                    "batches in memory), print which one limits training, and exit; writes nothing.")
@@ -110,7 +113,8 @@ def doctor_cmd(as_json):
 def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
               warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
               unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
-              force, as_json, quiet, strategy, mixed_precision, jit_compile, data_benchmark):
+              force, as_json, quiet, strategy, mixed_precision, jit_compile, offline,
+              data_benchmark):
     """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
     from vgg_mobile.training.throughput import measure_throughput
     from vgg_mobile.training.train import train
@@ -127,7 +131,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          augment=not no_augment, class_weights=class_weights, strict=strict)
     distribute = distribute_config(strategy, mixed_precision, jit_compile)
     if data_benchmark:
-        report = measure_throughput(data, options, config, distribute, log=log)
+        report = measure_throughput(data, options, config, distribute, log=log, offline=offline)
         if as_json:
             click.echo(json.dumps({**dataclasses.asdict(report), "limited_by": report.limited_by},
                                   indent=2))
@@ -139,7 +143,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                                "(and the same options)")
     result = train(data, out, options, config, resume=resume, force=force, command=command,
                    log=log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
-                   distribute=distribute)
+                   distribute=distribute, offline=offline)
     if not result.wrote_run:
         summary = {"run": None, "worker": result.distribution["written_by"],
                    "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,

@@ -52,6 +52,11 @@ class DistillConfig:
     Attributes:
         student: A student name from `student_names()`.
         image_size: The student's input side in pixels; `None` takes the teacher's.
+        student_weights: The student backbone's starting weights: "none" (random),
+            "imagenet" (Keras's ImageNet weights of the student architecture, saved at 224 px
+            and loaded by layer name at any size; from the Keras cache, downloaded into it
+            unless offline), "auto" (imagenet when cached, else none; never downloads) or
+            a path to an .h5 weights file of the backbone.
         temperature: Softens both models' logits before the KL term (T in Hinton's loss).
         alpha: Weight of the hard-label cross-entropy; `1 - alpha` weighs the teacher's term.
         mixup: Mixes each distillation batch with a shuffled copy of itself, the same mix for
@@ -82,6 +87,7 @@ class DistillConfig:
 
     student: str = DEFAULT_STUDENT
     image_size: int | None = None
+    student_weights: str = "none"
     temperature: float = 2.0
     alpha: float = 0.5
     mixup: float = 0.0
@@ -106,6 +112,9 @@ class DistillConfig:
         require(self.image_size is None or self.image_size >= spec.min_size,
              f"{self.student} needs an image size of at least {spec.min_size}",
              f"image_size={self.image_size}")
+        require(bool(self.student_weights),
+                "student_weights must be 'auto', 'imagenet', 'none' or a path",
+                f"student_weights={self.student_weights!r}")
         require(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
         require(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
         require(self.mixup >= 0, "mixup must be >= 0", f"mixup={self.mixup}")
@@ -121,8 +130,9 @@ class DistillConfig:
              "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
 
     def student_options(self, image_size: int) -> ModelOptions:
-        """The student's architecture options at `image_size` (random initialisation)."""
-        return ModelOptions(architecture=self.student, image_size=image_size, weights="none",
+        """The student's architecture options at `image_size`, starting from `student_weights`."""
+        return ModelOptions(architecture=self.student, image_size=image_size,
+                            weights=self.student_weights,
                             dropout=self.dropout, head_units=0)
 
 
@@ -194,6 +204,7 @@ def distill(
     callbacks: tuple = (),
     distribute: DistributeConfig | None = None,
     stage: str = "student",
+    offline: bool = False,
 ) -> DistillResult:
     """Distills a teacher run into a student and writes the student's run directory.
 
@@ -218,6 +229,10 @@ def distill(
             size is per replica and the learning rate is scaled by the replica count; in a
             multi-worker run only the chief writes `out_dir`. The strategy is created here,
             before any other TensorFlow work. Defaults to `DistributeConfig()`.
+        offline: Never download: `student_weights="imagenet"` must then be in the Keras
+            cache (`VGG_MOBILE_OFFLINE=1` does the same). Otherwise missing ImageNet weights
+            are downloaded into the cache before any work; "auto" never downloads. Defaults
+            to `False`.
 
     Returns:
         A `DistillResult`; on a multi-worker non-chief its `run_dir` was not written.
@@ -226,7 +241,9 @@ def distill(
         RunDirError: The teacher run is unfinished or not a classifier, or `out_dir` cannot
             be written.
         DataError: The data folder fails its checks or its classes differ from the teacher's.
-        BadInputError: Bad settings.
+        BadInputError: Bad settings (e.g. the student's ImageNet weights not in the local
+            cache when offline).
+        VggMobileError: The student's ImageNet weights could not be downloaded.
     """
     distribute = distribute or DistributeConfig()
     config = config or DistillConfig()
@@ -246,7 +263,10 @@ def distill(
     if choice.note:
         log(f"warning: {choice.note}")
     n_classes = len(folder.classes)
-    config.student_options(config.image_size or teacher_run.image_size)  # checked before any work
+    # Checked, and missing ImageNet weights downloaded, before any work.
+    options = config.student_options(config.image_size or teacher_run.image_size)
+    models.resolve_weights(options.weights, options.architecture, offline=offline, log=log,
+                           flag="--student-weights")
 
     dist.check_cluster(distribute, dist.read_cluster())
     distribution = dist.create_distribution(distribute)
@@ -271,7 +291,8 @@ def distill(
             write_json(path / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
         with dist.writer_dir(path, distribution) as write_dir:
             result = _distill(teacher_run, teacher, folder, choice, path, write_dir, config,
-                              command, log, verbose, callbacks, distribution, recorded, stage)
+                              command, log, verbose, callbacks, distribution, recorded, stage,
+                              offline)
     if distribution.writes_run:
         log(f"wrote {out} (student val accuracy {_accuracy(result.metrics)}, teacher "
             f"{_accuracy(result.teacher_metrics)}"
@@ -330,12 +351,19 @@ def _epoch_recorder(state_path: Path | None, key: str, history: dict):
 
 
 def _distill(teacher_run, teacher, folder, choice, out, write_dir,
-             config, command, log, verbose, callbacks, distribution, recorded, stage) -> DistillResult:
+             config, command, log, verbose, callbacks, distribution, recorded, stage,
+             offline) -> DistillResult:
     parts = choice.parts
     n_classes = len(folder.classes)
     teacher_size = teacher_run.image_size
     student_size = config.image_size or teacher_size
     options = config.student_options(student_size)
+    if options.weights == "auto":
+        options = dataclasses.replace(options, weights=models.choose_weights("auto", config.student))
+        cached = models.imagenet_weights_path(config.student)
+        log(f"student: using ImageNet weights from {cached}" if options.weights == "imagenet" else
+            f"student: no ImageNet weights at {cached}: starting from random weights (auto "
+            "never downloads, --student-weights imagenet does)")
     spec = models.get_architecture(config.student)
     global_batch = distribution.global_batch(config.batch_size)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)
@@ -360,7 +388,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     def train_student(with_teacher: bool, fit_callbacks=()):
         keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
         with distribution.strategy.scope():
-            student = models.build_classifier(options, n_classes)
+            student = models.build_classifier(options, n_classes, offline=offline)
             if distribution.config.mixed_precision:
                 student = dist.to_mixed_precision(student)
             distiller = build_distiller(student, teacher_in_strategy if with_teacher else None,

@@ -12,11 +12,11 @@ a flat Sequential or Functional model.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.models.weights import fetch_weights, keras_cache_dir
 
 # The mean RGB pixel of ImageNet, subtracted by the VGG ("caffe") preprocessing.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -35,9 +35,10 @@ class ModelOptions:
         architecture: A name from `ARCHITECTURES`.
         image_size: Side of the square input in pixels, from the architecture's `min_size`
             to `MAX_IMAGE_SIZE`.
-        weights: `"imagenet"` (from the local Keras cache, never downloaded), `"none"`
-            (random), a path to an `.h5` weights file of the backbone, or `"auto"`: ImageNet
-            weights when they are in the local cache, else random (see `choose_weights`).
+        weights: `"imagenet"` (from the local Keras cache, downloaded into it from Keras's
+            URL when missing, unless offline), `"none"` (random), a path to an `.h5` weights
+            file of the backbone, or `"auto"`: ImageNet weights when they are in the local
+            cache, else random, never downloaded (see `choose_weights`).
         dropout: Dropout rate before each head layer.
         head_units: Width of the hidden dense layer of the head; 0 for none.
     """
@@ -351,20 +352,15 @@ def require_tfmot_compatible(name: str, step: str) -> Architecture:
     return spec
 
 
-def keras_cache_dir() -> Path:
-    """The folder where Keras keeps downloaded weights (`$KERAS_HOME/models`)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
-
-
 def imagenet_weights_path(architecture: str) -> Path:
-    """Where the architecture's ImageNet weights are looked for (never downloaded)."""
+    """Where the architecture's ImageNet weights are kept: the Keras cache, which
+    `resolve_weights` fills on demand."""
     return keras_cache_dir() / get_architecture(architecture).imagenet_file
 
 
 def choose_weights(weights: str, architecture: str) -> str:
     """Settles `"auto"`: `"imagenet"` when those weights are in the local Keras cache, else
-    `"none"`. Any other value is returned as it is."""
+    `"none"`; never downloads. Any other value is returned as it is."""
     if weights != "auto":
         return weights
     if not get_architecture(architecture).imagenet_file:
@@ -372,13 +368,29 @@ def choose_weights(weights: str, architecture: str) -> str:
     return "imagenet" if imagenet_weights_path(architecture).is_file() else "none"
 
 
-def resolve_weights(weights: str, architecture: str) -> str | None:
+def resolve_weights(weights: str, architecture: str, offline: bool = False,
+                    log: Callable[[str], None] = lambda message: None,
+                    flag: str = "--weights") -> str | None:
     """Turns `--weights` into a local file path, or `None` for random initialisation.
 
-    Never downloads: `"imagenet"` must already be in the Keras cache.
+    `"imagenet"` is read from the Keras cache and, when it is not there, downloaded into it
+    from Keras's URL (see `models.weights.fetch_weights`) unless `offline`. `"auto"` never
+    downloads: it is `"imagenet"` only when the file is already cached.
+
+    Args:
+        weights: `"imagenet"`, `"none"`, `"auto"` or a path to an `.h5` file.
+        architecture: A name from `ARCHITECTURES`.
+        offline: Never download; `VGG_MOBILE_OFFLINE=1` does the same. Defaults to `False`.
+        log: Receives a download's progress lines. Defaults to discarding them.
+        flag: The option that chose `weights`, for the messages. Defaults to `"--weights"`.
+
+    Returns:
+        The path of the weights file, or `None` for random weights.
 
     Raises:
-        BadInputError: The file is absent; the message says where it was looked for.
+        BadInputError: The file is absent (for `"imagenet"`: and downloads are off); the
+            message says where it was looked for.
+        VggMobileError: The download failed (e.g. no network) or its hash did not match.
     """
     spec = get_architecture(architecture)
     weights = choose_weights(weights, architecture)
@@ -389,26 +401,21 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
             raise BadInputError(
                 f"Keras has no ImageNet weights for {spec.name}: train it from scratch "
                 f"(--weights none) or pass --weights PATH. Received: weights={weights!r}")
-        path = imagenet_weights_path(architecture)
-        if not path.is_file():
-            raise BadInputError(
-                f"ImageNet weights for {spec.name} not found at {path}. vgg-mobile never "
-                f"downloads at run time: copy {spec.imagenet_file} there (or set KERAS_HOME), "
-                f"pass --weights PATH, or use --weights none"
-            )
-        return str(path)
+        return str(fetch_weights(spec.imagenet_file, offline=offline, flag=flag, log=log,
+                                 what=f"ImageNet weights for {spec.name}"))
     path = Path(weights)
     if not path.is_file():
         raise BadInputError(f"{path}: weights file not found (weights={weights!r})")
     return str(path)
 
 
-def build_classifier(options: ModelOptions, num_classes: int):
+def build_classifier(options: ModelOptions, num_classes: int, offline: bool = False):
     """Builds a flat classifier: pixels -> preprocessing -> backbone -> head -> softmax.
 
     Args:
         options: Architecture, input size, weights and head.
         num_classes: Number of output classes (at least 2).
+        offline: Never download ImageNet weights (see `resolve_weights`). Defaults to `False`.
 
     Returns:
         An uncompiled `tf_keras.Model` named after the architecture.
@@ -421,7 +428,7 @@ def build_classifier(options: ModelOptions, num_classes: int):
     if num_classes < 2:
         raise BadInputError(f"num_classes must be at least 2. Received: num_classes={num_classes}")
     spec = get_architecture(options.architecture)
-    weights_path = resolve_weights(options.weights, options.architecture)
+    weights_path = resolve_weights(options.weights, options.architecture, offline=offline)
     pixels = keras.Input((options.image_size, options.image_size, 3), name="pixels")
     features = spec.build_backbone(pixels, weights_path)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)

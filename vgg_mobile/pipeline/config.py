@@ -43,14 +43,15 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "site": {"enabled": True},
         "benchmark": {"enabled": True, "repeats": 30, "threads": 1},
     },
-    # Real photos: 224 px, ImageNet weights from the local Keras cache (never downloaded).
+    # Real photos: 224 px, ImageNet weights for teacher and student, from the Keras cache or
+    # downloaded into it (unless offline).
     "real": {
         "teacher": {"architecture": "vgg16", "image_size": 224, "weights": "imagenet",
                     "epochs": 10, "batch_size": 32, "learning_rate": 1e-4},
         "pruned": {"target_sparsity": 0.5, "epochs": 4, "batch_size": 32},
         "pruned_qat": {"preserve_sparsity": True, "epochs": 2, "batch_size": 32},
         "student": {"student": "mobilenet_v2_0.35", "image_size": 224, "epochs": 20,
-                    "batch_size": 32},
+                    "batch_size": 32, "student_weights": "imagenet"},
         "student_qat": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-5},
         "export": {"source": "student_qat", "flavours": ["int8"], "max_size": "10MB",
                    "min_agreement": 0.9, "verify_images": 0},

@@ -90,6 +90,7 @@ def run_pipeline(
     force: bool = False,
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
+    offline: bool = False,
 ) -> PipelineResult:
     """Runs every stage from an image folder to exported models and a web demo, resumably.
 
@@ -101,6 +102,11 @@ def run_pipeline(
         log: Receives one line per stage (with elapsed time) and the stages' own messages.
             Defaults to discarding them.
         verbose: Keras progress output inside training stages. Defaults to `0`.
+        offline: Never download: ImageNet weights that the teacher's `weights` or the
+            student's `student_weights` ask for must be in the Keras cache
+            (`VGG_MOBILE_OFFLINE=1` does the same). Otherwise they are downloaded into it
+            before anything is written; "auto" (and so the default `sample` preset) never
+            downloads. Defaults to `False`.
 
     Returns:
         A `PipelineResult` with the summary table as data.
@@ -108,8 +114,9 @@ def run_pipeline(
     Raises:
         DataError: The data folder fails its checks (before anything is written).
         RunDirError: `out_dir` is not a pipeline output folder, or overlaps the data.
-        BadInputError: The teacher's weights are not on this machine (before anything is
-            written).
+        BadInputError: The teacher's or the student's weights are not on this machine and
+            downloads are off (before anything is written).
+        VggMobileError: Their download failed (before anything is written).
         BadInputError, BudgetError, WriteError: From the stages; earlier finished stages are
             kept.
     """
@@ -118,14 +125,19 @@ def run_pipeline(
     _check_out(out, data_dir)
     # One pipeline per OUT: a second one stops here, naming the first.
     with lock(out):
-        return _run(data_dir, out, config, force, log, verbose)
+        return _run(data_dir, out, config, force, log, verbose, offline)
 
 
-def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, verbose) -> PipelineResult:
+def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, verbose,
+         offline: bool) -> PipelineResult:
     _check_out(out, data_dir)  # again, now that no other pipeline can be writing it
     folder = dataset.scan_folder(data_dir, strict=config.teacher.train.strict)
-    # Missing ImageNet weights (the real preset) stop the run here, not after OUT is made.
-    resolve_weights(config.teacher.model.weights, config.teacher.model.architecture)
+    # Missing ImageNet weights (the real preset) are downloaded, or stop the run, here: not
+    # after OUT is made.
+    resolve_weights(config.teacher.model.weights, config.teacher.model.architecture,
+                    offline=offline, log=log, flag="[teacher] weights =")
+    resolve_weights(config.student.student_weights, config.student.student, offline=offline,
+                    log=log, flag="[student] student_weights =")
     data_fingerprint = folder.fingerprint()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG_FILE, config_toml(config, "the latest run's"))
@@ -163,7 +175,7 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
         log(f"{prefix}: started" + (" (resuming from its last checkpoint)" if resume else ""))
         t0 = time.perf_counter()
         job = StageJob(name, data_dir, out, path, out / parent if parent else None, resume,
-                       command, log, verbose)
+                       command, log, verbose, offline)
         try:
             stage.run(job, settings)
         except Exception:

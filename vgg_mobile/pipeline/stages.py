@@ -53,6 +53,7 @@ class StageJob:
         command: The command line, recorded in manifests.
         log: Receives progress lines.
         verbose: Keras progress output.
+        offline: Never download pretrained weights. Defaults to `False`.
     """
 
     name: str
@@ -64,6 +65,7 @@ class StageJob:
     command: list[str]
     log: Callable[[str], None]
     verbose: int
+    offline: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +125,8 @@ class Stage:
 
 def _teacher(job: StageJob, settings: TeacherConfig) -> None:
     train(job.data_dir, job.path, settings.model, settings.train, resume=job.resume,
-          command=job.command, log=job.log, verbose=job.verbose, stage=job.name)
+          command=job.command, log=job.log, verbose=job.verbose, stage=job.name,
+          offline=job.offline)
 
 
 def _prune(job: StageJob, settings: PruneConfig) -> None:
@@ -138,7 +141,7 @@ def _qat(job: StageJob, settings: QATConfig) -> None:
 
 def _distill(job: StageJob, settings: DistillConfig) -> None:
     distill(job.parent, job.data_dir, job.path, settings, resume=job.resume, command=job.command,
-            log=job.log, verbose=job.verbose, stage=job.name)
+            log=job.log, verbose=job.verbose, stage=job.name, offline=job.offline)
 
 
 def _export(job: StageJob, settings: ExportConfig) -> None:

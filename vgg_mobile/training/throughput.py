@@ -54,6 +54,7 @@ def measure_throughput(
     distribute: DistributeConfig | None = None,
     steps: int = 10,
     log: Callable[[str], None] = lambda message: None,
+    offline: bool = False,
 ) -> ThroughputReport:
     """Measures the input pipeline and the training step apart; writes nothing.
 
@@ -68,6 +69,7 @@ def measure_throughput(
         distribute: Strategy, mixed precision, XLA. Defaults to `DistributeConfig()`.
         steps: Timed training steps. Defaults to `10`.
         log: Receives one-line progress messages. Defaults to discarding them.
+        offline: Never download ImageNet weights (as for `train`). Defaults to `False`.
 
     Returns:
         A `ThroughputReport`.
@@ -82,7 +84,7 @@ def measure_throughput(
     require(steps >= 1, "steps must be >= 1", f"steps={steps}")
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     parts = dataset.split(folder, config.val_fraction, config.seed)
-    models.resolve_weights(options.weights, options.architecture)
+    models.resolve_weights(options.weights, options.architecture, offline=offline, log=log)
     distribution = dist.create_distribution(distribute)
     import tensorflow as tf
     import tf_keras as keras
@@ -106,7 +108,7 @@ def measure_throughput(
     in_memory = dist.shard_by_data(tf.data.Dataset.from_tensors(batch).repeat())
     keras.utils.set_random_seed(config.seed)
     with distribution.strategy.scope():
-        model = models.build_classifier(options, n_classes)
+        model = models.build_classifier(options, n_classes, offline=offline)
         if distribute.mixed_precision:
             model = dist.to_mixed_precision(model)
         compile_classifier(model, config, Phase(0, config.epochs, 99), steps, n_classes,

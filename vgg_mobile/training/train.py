@@ -99,6 +99,7 @@ def train(
     callbacks: tuple = (),
     distribute: DistributeConfig | None = None,
     stage: str = "teacher",
+    offline: bool = False,
 ) -> TrainResult:
     """Trains a classifier on an image folder and writes a finished run directory.
 
@@ -121,6 +122,10 @@ def train(
         distribute: Strategy, mixed precision and XLA. The strategy is created here, so in a
             multi-worker run this must be the process's first TensorFlow work. Defaults to
             `DistributeConfig()` (one device, float32, no XLA).
+        offline: Never download: `weights="imagenet"` must then be in the Keras cache
+            (`VGG_MOBILE_OFFLINE=1` does the same). Otherwise missing ImageNet weights are
+            downloaded into the cache before any work; `"auto"` never downloads. Defaults
+            to `False`.
 
     Returns:
         A `TrainResult`. On a multi-worker non-chief, `wrote_run` is `False`: it trained in
@@ -130,8 +135,9 @@ def train(
         DataError: The data folder fails its checks.
         RunDirError: `out_dir` cannot be written (see `run_dir.prepare_out_dir`), or a resume
             does not match the interrupted run.
-        BadInputError: Bad options (e.g. ImageNet weights not in the local cache, a
-            multi-worker strategy without `TF_CONFIG`).
+        BadInputError: Bad options (e.g. ImageNet weights not in the local cache when
+            offline, a multi-worker strategy without `TF_CONFIG`).
+        VggMobileError: The ImageNet weights could not be downloaded.
     """
     options = options or ModelOptions()
     config = config or TrainConfig()
@@ -140,7 +146,8 @@ def train(
         options = dataclasses.replace(options, weights=models.choose_weights("auto", options.architecture))
         cached = models.imagenet_weights_path(options.architecture)
         log(f"using ImageNet weights from {cached}" if options.weights == "imagenet" else
-            f"no ImageNet weights at {cached}: training from scratch (weights none)")
+            f"no ImageNet weights at {cached}: training from scratch (weights none; auto "
+            "never downloads, --weights imagenet does)")
     out = Path(out_dir)
     check_no_overlap(out, (data_dir,))
     folder = dataset.scan_folder(data_dir, strict=config.strict)
@@ -155,7 +162,8 @@ def train(
     run_config = _run_config(options, config)
     fingerprint = folder.fingerprint()
 
-    models.resolve_weights(options.weights, options.architecture)  # fail before any work
+    # Downloads missing ImageNet weights now, or fails, before any work.
+    models.resolve_weights(options.weights, options.architecture, offline=offline, log=log)
     if options.architecture == "vgg16" and options.weights == "none":
         log("note: VGG16 without batch normalisation trains poorly from scratch on a few "
             "thousand images; --architecture vgg16_bn is the from-scratch teacher "
@@ -175,7 +183,7 @@ def train(
         with dist.writer_dir(output.path, distribution) as write_dir:
             result = _train(folder, choice, run_config, fingerprint, output.path, write_dir,
                             options, config, resume, command, log, verbose, callbacks,
-                            distribution, stage)
+                            distribution, stage, offline)
     if result.wrote_run:
         log(f"wrote {out} (val accuracy {result.metrics.get('accuracy', float('nan')):.3f})")
     return dataclasses.replace(result, run_dir=out)
@@ -197,7 +205,7 @@ def _first_epoch_recorder(first_epochs: list):
 
 
 def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, options, config,
-           resume, command, log, verbose, callbacks, distribution, stage) -> TrainResult:
+           resume, command, log, verbose, callbacks, distribution, stage, offline) -> TrainResult:
     parts = choice.parts
     n_classes = len(folder.classes)
     spec = models.get_architecture(options.architecture)
@@ -232,7 +240,7 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
     keras.utils.set_random_seed(config.seed + done)
     phases = plan_phases(config, pretrained=options.weights != "none", n_blocks=len(spec.blocks))
     with distribution.strategy.scope():
-        model = models.build_classifier(build_options, n_classes)
+        model = models.build_classifier(build_options, n_classes, offline=offline)
         if distribution.config.mixed_precision:
             model = dist.to_mixed_precision(model)
     train_ds = dist.shard_by_data(dataset.make_dataset(
