@@ -250,6 +250,36 @@ class _Log:
         return baseline - start, done - baseline
 
 
+STUDENT_TIMES = "student_times.json"
+
+
+def student_times(out: Path, log: _Log, ran: dict[str, str]) -> tuple[float | None, float | None]:
+    """Seconds of distillation and of the baseline, kept across runs in `OUT/student_times.json`.
+
+    Measured from the log when the student stage ran now; when it was skipped, read back from
+    the run that made it (the file names the student's manifest digest).
+    """
+    from vgg_mobile.core.run_dir import manifest_digest
+
+    digest = manifest_digest(out / "pipeline" / "student")
+    path = out / STUDENT_TIMES
+    if ran.get("student") == "ran":
+        distill_s, baseline_s = log.split_student()
+        if digest and distill_s is not None:
+            path.write_text(json.dumps({"student_manifest_sha256": digest,
+                                        "distillation_seconds": round(distill_s, 1),
+                                        "baseline_seconds": round(baseline_s, 1)}) + "\n",
+                            encoding="utf-8")
+        return distill_s, baseline_s
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if digest is None or kept.get("student_manifest_sha256") != digest:
+        return None, None
+    return kept.get("distillation_seconds"), kept.get("baseline_seconds")
+
+
 def _machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -257,7 +287,9 @@ def _machine() -> dict:
         (platform.processor() or "unknown")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            # On a shared machine other jobs slow every time down: the load says how busy it was.
+            "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()]}
 
 
 def _load(examples, size: int, n_classes: int):
@@ -267,22 +299,28 @@ def _load(examples, size: int, n_classes: int):
     return load_images(tuple(examples), size, n_classes)
 
 
-def _keras_accuracy(run_dir: Path, val, n_classes: int) -> tuple[float, int, dict]:
+def _scores(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, image count and how many distinct classes the model answered."""
+    predicted = scores.argmax(1)
+    return {"accuracy": float((predicted == labels).mean()), "images": int(len(labels)),
+            "classes_predicted": int(len(set(predicted.tolist())))}
+
+
+def _keras_scores(run_dir: Path, val, n_classes: int) -> tuple[dict, dict]:
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.evaluation.metrics import predict
 
     run = load_run(run_dir)
     probs, labels = predict(run.load_model(), tuple(val), run.image_size, n_classes)
-    return float((probs.argmax(1) == labels).mean()), int(len(labels)), run.manifest
+    return _scores(probs, labels), run.manifest
 
 
-def _tflite_accuracy(content: bytes, val, n_classes: int) -> tuple[float, int]:
+def _tflite_scores(content: bytes, val, n_classes: int) -> dict:
     from converters import tflite
 
     size = int(tflite.interpreter(content).get_input_details()[0]["shape"][1])
     x, y = _load(val, size, n_classes)
-    probs = tflite.predict_tflite(content, x)
-    return float((probs.argmax(1) == y).mean()), int(len(y))
+    return _scores(tflite.predict_tflite(content, x), y)
 
 
 def _split(data_dir: Path, teacher_dir: Path):
@@ -397,24 +435,32 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     seconds = {s["stage"]: s["seconds"] for s in stages}
     rows, notes = [], []
 
+    def add(row: dict) -> None:
+        rows.append(row)
+        if row.get("classes_predicted") == 1:
+            notes.append(f"{row['model']}: the same class for every held-out image (a model "
+                         "that has not learned; more epochs or another learning rate)")
+
     def keras_row(model_name: str, stage: str, seconds_: float | None, note: str = "") -> dict | None:
         run_dir = pipeline / stage
         if not (run_dir / "manifest.json").is_file():
             rows.append({"model": model_name, "accuracy": None, "images": None,
                          "size_bytes": None, "seconds": None, "note": "not run"})
             return None
-        accuracy, images, manifest = _keras_accuracy(run_dir, val, n_classes)
+        scores, manifest = _keras_scores(run_dir, val, n_classes)
         recorded = (manifest.get("metrics") or {})
-        if recorded.get("num_images") == images and abs(recorded.get("accuracy", -1) - accuracy) > 1e-3:
+        if (recorded.get("num_images") == scores["images"]
+                and abs(recorded.get("accuracy", -1) - scores["accuracy"]) > 1e-3):
             notes.append(f"{stage}: its manifest records accuracy {recorded['accuracy']:.4f} on "
-                         f"{images} images, recomputed here {accuracy:.4f}")
+                         f"{scores['images']} images, recomputed here {scores['accuracy']:.4f}")
         model_file = run_dir / manifest.get("model_file", "model.keras")
-        rows.append({"model": model_name, "accuracy": accuracy, "images": images,
-                     "size_bytes": model_file.stat().st_size, "seconds": seconds_, "note": note})
+        add({"model": model_name, **scores, "size_bytes": model_file.stat().st_size,
+             "seconds": seconds_, "note": note})
         return manifest
 
-    distill_s, baseline_s = log.split_student()
-    student_note = "" if distill_s is not None else "stage time, baseline training included"
+    distill_s, baseline_s = student_times(out, log, ran)
+    student_note = ("time: distillation only" if distill_s is not None
+                    else "time: the student stage, baseline included")
     keras_row("VGG16 teacher", "teacher", seconds.get("teacher"))
     student = keras_row("distilled student", "student",
                         distill_s if distill_s is not None else seconds.get("student"),
@@ -427,8 +473,8 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
         rows.append({"model": "the same student trained alone (baseline)",
                      "accuracy": baseline["accuracy"], "images": baseline["num_images"],
                      "size_bytes": rows[-1]["size_bytes"], "seconds": baseline_s,
-                     "note": "from the student's manifest; its model is not kept"
-                     + ("" if baseline_s is not None else "; time inside the student stage")})
+                     "note": "its manifest's figure; model not kept"
+                     + ("" if baseline_s is not None else "; time: in the student stage")})
     else:
         rows.append({"model": "the same student trained alone (baseline)", "accuracy": None,
                      "images": None, "size_bytes": None, "seconds": None, "note": "not run"})
@@ -442,12 +488,12 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
         source = Path(manifest.get("parent") or config.export.source).name
     if int8 is not None:
         content = (export / int8["file"]).read_bytes()
-        accuracy, images = _tflite_accuracy(content, val, n_classes)
-        made = [seconds.get(config.export.source), seconds.get("export")]
-        rows.append({"model": f"int8 TFLite of the shipped student ({source})",
-                     "accuracy": accuracy, "images": images, "size_bytes": len(content),
-                     "seconds": None if None in made else sum(made),
-                     "note": f"time: {config.export.source} + export stages"})
+        scores = _tflite_scores(content, val, n_classes)
+        images = scores["images"]
+        made = [seconds.get(source), seconds.get("export")]
+        add({"model": "int8 TFLite of the shipped student", **scores, "size_bytes": len(content),
+             "seconds": None if None in made else sum(made),
+             "note": f"from {source}; time: {source} + export"})
         check = int8.get("verification", {})
         if check.get("images") is not None and check["images"] != images:
             notes.append(f"the export verified {int8['file']} on {check['images']} of the "
@@ -463,12 +509,13 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     model, train_seconds = train_cnn(train_x, train_y, n_classes)
     cnn_dir = out / "cnn"
     cnn_dir.mkdir(parents=True, exist_ok=True)
-    keras.models.save_model(model, cnn_dir / "model.keras")
+    # Without the optimizer's state, as the pipeline saves its models: an uncompiled clone
+    # sharing the layers.
+    keras.Model(model.inputs, model.outputs, name=model.name).save(cnn_dir / "model.keras")
     logits = model.predict(val_x, batch_size=64, verbose=0)
-    rows.append({"model": "two-conv CNN (float Keras)",
-                 "accuracy": float((logits.argmax(1) == val_y).mean()), "images": int(len(val_y)),
-                 "size_bytes": (cnn_dir / "model.keras").stat().st_size, "seconds": train_seconds,
-                 "note": f"{CNN_EPOCHS} epochs"})
+    add({"model": "two-conv CNN (float Keras)", **_scores(logits, val_y),
+         "size_bytes": (cnn_dir / "model.keras").stat().st_size, "seconds": train_seconds,
+         "note": f"{CNN_EPOCHS} epochs"})
     from vgg_mobile.data import splits
 
     calibration = splits.stratified_sample(train, CALIBRATION_IMAGES, seed=SEED)
@@ -476,9 +523,8 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     content, convert_seconds = cnn_int8(model, cal_x)
     (cnn_dir / "model_int8.tflite").write_bytes(content)
     probs = tflite.predict_tflite(content, val_x)
-    rows.append({"model": "two-conv CNN int8 TFLite",
-                 "accuracy": float((probs.argmax(1) == val_y).mean()), "images": int(len(val_y)),
-                 "size_bytes": len(content), "seconds": convert_seconds, "note": "time: conversion"})
+    add({"model": "two-conv CNN int8 TFLite", **_scores(probs, val_y),
+         "size_bytes": len(content), "seconds": convert_seconds, "note": "time: conversion"})
     log(f"cnn: done ({train_seconds:.1f} s training, {convert_seconds:.1f} s conversion)")
     return Results(rows, stages, notes, {"classes": n_classes, "train_images": len(train),
                                          "val_images": len(val)})
@@ -496,7 +542,8 @@ def render(results: Results, info: dict) -> str:
              f"Data: {info['data']} ({info['train_images']} training / {info['val_images']} "
              f"held-out images, {info['classes']} classes).",
              f"Machine: {machine['cores']} cores ({machine['usable_cores']} usable), "
-             f"{machine['cpu']}; Python {machine['python']}.",
+             f"{machine['cpu']}; Python {machine['python']}; load average at the end "
+             f"{' / '.join(str(v) for v in machine['load_average_1_5_15_min'])} (1 / 5 / 15 min).",
              f"Command: `{info['command']}`"]
     if info.get("pipeline_error"):
         parts.append(f"Pipeline stopped: {info['pipeline_error']}")

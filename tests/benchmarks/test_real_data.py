@@ -71,6 +71,7 @@ def test_the_split_is_seeded(tmp_path):
     names = {key: sorted(p.name for p in (tmp_path / key / "val" / "7").glob("*.png"))
              for key in "abc"}
     assert first == again and names["a"] == names["b"] != names["c"]
+    assert other["counts"] == first["counts"]  # another seed, the same counts per class
     with pytest.raises(ValueError, match="not empty"):
         real_data.write_digits_folder(tmp_path / "a")
 
@@ -96,3 +97,17 @@ def test_the_stage_table_adds_up():
                                      {"stage": "site", "status": "not run", "seconds": None}])
     assert table.splitlines()[-1] == "| **total** | | **10.5** |"
     assert "| site | not run | - |" in table
+
+
+def test_the_student_stage_is_split_at_its_baseline_by_its_log_lines():
+    log = real_data._Log()
+    log.lines = [(0.0, "[4/9] student: started"), (1.0, "1438 training / 359 validation images"),
+                 (30.0, "baseline: the same mobilenet_v2_0.35 trained without the teacher"),
+                 (55.0, "[4/9] student: done in 0m55s (total 9m00s)"),
+                 (56.0, "[5/9] student_qat: started"), (70.0, "[5/9] student_qat: done in 0m14s")]
+    assert log.split_student() == (30.0, 25.0)
+    assert log.statuses() == {"student": "ran", "student_qat": "ran"}
+    log.lines = [(0.0, "[1/9] teacher: finished earlier, inputs unchanged; skipped (x/teacher)"),
+                 (1.0, "[2/9] pruned: started")]
+    assert log.split_student() == (None, None)
+    assert log.statuses() == {"teacher": "skipped", "pruned": "failed"}
