@@ -1,0 +1,113 @@
+"""benchmarks/real_data.py: the digits folder it writes and the tables it prints (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_data.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+real_data = _module()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench") / "digits"
+    return root, real_data.write_digits_folder(root)
+
+
+def test_the_digits_are_split_per_class_with_a_fifth_held_out(digits):
+    from sklearn.datasets import load_digits
+
+    root, record = digits
+    totals = np.bincount(load_digits().target, minlength=10)
+    for label, name in enumerate(real_data.CLASSES):
+        train = sorted((root / "train" / name).glob("*.png"))
+        val = sorted((root / "val" / name).glob("*.png"))
+        assert len(val) == round(totals[label] * 0.2) == record["counts"]["val"][name]
+        assert len(train) + len(val) == totals[label] == (record["counts"]["train"][name]
+                                                          + record["counts"]["val"][name])
+        assert not {p.name for p in train} & {p.name for p in val}
+    assert sorted(p.name for p in root.iterdir()) == ["digits.json", "train", "val"]
+    assert json.loads((root / "digits.json").read_text())["counts"] == record["counts"]
+
+
+def test_the_images_are_28px_grayscale_pngs_of_the_digits(digits):
+    from sklearn.datasets import load_digits
+
+    root, _ = digits
+    data = load_digits()
+    path = next((root / "val" / "3").glob("*.png"))
+    with Image.open(path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (28, 28))
+        pixels = np.asarray(image)
+    original = data.images[int(path.stem)]
+    assert data.target[int(path.stem)] == 3
+    assert pixels.max() > 128 and pixels.min() == 0  # 0..16 scaled to 0..255
+    # The upscaled image is the original, bigger: its 8x8 block means follow the original.
+    blocks = np.asarray(Image.fromarray(pixels).resize((8, 8), Image.Resampling.BOX), float)
+    assert np.corrcoef(blocks.ravel(), original.ravel())[0, 1] > 0.9
+
+
+def test_the_split_is_seeded(tmp_path):
+    first = real_data.write_digits_folder(tmp_path / "a", seed=0)
+    again = real_data.write_digits_folder(tmp_path / "b", seed=0)
+    other = real_data.write_digits_folder(tmp_path / "c", seed=1)
+    names = {key: sorted(p.name for p in (tmp_path / key / "val" / "7").glob("*.png"))
+             for key in "abc"}
+    assert first == again and names["a"] == names["b"] != names["c"]
+    assert other["counts"] == first["counts"]  # another seed, the same counts per class
+    with pytest.raises(ValueError, match="not empty"):
+        real_data.write_digits_folder(tmp_path / "a")
+
+
+def test_the_results_table_puts_every_accuracy_on_the_same_images():
+    rows = [{"model": "VGG16 teacher", "accuracy": 0.9, "images": 360, "size_bytes": 59_470_000,
+             "seconds": 125.0},
+            {"model": "baseline", "accuracy": None, "images": None, "size_bytes": None,
+             "seconds": None, "note": "not run"},
+            {"model": "two-conv CNN int8 TFLite", "accuracy": 0.875, "images": 360,
+             "size_bytes": 120_000, "seconds": 2.5}]
+    table = real_data.format_results(rows).splitlines()
+    assert table[0] == "| model | held-out accuracy (360 images) | size | time |"
+    assert table[2:] == ["| VGG16 teacher | 0.900 | 59.47 MB | 2m05.0s |",
+                         "| baseline (not run) | - | - | - |",
+                         "| two-conv CNN int8 TFLite | 0.875 | 0.12 MB | 2.5 s |"]
+    with pytest.raises(ValueError, match="same held-out images"):
+        real_data.format_results([*rows, {**rows[0], "model": "other", "images": 200}])
+
+
+def test_the_stage_table_adds_up():
+    table = real_data.format_stages([{"stage": "teacher", "status": "ran", "seconds": 10.5},
+                                     {"stage": "site", "status": "not run", "seconds": None}])
+    assert table.splitlines()[-1] == "| **total** | | **10.5** |"
+    assert "| site | not run | - |" in table
+
+
+def test_the_student_stage_is_split_at_its_baseline_by_its_log_lines():
+    log = real_data._Log()
+    log.lines = [(0.0, "[4/9] student: started"), (1.0, "1438 training / 359 validation images"),
+                 (30.0, "baseline: the same mobilenet_v2_0.35 trained without the teacher"),
+                 (55.0, "[4/9] student: done in 0m55s (total 9m00s)"),
+                 (56.0, "[5/9] student_qat: started"), (70.0, "[5/9] student_qat: done in 0m14s")]
+    assert log.split_student() == (30.0, 25.0)
+    assert log.statuses() == {"student": "ran", "student_qat": "ran"}
+    log.lines = [(0.0, "[1/9] teacher: finished earlier, inputs unchanged; skipped (x/teacher)"),
+                 (1.0, "[2/9] pruned: started")]
+    assert log.split_student() == (None, None)
+    assert log.statuses() == {"teacher": "skipped", "pruned": "failed"}
