@@ -462,22 +462,31 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     student_note = ("time: distillation only" if distill_s is not None
                     else "time: the student stage, baseline included")
     keras_row("VGG16 teacher", "teacher", seconds.get("teacher"))
-    student = keras_row("distilled student", "student",
-                        distill_s if distill_s is not None else seconds.get("student"),
-                        student_note)
-
-    baseline = ((student or {}).get("baseline") or {}).get("metrics")
-    if baseline:
-        # Its model is not kept: the student's manifest records its metrics on the very
-        # validation images the student is measured on.
-        rows.append({"model": "the same student trained alone (baseline)",
-                     "accuracy": baseline["accuracy"], "images": baseline["num_images"],
-                     "size_bytes": rows[-1]["size_bytes"], "seconds": baseline_s,
-                     "note": "its manifest's figure; model not kept"
-                     + ("" if baseline_s is not None else "; time: in the student stage")})
+    student_manifest = pipeline / "student" / "manifest.json"
+    recorded = (json.loads(student_manifest.read_text(encoding="utf-8")).get("baseline") or {}
+                if student_manifest.is_file() else {})
+    # With a baseline the student stage keeps the more accurate of its two students: that one
+    # is measured here from its model, the other has only its manifest's figure (on the very
+    # validation images the kept one is measured on).
+    kept_alone = recorded.get("shipped") == "baseline"
+    student = keras_row(("the same student trained alone (baseline; kept by the student stage)"
+                         if kept_alone else "distilled student"), "student",
+                        (baseline_s if kept_alone else distill_s)
+                        if distill_s is not None else seconds.get("student"), student_note)
+    other = recorded.get("distilled_metrics" if kept_alone else "metrics")
+    other_name = "distilled student" if kept_alone else "the same student trained alone (baseline)"
+    if other:
+        other_s = distill_s if kept_alone else baseline_s
+        rows.append({"model": other_name, "accuracy": other["accuracy"],
+                     "images": other["num_images"], "size_bytes": rows[-1]["size_bytes"],
+                     "seconds": other_s, "note": "its manifest's figure; model not kept"
+                     + ("" if other_s is not None else "; time: in the student stage")})
     else:
-        rows.append({"model": "the same student trained alone (baseline)", "accuracy": None,
+        rows.append({"model": other_name, "accuracy": None,
                      "images": None, "size_bytes": None, "seconds": None, "note": "not run"})
+    if recorded.get("reason"):
+        notes.append(f"student stage: {recorded['reason']}")
+    del student
 
     export = pipeline / "export"
     manifest_file = export / "manifest.json"
