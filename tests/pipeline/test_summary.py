@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vgg_mobile.pipeline.config import load_config
-from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.pipeline.summary import findings, summary_rows
 
 
 def _json(path, data):
@@ -15,7 +15,7 @@ def _json(path, data):
 
 def _artifact(file, fmt, flavour, size, agreement, accuracy, drop):
     return {"file": file, "format": fmt, "flavour": flavour, "size_bytes": size,
-            "gzip_bytes": size // 2, "verification": {"top1_agreement": agreement,
+            "gzip_bytes": size // 2, "verification": {"top1_agreement": agreement, "images": 40,
                                                       "accuracy": accuracy, "accuracy_drop": drop}}
 
 
@@ -26,7 +26,8 @@ def make_out(tmp_path):
         (out / stage).mkdir(parents=True)
         (out / stage / "model.keras").write_bytes(b"\0" * size)
         _json(out / stage / "manifest.json", {"stage": stage, "model_file": "model.keras",
-                                             "architecture": "x", "metrics": {"accuracy": accuracy}})
+                                             "architecture": "x", "metrics": {"accuracy": accuracy,
+                                             "per_class": {"a": {"support": 25}, "b": {"support": 15}}}})
     _json(out / "export" / "manifest.json", {"stage": "export", "architecture": "x", "artifacts": [
         # Agrees with Keras and is small, but lost five points of accuracy.
         _artifact("x_int8.tflite", "tflite", "int8", 300_000, 0.95, 0.80, 0.05)]})
@@ -59,6 +60,8 @@ def test_rows_per_artifact_with_their_stage_and_parent(tmp_path):
     assert (int8["latency_ms"], int8["agreement"], int8["accuracy"]) == (2.0, 0.95, 0.80)
     assert int8["path"] == str(out / "export" / "x_int8.tflite") and int8["gzip_bytes"] == 150_000
     assert all(r["budget"] == "-" and r["misses"] == [] for r in rows[:2])
+    # Every row says how many held-out images its accuracy is on.
+    assert [r["images"] for r in rows] == [40] * 5
 
 
 def test_budgets_are_the_ones_convert_enforces_including_the_accuracy_drop(tmp_path):
@@ -94,3 +97,21 @@ def test_empty_or_unfinished_folder_has_no_rows(tmp_path):
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "model.keras").write_bytes(b"x")  # no manifest: unfinished
     assert summary_rows(tmp_path, load_config(text="")) == []
+
+
+def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
+    out = make_out(tmp_path)
+    config = load_config(text="")
+    assert findings(out, config) == []  # no student stage with a baseline
+    per_class = {"a": {"support": 30}, "b": {"support": 10}}
+    _json(out / "student" / "manifest.json", {
+        "teacher": {"metrics": {"accuracy": 0.831}},
+        "baseline": {"metrics": {"accuracy": 0.868, "per_class": per_class},
+                     "distilled_metrics": {"accuracy": 0.847}, "accuracy_gain": -0.021,
+                     "shipped": "baseline", "teacher_weaker": True, "reason": "..."}})
+    said = findings(out, config)
+    assert said[0] == ("Teacher 0.831, distilled student 0.847, the same student trained alone "
+                       "0.868 on 40 held-out images.")
+    assert "no more accurate than the student trained alone" in said[1]
+    assert said[2] == "Distillation did not pay: -2.1 points against the student trained alone."
+    assert "kept the student trained alone" in said[3]

@@ -138,7 +138,7 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
                      "path": str(inside(folder, artifact["file"], "artifact file",
                                         folder / "manifest.json")), "parent": source,
                      "architecture": manifest.get("architecture"),
-                     "accuracy": check.get("accuracy"), "images": check.get("verification_images"),
+                     "accuracy": check.get("accuracy"), "images": check.get("images"),
                      "agreement": check.get("top1_agreement"),
                      "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
