@@ -56,7 +56,7 @@ def test_report_reads_the_folder_and_marks_the_accuracy_drop_budget(tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
     assert page.count("data:image/png;base64,") == 4
     assert "per-class metrics: teacher" in page and "per-class metrics: student_qat" in page
-    assert "<th>latency</th>" in page and len(SUMMARY_COLUMNS) == 8
+    assert "<th>latency</th>" in page and "<th>images</th>" in page and len(SUMMARY_COLUMNS) == 9
 
 
 def test_report_without_budget_misses(tmp_path):
