@@ -461,7 +461,10 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     distill_s, baseline_s = student_times(out, log, ran)
     student_note = ("time: distillation only" if distill_s is not None
                     else "time: the student stage, baseline included")
-    keras_row("VGG16 teacher", "teacher", seconds.get("teacher"))
+    teacher_manifest = pipeline / "teacher" / "manifest.json"
+    teacher_arch = (json.loads(teacher_manifest.read_text(encoding="utf-8")).get("architecture")
+                    if teacher_manifest.is_file() else None) or "VGG16"
+    keras_row(f"{teacher_arch} teacher", "teacher", seconds.get("teacher"))
     student_manifest = pipeline / "student" / "manifest.json"
     recorded = (json.loads(student_manifest.read_text(encoding="utf-8")).get("baseline") or {}
                 if student_manifest.is_file() else {})
