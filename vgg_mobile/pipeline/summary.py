@@ -109,9 +109,11 @@ def findings(out: str | Path, config) -> list[str]:
     lines = [f"Teacher {t:.3f}, distilled student {d:.3f}, the same student trained alone "
              f"{b:.3f}{on}."]
     if baseline.get("teacher_weaker"):
+        stronger = ("more epochs, vgg16_bn, ImageNet weights"
+                    if teacher.get("architecture") == "vgg16"
+                    else "more epochs, or VGG16 with ImageNet weights: the real preset")
         lines.append("The teacher is no more accurate than the student trained alone, so it had "
-                     "little to teach: train a stronger teacher (more epochs, vgg16_bn, ImageNet "
-                     "weights) before distilling.")
+                     f"little to teach: train a stronger teacher ({stronger}) before distilling.")
     gain = baseline.get("accuracy_gain", 0.0)
     lines.append(f"Distillation {'paid' if gain > 0 else 'did not pay'}: "
                  f"{gain * 100:+.1f} points against the student trained alone.")
