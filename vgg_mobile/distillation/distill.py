@@ -358,12 +358,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     teacher_size = teacher_run.image_size
     student_size = config.image_size or teacher_size
     options = config.student_options(student_size)
-    if options.weights == "auto":
-        options = dataclasses.replace(options, weights=models.choose_weights("auto", config.student))
-        cached = models.imagenet_weights_path(config.student)
-        log(f"student: using ImageNet weights from {cached}" if options.weights == "imagenet" else
-            f"student: no ImageNet weights at {cached}: starting from random weights (auto "
-            "never downloads, --student-weights imagenet does)")
+    options = models.settle_auto_weights(options, log, "student: ", "--student-weights")
     spec = models.get_architecture(config.student)
     global_batch = distribution.global_batch(config.batch_size)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)

@@ -368,6 +368,23 @@ def choose_weights(weights: str, architecture: str) -> str:
     return "imagenet" if imagenet_weights_path(architecture).is_file() else "none"
 
 
+def settle_auto_weights(options: "ModelOptions", log: Callable[[str], None], who: str = "",
+                        flag: str = "--weights") -> "ModelOptions":
+    """`options` with `"auto"` weights settled by `choose_weights` (never downloads), saying
+    which in one `log` line prefixed with `who`; other weights are returned as they are."""
+    if options.weights != "auto":
+        return options
+    settled = dataclasses.replace(options, weights=choose_weights("auto", options.architecture))
+    if not get_architecture(options.architecture).imagenet_file:
+        log(f"{who}Keras has no ImageNet weights for {options.architecture}: random weights")
+        return settled
+    cached = imagenet_weights_path(options.architecture)
+    log(f"{who}using ImageNet weights from {cached}" if settled.weights == "imagenet" else
+        f"{who}no ImageNet weights at {cached}: random weights (auto never downloads, "
+        f"{flag} imagenet does)")
+    return settled
+
+
 def resolve_weights(weights: str, architecture: str, offline: bool = False,
                     log: Callable[[str], None] = lambda message: None,
                     flag: str = "--weights") -> str | None:

@@ -142,12 +142,7 @@ def train(
     options = options or ModelOptions()
     config = config or TrainConfig()
     distribute = distribute or DistributeConfig()
-    if options.weights == "auto":
-        options = dataclasses.replace(options, weights=models.choose_weights("auto", options.architecture))
-        cached = models.imagenet_weights_path(options.architecture)
-        log(f"using ImageNet weights from {cached}" if options.weights == "imagenet" else
-            f"no ImageNet weights at {cached}: training from scratch (weights none; auto "
-            "never downloads, --weights imagenet does)")
+    options = models.settle_auto_weights(options, log)
     out = Path(out_dir)
     check_no_overlap(out, (data_dir,))
     folder = dataset.scan_folder(data_dir, strict=config.strict)
