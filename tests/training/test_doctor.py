@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from harness import tf_config
 
@@ -59,3 +63,19 @@ def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
     assert f"tensorflow                      {report['packages']['tensorflow']}" in text.stdout
     assert report["hint"] in text.stdout and "physical devices: CPU:" in text.stdout
     assert "import metadata writers: ok" in text.stdout
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "False")])
+def test_onednn_kernels_are_on_unless_the_environment_says_no(setting, expected):
+    # TensorFlow leaves them off on CPUs without AVX-512 VNNI/BF16/AMX; importing vgg_mobile
+    # first turns them on, and an explicit TF_ENABLE_ONEDNN_OPTS=0 is respected.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("import vgg_mobile, tensorflow\n"
+            "from vgg_mobile.training.doctor import onednn_enabled\n"
+            "print(onednn_enabled())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == expected

@@ -50,6 +50,9 @@ def doctor_cmd(as_json):
     click.echo(f"TensorFlow built with CUDA: {'yes' if tf_info['cuda_build'] else 'no'}"
                + (f" (CUDA {tf_info['cuda_version']}, cuDNN {tf_info['cudnn_version']})"
                   if tf_info["cuda_build"] else ""))
+    onednn = {True: "on", False: "off (TF_ENABLE_ONEDNN_OPTS=0 or a build without it)",
+              None: "unknown"}[tf_info["onednn"]]
+    click.echo(f"oneDNN CPU kernels: {onednn}")
     click.echo(f"physical devices: {', '.join(report['devices']['physical'])}")
     click.echo(f"logical devices: {', '.join(report['devices']['logical'])}")
     cluster = report["cluster"]

@@ -90,6 +90,19 @@ def gpu_hint(cuda_build: bool, gpus: int, cuda_wheels: bool) -> str:
             "and that CUDA_VISIBLE_DEVICES does not hide the GPUs")
 
 
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels (`TF_ENABLE_ONEDNN_OPTS`, read at import).
+
+    Returns:
+        `None` when this TensorFlow build cannot say.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def diagnose() -> dict:
     """Versions, devices and the state of the GPU path, as a JSON-ready dict.
 
@@ -99,8 +112,8 @@ def diagnose() -> dict:
     Returns:
         `{"python", "platform", "vgg_mobile": {"version", "location", "tfjs", "tfjs_cache"},
         "packages", "tflite_support": {import: "ok" or the error}, "tflite_support_hint",
-        "tensorflow": {"cuda_build",
-        "cuda_version", "cudnn_version"}, "devices": {"physical", "logical"},
+        "tensorflow": {"version", "cuda_build",
+        "cuda_version", "cudnn_version", "onednn"},  "devices": {"physical", "logical"},
         "gpu_path_active", "hint", "cluster"}`.
     """
     from vgg_mobile.training import distribute
@@ -128,7 +141,8 @@ def diagnose() -> dict:
         "tflite_support_hint": tflite_support_hint(tflite),
         "tensorflow": {"version": tf.__version__, "cuda_build": cuda_build,
                        "cuda_version": build.get("cuda_version"),
-                       "cudnn_version": build.get("cudnn_version")},
+                       "cudnn_version": build.get("cudnn_version"),
+                       "onednn": onednn_enabled()},
         "devices": {"physical": [f"{d.device_type}:{d.name}" for d in physical],
                     "logical": [f"{d.device_type}:{d.name}" for d in logical]},
         "gpus": len(gpus),
