@@ -49,6 +49,9 @@ CNN_EPOCHS = 5
 CNN_BATCH = 32
 CNN_DENSE = 128
 CALIBRATION_IMAGES = 100
+# `--grow`: the largest shift (px, at the written size) and the pixel noise of a copy.
+GROW_SHIFT = 3
+GROW_NOISE = 24.0
 SEED = 0
 
 # The benchmark's own change to the defaults: also train the student alone, to measure what
@@ -73,8 +76,23 @@ QUICK = {
 # --- the digits as an image folder ---
 
 
+def _copies(image: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`image` and `n - 1` altered copies: each shifted by up to `GROW_SHIFT` px on each axis
+    (zeros fill in; the digits' borders are black) with Gaussian noise of `GROW_NOISE`."""
+    copies = [image]
+    for _ in range(n - 1):
+        dy, dx = rng.integers(-GROW_SHIFT, GROW_SHIFT + 1, size=2)
+        shifted = np.zeros_like(image)
+        h, w = image.shape
+        shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        noisy = shifted.astype(np.float32) + rng.normal(0.0, GROW_NOISE, size=image.shape)
+        copies.append(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
+    return copies
+
+
 def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int = SEED,
-                        size: int = 28) -> dict:
+                        size: int = 28, grow: tuple[int, int] | None = None) -> dict:
     """Writes scikit-learn's handwritten digits as a pre-split image folder.
 
     Each class is shuffled with `seed` and `round(n * val_fraction)` of its images go to
@@ -87,13 +105,20 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
         val_fraction: Share of each class in `val/`, in (0, 1). Defaults to `0.2`.
         seed: Seed of the per-class shuffle. Defaults to `0`.
         size: Side of the written images in pixels. Defaults to `28`.
+        grow: `(train, val)` image counts to reach (to within rounding), for measuring at a larger scale: each
+            class of a split gets its share of the count (in proportion to its images), made
+            of its own images plus seeded copies of them, each shifted by up to `GROW_SHIFT`
+            px at `size` with Gaussian noise of standard deviation `GROW_NOISE`. A held-out
+            copy is only ever made from a held-out image. `None` (the default) writes the
+            1,797 images once.
 
     Returns:
         The record written to `digits.json`: the settings and, per split, the image count of
         every class.
 
     Raises:
-        ValueError: `root` is not empty, or `val_fraction` is not in (0, 1).
+        ValueError: `root` is not empty, `val_fraction` is not in (0, 1), or `grow` asks
+            for fewer images than a split has.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -105,21 +130,39 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
         raise ValueError(f"{root}: not empty; the digits are written into a new folder")
     digits = load_digits()
     pixels = np.clip(np.round(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    chosen_by: dict[str, dict[int, np.ndarray]] = {"train": {}, "val": {}}
     for label in range(len(CLASSES)):
         members = np.flatnonzero(digits.target == label)
         order = np.random.default_rng([seed, label]).permutation(len(members))
         n_val = int(round(len(members) * val_fraction))
-        for part, chosen in (("val", members[order[:n_val]]), ("train", members[order[n_val:]])):
+        chosen_by["val"][label] = np.sort(members[order[:n_val]])
+        chosen_by["train"][label] = np.sort(members[order[n_val:]])
+    wanted = dict(zip(("train", "val"), grow)) if grow else {}
+    counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    for part, by_label in chosen_by.items():
+        total = sum(len(chosen) for chosen in by_label.values())
+        if part in wanted and wanted[part] < total:
+            raise ValueError(f"grow: {part} has {total} images; ask for at least as many. "
+                             f"Received: grow={grow}")
+        for label, chosen in by_label.items():
+            target = round(wanted[part] * len(chosen) / total) if part in wanted else len(chosen)
             folder = root / part / CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
-            for index in sorted(chosen.tolist()):
+            rng = np.random.default_rng([seed, label, len(part)])
+            for rank, index in enumerate(chosen.tolist()):
                 image = Image.fromarray(pixels[index], mode="L")
-                image.resize((size, size), Image.Resampling.BILINEAR).save(folder / f"{index:04d}.png")
-            counts[part][CLASSES[label]] = int(len(chosen))
+                upscaled = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+                n = target // len(chosen) + (rank < target % len(chosen))
+                for copy, data in enumerate(_copies(upscaled, n, rng)):
+                    name = f"{index:04d}.png" if copy == 0 else f"{index:04d}_{copy}.png"
+                    Image.fromarray(data, mode="L").save(folder / name)
+            counts[part][CLASSES[label]] = int(target)
     record = {"source": "sklearn.datasets.load_digits", "images": int(len(digits.target)),
               "size": size, "resize": "bilinear", "val_fraction": val_fraction, "seed": seed,
               "counts": counts}
+    if grow:
+        record["grow"] = {"train": int(grow[0]), "val": int(grow[1]), "shift_px": GROW_SHIFT,
+                          "noise_std": GROW_NOISE}
     (root / DIGITS_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -571,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output folder, the only one written (default: {DEFAULT_OUT})")
     parser.add_argument("--config", type=Path, help="TOML overrides of the pipeline's sections")
+    parser.add_argument("--grow", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                        help="write the digits as TRAIN + VAL images, the extra ones shifted, "
+                        "noisy copies, to measure at a larger scale (e.g. 5000 2000)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny budget (one epoch per stage) for a smoke run of minutes")
     args = parser.parse_args(argv)
@@ -586,7 +632,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         data_dir = out / "digits"
         if not (data_dir / DIGITS_MARKER).is_file():
-            write_digits_folder(data_dir)
+            write_digits_folder(data_dir, grow=tuple(args.grow) if args.grow else None)
+        elif args.grow:
+            record = json.loads((data_dir / DIGITS_MARKER).read_text(encoding="utf-8"))
+            if record.get("grow", {}).get("train") != args.grow[0] or \
+                    record.get("grow", {}).get("val") != args.grow[1]:
+                parser.error(f"{data_dir} holds digits written without --grow {args.grow[0]} "
+                             f"{args.grow[1]}; use another --out")
     else:
         data_dir = args.data
     overrides = pipeline_overrides(args.config, args.quick)

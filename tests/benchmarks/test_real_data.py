@@ -76,6 +76,30 @@ def test_the_split_is_seeded(tmp_path):
         real_data.write_digits_folder(tmp_path / "a")
 
 
+def test_grow_adds_shifted_noisy_copies_of_each_split_own_images(tmp_path):
+    record = real_data.write_digits_folder(tmp_path / "g", grow=(3000, 800))
+    root = tmp_path / "g"
+    for part, wanted in (("train", 3000), ("val", 800)):
+        assert abs(sum(record["counts"][part].values()) - wanted) <= 10
+        for name in real_data.CLASSES:
+            files = list((root / part / name).glob("*.png"))
+            assert len(files) == record["counts"][part][name]
+    # A copy is named after its original, which is in the same split and class.
+    originals = {part: {p.stem: p for p in (root / part / "4").glob("*.png") if "_" not in p.stem}
+                 for part in ("train", "val")}
+    assert not originals["train"].keys() & originals["val"].keys()
+    copy = next((root / "val" / "4").glob("*_1.png"))
+    source = originals["val"][copy.stem.split("_")[0]]
+    a, b = (np.asarray(Image.open(path), float) for path in (copy, source))
+    assert a.shape == b.shape == (28, 28) and not np.array_equal(a, b)
+    best = max(np.corrcoef(np.roll(np.roll(b, dy, 0), dx, 1).ravel(), a.ravel())[0, 1]
+               for dy in range(-3, 4) for dx in range(-3, 4))
+    assert best > 0.8  # the same digit, moved and noisy
+    assert record["grow"]["train"] == 3000
+    with pytest.raises(ValueError, match="at least"):
+        real_data.write_digits_folder(tmp_path / "h", grow=(100, 800))
+
+
 def test_the_results_table_puts_every_accuracy_on_the_same_images():
     rows = [{"model": "VGG16 teacher", "accuracy": 0.9, "images": 360, "size_bytes": 59_470_000,
              "seconds": 125.0},
