@@ -78,8 +78,8 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"TF_ENABLE_ONEDNN_OPTS={setting}: exit {done.returncode}\n{done.stderr[-2000:]}")
         results[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"| model | batch | train img/s, oneDNN off | on | speed-up | inference img/s "
-          f"(batch 128), off | on | speed-up |")
+    print("| model | batch | train img/s, oneDNN off | on | speed-up | inference img/s "
+          "(batch 128), off | on | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for off, on in zip(results["0"]["rows"], results["1"]["rows"]):
         print(f"| {off['model']} | {off['batch']} | {off['train']:.1f} | {on['train']:.1f} | "
