@@ -502,8 +502,6 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
         return manifest
 
     distill_s, baseline_s = student_times(out, log, ran)
-    student_note = ("time: distillation only" if distill_s is not None
-                    else "time: the student stage, baseline included")
     teacher_manifest = pipeline / "teacher" / "manifest.json"
     teacher_arch = (json.loads(teacher_manifest.read_text(encoding="utf-8")).get("architecture")
                     if teacher_manifest.is_file() else None) or "VGG16"
@@ -515,6 +513,9 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     # is measured here from its model, the other has only its manifest's figure (on the very
     # validation images the kept one is measured on).
     kept_alone = recorded.get("shipped") == "baseline"
+    student_note = ("time: the student stage, baseline included" if distill_s is None
+                    else "time: its own training only" if kept_alone
+                    else "time: distillation only")
     student = keras_row(("the same student trained alone (baseline; kept by the student stage)"
                          if kept_alone else "distilled student"), "student",
                         (baseline_s if kept_alone else distill_s)

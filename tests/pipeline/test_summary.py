@@ -115,3 +115,8 @@ def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
     assert "no more accurate than the student trained alone" in said[1]
     assert said[2] == "Distillation did not pay: -2.1 points against the student trained alone."
     assert "kept the student trained alone" in said[3]
+    # The summary's row of the student stage names the model it holds.
+    titles = {row["stage"]: row["artifact"] for row in summary_rows(out, config)
+              if row["format"] == "keras"}
+    assert titles["student"] == "student trained alone (kept: distillation did not pay)"
+    assert titles["teacher"] == "float teacher"

@@ -70,7 +70,11 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
     if manifest is None:
         return None
     model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / "manifest.json")
-    return {"artifact": stage.artifact, "stage": stage.name, "format": "keras", "path": str(model),
+    # A student stage that kept the student trained alone (distillation did not pay) says so.
+    shipped_alone = (manifest.get("baseline") or {}).get("shipped") == "baseline"
+    title = ("student trained alone (kept: distillation did not pay)" if shipped_alone
+             else stage.artifact)
+    return {"artifact": title, "stage": stage.name, "format": "keras", "path": str(model),
             "parent": stage.parent_of(settings), "architecture": manifest.get("architecture"),
             "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
             "images": _images(manifest.get("metrics") or {}), "agreement": None,
