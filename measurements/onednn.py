@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 CHILD_FLAG = "--child"
 
@@ -27,6 +26,7 @@ def _child(models: list[str], steps: int, batch: int) -> None:
     import numpy as np
     import tf_keras as keras
 
+    from vgg_mobile.core.timing import median_ms
     from vgg_mobile.models.architectures import ModelOptions, build_classifier
     from vgg_mobile.training.doctor import onednn_enabled
 
@@ -39,22 +39,11 @@ def _child(models: list[str], steps: int, batch: int) -> None:
         model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
         x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
         y = keras.utils.to_categorical(rng.integers(0, 10, batch), 10)
-        train_times = []
-        for step in range(steps + 1):
-            started = time.perf_counter()
-            model.train_on_batch(x, y)
-            if step:
-                train_times.append(time.perf_counter() - started)
         big = rng.uniform(0, 255, (128, size, size, 3)).astype("float32")
-        infer_times = []
-        for step in range(steps + 1):
-            started = time.perf_counter()
-            model.predict_on_batch(big)
-            if step:
-                infer_times.append(time.perf_counter() - started)
+        train_ms = median_ms(lambda: model.train_on_batch(x, y), repeats=steps, warmup=1)
+        infer_ms = median_ms(lambda: model.predict_on_batch(big), repeats=steps, warmup=1)
         rows.append({"model": f"{name} @ {size}px", "batch": batch,
-                     "train": batch / float(np.median(train_times)),
-                     "infer": 128 / float(np.median(infer_times))})
+                     "train": 1000 * batch / train_ms, "infer": 1000 * 128 / infer_ms})
     print(json.dumps({"onednn": onednn_enabled(), "rows": rows}))
 
 
