@@ -148,6 +148,7 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
             target = round(wanted[part] * len(chosen) / total) if part in wanted else len(chosen)
             folder = root / part / CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
+            # One stream per class and split (len(part): 5 for train, 3 for val).
             rng = np.random.default_rng([seed, label, len(part)])
             for rank, index in enumerate(chosen.tolist()):
                 image = Image.fromarray(pixels[index], mode="L")
@@ -635,9 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (data_dir / DIGITS_MARKER).is_file():
             write_digits_folder(data_dir, grow=tuple(args.grow) if args.grow else None)
         elif args.grow:
-            record = json.loads((data_dir / DIGITS_MARKER).read_text(encoding="utf-8"))
-            if record.get("grow", {}).get("train") != args.grow[0] or \
-                    record.get("grow", {}).get("val") != args.grow[1]:
+            grown = json.loads((data_dir / DIGITS_MARKER).read_text(encoding="utf-8")).get("grow") or {}
+            if (grown.get("train"), grown.get("val")) != tuple(args.grow):
                 parser.error(f"{data_dir} holds digits written without --grow {args.grow[0]} "
                              f"{args.grow[1]}; use another --out")
     else:

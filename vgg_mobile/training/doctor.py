@@ -112,8 +112,8 @@ def diagnose() -> dict:
     Returns:
         `{"python", "platform", "vgg_mobile": {"version", "location", "tfjs", "tfjs_cache"},
         "packages", "tflite_support": {import: "ok" or the error}, "tflite_support_hint",
-        "tensorflow": {"version", "cuda_build",
-        "cuda_version", "cudnn_version", "onednn"},  "devices": {"physical", "logical"},
+        "tensorflow": {"version", "cuda_build", "cuda_version", "cudnn_version", "onednn"},
+        "devices": {"physical", "logical"},
         "gpu_path_active", "hint", "cluster"}`.
     """
     from vgg_mobile.training import distribute
