@@ -307,7 +307,8 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
         "architecture": run.manifest.get("architecture"), "weight_quantization": options.tfjs_quantization})
     files = sorted(p for p in bundle.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
-    check = compare(reference, tfjs.predict_tfjs(bundle, x_val), y_val)
+    ran = tfjs.run_tfjs(bundle, x_val)
+    check = compare(reference, ran["probs"], y_val)
     misses += options.budgets.misses("tfjs/", size, check)
     log(f"tfjs/: {size / 1e6:.2f} MB ({options.tfjs_quantization} weights), agreement "
         f"{check['top1_agreement']:.3f}, accuracy {check['accuracy']:.3f}")
@@ -315,4 +316,4 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
             "files": [p.name for p in files], "size_bytes": size,
             "gzip_bytes": sum(gzip_size(p.read_bytes()) for p in files),
             "convert_seconds": round(seconds, 2), "verification": check,
-            "verified_with": "TensorFlow.js (Node, cpu backend)"}
+            "verified_with": f"TensorFlow.js (Node, {ran['backend']} backend)"}

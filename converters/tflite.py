@@ -90,7 +90,7 @@ def convert_keras_model(
     height, width = model.input_shape[1:3]
     run = tf.function(lambda x: model(x, training=False))
     concrete = run.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32, name="pixels"))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], variables_of(model))
     optimizations = []
     if flavour != "float32" or qat:
         optimizations.append(tf.lite.Optimize.DEFAULT)
@@ -112,6 +112,22 @@ def convert_keras_model(
         converter.inference_input_type = getattr(tf, io_dtype)
         converter.inference_output_type = getattr(tf, io_dtype)
     return bytes(converter.convert())
+
+
+def variables_of(model):
+    """A `tf.Module` that tracks `model`'s variables and nothing else, for saving a function
+    of the model as a SavedModel.
+
+    Saving the Keras model itself (or a module that holds it) also serialises every layer's
+    call functions, each traced again, as Keras's own SavedModel format does: the int8
+    conversion of a QAT MobileNetV2-0.35 took 81 s that way and 20 s with this module, for
+    the same flatbuffer. The converters only need the variables their function captures.
+    """
+    import tensorflow as tf
+
+    holder = tf.Module()
+    holder.tracked_variables = list(model.variables)
+    return holder
 
 
 def interpreter(model_content: bytes, num_threads: int = 1):
