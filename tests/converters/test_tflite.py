@@ -89,3 +89,21 @@ def test_weight_sparsity_counts_zeros_dense_and_sparse_encoded(teacher, converte
     assert len(sparse) < len(dense)  # at 80 % the sparse encoding pays
     np.testing.assert_allclose(tflite.predict_tflite(sparse, images[:8]),
                                tflite.predict_tflite(dense, images[:8]), atol=1e-5)
+
+
+def test_converting_from_the_variables_alone_gives_the_flatbuffer_of_the_whole_model(teacher):
+    """`variables_of` saves only the variables, not every Keras layer's functions: the
+    converter must still write exactly what it writes from the model itself."""
+    import tensorflow as tf
+
+    model, _, calibration, _ = teacher
+
+    def convert(trackable) -> bytes:
+        run = tf.function(lambda x: model(x, training=False))
+        concrete = run.get_concrete_function(
+            tf.TensorSpec([1, *model.input_shape[1:3], 3], tf.float32, name="pixels"))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return bytes(converter.convert())
+
+    assert convert(tflite.variables_of(model)) == convert(model)
