@@ -76,9 +76,11 @@ QUICK = {
 # --- the digits as an image folder ---
 
 
-def _copies(image: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _copies(image: np.ndarray, n: int, rng: np.random.Generator,
+            noise: float = GROW_NOISE) -> list[np.ndarray]:
     """`image` and `n - 1` altered copies: each shifted by up to `GROW_SHIFT` px on each axis
-    (zeros fill in; the digits' borders are black) with Gaussian noise of `GROW_NOISE`."""
+    (zeros fill in; the digits' borders are black) with Gaussian noise of standard deviation
+    `noise`."""
     copies = [image]
     for _ in range(n - 1):
         dy, dx = rng.integers(-GROW_SHIFT, GROW_SHIFT + 1, size=2)
@@ -86,13 +88,14 @@ def _copies(image: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndar
         h, w = image.shape
         shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
             image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-        noisy = shifted.astype(np.float32) + rng.normal(0.0, GROW_NOISE, size=image.shape)
+        noisy = shifted.astype(np.float32) + rng.normal(0.0, noise, size=image.shape)
         copies.append(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
     return copies
 
 
 def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int = SEED,
-                        size: int = 28, grow: tuple[int, int] | None = None) -> dict:
+                        size: int = 28, grow: tuple[int, int] | None = None,
+                        noise: float = GROW_NOISE) -> dict:
     """Writes scikit-learn's handwritten digits as a pre-split image folder.
 
     Each class is shuffled with `seed` and `round(n * val_fraction)` of its images go to
@@ -108,9 +111,12 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
         grow: `(train, val)` image counts to reach (to within rounding), for measuring at a larger scale: each
             class of a split gets its share of the count (in proportion to its images), made
             of its own images plus seeded copies of them, each shifted by up to `GROW_SHIFT`
-            px at `size` with Gaussian noise of standard deviation `GROW_NOISE`. A held-out
-            copy is only ever made from a held-out image. `None` (the default) writes the
-            1,797 images once.
+            px at `size` with Gaussian noise of standard deviation `noise`. A held-out copy is
+            only ever made from a held-out image. `None` (the default) writes the 1,797
+            images once.
+        noise: The copies' pixel noise (of 0..255). Defaults to `GROW_NOISE`; more makes a
+            harder dataset, for telling models apart where the clean digits are at the
+            ceiling.
 
     Returns:
         The record written to `digits.json`: the settings and, per split, the image count of
@@ -154,7 +160,7 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
                 image = Image.fromarray(pixels[index], mode="L")
                 upscaled = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
                 n = target // len(chosen) + (rank < target % len(chosen))
-                for copy, data in enumerate(_copies(upscaled, n, rng)):
+                for copy, data in enumerate(_copies(upscaled, n, rng, noise)):
                     name = f"{index:04d}.png" if copy == 0 else f"{index:04d}_{copy}.png"
                     Image.fromarray(data, mode="L").save(folder / name)
             counts[part][CLASSES[label]] = int(target)
@@ -163,7 +169,7 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
               "counts": counts}
     if grow:
         record["grow"] = {"train": int(grow[0]), "val": int(grow[1]), "shift_px": GROW_SHIFT,
-                          "noise_std": GROW_NOISE}
+                          "noise_std": noise}
     (root / DIGITS_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -619,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grow", type=int, nargs=2, metavar=("TRAIN", "VAL"),
                         help="write the digits as TRAIN + VAL images, the extra ones shifted, "
                         "noisy copies, to measure at a larger scale (e.g. 5000 2000)")
+    parser.add_argument("--noise", type=float, default=GROW_NOISE,
+                        help=f"pixel noise (standard deviation, of 0..255) of the --grow copies "
+                        f"(default: {GROW_NOISE:g}); more makes the digits harder")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny budget (one epoch per stage) for a smoke run of minutes")
     args = parser.parse_args(argv)
@@ -634,12 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         data_dir = out / "digits"
         if not (data_dir / DIGITS_MARKER).is_file():
-            write_digits_folder(data_dir, grow=tuple(args.grow) if args.grow else None)
+            write_digits_folder(data_dir, grow=tuple(args.grow) if args.grow else None,
+                                noise=args.noise)
         elif args.grow:
             grown = json.loads((data_dir / DIGITS_MARKER).read_text(encoding="utf-8")).get("grow") or {}
-            if (grown.get("train"), grown.get("val")) != tuple(args.grow):
+            if (grown.get("train"), grown.get("val"), grown.get("noise_std")) != (*args.grow, args.noise):
                 parser.error(f"{data_dir} holds digits written without --grow {args.grow[0]} "
-                             f"{args.grow[1]}; use another --out")
+                             f"{args.grow[1]} --noise {args.noise:g}; use another --out")
     else:
         data_dir = args.data
     overrides = pipeline_overrides(args.config, args.quick)

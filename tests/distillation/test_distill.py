@@ -55,7 +55,7 @@ def test_vgg16_keeps_keras_defaults_and_mobilenet_v3_is_marked_for_tfmot():
     assert models.get_architecture("vgg16").tfmot_compatible
     assert models.require_tfmot_compatible(STUDENT, "prune").name == STUDENT
     with pytest.raises(BadInputError, match=r"prune cannot handle architecture 'mobilenet_v3_small'"
-                                            r".*supports: vgg16, vgg16_bn, mobilenet_v2_0.35, .*mobilenet_v2_1.0$"):
+                                            r".*supports: vgg16, vgg16_bn_0.5, vgg16_bn, mobilenet_v2_0.35, .*mobilenet_v2_1.0$"):
         models.require_tfmot_compatible("mobilenet_v3_small", "prune")
     v3 = build_classifier(ModelOptions(architecture="mobilenet_v3_small", image_size=32, head_units=0), 4)
     assert not any(isinstance(layer, keras.Model) for layer in v3.layers)

@@ -141,6 +141,21 @@ def test_vgg16_bn_is_vgg16_with_batch_normalisation_after_each_convolution():
     assert models.block_of("block4_bn2", "vgg16_bn") == 3
 
 
+def test_half_width_vgg16_bn_has_the_same_layers_with_half_the_filters():
+    import tf_keras as keras
+
+    full = build_classifier(ModelOptions(architecture="vgg16_bn", image_size=32), 5)
+    half = build_classifier(ModelOptions(architecture="vgg16_bn_0.5", image_size=32), 5)
+    assert [layer.name for layer in half.layers] == [layer.name for layer in full.layers]
+    convs = [layer.name for layer in full.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [half.get_layer(name).filters for name in convs] == [
+        full.get_layer(name).filters // 2 for name in convs]
+    assert half.get_layer("block5_conv3").filters == 256
+    # About a quarter of the convolution weights.
+    assert 0.2 < half.count_params() / full.count_params() < 0.3
+    assert models.get_architecture("vgg16_bn_0.5").family == "vgg16"
+
+
 def test_vgg16_bn_has_no_imagenet_weights_and_auto_trains_it_from_scratch(keras_home):
     assert models.choose_weights("auto", "vgg16_bn") == "none"
     with pytest.raises(BadInputError, match="no ImageNet weights for vgg16_bn"):

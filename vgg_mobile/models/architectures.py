@@ -131,14 +131,16 @@ def _vgg16_backbone(pixels, weights_path: str | None):
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
 
-def _vgg16_bn_backbone(pixels, weights_path: str | None):
+def _vgg16_bn_backbone(pixels, weights_path: str | None, width: float = 1.0):
     """VGG16 with batch normalisation, as torchvision's `vgg16_bn`: conv, BN, ReLU.
 
     The same 13 convolutions and 5 max-pools as VGG16 and the same layer names
     (`block3_conv2`, ...), with a `BatchNormalization` (`block3_bn2`) and a `ReLU`
     (`block3_relu2`) after each convolution: as three layers, the pattern tfmot's
-    quantization folds. Keras has no ImageNet weights for it; `weights_path` may be an `.h5`
-    of a trained vgg16_bn (matched by layer name).
+    quantization folds. `width` multiplies every convolution's filters (VGG16's 64 to 512
+    at 1.0), as `alpha` does for MobileNets. Keras has no ImageNet weights for it;
+    `weights_path` may be an `.h5` of a trained vgg16_bn of the same width (matched by
+    layer name).
     """
     import tf_keras as keras
 
@@ -147,7 +149,7 @@ def _vgg16_bn_backbone(pixels, weights_path: str | None):
         name="preprocess")(pixels)
     for block, (convolutions, filters) in enumerate(VGG16_BLOCKS, start=1):
         for i in range(1, convolutions + 1):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+            x = keras.layers.Conv2D(int(filters * width), 3, padding="same", use_bias=False,
                                     kernel_initializer="he_normal",
                                     name=f"block{block}_conv{i}")(x)
             x = keras.layers.BatchNormalization(momentum=VGG_BN_MOMENTUM, epsilon=1e-5,
@@ -156,8 +158,36 @@ def _vgg16_bn_backbone(pixels, weights_path: str | None):
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     if weights_path is not None:
         model = keras.Model(pixels, x)
-        _load_named_weights(model, weights_path, "vgg16_bn")
+        _load_named_weights(model, weights_path, vgg16_bn_name(width))
     return x
+
+
+# Widths of vgg16_bn: the full network, and the half-width one that the `sample` preset
+# trains from scratch on small images (docs/measurements.md#teacher-width).
+VGG16_BN_WIDTHS = (0.5, 1.0)
+
+
+def vgg16_bn_name(width: float) -> str:
+    """The registry name of vgg16_bn at `width`: `vgg16_bn`, `vgg16_bn_0.5`."""
+    return "vgg16_bn" if width == 1.0 else f"vgg16_bn_{width}"
+
+
+def _vgg16_bn_architectures() -> list[Architecture]:
+    import functools
+
+    return [Architecture(
+        name=vgg16_bn_name(width),
+        build_backbone=functools.partial(_vgg16_bn_backbone, width=width),
+        min_size=32,
+        imagenet_file="",
+        preprocessing=dict.fromkeys(("pretrained", "scratch"), {
+            "in_graph": True, "layer": "preprocess", "formula": "(x - mean_rgb) / std_rgb",
+            "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": list(IMAGENET_STD_RGB),
+        }),
+        blocks=("block1", "block2", "block3", "block4", "block5"),
+        bn_momentum=VGG_BN_MOMENTUM,
+        family="vgg16",
+    ) for width in VGG16_BN_WIDTHS]
 
 
 def _he_init(base) -> None:
@@ -301,19 +331,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         },
         blocks=("block1", "block2", "block3", "block4", "block5"),
     ),
-    "vgg16_bn": Architecture(
-        name="vgg16_bn",
-        build_backbone=_vgg16_bn_backbone,
-        min_size=32,
-        imagenet_file="",
-        preprocessing=dict.fromkeys(("pretrained", "scratch"), {
-            "in_graph": True, "layer": "preprocess", "formula": "(x - mean_rgb) / std_rgb",
-            "mean_rgb": list(IMAGENET_MEAN_RGB), "std_rgb": list(IMAGENET_STD_RGB),
-        }),
-        blocks=("block1", "block2", "block3", "block4", "block5"),
-        bn_momentum=VGG_BN_MOMENTUM,
-        family="vgg16",
-    ),
+    **{spec.name: spec for spec in _vgg16_bn_architectures()},
     **{spec.name: spec for spec in _mobilenet_architectures()},
 }
 
