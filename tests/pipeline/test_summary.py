@@ -120,3 +120,9 @@ def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
               if row["format"] == "keras"}
     assert titles["student"] == "student trained alone (kept: distillation did not pay)"
     assert titles["teacher"] == "float teacher"
+    # The advice names a stronger teacher than the one that taught.
+    manifest = json.loads((out / "student" / "manifest.json").read_text())
+    for architecture, advice in (("vgg16", "vgg16_bn"), ("vgg16_bn_0.5", "the full-width vgg16_bn")):
+        manifest["teacher"]["architecture"] = architecture
+        _json(out / "student" / "manifest.json", manifest)
+        assert f"train a stronger teacher (more epochs, {advice}," in findings(out, config)[1]

@@ -113,9 +113,12 @@ def findings(out: str | Path, config) -> list[str]:
     lines = [f"Teacher {t:.3f}, distilled student {d:.3f}, the same student trained alone "
              f"{b:.3f}{on}."]
     if baseline.get("teacher_weaker"):
-        stronger = ("more epochs, vgg16_bn, ImageNet weights"
-                    if teacher.get("architecture") == "vgg16"
-                    else "more epochs, or VGG16 with ImageNet weights: the real preset")
+        stronger = {
+            "vgg16": "more epochs, vgg16_bn, ImageNet weights",
+            "vgg16_bn_0.5": "more epochs, the full-width vgg16_bn, or VGG16 with ImageNet "
+                            "weights: the real preset",
+        }.get(teacher.get("architecture"),
+              "more epochs, or VGG16 with ImageNet weights: the real preset")
         lines.append("The teacher is no more accurate than the student trained alone, so it had "
                      f"little to teach: train a stronger teacher ({stronger}) before distilling.")
     gain = baseline.get("accuracy_gain", 0.0)
