@@ -100,6 +100,24 @@ def test_grow_adds_shifted_noisy_copies_of_each_split_own_images(tmp_path):
         real_data.write_digits_folder(tmp_path / "h", grow=(100, 800))
 
 
+def test_noise_sets_how_far_the_copies_move_from_their_digit(tmp_path):
+    def residual(noise: float, name: str) -> float:
+        """Mean absolute pixel difference between each copy and its original, realigned (the
+        best of the shifts), away from the zero-filled borders."""
+        record = real_data.write_digits_folder(tmp_path / name, grow=(1500, 400), noise=noise)
+        assert record["grow"]["noise_std"] == noise
+        folder = tmp_path / name / "train" / "7"
+        values = []
+        for copy in sorted(folder.glob("*_1.png"))[:10]:
+            a = np.asarray(Image.open(copy), float)
+            b = np.asarray(Image.open(folder / f"{copy.stem.split('_')[0]}.png"), float)
+            values.append(min(np.abs(a - np.roll(np.roll(b, dy, 0), dx, 1))[3:-3, 3:-3].mean()
+                              for dy in range(-3, 4) for dx in range(-3, 4)))
+        return float(np.mean(values))
+
+    assert residual(0.0, "quiet") < 1.0 < 30.0 < residual(96.0, "loud")
+
+
 def test_the_results_table_puts_every_accuracy_on_the_same_images():
     rows = [{"model": "VGG16 teacher", "accuracy": 0.9, "images": 360, "size_bytes": 59_470_000,
              "seconds": 125.0},
