@@ -62,11 +62,11 @@ BASELINE = {"student": {"baseline": True}}
 # exports' agreement budget is lifted: after one epoch the models answer almost uniformly and
 # top-1 agreement between two of them is noise, not a measure of the conversion.
 QUICK = {
-    "teacher": {"epochs": 1, "batch_size": 32},
-    "pruned": {"epochs": 1, "batch_size": 32},
-    "pruned_qat": {"epochs": 1, "batch_size": 32},
-    "student": {"epochs": 1, "batch_size": 32, "image_size": 32},
-    "student_qat": {"epochs": 1, "batch_size": 32},
+    "teacher": {"epochs": 1},
+    "pruned": {"epochs": 1},
+    "pruned_qat": {"epochs": 1},
+    "student": {"epochs": 1, "image_size": 32},
+    "student_qat": {"epochs": 1},
     "export": {"min_agreement": "none"},
     "web_export": {"min_agreement": "none"},
     "benchmark": {"repeats": 3},
