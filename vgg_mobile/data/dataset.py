@@ -369,12 +369,30 @@ def augmentation_for(augment: bool, image_size: int) -> Augmentation:
     return SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
 
 
-def decode_and_resize(path, image_size: int):
-    """Graph op: reads a file with `load_rgb` and resizes it like every exported model expects.
+def resize_pixels(image, size: int | tuple[int, int]):
+    """Resizes RGB pixels like every exported model expects: the one resize of training,
+    evaluation, conversion and serving.
 
-    The resize is bilinear with half-pixel centres and no antialiasing, the same operation as
-    TensorFlow.js's `resizeBilinear(..., halfPixelCenters=true)`, so browser and Python agree.
+    Bilinear with half-pixel centres and no antialiasing, the same operation as TensorFlow.js's
+    `resizeBilinear(..., halfPixelCenters=true)`, so browser and Python agree; the result is
+    rounded and clipped to `uint8`, as a decoded image file would be.
+
+    Args:
+        image: `uint8` pixels `(height, width, 3)`: a tensor, or a NumPy array (run eagerly).
+        size: The side of the square output, or its `(height, width)`.
+
+    Returns:
+        A `uint8` tensor `(height, width, 3)` of the new size.
     """
+    import tensorflow as tf
+
+    height, width = (size, size) if isinstance(size, int) else size
+    image = tf.image.resize(image, [height, width], method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def decode_and_resize(path, image_size: int):
+    """Graph op: reads a file with `load_rgb` and resizes it with `resize_pixels`."""
     import tensorflow as tf
 
     def _load(p):
@@ -384,8 +402,7 @@ def decode_and_resize(path, image_size: int):
 
     image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return resize_pixels(image, image_size)
 
 
 def _augment(image, image_size: int, aug: Augmentation):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import threading
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from vgg_mobile.core.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -70,6 +74,28 @@ class DecodeBudget:
                 self._changed.notify_all()
 
 
+# Why an image could not be read, as `ImageError.reason` holds it.
+NOT_AN_IMAGE, CORRUPT, TOO_MANY_PIXELS, UNREADABLE = (
+    "not_an_image", "corrupt_image", "too_many_pixels", "unreadable")
+
+
+class ImageError(DataError):
+    """An image that cannot be read; `reason` tells which way it failed (`NOT_AN_IMAGE`,
+    `CORRUPT`, `TOO_MANY_PIXELS` or `UNREADABLE`), for callers that answer each differently."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Unusable(ValueError):
+    """Why a file or a buffer cannot be read, before its name is put in front of the message."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @contextlib.contextmanager
 def _reading():
     """Turns what Pillow and the OS raise while reading a file into a `ValueError` saying why."""
@@ -80,19 +106,20 @@ def _reading():
         try:
             yield
         except Image.DecompressionBombError as err:
-            raise ValueError(f"possible decompression bomb ({err})") from None
+            raise _Unusable(f"possible decompression bomb ({err})", TOO_MANY_PIXELS) from None
         except FileNotFoundError:
-            raise ValueError("no such file") from None
+            raise _Unusable("no such file", UNREADABLE) from None
         except PermissionError as err:
-            raise ValueError(f"cannot read file ({err.strerror})") from None
+            raise _Unusable(f"cannot read file ({err.strerror})", UNREADABLE) from None
         except UnidentifiedImageError:
-            raise ValueError("not an image (Pillow cannot identify the format)") from None
+            raise _Unusable("not an image (Pillow cannot identify the format)",
+                            NOT_AN_IMAGE) from None
         except (OSError, SyntaxError) as err:
             # Truncated files raise OSError("image file is truncated ...") on load().
-            raise ValueError(f"corrupt or truncated image (Pillow: {err})") from None
+            raise _Unusable(f"corrupt or truncated image (Pillow: {err})", CORRUPT) from None
 
 
-def _open(path: Path, max_pixels: int,
+def _open(path: Path | BinaryIO, max_pixels: int,
           draft: bool = False) -> tuple[Image.Image, tuple[int, int] | None]:
     """Opens an image (its header only), refusing one over `max_pixels` before decoding.
 
@@ -107,8 +134,8 @@ def _open(path: Path, max_pixels: int,
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise ValueError(f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                         f"{max_pixels:,} (possible decompression bomb)")
+        raise _Unusable(f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                        f"{max_pixels:,} (possible decompression bomb)", TOO_MANY_PIXELS)
     if draft and image.format == "JPEG" and image.draft(
             None, (max(1, width // 8), max(1, height // 8))) is not None:
         return image, (width, height)
@@ -208,6 +235,13 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
     return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
 
 
+def _decode(source: Path | BinaryIO, max_pixels: int) -> np.ndarray:
+    image, _ = _open(source, max_pixels)
+    with image:
+        _load(image)
+        return _rgb_array(_to_rgb(image, []))
+
+
 def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Reads an image file as RGB pixels.
 
@@ -222,18 +256,39 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         A `uint8` array of shape `(height, width, 3)`.
 
     Raises:
-        DataError: The file is not a readable image; the message names the file.
+        ImageError: The file is not a readable image (a `DataError`); the message names the
+            file.
     """
-    from vgg_mobile.core.errors import DataError
-
     path = Path(path)
     try:
-        image, _ = _open(path, max_pixels)
-        with image:
-            _load(image)
-            return _rgb_array(_to_rgb(image, []))
-    except ValueError as err:
-        raise DataError(f"{path}: {err}") from None
+        return _decode(path, max_pixels)
+    except _Unusable as err:
+        raise ImageError(f"{path}: {err}", err.reason) from None
+
+
+def decode_rgb(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
+               name: str = "image") -> np.ndarray:
+    """Decodes an image held in memory (or in an open binary file) as RGB pixels, exactly as
+    `load_rgb` reads a file.
+
+    Args:
+        data: The encoded image: bytes, or a binary file object positioned at its start.
+        max_pixels: Images with more pixels are refused before they are decoded. Defaults to
+            `MAX_PIXELS`.
+        name: What to call the image in messages (an upload's file name). Defaults to
+            `"image"`.
+
+    Returns:
+        A `uint8` array of shape `(height, width, 3)`.
+
+    Raises:
+        ImageError: Not a readable image; `reason` says why, the message names `name`.
+    """
+    source = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        return _decode(source, max_pixels)
+    except _Unusable as err:
+        raise ImageError(f"{name}: {err}", err.reason) from None
 
 
 def check_image(path: str | Path, max_pixels: int = MAX_PIXELS,
