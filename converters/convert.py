@@ -60,6 +60,8 @@ class ConvertOptions:
             at least half the weights are zero), `always`, or `never`.
         tfjs: Also write a TF.js graph-model bundle.
         tfjs_quantization: TF.js weight quantization: `uint8`, `float16` or `none`.
+        onnx: Also write ONNX models for ONNX Runtime: `float32` (tf2onnx) and `int8`
+            (ONNX Runtime static quantization, QDQ form, calibrated like the TFLite `int8`).
         max_size: Largest allowed size in bytes of each artifact (`None`: no limit).
         min_agreement: Smallest allowed top-1 agreement with the Keras model (`None`: no check).
         max_accuracy_drop: Largest allowed accuracy loss against Keras, in points of accuracy
@@ -76,6 +78,7 @@ class ConvertOptions:
     sparse: str = "auto"
     tfjs: bool = True
     tfjs_quantization: str = "uint8"
+    onnx: bool = False
     max_size: int | None = 10_000_000
     min_agreement: float | None = None
     max_accuracy_drop: float | None = None
@@ -268,6 +271,9 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
                           "verification": check})
         log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
             f"{check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
+    if options.onnx:
+        artifacts += _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference,
+                                     x_val, y_val, misses, log)
     if options.tfjs:
         artifacts.append(_tfjs_artifact(model, run, staging, options, reference, x_val, y_val,
                                         misses, log))
@@ -291,6 +297,39 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
 
         android.write_assets(staging, manifest, android_dir)
     return manifest
+
+
+def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, x_val, y_val,
+                    misses, log) -> list[dict]:
+    from converters import onnx
+    from vgg_mobile.core.version import __version__
+
+    props = {"name": info.name, "version": info.version, "author": info.author,
+             "license": info.license, "description": info.description,
+             "labels": list(run.classes), "input": run.manifest["input"],
+             "preprocessing": run.manifest.get("preprocessing"),
+             "producer": f"vgg-mobile {__version__}"}
+    started = time.perf_counter()
+    converted = {"float32": onnx.convert_keras_model(model)}
+    seconds = {"float32": time.perf_counter() - started}
+    started = time.perf_counter()
+    converted["int8"] = onnx.quantize_int8(converted["float32"], x_cal)
+    seconds["int8"] = time.perf_counter() - started
+    artifacts = []
+    for flavour, data in converted.items():
+        data = onnx.add_metadata(data, {**props, "flavour": flavour})
+        check = compare(reference, onnx.predict_onnx(data, x_val), y_val)
+        file_name = f"{stem}.onnx" if flavour == "float32" else f"{stem}_{flavour}.onnx"
+        (staging / file_name).write_bytes(data)
+        misses += options.budgets.misses(file_name, len(data), check)
+        artifacts.append({"file": file_name, "format": "onnx", "flavour": flavour,
+                          "io_dtype": "float32", "opset": onnx.DEFAULT_OPSET,
+                          "size_bytes": len(data), "gzip_bytes": gzip_size(data),
+                          "convert_seconds": round(seconds[flavour], 2), "verification": check,
+                          "verified_with": "ONNX Runtime (CPU)"})
+        log(f"{file_name}: {len(data) / 1e6:.2f} MB, agreement {check['top1_agreement']:.3f}, "
+            f"accuracy {check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
+    return artifacts
 
 
 def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses, log) -> dict:

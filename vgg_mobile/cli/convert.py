@@ -26,6 +26,8 @@ from vgg_mobile.cli.common import COUNT, fraction, log
 @click.option("--tfjs/--no-tfjs", default=True, show_default=True, help="Also write a TF.js graph model.")
 @click.option("--tfjs-quantization", default="uint8", show_default=True,
               type=click.Choice(["uint8", "float16", "none"]))
+@click.option("--onnx/--no-onnx", default=False, show_default=True,
+              help="Also write ONNX models for ONNX Runtime: float32 (tf2onnx) and int8 (QDQ).")
 @click.option("--android", "android_dir", type=click.Path(path_type=Path), default=None,
               help="Also write Android assets (model, labels, README) to this folder.")
 @click.option("--max-size", default="10MB", show_default=True,
@@ -42,10 +44,10 @@ from vgg_mobile.cli.common import COUNT, fraction, log
 @click.option("--license", "license_", default="Apache-2.0", show_default=True)
 @click.option("--force", is_flag=True, help="Replace --out (and --android) if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export manifest as JSON on stdout.")
-def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, android_dir,
+def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, onnx, android_dir,
                 max_size, min_agreement, max_accuracy_drop, verify_images, name, model_version,
                 author, license_, force, as_json):
-    """Convert run RUN to verified TFLite models (with metadata) and a TF.js bundle.
+    """Convert run RUN to verified TFLite models (with metadata), a TF.js bundle and ONNX models.
 
     Every artifact is run on held-out images and compared with the Keras model before anything
     is written. A missed budget exits with code 3 and writes nothing.
@@ -55,7 +57,7 @@ def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantizat
     chosen = ("float32", "float16", "dynamic", "int8") if "all" in flavours else tuple(flavours)
     options = ConvertOptions(
         **({"flavours": chosen} if chosen else {}), io_dtype=io_dtype, sparse=sparse, tfjs=tfjs,
-        tfjs_quantization=tfjs_quantization, max_size=parse_size(max_size),
+        tfjs_quantization=tfjs_quantization, onnx=onnx, max_size=parse_size(max_size),
         min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
         verify_images=verify_images, name=name, version=model_version, author=author,
         license=license_)

@@ -1,0 +1,169 @@
+"""Keras -> ONNX (tf2onnx), int8 ONNX (ONNX Runtime static quantization), and running both.
+
+Two flavours (`FLAVOURS`):
+  float32  the model as it is, converted by tf2onnx. A quantization-aware-trained model keeps
+           its fake-quantization as QuantizeLinear/DequantizeLinear pairs, so ONNX Runtime
+           runs it with the ranges it was trained with.
+  int8     ONNX Runtime's static quantization in QDQ form (int8 weights per channel, int8
+           activations), its ranges calibrated on training images.
+
+The input is `pixels`, float32 `[batch, h, w, 3]` RGB in [0, 255] with a dynamic batch; the
+output is `probs`, `[batch, classes]`. The preprocessing stays inside the graph, as in every
+other export. Labels, preprocessing and version go into the model's `metadata_props`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vgg_mobile.core.errors import BadInputError
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probs"
+FLAVOURS = ("float32", "int8")
+# ONNX Runtime 1.2x runs opset 18 fully; tf2onnx 1.17 writes up to it.
+DEFAULT_OPSET = 18
+
+
+def convert_keras_model(model, opset: int | None = None) -> bytes:
+    """Converts a tf_keras classifier to ONNX with tf2onnx.
+
+    Args:
+        model: A tf_keras model taking `(batch, h, w, 3)` float32 pixels in [0, 255].
+        opset: ONNX opset. Defaults to `DEFAULT_OPSET`.
+
+    Returns:
+        The `.onnx` file's bytes: input `pixels` with a dynamic batch, output `probs`.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    height, width = model.input_shape[1:3]
+    spec = (tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_NAME),)
+    function = tf.function(lambda pixels: {OUTPUT_NAME: model(pixels, training=False)})
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec,
+                                             opset=opset or DEFAULT_OPSET)
+    return proto.SerializeToString()
+
+
+def quantize_int8(model_content: bytes, calibration: np.ndarray) -> bytes:
+    """Full-integer QDQ model from an ONNX model and calibration images.
+
+    Weights are int8 per output channel, activations int8 with min/max ranges measured on
+    `calibration`: the signed-signed QDQ form that ONNX Runtime recommends for CPUs.
+
+    Args:
+        model_content: A float `.onnx` from `convert_keras_model`.
+        calibration: Float32 images `(n, h, w, 3)` in [0, 255], at least one.
+
+    Returns:
+        The int8 `.onnx` file's bytes.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calibration) == 0:
+        raise BadInputError("int8 ONNX needs at least one calibration image")
+
+    class Reader(CalibrationDataReader):
+        """Feeds the calibration images one at a time to the range calibrator."""
+
+        def __init__(self):
+            self._images = iter(np.asarray(calibration, np.float32))
+
+        def get_next(self):
+            image = next(self._images, None)
+            return None if image is None else {INPUT_NAME: image[None]}
+
+    reader = Reader()
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, out = (os.path.join(tmp, name) for name in ("in.onnx", "pre.onnx", "q.onnx"))
+        Path(source).write_bytes(model_content)
+        # Shape inference and constant folding first, as ONNX Runtime's docs advise; the
+        # symbolic pass needs sympy and adds nothing for a fixed-size image classifier.
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=True)
+        return Path(out).read_bytes()
+
+
+def add_metadata(model_content: bytes, props: dict[str, object]) -> bytes:
+    """Returns the model with `props` in its `metadata_props` (non-strings stored as JSON)."""
+    import onnx
+
+    model = onnx.load_from_string(model_content)
+    values = {key: value if isinstance(value, str) else json.dumps(value) for key, value in props.items()}
+    onnx.helper.set_model_props(model, values)
+    return model.SerializeToString()
+
+
+def read_metadata(model_content: bytes) -> dict[str, str]:
+    """The `metadata_props` of an ONNX model, as strings."""
+    return dict(session(model_content).get_modelmeta().custom_metadata_map)
+
+
+def session(model_content: bytes, num_threads: int = 1):
+    """An ONNX Runtime CPU session over a model held in memory.
+
+    Args:
+        model_content: The `.onnx` bytes.
+        num_threads: Threads inside one inference. Defaults to `1`.
+
+    Raises:
+        BadInputError: Not a model ONNX Runtime can load.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own unexported classes
+        raise BadInputError(f"not a valid ONNX model ({str(err).strip().splitlines()[0][:300]})") from None
+
+
+def predict_onnx(model, images: np.ndarray, num_threads: int = 1, batch_size: int = 64) -> np.ndarray:
+    """Runs a classifier `.onnx` on images in ONNX Runtime.
+
+    Args:
+        model: The `.onnx` bytes, or a session from `session`.
+        images: Float32 pixels `(n, h, w, 3)` in [0, 255].
+        num_threads: Threads, when `model` is bytes. Defaults to `1`.
+        batch_size: Images per run. Defaults to `64`.
+
+    Returns:
+        Float32 probabilities `(n, num_classes)`.
+    """
+    runner = session(model, num_threads) if isinstance(model, bytes) else model
+    images = np.asarray(images, np.float32)
+    parts = [runner.run([OUTPUT_NAME], {INPUT_NAME: images[start:start + batch_size]})[0]
+             for start in range(0, len(images), batch_size)]
+    if not parts:
+        return np.zeros((0, runner.get_outputs()[0].shape[-1]), np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, repeats: int = 50,
+               warmup: int = 3) -> float:
+    """Median wall time in milliseconds of one single-image run in ONNX Runtime.
+
+    Args:
+        model_content: The `.onnx` bytes.
+        image: One float32 image `(h, w, 3)` in [0, 255].
+        num_threads: Session threads. Defaults to `1`.
+        repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
+        warmup: Untimed runs first. Defaults to `3`.
+    """
+    from vgg_mobile.core.timing import median_ms
+
+    runner = session(model_content, num_threads)
+    feed = {INPUT_NAME: np.asarray(image, np.float32)[None]}
+    return median_ms(lambda: runner.run([OUTPUT_NAME], feed), repeats, warmup)

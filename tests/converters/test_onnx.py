@@ -1,0 +1,107 @@
+"""ONNX export: tf2onnx's float model and ONNX Runtime's int8 QDQ model, run in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import harness
+from converters import onnx
+from converters.convert import ConvertOptions, convert_run
+from vgg_mobile.core.errors import BadInputError, BudgetError
+
+
+@pytest.fixture(scope="module")
+def onnx_export(student_run, sample_dir, tmp_path_factory):
+    """The shared distilled student exported with `onnx=True` (and one TFLite flavour)."""
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    manifest = convert_run(student_run.run_dir, out,
+                           ConvertOptions(flavours=("float32",), tfjs=False, onnx=True,
+                                          max_size=None, verify_images=0),
+                           data_dir=sample_dir, command=["test"])
+    return out, manifest
+
+
+def test_convert_writes_verified_float_and_int8_onnx_models(onnx_export, student_run, sample_dir):
+    from vgg_mobile.core.run_dir import load_run
+
+    out, manifest = onnx_export
+    by_file = {a["file"]: a for a in manifest["artifacts"]}
+    assert {"mobilenet_v2_0.35_student.onnx", "mobilenet_v2_0.35_student_int8.onnx"} <= set(by_file)
+    run = load_run(student_run.run_dir)
+    images, labels = harness.held_out_images(run, sample_dir)
+    reference = run.load_model()(images, training=False).numpy()
+    float_data = (out / "mobilenet_v2_0.35_student.onnx").read_bytes()
+    int8_data = (out / "mobilenet_v2_0.35_student_int8.onnx").read_bytes()
+    # tf2onnx's graph computes what Keras computes.
+    harness.assert_matches(reference, onnx.predict_onnx(float_data, images), max_diff=1e-4,
+                           min_agreement=1.0)
+    int8_probs = onnx.predict_onnx(int8_data, images)
+    harness.assert_matches(reference, int8_probs, max_diff=0.5, min_agreement=0.75)
+    # The manifest's figures are those of the files on disk, on every held-out image.
+    for name, data, probs in (("mobilenet_v2_0.35_student.onnx", float_data, None),
+                              ("mobilenet_v2_0.35_student_int8.onnx", int8_data, int8_probs)):
+        artifact = by_file[name]
+        assert artifact["format"] == "onnx" and artifact["size_bytes"] == len(data)
+        assert artifact["verification"]["images"] == len(labels)
+        if probs is not None:
+            agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+            assert artifact["verification"]["top1_agreement"] == pytest.approx(agreement, abs=1e-4)
+    # int8 weights: a quarter of the float file, give or take the scales and the graph.
+    assert len(int8_data) < 0.5 * len(float_data)
+
+
+def test_onnx_models_carry_labels_preprocessing_and_version(onnx_export):
+    out, manifest = onnx_export
+    for flavour, name in (("float32", "mobilenet_v2_0.35_student.onnx"),
+                          ("int8", "mobilenet_v2_0.35_student_int8.onnx")):
+        props = onnx.read_metadata((out / name).read_bytes())
+        assert json.loads(props["labels"]) == manifest["classes"]
+        assert json.loads(props["input"]) == manifest["input"]
+        assert json.loads(props["preprocessing"]) == manifest["preprocessing"]
+        assert props["version"] == "1" and props["flavour"] == flavour
+        assert props["producer"].startswith("vgg-mobile ")
+
+
+def test_onnx_batch_is_dynamic(onnx_export, student_run, sample_dir):
+    from vgg_mobile.core.run_dir import load_run
+
+    out, _ = onnx_export
+    data = (out / "mobilenet_v2_0.35_student.onnx").read_bytes()
+    images, _ = harness.held_out_images(load_run(student_run.run_dir), sample_dir)
+    session = onnx.session(data)
+    assert session.get_inputs()[0].name == "pixels" and session.get_outputs()[0].name == "probs"
+    whole = onnx.predict_onnx(session, images[:7], batch_size=7)
+    one_by_one = onnx.predict_onnx(session, images[:7], batch_size=1)
+    harness.assert_varies(whole, min_classes=2)
+    np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
+
+
+def test_a_damaged_onnx_model_is_refused_with_a_reason(onnx_export):
+    out, _ = onnx_export
+    data = (out / "mobilenet_v2_0.35_student.onnx").read_bytes()
+    for damaged in (data[: len(data) // 3], b"not a model", b""):
+        with pytest.raises(BadInputError, match="not a valid ONNX model"):
+            onnx.session(damaged)
+
+
+def test_onnx_artifacts_meet_the_size_budget_or_nothing_is_written(student_run, sample_dir, tmp_path):
+    # The float MobileNetV2-0.35 is over 1 MB; its int8 TFLite and int8 ONNX are not.
+    with pytest.raises(BudgetError, match=r"mobilenet_v2_0.35_student.onnx: .*over the size budget"):
+        convert_run(student_run.run_dir, tmp_path / "export",
+                    ConvertOptions(flavours=("int8",), tfjs=False, onnx=True, max_size=1_000_000,
+                                   verify_images=8, calibration_images=8),
+                    data_dir=sample_dir)
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_cli_convert_onnx(cli, student_run, sample_dir, tmp_path):
+    result = cli("convert", student_run.run_dir, "--out", tmp_path / "export", "--data", sample_dir,
+                 "--flavour", "int8", "--no-tfjs", "--onnx", "--verify-images", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    formats = sorted((a["format"], a["flavour"]) for a in manifest["artifacts"])
+    assert formats == [("onnx", "float32"), ("onnx", "int8"), ("tflite", "int8")]
+    assert all((tmp_path / "export" / a["file"]).is_file() for a in manifest["artifacts"])
