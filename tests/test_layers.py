@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS = ("core", "data", "models", "evaluation", "training", "compression", "distillation",
-          "converters", "site", "pipeline", "reporting", "cli")
+          "converters", "serving", "site", "pipeline", "reporting", "cli")
 # What each package is allowed beyond the order above (kept empty unless a reason is written).
 CONVERTERS_MAY_IMPORT = ("core", "data")
 

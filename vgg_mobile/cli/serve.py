@@ -1,0 +1,139 @@
+"""`vgg-mobile serve-model`: an exported classifier behind HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import click
+
+from vgg_mobile.cli.common import COUNT, default, log
+from vgg_mobile.serving.app import ServeConfig
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _size(ctx, param, value):
+    from converters.convert import parse_size
+    from vgg_mobile.core.errors import BadInputError
+
+    try:
+        size = parse_size(value)
+    except BadInputError as err:
+        raise click.BadParameter(str(err)) from None
+    if not size:
+        raise click.BadParameter(f"must be a size above 0 (e.g. 16MiB). Received: {value}")
+    return size
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port` (0 picks a free port), IPv6 too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as err:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({err.strerror or err})")
+
+
+def _reload_on_hangup(service) -> None:
+    """SIGHUP reloads the model, as `POST /admin/reload` does, in a thread of its own."""
+
+    def reload():
+        from vgg_mobile.serving.app import Refusal
+
+        try:
+            result = service.reload()
+        except Refusal as err:
+            log(f"SIGHUP reload: {err.detail}")
+            return
+        state = "now serving" if result["changed"] else "unchanged, still serving"
+        log(f"SIGHUP reload: {state} version {result['model']['version']} "
+            f"(sha256 {result['model']['sha256'][:12]})")
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
+
+
+@click.command("serve-model")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["tflite", "onnx"]), default=None,
+              help="Which model of an export folder: tflite (the default) or onnx.")
+@click.option("--flavour", default=None,
+              help="The artifact's flavour in the export folder (e.g. int8, float32); default "
+                   "int8 if there is one.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback lets other machines send requests.")
+@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port (one worker only); the address is printed.")
+@click.option("--threads", default=default(ServeConfig, "threads"), show_default=True, type=COUNT,
+              help="Threads inside each interpreter (LiteRT) or session (ONNX Runtime).")
+@click.option("--concurrency", default=None, type=COUNT,
+              help="Inferences run at once per process, each on its own interpreter. "
+                   "[default: the number of CPUs]")
+@click.option("--workers", default=1, show_default=True, type=COUNT,
+              help="uvicorn processes. Each holds its own model and metrics and is reloaded on "
+                   "its own: prefer one process per port behind a load balancer (docs/serving.md).")
+@click.option("--max-upload-bytes", default=str(default(ServeConfig, "max_upload_bytes")),
+              show_default=True, callback=_size,
+              help="Larger request bodies are refused (413) while they are read (bytes, or "
+                   "e.g. 16MiB).")
+@click.option("--max-images", default=default(ServeConfig, "max_images"), show_default=True, type=COUNT,
+              help="Images one request may hold.")
+@click.option("--max-pixels", default=default(ServeConfig, "max_pixels"), show_default=True, type=COUNT,
+              help="Images with more pixels are refused (413) before decoding.")
+@click.option("--top-k", default=default(ServeConfig, "top_k"), show_default=True, type=COUNT,
+              help="Predictions per image when the request has no ?top_k=.")
+@click.option("--admin-token", envvar="VGG_MOBILE_ADMIN_TOKEN", default=None,
+              help="Admin endpoints need 'Authorization: Bearer TOKEN' (also read from "
+                   "$VGG_MOBILE_ADMIN_TOKEN). Without it they answer only loopback clients.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log one line per request.")
+def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
+                    max_upload_bytes, max_images, max_pixels, top_k, admin_token, access_log):
+    """Serve predictions of an exported model over HTTP.
+
+    ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, or a
+    pipeline output folder (its export/). POST /admin/reload (or SIGHUP) reads ARTIFACT
+    again and swaps the new model in once it passed its check; POST /admin/rollback returns to
+    the previous one. See docs/serving.md.
+    """
+    import uvicorn
+
+    from vgg_mobile.serving.app import CONFIG_ENV, create_app
+    from vgg_mobile.serving.models import ModelChoice, load_model
+
+    config = ServeConfig(artifact=artifact, choice=ModelChoice(format_, flavour), threads=threads,
+                         concurrency=concurrency or os.cpu_count() or 1,
+                         max_upload_bytes=max_upload_bytes, max_images=max_images,
+                         max_pixels=max_pixels, top_k=top_k, admin_token=admin_token)
+    if host not in _LOOPBACK:
+        log(f"warning: listening on {host}: other machines can send requests"
+            + ("" if admin_token else "; admin endpoints still answer only this machine "
+               "(set --admin-token to manage it from elsewhere)"))
+    if workers > 1:
+        if port == 0:
+            raise click.BadParameter("--port 0 needs --workers 1", param_hint="--port")
+        # Checked here once, so a bad ARTIFACT stops with its message before any worker starts.
+        model = load_model(config.artifact, config.choice, config.threads, 1)
+        os.environ[CONFIG_ENV] = config.to_json()
+        click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
+                   f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
+        uvicorn.run("vgg_mobile.serving.app:app_from_environment", factory=True, host=host,
+                    port=port, workers=workers, access_log=access_log, log_level="info")
+        return
+    app = create_app(config)
+    model = app.state.service.current
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {model.path} ({model.format}, version {model.version}, sha256 "
+               f"{model.sha256[:12]}) at http://{shown}:{bound_port}/ (Ctrl+C to stop)")
+    _reload_on_hangup(app.state.service)
+    server = uvicorn.Server(uvicorn.Config(app, access_log=access_log, log_level="info",
+                                           timeout_graceful_shutdown=10))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

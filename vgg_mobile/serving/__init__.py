@@ -1,0 +1,6 @@
+"""`vgg-mobile serve-model`: an exported classifier behind HTTP (FastAPI, uvicorn).
+
+`models` loads and checks a `.tflite` or `.onnx` model and runs it from several threads;
+`app` is the FastAPI app over it (predict, health, model, metrics, reload and rollback);
+`metrics` its Prometheus counters.
+"""

@@ -1,0 +1,49 @@
+"""The service's Prometheus metrics, in a registry of its own.
+
+Each app holds its own `CollectorRegistry` (not prometheus-client's global one), so several
+apps in one process (tests, or a replica per port) count apart. With several uvicorn worker
+processes each counts only its own requests: scrape every replica.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+# Seconds: from a cached small model's few milliseconds to a queue of large uploads.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServingMetrics:
+    """Counters, the latency histogram and the model gauge of one app."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("vgg_mobile_requests", "HTTP requests answered, by endpoint "
+                                "and status code.", ["endpoint", "status"], registry=r)
+        self.errors = Counter("vgg_mobile_errors", "Requests refused or failed, by reason.",
+                              ["reason"], registry=r)
+        self.latency = Histogram("vgg_mobile_request_seconds", "Time to answer a request, in "
+                                 "seconds, by endpoint.", ["endpoint"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
+        self.images = Counter("vgg_mobile_images_predicted", "Images classified.", registry=r)
+        self.predictions = Counter("vgg_mobile_predictions", "Images whose top-1 class was "
+                                   "this label (watch it for drift).", ["label"], registry=r)
+        self.loads = Counter("vgg_mobile_model_loads", "Model loads (start and reloads), by "
+                             "result: ok, unchanged or refused.", ["result"], registry=r)
+        self.rollbacks = Counter("vgg_mobile_model_rollbacks", "Rollbacks to the previous "
+                                 "model, by result.", ["result"], registry=r)
+        self.model_info = Gauge("vgg_mobile_model_info", "The model serving now (value 1).",
+                                ["name", "version", "sha256", "format", "flavour"], registry=r)
+
+    def serving(self, model) -> None:
+        """Points the model gauge at `model`, the only one with value 1."""
+        self.model_info.clear()
+        self.model_info.labels(name=model.name, version=model.version, sha256=model.sha256,
+                               format=model.format, flavour=model.flavour or "").set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

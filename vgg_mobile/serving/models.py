@@ -1,0 +1,409 @@
+"""Loading a classifier for serving: finding the artifact, reading its labels and input size,
+checking it on probe inputs, and running it from several threads at once.
+
+`load_model` returns a `ServedModel` only once it is complete and checked, so the app can
+swap one in with a single reference assignment: a request runs from start to finish on the
+model it started with, and a model that fails its check never serves a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import queue
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.core.outputs import inside
+from vgg_mobile.core.run_dir import LABELS, MANIFEST
+
+FORMATS = ("tflite", "onnx")
+SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
+# The flavour an export folder serves unless told otherwise: the one made to ship.
+DEFAULT_FLAVOUR = "int8"
+# Deterministic inputs every model must answer with finite probability vectors before it serves.
+PROBE_IMAGES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """Which model of an export folder to serve.
+
+    Attributes:
+        format: `tflite` or `onnx`; `None` takes a file's own format, and `tflite` from a
+            folder. Defaults to `None`.
+        flavour: The artifact's `flavour` in the export manifest; `None` takes `int8` if the
+            folder has one of the format, else its first. Defaults to `None`.
+    """
+
+    format: str | None = None
+    flavour: str | None = None
+
+    def __post_init__(self):
+        require(self.format in (None, *FORMATS), f"format must be one of {', '.join(FORMATS)}",
+                repr(self.format))
+
+
+class Runner(Protocol):
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Float32 pixels `(n, h, w, 3)` in [0, 255] -> float32 probabilities `(n, classes)`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """A loaded, checked model and what the service reports about it.
+
+    Attributes:
+        source: The ARTIFACT the service was started with (file or folder).
+        path: The model file that was read.
+        format: `tflite` or `onnx`.
+        flavour: The export manifest's flavour, or `None` for a bare file.
+        name: The model's name (metadata, else the file stem).
+        version: The version in the model's metadata (or the export options), else `"unknown"`.
+        sha256: SHA-256 of the model file's bytes as they were read and checked.
+        classes: Class names in output order.
+        input_size: `(height, width)` of the input tensor.
+        manifest: The export folder's manifest, or `None` for a bare file.
+        metadata: The model's own metadata (TFLite metadata or ONNX `metadata_props`).
+        loaded_at: When it was loaded (UTC, ISO 8601).
+        runner: Runs the model; safe to call from several threads at once.
+    """
+
+    source: Path
+    path: Path
+    format: str
+    flavour: str | None
+    name: str
+    version: str
+    sha256: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]
+    manifest: dict | None
+    metadata: dict
+    loaded_at: str
+    runner: Runner = dataclasses.field(repr=False, compare=False)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self.runner.predict(np.asarray(pixels, np.float32))
+
+    def describe(self) -> dict:
+        """What `GET /model` reports (everything but the runner)."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256,
+                "format": self.format, "flavour": self.flavour, "path": str(self.path),
+                "source": str(self.source), "classes": list(self.classes),
+                "input_size": list(self.input_size), "loaded_at": self.loaded_at,
+                "manifest": self.manifest, "metadata": self.metadata}
+
+
+class _TFLiteRunner:
+    """A pool of LiteRT interpreters, one per thread that may run at once: an interpreter is
+    not thread-safe, and a pool lets requests run side by side instead of queuing on a lock."""
+
+    def __init__(self, content: bytes, threads: int, pool_size: int):
+        from converters import tflite
+
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(pool_size):
+            runner = tflite.interpreter(content, threads)
+            detail = runner.get_input_details()[0]
+            if detail["shape"][0] != 1:
+                # One image per invoke, as `predict_tflite` runs a model.
+                runner.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
+                runner.allocate_tensors()
+            self._free.put(runner)
+        self.input = runner.get_input_details()[0]
+        self.output = runner.get_output_details()[0]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        from converters.tflite import _dequantize, quantize_input
+
+        runner = self._free.get()
+        try:
+            rows = []
+            for image in pixels:
+                runner.set_tensor(self.input["index"], quantize_input(image[None], self.input))
+                runner.invoke()
+                rows.append(_dequantize(runner.get_tensor(self.output["index"]), self.output)[0])
+        finally:
+            self._free.put(runner)
+        return np.stack(rows) if rows else np.zeros((0, self.output["shape"][-1]), np.float32)
+
+
+class _ONNXRunner:
+    """One ONNX Runtime session: its `run` may be called from several threads at once."""
+
+    def __init__(self, content: bytes, threads: int):
+        from converters import onnx
+
+        self._session = onnx.session(content, threads)
+        self.input = self._session.get_inputs()[0]
+        self.output = self._session.get_outputs()[0]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        from converters import onnx
+
+        return np.asarray(onnx.predict_onnx(self._session, pixels), np.float32)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{path}: cannot be read as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _export_folder(folder: Path) -> Path | None:
+    """The export folder at `folder`: itself, or a pipeline output's `export/`, or `None`."""
+    for candidate in (folder, folder / "export"):
+        if (candidate / MANIFEST).is_file() and isinstance(
+                _read_json(candidate / MANIFEST).get("artifacts"), list):
+            return candidate
+    return None
+
+
+def resolve_artifact(source: str | Path,
+                     choice: ModelChoice = ModelChoice()) -> tuple[Path, dict | None]:
+    """Finds the model file to serve.
+
+    Args:
+        source: A `.tflite` or `.onnx` file, an export folder from `vgg-mobile convert`, or a
+            pipeline output folder (its `export/`).
+        choice: Which artifact of a folder. Defaults to `ModelChoice()`.
+
+    Returns:
+        The model file, and the export manifest's artifact entry with the manifest itself
+        under `"manifest"` (or `None` for a bare file).
+
+    Raises:
+        BadInputError: No such file or folder, an unknown suffix, or no artifact of the
+            chosen format and flavour (the message lists those there are).
+    """
+    source = Path(source)
+    if source.is_file():
+        kind = SUFFIXES.get(source.suffix.lower())
+        if kind is None:
+            raise BadInputError(f"{source}: not a model file (suffix {source.suffix!r}; "
+                                f"expected {', '.join(SUFFIXES)})")
+        if choice.format not in (None, kind):
+            raise BadInputError(f"{source}: a {kind} file, but --format {choice.format} was asked")
+        return source, None
+    if not source.is_dir():
+        raise BadInputError(f"{source}: no such file or folder")
+    folder = _export_folder(source)
+    if folder is None:
+        raise BadInputError(f"{source}: not an export folder (no {MANIFEST} with artifacts, "
+                            "here or in export/); give a .tflite or .onnx file, or a folder "
+                            "written by `vgg-mobile convert`")
+    manifest = _read_json(folder / MANIFEST)
+    fmt = choice.format or "tflite"
+    offered = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("format") in FORMATS]
+    found = [a for a in offered if a["format"] == fmt
+             and (choice.flavour is None or a.get("flavour") == choice.flavour)]
+    if not found:
+        listed = ", ".join(f"{a['format']} {a.get('flavour')}" for a in offered) or "none"
+        raise BadInputError(f"{folder / MANIFEST}: no {fmt} artifact"
+                            f"{f' of flavour {choice.flavour}' if choice.flavour else ''}; "
+                            f"the folder has: {listed}")
+    if choice.flavour is None:
+        found.sort(key=lambda a: a.get("flavour") != DEFAULT_FLAVOUR)
+    artifact = found[0]
+    path = inside(folder, artifact.get("file"), "artifact file", folder / MANIFEST)
+    if not path.is_file():
+        raise BadInputError(f"{path}: listed in {folder / MANIFEST} but missing")
+    return path, {**artifact, "manifest": manifest}
+
+
+def _folder_classes(folder: Path, manifest: dict) -> tuple[str, ...]:
+    """The export folder's labels.txt, checked against the manifest's classes."""
+    classes = manifest.get("classes")
+    labels_path = folder / LABELS
+    if labels_path.is_file():
+        labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line]
+        if classes is not None and labels != list(classes):
+            raise BadInputError(f"{labels_path}: labels {labels[:20]} disagree with the "
+                                f"manifest's classes {list(classes)[:20]}")
+        classes = labels
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise BadInputError(f"{folder}: no labels (labels.txt or the manifest's classes)")
+    return tuple(classes)
+
+
+def _inspect_tflite(content: bytes, path: Path) -> dict:
+    """Tensors and metadata of `.tflite` bytes, read in a child process
+    (`converters.inspection`): a damaged file may crash the native readers, and a crash there
+    must not take the serving process down with it."""
+    from converters import inspection
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The very bytes that will be served are the ones checked, whatever happens to `path`.
+        copy = Path(tmp) / "model.tflite"
+        copy.write_bytes(content)
+        try:
+            return inspection.inspect_tflite(copy)
+        except BadInputError as err:
+            raise BadInputError(str(err).replace(str(copy), str(path))) from None
+
+
+def _tflite_details(content: bytes, path: Path) -> tuple[list, list, dict, list[str] | None]:
+    """Input shape, output shape, metadata and packed labels of a `.tflite` model."""
+    report = _inspect_tflite(content, path)
+    files = report.get("associated_files") or {}
+    labels = ([line for line in next(iter(files.values())).splitlines() if line]
+              if files else None)
+    return (report["inputs"][0]["shape"], report["outputs"][0]["shape"],
+            report.get("metadata") or {}, labels)
+
+
+def _onnx_details(content: bytes, path: Path) -> tuple[dict, list[str] | None]:
+    """The `metadata_props` of an `.onnx` model and the labels they hold."""
+    from converters import onnx
+
+    try:
+        props = onnx.read_metadata(content)
+    except BadInputError as err:
+        raise BadInputError(f"{path}: {err}") from None
+    labels = None
+    if "labels" in props:
+        try:
+            labels = json.loads(props["labels"])
+        except ValueError:
+            labels = None
+        if not (isinstance(labels, list) and all(isinstance(c, str) for c in labels)):
+            raise BadInputError(f"{path}: metadata_props 'labels' is not a JSON list of names. "
+                                f"Received: {props['labels'][:200]!r}")
+    return dict(props), labels
+
+
+def _dimension(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _input_size(shape, path: Path, fallback) -> tuple[int, int]:
+    """`(height, width)` from an input shape `(batch, h, w, 3)`; symbolic sides come from
+    `fallback` (the manifest's or metadata's `input.size`)."""
+    shape = list(shape)
+    if len(shape) != 4 or (_dimension(shape[3]) or 3) != 3:
+        raise BadInputError(f"{path}: the model takes input of shape {shape}, not a batch of RGB "
+                            "images (batch, height, width, 3)")
+    height, width = _dimension(shape[1]), _dimension(shape[2])
+    if (height is None or width is None) and isinstance(fallback, list) and len(fallback) == 2:
+        height, width = height or _dimension(fallback[0]), width or _dimension(fallback[1])
+    if height is None or width is None:
+        raise BadInputError(f"{path}: the model's input shape {shape} has no fixed image size, "
+                            "and no input.size says which")
+    return height, width
+
+
+def probe_images(height: int, width: int) -> np.ndarray:
+    """Deterministic float32 images `(PROBE_IMAGES, h, w, 3)` in [0, 255]: black, white, a
+    gradient and seeded noise."""
+    ramp = np.linspace(0, 255, width, dtype=np.float32)
+    gradient = np.broadcast_to(ramp[None, :, None], (height, width, 3))
+    noise = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
+    return np.stack([np.zeros((height, width, 3), np.float32),
+                     np.full((height, width, 3), 255, np.float32), gradient, noise])
+
+
+def check_outputs(probs: np.ndarray, num_classes: int, path: Path) -> None:
+    """Refuses outputs that are not one probability vector per probe image.
+
+    Raises:
+        BadInputError: The wrong shape, non-finite values, values outside [0, 1], or rows that
+            do not sum to 1 (within the rounding of an 8-bit output).
+    """
+    expected = (PROBE_IMAGES, num_classes)
+    if probs.shape != expected:
+        raise BadInputError(f"{path}: on {PROBE_IMAGES} probe images the model answered shape "
+                            f"{list(probs.shape)}, not {list(expected)} (one score per class)")
+    if not np.isfinite(probs).all():
+        raise BadInputError(f"{path}: the model answers NaN or infinity on probe images")
+    # An 8-bit output is a multiple of 1/256: each value may be off by half a step.
+    tolerance = max(0.02, num_classes / 512)
+    sums = probs.sum(axis=1)
+    if probs.min() < -tolerance or probs.max() > 1 + tolerance or np.abs(sums - 1).max() > tolerance:
+        raise BadInputError(f"{path}: the model's outputs on probe images are not probabilities "
+                            f"(values {probs.min():.4g} to {probs.max():.4g}, row sums "
+                            f"{sums.min():.4g} to {sums.max():.4g})")
+
+
+def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads: int = 1,
+               pool_size: int = 1) -> ServedModel:
+    """Loads and checks a model for serving, without touching anything already serving.
+
+    The model file is read once; the bytes read are the ones checked, hashed and run. A
+    `.tflite` is first read in a child process (a damaged file cannot crash this one). Then
+    the labels must match the output, and on `probe_images` the model must answer finite
+    probability vectors.
+
+    Args:
+        source: A `.tflite` or `.onnx` file, an export folder or a pipeline output folder.
+        choice: Which artifact of a folder. Defaults to `ModelChoice()`.
+        threads: Threads of each interpreter or session. Defaults to `1`.
+        pool_size: Interpreters of a `.tflite` model, one for each inference that may run at
+            once. Defaults to `1`.
+
+    Returns:
+        The `ServedModel`.
+
+    Raises:
+        BadInputError: Not found, not a valid model, no labels, labels that do not fit the
+            output, or outputs that are not probabilities.
+    """
+    require(threads >= 1, "threads must be at least 1", str(threads))
+    require(pool_size >= 1, "pool_size must be at least 1", str(pool_size))
+    source = Path(source)
+    path, artifact = resolve_artifact(source, choice)
+    manifest = artifact["manifest"] if artifact else None
+    try:
+        content = path.read_bytes()
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read the model ({err.strerror or err})") from None
+    sha256 = hashlib.sha256(content).hexdigest()
+    fmt = artifact["format"] if artifact else SUFFIXES[path.suffix.lower()]
+    declared_size = (manifest or {}).get("input", {}).get("size")
+    if fmt == "tflite":
+        input_shape, output_shape, metadata, labels = _tflite_details(content, path)
+        runner = _TFLiteRunner(content, threads, pool_size)
+        info = metadata
+    else:
+        metadata, labels = _onnx_details(content, path)
+        try:
+            runner = _ONNXRunner(content, threads)
+        except BadInputError as err:
+            raise BadInputError(f"{path}: {err}") from None
+        input_shape, output_shape = runner.input.shape, runner.output.shape
+        info = metadata
+        if declared_size is None and "input" in metadata:
+            try:
+                declared_size = json.loads(metadata["input"]).get("size")
+            except (ValueError, AttributeError):
+                declared_size = None
+    classes = _folder_classes(path.parent, manifest) if manifest else (
+        tuple(labels) if labels else None)
+    if not classes:
+        raise BadInputError(f"{path}: no labels: the model's metadata holds none, and a bare "
+                            "model file has no labels.txt beside it to use; serve the export "
+                            "folder instead")
+    size = _input_size(input_shape, path, declared_size)
+    outputs = _dimension(list(output_shape)[-1]) if len(output_shape) else None
+    if outputs is not None and outputs != len(classes):
+        raise BadInputError(f"{path}: the model outputs {outputs} scores but there are "
+                            f"{len(classes)} labels")
+    check_outputs(runner.predict(probe_images(*size)), len(classes), path)
+    options = (manifest or {}).get("options") or {}
+    version = info.get("version") or options.get("version") or "unknown"
+    return ServedModel(
+        source=source, path=path, format=fmt, flavour=artifact.get("flavour") if artifact else None,
+        name=str(info.get("name") or path.stem), version=str(version), sha256=sha256,
+        classes=classes, input_size=size, manifest=manifest, metadata=metadata,
+        loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        runner=runner)
