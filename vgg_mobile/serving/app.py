@@ -26,6 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
 from vgg_mobile.data.images import (CORRUPT, NOT_AN_IMAGE, TOO_MANY_PIXELS, ImageError,
@@ -323,10 +327,6 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     Raises:
         BadInputError: The model at `config.artifact` cannot be served.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
-
     metrics = ServingMetrics()
     service = ModelService(config, metrics, model)
     executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="predict")
@@ -352,6 +352,10 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     async def on_http_error(request, exc: HTTPException):
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return refuse(Refusal(exc.status_code, reason, _one_line(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request, exc: RequestValidationError):
+        return refuse(Refusal(400, "bad_request", _one_line(exc.errors())))
 
     @app.middleware("http")
     async def count(request: Request, call_next):

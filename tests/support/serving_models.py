@@ -1,0 +1,120 @@
+"""Tiny real models for the prediction service's tests: a conv classifier of three colours,
+trained in seconds, exported as int8 and float32 TFLite (with metadata) and float32 and int8
+ONNX, and an export folder holding them as `vgg-mobile convert` writes one."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import vgg_mobile  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+CLASSES = ("red", "green", "blue")
+SIZE = 32
+_COLOURS = np.array([[200, 40, 40], [40, 190, 60], [50, 60, 210]], np.float32)
+
+
+def colour_images(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """`n` noisy images of the three colours, of side `size`, as uint8 pixels and labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    base = _COLOURS[labels][:, None, None, :] + rng.normal(0, 25, (n, 1, 1, 3))
+    pixels = base + rng.normal(0, 30, (n, size, size, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8), labels
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModels:
+    keras: object
+    files: dict  # name -> path: int8, float32, v2_int8, onnx_float32, onnx_int8
+    export_dir: Path
+    requests: list  # PNG bytes of test images of several sizes
+
+
+def _train(seed: int):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
+    x_train, y_train = colour_images(90, seed=seed)
+    # Few epochs on purpose: confident but not saturated, so probabilities differ per image.
+    model.fit(x_train.astype(np.float32), y_train, epochs=4, batch_size=15, verbose=0)
+    return model
+
+
+def _tflite(model, flavour: str, version: str) -> bytes:
+    from converters import metadata, tflite
+
+    calibration = colour_images(30, seed=7)[0].astype(np.float32)
+    data = tflite.convert_keras_model(model, flavour, calibration if flavour == "int8" else None,
+                                      io_dtype="uint8" if flavour == "int8" else "float32")
+    return metadata.add_metadata(data, list(CLASSES), metadata.ModelInfo(
+        name="colours", description="three colours", version=version))
+
+
+def _onnx(model, flavour: str, version: str) -> bytes:
+    from converters import onnx
+
+    data = onnx.convert_keras_model(model)
+    if flavour == "int8":
+        data = onnx.quantize_int8(data, colour_images(30, seed=7)[0].astype(np.float32))
+    return onnx.add_metadata(data, {"labels": list(CLASSES), "version": version,
+                                    "name": "colours", "input": {"size": [SIZE, SIZE]}})
+
+
+def write_export(folder: Path, files: dict[str, bytes]) -> Path:
+    """An export folder as `vgg-mobile convert` writes it: the files, labels.txt, manifest."""
+    from vgg_mobile.core.io import write_json, write_text
+    from vgg_mobile.core.run_dir import Manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        fmt, flavour = Path(name).suffix[1:], Path(name).stem.rsplit("_", 1)[1]
+        artifacts.append({"file": name, "format": fmt, "flavour": flavour,
+                          "size_bytes": len(data)})
+    manifest = Manifest(stage="export", classes=CLASSES, model_file=None,
+                        input={"size": [SIZE, SIZE], "channels": 3, "range": [0, 255]},
+                        sections={"options": {"version": "1"}, "artifacts": artifacts})
+    write_text(folder / "labels.txt", "".join(f"{c}\n" for c in CLASSES))
+    write_json(folder / "manifest.json", manifest.to_json())
+    return folder
+
+
+def build(root: Path) -> TinyModels:
+    """Trains two versions of the classifier and writes every export under `root`."""
+    first, second = _train(0), _train(1)
+    contents = {
+        "int8": _tflite(first, "int8", "1"), "float32": _tflite(first, "float32", "1"),
+        "v2_int8": _tflite(second, "int8", "2"),
+        "onnx_float32": _onnx(first, "float32", "1"), "onnx_int8": _onnx(first, "int8", "1"),
+    }
+    files = {}
+    for name, data in contents.items():
+        files[name] = root / f"colours_{name}.{'onnx' if name.startswith('onnx') else 'tflite'}"
+        files[name].write_bytes(data)
+    export_dir = write_export(root / "export", {
+        "colours_int8.tflite": contents["int8"], "colours_float32.tflite": contents["float32"],
+        "colours_float32.onnx": contents["onnx_float32"], "colours_int8.onnx": contents["onnx_int8"]})
+    # Several sizes, so the resize runs, cycling through the three colours.
+    sizes = (32, 48, 20, 64, 33, 32)
+    requests = [png_bytes(colour_images(3, seed=100 + i, size=s)[0][i % 3])
+                for i, s in enumerate(sizes)]
+    return TinyModels(first, files, export_dir, requests)
