@@ -327,8 +327,12 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     Raises:
         BadInputError: The model at `config.artifact` cannot be served.
     """
+    from vgg_mobile.data.dataset import resize_pixels
+
     metrics = ServingMetrics()
     service = ModelService(config, metrics, model)
+    # TensorFlow loads on the first resize (seconds): here, not in the first request.
+    resize_pixels(np.zeros((2, 2, 3), np.uint8), service.current.input_size)
     executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="predict")
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,215 @@
+"""The service on a real uvicorn server on a loopback port: reloads under load drop no request,
+limits hold on a real socket, and the `serve-model` command reloads on SIGHUP."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from vgg_mobile.serving.app import ServeConfig, create_app
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Runs `app` in uvicorn on a free loopback port; yields `(host, port)`."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def call(address, method: str, path: str, body: bytes | None = None,
+         headers: dict | None = None, connection=None):
+    own = connection is None
+    connection = connection or http.client.HTTPConnection(*address, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        if own:
+            connection.close()
+
+
+def _replace(path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):
+    path = tmp_path / "model.tflite"
+    shutil.copy(tiny.files["int8"], path)
+    v1, v2 = tiny.files["int8"].read_bytes(), tiny.files["v2_int8"].read_bytes()
+    app = create_app(ServeConfig(artifact=path, concurrency=2))
+    stop = threading.Event()
+    seen: list[tuple[int, str | None]] = []
+    failures: list[str] = []
+
+    def client(index: int, address):
+        connection = http.client.HTTPConnection(*address, timeout=30)
+        image = tiny.requests[index % len(tiny.requests)]
+        while not stop.is_set():
+            try:
+                status, body = call(address, "POST", "/predict", image,
+                                    {"content-type": "image/png"}, connection)
+                seen.append((status, body.get("model_version")))
+            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
+                failures.append(repr(err))
+                connection.close()
+                connection = http.client.HTTPConnection(*address, timeout=30)
+        connection.close()
+
+    with serving(app) as address:
+        threads = [threading.Thread(target=client, args=(i, address)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            versions = []
+            for data in (v2, v1, v2):
+                time.sleep(0.4)
+                _replace(path, data)
+                status, body = call(address, "POST", "/admin/reload")
+                assert status == 200 and body["changed"], body
+                versions.append(call(address, "GET", "/health")[1]["model_version"])
+            time.sleep(0.3)
+            status, body = call(address, "POST", "/admin/rollback")
+            assert status == 200 and body["model"]["version"] == "1"
+            time.sleep(0.4)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        assert versions == ["2", "1", "2"]
+        assert not failures, failures[:5]
+        assert len(seen) > 40 and {status for status, _ in seen} == {200}
+        assert {version for _, version in seen} == {"1", "2"}
+        assert seen[-1][1] == "1"
+        _, model = call(address, "GET", "/model")
+        assert model["version"] == "1" and model["previous"]["version"] == "2"
+
+
+def test_limits_hold_on_a_real_socket_and_the_server_keeps_serving(tiny):
+    app = create_app(ServeConfig(artifact=tiny.export_dir, max_upload_bytes=32 * 1024))
+    with serving(app) as address:
+        connection = http.client.HTTPConnection(*address, timeout=30)
+        # Sent in chunks, no Content-Length: refused while reading, not after.
+        connection.putrequest("POST", "/predict")
+        connection.putheader("content-type", "image/png")
+        connection.putheader("transfer-encoding", "chunked")
+        connection.endheaders()
+        for _ in range(12):
+            chunk = os.urandom(4096)
+            connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"] == "upload_too_large"
+        connection.close()
+        status, body = call(address, "POST", "/predict", tiny.requests[0][:300],
+                            {"content-type": "image/png"})
+        assert status == 400 and body["error"] == "corrupt_image"
+        status, body = call(address, "POST", "/predict", tiny.requests[2],
+                            {"content-type": "image/png"})
+        assert status == 200 and body["format"] == "tflite" and len(body["predictions"]) == 3
+
+
+def _start_cli(artifact, *flags):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vgg_mobile", "serve-model", str(artifact), "--port", "0",
+         "--no-access-log", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if " at http://" not in line:
+        process.kill()
+        raise AssertionError(f"serve-model did not start: {line}{process.stderr.read()[-3000:]}")
+    host_port = line.split(" at http://", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    return process, (host, int(port))
+
+
+def _wait_for(address, want, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = call(address, "GET", "/health")
+            if status == 200 and want(body):
+                return body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the server did not reach the expected state"
+        time.sleep(0.1)
+
+
+def test_the_command_serves_reloads_on_sighup_and_stops_cleanly(tiny, tmp_path):
+    path = tmp_path / "model.tflite"
+    shutil.copy(tiny.files["int8"], path)
+    process, address = _start_cli(path)
+    try:
+        assert _wait_for(address, lambda body: True)["model_version"] == "1"
+        status, body = call(address, "POST", "/predict", tiny.requests[1], {"content-type": "image/png"})
+        assert status == 200 and body["predictions"][0]["label"] == "green"
+        _replace(path, tiny.files["v2_int8"].read_bytes())
+        process.send_signal(signal.SIGHUP)
+        _wait_for(address, lambda body: body["model_version"] == "2")
+        status, body = call(address, "POST", "/predict", tiny.requests[1], {"content-type": "image/png"})
+        assert status == 200 and body["model_version"] == "2"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, as the exit status.
+    assert process.returncode in (0, -signal.SIGTERM), stderr[-2000:]
+    assert "Finished server process" in stderr
+    assert "SIGHUP reload: now serving version 2" in stderr
+
+
+def test_the_command_refuses_a_bad_artifact_with_exit_code_2(tmp_path):
+    from click.testing import CliRunner
+
+    from vgg_mobile.cli.main import main
+
+    (tmp_path / "notes.txt").write_text("hi")
+    for target, message in ((tmp_path / "missing.tflite", "no such file or folder"),
+                            (tmp_path / "notes.txt", "not a model file"),
+                            (tmp_path, "not an export folder")):
+        result = CliRunner().invoke(main, ["serve-model", str(target), "--port", "0"])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, ["serve-model", str(tmp_path), "--max-upload-bytes", "lots"])
+    assert result.exit_code == 2 and "not a size" in result.output
+
+
+@pytest.mark.parametrize("choice,message", [
+    (dict(format="onnx", flavour="float16"), "no onnx artifact of flavour float16; the folder "
+                                             "has: tflite int8, tflite float32, onnx float32, onnx int8"),
+])
+def test_an_export_folder_without_the_chosen_artifact_lists_what_it_has(tiny, choice, message):
+    from vgg_mobile.core.errors import BadInputError
+    from vgg_mobile.serving.models import ModelChoice, resolve_artifact
+
+    with pytest.raises(BadInputError, match=message):
+        resolve_artifact(tiny.export_dir, ModelChoice(**choice))
+    pipeline = tiny.export_dir.parent
+    path, artifact = resolve_artifact(pipeline)
+    assert path.name == "colours_int8.tflite" and artifact["flavour"] == "int8"
+    path, _ = resolve_artifact(tiny.export_dir, ModelChoice(flavour="float32"))
+    assert path.name == "colours_float32.tflite"
