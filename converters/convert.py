@@ -302,6 +302,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
 def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, x_val, y_val,
                     misses, log) -> list[dict]:
     from converters import onnx
+    from vgg_mobile.core.custom_objects import is_quantization_aware
     from vgg_mobile.core.version import __version__
 
     props = {"name": info.name, "version": info.version, "author": info.author,
@@ -315,6 +316,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
     started = time.perf_counter()
     converted["int8"] = onnx.quantize_int8(converted["float32"], x_cal)
     seconds["int8"] = time.perf_counter() - started
+    # A quantization-aware model's fake-quantization becomes QDQ pairs in the "float32" file.
+    graph = "QDQ (quantization-aware model)" if is_quantization_aware(model) else "float"
     artifacts = []
     for flavour, data in converted.items():
         data = onnx.add_metadata(data, {**props, "flavour": flavour})
@@ -325,6 +328,7 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
         artifacts.append({"file": file_name, "format": "onnx", "flavour": flavour,
                           "io_dtype": "float32", "opset": onnx.DEFAULT_OPSET,
                           "size_bytes": len(data), "gzip_bytes": gzip_size(data),
+                          "graph": graph if flavour == "float32" else "QDQ (static, calibrated)",
                           "convert_seconds": round(seconds[flavour], 2), "verification": check,
                           "verified_with": "ONNX Runtime (CPU)"})
         log(f"{file_name}: {len(data) / 1e6:.2f} MB, agreement {check['top1_agreement']:.3f}, "

@@ -131,11 +131,15 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
         if (out / name / "manifest.json").is_file():
             assert json.loads((out / name / "manifest.json").read_text())["stage"] == name
 
-    # The exported model is the QAT student's int8 TFLite, verified against Keras.
+    # The exported model is the QAT student's int8 TFLite, verified against Keras, with its
+    # ONNX models beside it.
     export = json.loads((out / "export" / "manifest.json").read_text())
     assert export["parent"] == str((out / "student_qat").resolve())
-    (artifact,) = export["artifacts"]
-    assert artifact["flavour"] == "int8" and (out / "export" / artifact["file"]).is_file()
+    by_format = {(a["format"], a["flavour"]): a for a in export["artifacts"]}
+    assert set(by_format) == {("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")}
+    assert all((out / "export" / a["file"]).is_file() for a in export["artifacts"])
+    assert by_format[("onnx", "float32")]["graph"] == "QDQ (quantization-aware model)"
+    artifact = by_format[("tflite", "int8")]
     # Verified on the held-out images. These 2-epoch models of 32 images barely learn: their
     # outputs can be near uniform, where top-1 agreement is noise. How closely int8 follows
     # Keras is tested on models whose outputs vary (tests/converters/test_convert.py).
@@ -151,10 +155,12 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     # Pruning's zeros do not shrink the saved file, but they do shrink its download.
     assert rows["pruned teacher"]["gzip_bytes"] < 0.8 * rows["float teacher"]["gzip_bytes"]
     # The benchmark stage timed every artifact, in one process, against the float teacher.
-    assert len(rows) == 8 and all(row["latency_ms"] > 0 for row in rows.values())
+    assert len(rows) == 10 and all(row["latency_ms"] > 0 for row in rows.values())
+    assert rows["ONNX int8 (student_qat)"]["budget"] == "pass"
     assert rows["float teacher"]["speedup"] == 1.0 and rows["TF.js (student)"]["speedup"] > 0
     assert all(0 <= row["agreement"] <= 1 for name, row in rows.items() if name != "float teacher")
-    assert "TF.js wasm (Node)" in (out / "benchmark" / "benchmark.md").read_text()
+    table = (out / "benchmark" / "benchmark.md").read_text()
+    assert "TF.js wasm (Node)" in table and "ONNX Runtime (CPU)" in table
     assert {row["stage"] for row in summary["summary"]} == {
         "teacher", "pruned", "pruned_qat", "student", "student_qat", "export", "web_export"}
     assert load_config(out / CONFIG_FILE) == load_config(config)

@@ -31,7 +31,8 @@ class TeacherConfig:
 
 
 def _export_options() -> ConvertOptions:
-    return ConvertOptions(tfjs=False)
+    # ONNX beside the TFLite files: the same verification and budgets, for ONNX Runtime.
+    return ConvertOptions(tfjs=False, onnx=True)
 
 
 def _web_export_options() -> ConvertOptions:
@@ -42,10 +43,10 @@ def _web_export_options() -> ConvertOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """The exported model: which run becomes TFLite files and Android assets, and how.
+    """The exported model: which run becomes TFLite files, ONNX models and Android assets, and how.
 
-    Its other keys are `ConvertOptions`' (budgets included). It never writes TF.js: the
-    browser's bundle is `[web_export]`'s.
+    Its other keys are `ConvertOptions`' (budgets included; `onnx = false` leaves ONNX out).
+    It never writes TF.js: the browser's bundle is `[web_export]`'s.
 
     Attributes:
         source: The stage whose run is converted (a stage with a Keras model).

@@ -26,7 +26,7 @@ def _manifest(path: Path) -> dict | None:
 def summary_rows(out: str | Path, config) -> list[dict]:
     """One row per artifact under OUT: every run's Keras model, then every exported file.
 
-    Each row has `artifact` (its title), `stage`, `format` (`keras`, `tflite` or `tfjs`),
+    Each row has `artifact` (its title), `stage`, `format` (`keras`, `tflite`, `onnx` or `tfjs`),
     `path`, `parent` (the stage it was made from), `architecture`, `accuracy` (held-out
     images), `images` (how many held-out images that accuracy is on), `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`,
     `latency_ms` and `speedup` (single image, against the float teacher in the same process),
@@ -140,10 +140,10 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
     for artifact in manifest.get("artifacts", []):
         check = artifact.get("verification", {})
         misses = budgets.misses(f"{stage.name}/{artifact['file']}", artifact["size_bytes"], check)
-        tflite = artifact["format"] == "tflite"
-        kind = f"TFLite {artifact['flavour']}" if tflite else "TF.js"
-        rows.append({"artifact": f"{kind} ({source})", "stage": stage.name,
-                     "format": "tflite" if tflite else "tfjs",
+        fmt = "tfjs" if artifact["format"] == "tfjs_graph_model" else artifact["format"]
+        kind = {"tflite": f"TFLite {artifact['flavour']}", "onnx": f"ONNX {artifact['flavour']}",
+                "tfjs": "TF.js"}[fmt]
+        rows.append({"artifact": f"{kind} ({source})", "stage": stage.name, "format": fmt,
                      "path": str(inside(folder, artifact["file"], "artifact file",
                                         folder / "manifest.json")), "parent": source,
                      "architecture": manifest.get("architecture"),

@@ -9,7 +9,8 @@ between them mean something on a shared, noisy machine where absolute times do n
     size, gzip  bytes of the file (a TF.js bundle: all its files), and after gzip
     latency     median of `repeats` single-image runs after 3 warm-ups, every runtime with
                 `threads` threads: TensorFlow (tf_keras, a compiled `tf.function`), LiteRT,
-                TF.js on its WASM backend in Node (single-threaded SIMD)
+                ONNX Runtime (CPU execution provider), TF.js on its WASM backend in Node
+                (single-threaded SIMD)
     speedup     the float teacher's Keras latency divided by the artifact's
 
 The result is written to `OUT/benchmark/benchmark.json` (last) and `benchmark.md`.
@@ -38,7 +39,8 @@ from vgg_mobile.reporting.tables import Column, markdown_table, megabytes, numbe
 # Every artifact runs on the held-out images of the teacher's split, and every speed-up is
 # against the float teacher.
 REFERENCE = get_stage("teacher").name
-RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "tfjs": "TF.js wasm (Node)"}
+RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "onnx": "ONNX Runtime (CPU)",
+            "tfjs": "TF.js wasm (Node)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +161,7 @@ def benchmark_pipeline(
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "out": str(out.resolve()), "images": len(examples), "split": split,
             "repeats": config.repeats, "threads": {"tensorflow": threads, "litert": config.threads,
-                                                   "tfjs": 1},
+                                                   "onnxruntime": config.threads, "tfjs": 1},
             "reference": "float teacher (TensorFlow)", "seconds": round(time.perf_counter() - started, 1),
             "versions": _versions()}
     target = Path(output_dir) if output_dir else out / get_stage("benchmark").name
@@ -198,6 +200,17 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
         x = images[size][0]
         probs = tflite.predict_tflite(data, x, config.threads)
         latency = tflite.latency_ms(data, x[0], config.threads, config.repeats)
+    elif row["format"] == "onnx":
+        from converters import onnx
+
+        data = path.read_bytes()
+        runner = onnx.session(data, config.threads)
+        size = int(runner.get_inputs()[0].shape[1])
+        if size not in images:
+            images[size] = load_images(examples, size, num_classes)
+        x = images[size][0]
+        probs = onnx.predict_onnx(runner, x)
+        latency = onnx.latency_ms(data, x[0], config.threads, config.repeats)
     else:
         from converters import tfjs
 
@@ -220,7 +233,8 @@ def _versions() -> dict:
     from importlib import metadata
 
     versions = {}
-    for package in ("tensorflow", "tf-keras", "ai-edge-litert", "tensorflowjs"):
+    for package in ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
+                    "tensorflowjs"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -255,6 +269,7 @@ def format_benchmark(rows: list[dict], info: dict) -> str:
     """
     heading = (f"{info['images']} held-out images ({info['split']} split); latency: median of "
                f"{info['repeats']} single-image runs, threads: TensorFlow "
-               f"{info['threads']['tensorflow']}, LiteRT {info['threads']['litert']}, TF.js 1; "
+               f"{info['threads']['tensorflow']}, LiteRT {info['threads']['litert']}, ONNX Runtime "
+               f"{info['threads'].get('onnxruntime', info['threads']['litert'])}, TF.js 1; "
                "speed-up against the float teacher in the same process.")
     return heading + "\n\n" + markdown_table(BENCHMARK_COLUMNS, rows)
