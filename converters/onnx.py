@@ -167,3 +167,44 @@ def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, re
     runner = session(model_content, num_threads)
     feed = {INPUT_NAME: np.asarray(image, np.float32)[None]}
     return median_ms(lambda: runner.run([OUTPUT_NAME], feed), repeats, warmup)
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO is installed (the `openvino` extra: `pip install vgg-mobile[openvino]`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_model(model_content: bytes, num_threads: int = 1):
+    """An ONNX model compiled by OpenVINO for the CPU, `num_threads` threads per inference.
+
+    Raises:
+        BadInputError: OpenVINO cannot read or compile the model.
+    """
+    import openvino
+
+    core = openvino.Core()
+    try:
+        model = core.read_model(model=model_content, weights=b"")
+        return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": num_threads,
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    except RuntimeError as err:
+        raise BadInputError(f"OpenVINO cannot compile the ONNX model ({str(err).strip()[:300]})") from None
+
+
+def predict_openvino(compiled, images: np.ndarray) -> np.ndarray:
+    """Runs a model from `openvino_model` on images, one at a time; float32 probabilities."""
+    request = compiled.create_infer_request()
+    images = np.asarray(images, np.float32)
+    return np.stack([np.asarray(request.infer([image[None]])[0])[0] for image in images]
+                    ).astype(np.float32) if len(images) else np.zeros((0, 0), np.float32)
+
+
+def openvino_latency_ms(compiled, image: np.ndarray, repeats: int = 50, warmup: int = 3) -> float:
+    """Median wall time in milliseconds of one single-image inference in OpenVINO."""
+    from vgg_mobile.core.timing import median_ms
+
+    request = compiled.create_infer_request()
+    feed = [np.asarray(image, np.float32)[None]]
+    return median_ms(lambda: request.infer(feed), repeats, warmup)

@@ -99,3 +99,58 @@ def test_cli_benchmark_json_and_bad_folders(cli, pipeline_folder, tmp_path):
                           (tmp_path / "b", "not a pipeline output folder")):
         result = cli("benchmark", folder)
         assert result.returncode == 2 and words in result.stderr and str(folder) in result.stderr
+
+
+@pytest.fixture(scope="module")
+def onnx_pipeline_folder(student_run, sample_dir, tmp_path_factory):
+    """A pipeline folder whose reference run is the session's small student, exported with its
+    ONNX models (a MobileNetV2 converts to ONNX in seconds; the VGG16 teacher would not)."""
+    from converters.convert import ConvertOptions, convert_run
+
+    base = tmp_path_factory.mktemp("bench_onnx")
+    convert_run(student_run.run_dir, base / "export",
+                ConvertOptions(flavours=("int8",), tfjs=False, onnx=True, max_size=None,
+                               verify_images=24, calibration_images=24), data_dir=sample_dir)
+    out = base / "out"
+    out.mkdir()
+    (out / STATE_FILE).write_text(json.dumps({"stages": {}}))
+    (out / CONFIG_FILE).write_text(CONFIG)
+    (out / "teacher").symlink_to(student_run.run_dir.resolve(), target_is_directory=True)
+    (out / "export").symlink_to((base / "export").resolve(), target_is_directory=True)
+    return out
+
+
+def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder, student_run,
+                                                            sample_dir):
+    from converters import onnx
+    from converters.convert import load_images
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data import dataset, splits
+
+    result = benchmark_pipeline(onnx_pipeline_folder)
+    rows = {row["artifact"]: row for row in result.rows}
+    assert set(rows) == {"float teacher", "TFLite int8 (teacher)", "ONNX float32 (teacher)",
+                         "ONNX int8 (teacher)"}
+    run = load_run(student_run.run_dir)
+    folder = dataset.scan_folder(sample_dir, classes=run.classes)
+    examples, _ = splits.held_out(run.manifest, folder, "auto")
+    x, y = load_images(splits.stratified_sample(examples, 24), run.image_size, len(run.classes))
+    reference = run.load_model().predict(x, verbose=0)
+    assert len(set(reference.argmax(1).tolist())) >= 3
+    for flavour in ("float32", "int8"):
+        row = rows[f"ONNX {flavour} (teacher)"]
+        assert row["runtime"] == "ONNX Runtime (CPU)" and row["latency_ms"] > 0
+        probs = onnx.predict_onnx(open(row["path"], "rb").read(), x)
+        assert row["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()), abs=1e-4)
+        assert row["agreement"] == pytest.approx(
+            float((probs.argmax(1) == reference.argmax(1)).mean()), abs=1e-4)
+        assert row["openvino"]["latency_ms"] > 0
+    # The same files in OpenVINO, on the same images. Float: the same answers. Int8: the two
+    # runtimes' integer kernels round differently, and this small student's probabilities are
+    # close enough for that to flip some answers (0.79 agreement seen; chance is 0.25).
+    assert rows["ONNX float32 (teacher)"]["agreement"] == 1.0
+    assert rows["ONNX float32 (teacher)"]["openvino"]["agreement_with_onnxruntime"] == 1.0
+    assert rows["ONNX float32 (teacher)"]["openvino"]["max_probability_difference"] < 1e-3
+    assert rows["ONNX int8 (teacher)"]["openvino"]["agreement_with_onnxruntime"] >= 0.6
+    table = result.markdown_path.read_text()
+    assert "The ONNX models in OpenVINO" in table and "ONNX Runtime 1" in table

@@ -13,6 +13,10 @@ between them mean something on a shared, noisy machine where absolute times do n
                 (single-threaded SIMD)
     speedup     the float teacher's Keras latency divided by the artifact's
 
+Each ONNX model also runs in OpenVINO (CPU) when it is installed (`vgg-mobile[openvino]`, in
+the development environment): accuracy, agreement with ONNX Runtime and latency, in a second
+table.
+
 The result is written to `OUT/benchmark/benchmark.json` (last) and `benchmark.md`.
 """
 
@@ -156,12 +160,23 @@ def benchmark_pipeline(
             "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
             "budget": row["budget"],
         }
+        if "openvino" in result:
+            # The same ONNX file in a second runtime, on the same images.
+            other = result.pop("openvino")
+            measured[row["path"]]["openvino"] = {
+                "accuracy": round(float((other["probs"].argmax(1) == labels).mean()), 4),
+                "agreement_with_onnxruntime": round(float(
+                    (other["probs"].argmax(1) == probs.argmax(1)).mean()), 4),
+                "max_probability_difference": round(float(np.abs(other["probs"] - probs).max()), 5),
+                "latency_ms": round(other["latency_ms"], 3),
+                "speedup": round(teacher_ms / other["latency_ms"], 2) if teacher_ms else None}
         log(f"benchmark: {row['artifact']}: {result['latency_ms']:.2f} ms/image, accuracy "
             f"{measured[row['path']]['accuracy']:.3f}")
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "out": str(out.resolve()), "images": len(examples), "split": split,
             "repeats": config.repeats, "threads": {"tensorflow": threads, "litert": config.threads,
-                                                   "onnxruntime": config.threads, "tfjs": 1},
+                                                   "onnxruntime": config.threads, "openvino": config.threads,
+                                                   "tfjs": 1},
             "reference": "float teacher (TensorFlow)", "seconds": round(time.perf_counter() - started, 1),
             "versions": _versions()}
     target = Path(output_dir) if output_dir else out / get_stage("benchmark").name
@@ -179,6 +194,7 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
     from converters.convert import load_images
 
     path = Path(row["path"])
+    extra = {}
     if row["format"] == "keras":
         from vgg_mobile.core.run_dir import load_run
 
@@ -211,6 +227,11 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
         x = images[size][0]
         probs = onnx.predict_onnx(runner, x)
         latency = onnx.latency_ms(data, x[0], config.threads, config.repeats)
+        if onnx.openvino_available():
+            compiled = onnx.openvino_model(data, config.threads)
+            extra["openvino"] = {
+                "probs": onnx.predict_openvino(compiled, x),
+                "latency_ms": onnx.openvino_latency_ms(compiled, x[0], config.repeats)}
     else:
         from converters import tfjs
 
@@ -220,7 +241,7 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
         output = tfjs.run_tfjs(path, images[size][0], backend="wasm", latency_repeats=config.repeats)
         probs, latency = output["probs"], output["latency_ms"]
     return {"probs": np.asarray(probs), "latency_ms": float(latency), "image_size": size,
-            "runtime": RUNTIMES[row["format"]]}
+            "runtime": RUNTIMES[row["format"]], **extra}
 
 
 def _tfjs_image_size(bundle: Path) -> int:
@@ -234,7 +255,7 @@ def _versions() -> dict:
 
     versions = {}
     for package in ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
-                    "tensorflowjs"):
+                    "openvino", "tensorflowjs"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -260,6 +281,17 @@ BENCHMARK_COLUMNS: tuple[Column, ...] = (
 )
 
 
+OPENVINO_COLUMNS: tuple[Column, ...] = (
+    Column("artifact", lambda row: row["artifact"], numeric=False),
+    Column("accuracy", lambda row: number(row["openvino"]["accuracy"])),
+    Column("agreement with ONNX Runtime", lambda row: number(row["openvino"]["agreement_with_onnxruntime"])),
+    Column("max prob. difference", lambda row: number(row["openvino"]["max_probability_difference"], "{:.4f}")),
+    Column("ms/image", lambda row: number(row["openvino"]["latency_ms"], "{:.2f}")),
+    Column("ONNX Runtime ms/image", lambda row: number(row["latency_ms"], "{:.2f}")),
+    Column("vs float teacher", lambda row: number(row["openvino"]["speedup"], "{:.1f}x")),
+)
+
+
 def format_benchmark(rows: list[dict], info: dict) -> str:
     """The benchmark as Markdown: a heading line on how it was measured, then the table.
 
@@ -272,4 +304,9 @@ def format_benchmark(rows: list[dict], info: dict) -> str:
                f"{info['threads']['tensorflow']}, LiteRT {info['threads']['litert']}, ONNX Runtime "
                f"{info['threads'].get('onnxruntime', info['threads']['litert'])}, TF.js 1; "
                "speed-up against the float teacher in the same process.")
-    return heading + "\n\n" + markdown_table(BENCHMARK_COLUMNS, rows)
+    text = heading + "\n\n" + markdown_table(BENCHMARK_COLUMNS, rows)
+    in_openvino = [row for row in rows if row.get("openvino")]
+    if in_openvino:
+        text += ("\n\nThe ONNX models in OpenVINO (CPU, same images, same threads), against ONNX "
+                 "Runtime:\n\n" + markdown_table(OPENVINO_COLUMNS, in_openvino))
+    return text
