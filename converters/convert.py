@@ -20,6 +20,7 @@ import numpy as np
 from converters import tflite
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.budgets import Budgets
+from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
 from vgg_mobile.core.run_dir import Manifest, load_run
 from vgg_mobile.core.io import gzip_size, write_json, write_text
@@ -238,6 +239,10 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
     # Seeded and drawn from every class in turn: a plain prefix would hold the first classes only.
     calibration_examples = splits.stratified_sample(pool.train or held_out, options.calibration_images)
     model = run.load_model()
+    if options.tfjs and is_quantization_aware(model):
+        raise BadInputError(f"{run.path}: a quantization-aware run cannot become a TF.js bundle "
+                            "(TensorFlow.js has no kernels for its fake-quantization ops); pass "
+                            "--no-tfjs, or convert the float run it was trained from for the browser")
     size = run.image_size
     n_classes = len(run.classes)
     x_val, y_val = load_images(splits.stratified_sample(held_out, options.verify_images or len(held_out)),
@@ -302,7 +307,6 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
 def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, x_val, y_val,
                     misses, log) -> list[dict]:
     from converters import onnx
-    from vgg_mobile.core.custom_objects import is_quantization_aware
     from vgg_mobile.core.version import __version__
 
     props = {"name": info.name, "version": info.version, "author": info.author,

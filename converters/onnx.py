@@ -15,6 +15,7 @@ other export. Labels, preprocessing and version go into the model's `metadata_pr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -87,9 +88,18 @@ def quantize_int8(model_content: bytes, calibration: np.ndarray) -> bytes:
         # Shape inference and constant folding first, as ONNX Runtime's docs advise; the
         # symbolic pass needs sympy and adds nothing for a fixed-size image classifier.
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=True)
+        # The quantizer logs a warning on the root logger for every 1-D tensor it leaves per
+        # tensor (batch-norm vectors) and every bias it cannot fold: dozens of lines, none
+        # actionable.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=True)
+        finally:
+            root.setLevel(level)
         return Path(out).read_bytes()
 
 

@@ -152,7 +152,8 @@ def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor's values as float32, dequantized with its scale and zero point."""
     if detail["dtype"] == np.float32:
         return y.astype(np.float32)
     scale, zero_point = detail["quantization"]
@@ -177,7 +178,7 @@ def predict_tflite(model_content: bytes, images: np.ndarray, num_threads: int = 
     for image in np.asarray(images, dtype=np.float32):
         runner.set_tensor(inp["index"], quantize_input(image[None], inp))
         runner.invoke()
-        results.append(_dequantize(runner.get_tensor(out["index"]), out)[0])
+        results.append(dequantize_output(runner.get_tensor(out["index"]), out)[0])
     return np.stack(results) if results else np.zeros((0, out["shape"][-1]), np.float32)
 
 

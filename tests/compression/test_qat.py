@@ -74,3 +74,14 @@ def test_convert_exports_the_pruned_qat_run_with_its_zeros(pruned_qat, sample_di
     assert artifact["weight_sparsity"]["fraction"] >= 0.45
     assert artifact["verification"]["top1_agreement"] >= 0.9
     assert (tmp_path / "export" / artifact["file"]).stat().st_size == artifact["size_bytes"]
+
+
+def test_convert_refuses_a_tfjs_bundle_of_a_qat_run_before_any_work(pruned_qat, sample_dir, tmp_path):
+    """TF.js has no fake-quantization kernels: a one-line reason, exit 2, nothing written."""
+    from converters.convert import ConvertOptions, convert_run
+    from vgg_mobile.core.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="quantization-aware run cannot become a TF.js bundle.*--no-tfjs"):
+        convert_run(pruned_qat.run_dir, tmp_path / "export", ConvertOptions(flavours=("int8",), tfjs=True),
+                    data_dir=sample_dir)
+    assert not (tmp_path / "export").exists() and not list(tmp_path.iterdir())

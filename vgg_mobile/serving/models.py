@@ -121,7 +121,7 @@ class _TFLiteRunner:
         self.output = runner.get_output_details()[0]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        from converters.tflite import _dequantize, quantize_input
+        from converters.tflite import dequantize_output, quantize_input
 
         runner = self._free.get()
         try:
@@ -129,7 +129,7 @@ class _TFLiteRunner:
             for image in pixels:
                 runner.set_tensor(self.input["index"], quantize_input(image[None], self.input))
                 runner.invoke()
-                rows.append(_dequantize(runner.get_tensor(self.output["index"]), self.output)[0])
+                rows.append(dequantize_output(runner.get_tensor(self.output["index"]), self.output)[0])
         finally:
             self._free.put(runner)
         return np.stack(rows) if rows else np.zeros((0, self.output["shape"][-1]), np.float32)
