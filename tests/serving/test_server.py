@@ -194,6 +194,11 @@ def test_the_command_refuses_a_bad_artifact_with_exit_code_2(tmp_path):
                             (tmp_path, "not an export folder")):
         result = CliRunner().invoke(main, ["serve-model", str(target), "--port", "0"])
         assert result.exit_code == 2 and message in result.output, result.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"stage": "student", "model_file": "model.keras"}')
+    result = CliRunner().invoke(main, ["serve-model", str(run), "--port", "0"])
+    assert result.exit_code == 2 and "a training run, not an export folder; convert it first" in result.output
     result = CliRunner().invoke(main, ["serve-model", str(tmp_path), "--max-upload-bytes", "lots"])
     assert result.exit_code == 2 and "not a size" in result.output
 

@@ -200,6 +200,11 @@ def resolve_artifact(source: str | Path,
         raise BadInputError(f"{source}: no such file or folder")
     folder = _export_folder(source)
     if folder is None:
+        if (source / MANIFEST).is_file():
+            # A training run: its Keras model is not served; its verified exports are.
+            raise BadInputError(f"{source}: a training run, not an export folder; convert it "
+                                f"first (`vgg-mobile convert {source} --out EXPORT --onnx`) and "
+                                "serve EXPORT")
         raise BadInputError(f"{source}: not an export folder (no {MANIFEST} with artifacts, "
                             "here or in export/); give a .tflite or .onnx file, or a folder "
                             "written by `vgg-mobile convert`")
