@@ -118,6 +118,45 @@ def read_metadata(model_content: bytes) -> dict[str, str]:
     return dict(session(model_content).get_modelmeta().custom_metadata_map)
 
 
+def _tensors(graph):
+    """Every tensor a graph holds: initializers, and constants in node attributes and subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(sub)
+
+
+def check_self_contained(model_content: bytes) -> None:
+    """Refuses a model that is not one protobuf or that refers to external data files.
+
+    ONNX lets a tensor's values live in another file named inside the model; loaded from bytes,
+    ONNX Runtime resolves that name against the working directory, so a crafted model could
+    read a file there into its weights. vgg-mobile's own models never use external data.
+
+    Raises:
+        BadInputError: Not parseable as ONNX, or a tensor stored in an external file.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_from_string(model_content)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise BadInputError(f"not a valid ONNX model (cannot parse it: {err})") from None
+    if not model.graph.node:
+        raise BadInputError("not a valid ONNX model (its graph has no nodes)")
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise BadInputError(f"not a self-contained ONNX model: tensor {tensor.name!r} is "
+                                f"stored in an external file ({location!r}); vgg-mobile loads "
+                                "only models whose weights are inside the file")
+
+
 def session(model_content: bytes, num_threads: int = 1):
     """An ONNX Runtime CPU session over a model held in memory.
 
@@ -126,9 +165,11 @@ def session(model_content: bytes, num_threads: int = 1):
         num_threads: Threads inside one inference. Defaults to `1`.
 
     Raises:
-        BadInputError: Not a model ONNX Runtime can load.
+        BadInputError: Not a self-contained model ONNX Runtime can load (`check_self_contained`).
     """
     import onnxruntime as ort
+
+    check_self_contained(model_content)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
@@ -194,6 +235,7 @@ def openvino_model(model_content: bytes, num_threads: int = 1):
     """
     import openvino
 
+    check_self_contained(model_content)
     core = openvino.Core()
     try:
         model = core.read_model(model=model_content, weights=b"")

@@ -105,3 +105,31 @@ def test_cli_convert_onnx(cli, student_run, sample_dir, tmp_path):
     formats = sorted((a["format"], a["flavour"]) for a in manifest["artifacts"])
     assert formats == [("onnx", "float32"), ("onnx", "int8"), ("tflite", "int8")]
     assert all((tmp_path / "export" / a["file"]).is_file() for a in manifest["artifacts"])
+
+
+def test_a_model_that_reads_an_external_file_is_refused(tmp_path, monkeypatch):
+    """ONNX can keep weights in another file named inside the model; loaded from bytes, ONNX
+    Runtime would look for it in the working directory. Such a model is never loaded."""
+    import onnx as onnx_lib
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.txt").write_bytes(b"0123456789abcdef")
+    weights = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    weights.data_location = TensorProto.EXTERNAL
+    weights.ClearField("raw_data")
+    for key, value in (("location", "secret.txt"), ("offset", "0"), ("length", "16")):
+        entry = weights.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["pixels", "w"], ["probs"])], "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 4])], [weights])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    # The same graph with its weights inside loads: the refusal is about the external file.
+    inside = onnx_lib.load_from_string(data)
+    inside.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones(4, np.float32), "w"))
+    assert onnx.predict_onnx(inside.SerializeToString(), np.zeros((1, 4), np.float32)).tolist() == [[1.0] * 4]
+    for load in (onnx.session, onnx.read_metadata, onnx.openvino_model):
+        with pytest.raises(BadInputError, match="stored in an external file .'secret.txt'."):
+            load(data)
