@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -61,6 +62,13 @@ def test_android_assets_hold_the_int8_model_labels_and_instructions(export):
     readme = (android / "README.md").read_text()
     assert 'noCompress += "tflite"' in readme and "ImageClassifier" in readme
     assert int8["file"] in readme and "32x32" in readme and "{" not in readme.split("```")[0]
+    # MediaPipe Tasks leads; the Task Library follows as the older path with its warning.
+    assert "tasks-vision" in readme.split("```")[1]
+    assert readme.index("MediaPipe") < readme.index("Task Library")
+    for needed in ("16 KB", "ARGB_8888", "setRotationDegrees", "white",
+                   f'setModelAssetPath("{int8["file"]}")'):
+        assert needed in readme, needed
+    assert re.search(r"\{[a-z_]+\}", readme) is None, re.findall(r"\{[a-z_]+\}", readme)
 
 
 def test_a_missed_size_budget_writes_nothing(teacher_run, sample_dir, tmp_path):
