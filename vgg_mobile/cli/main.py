@@ -15,7 +15,7 @@ import traceback
 import click
 
 
-from vgg_mobile.cli import compress, convert, data, distill, pipeline, serve, site, train
+from vgg_mobile.cli import compress, convert, data, distill, explain, pipeline, serve, site, train
 from vgg_mobile.cli.common import log
 from vgg_mobile.core.version import __version__
 from vgg_mobile.core.errors import VggMobileError
@@ -71,6 +71,7 @@ def main(ctx, debug):
 
 
 for command in (data.sample_data_cmd, train.doctor_cmd, train.train_cmd, train.evaluate_cmd,
+                explain.explain_cmd,
                 convert.convert_cmd, convert.inspect_cmd, compress.prune_cmd, compress.qat_cmd,
                 distill.distill_cmd, site.demo_cmd, site.serve_cmd, serve.serve_model_cmd,
                 pipeline.pipeline_cmd, pipeline.benchmark_cmd):

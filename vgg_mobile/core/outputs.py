@@ -72,8 +72,8 @@ def output_kind(path: str | Path) -> str | None:
 
     Returns:
         `"run"` (a finished run with a model), `"interrupted_run"` (epoch checkpoints, no
-        manifest yet), `"export"`, `"demo"`, `"android"`, `"sample_data"`, `"pipeline"`, or
-        `None`.
+        manifest yet), `"export"`, `"demo"`, `"android"`, `"explanations"`, `"sample_data"`,
+        `"pipeline"`, or `None`.
     """
     path = Path(path)
     if not path.is_dir():
@@ -85,8 +85,9 @@ def output_kind(path: str | Path) -> str | None:
         return "sample_data"
     manifest = _read_json(path / MANIFEST)
     if _is_own_manifest(manifest):
-        if manifest.get("kind") in ("web_demo", "android_assets"):
-            return {"web_demo": "demo", "android_assets": "android"}[manifest["kind"]]
+        if manifest.get("kind") in ("web_demo", "android_assets", "explanations"):
+            return {"web_demo": "demo", "android_assets": "android",
+                    "explanations": "explanations"}[manifest["kind"]]
         return "run" if manifest.get("model_file") else "export"
     state = _read_json(path.joinpath(*CHECKPOINT_STATE))
     if isinstance(state, dict) and "config" in state:
