@@ -38,12 +38,18 @@ def conv_layers(model) -> list[str]:
     return names
 
 
+def _is_pooling(layer) -> bool:
+    inner = getattr(layer, "layer", layer)  # a quantization-aware wrapper holds the layer
+    return "Pooling" in type(inner).__name__
+
+
 def default_layer(model) -> str:
-    """The last feature map of the backbone that is still more than 1x1: the last
-    convolution block's output (VGG16's `block5_conv3` or `block5_relu3` at small sizes,
+    """The last feature map of the backbone, before pooling, that is more than 1x1: the last
+    convolution block's output (VGG16's `block5_conv3`, vgg16_bn's `block5_relu3`,
     MobileNetV2's `out_relu`)."""
     maps = [name for name in conv_layers(model)
-            if min(model.get_layer(name).output_shape[1:3]) > 1]
+            if min(model.get_layer(name).output_shape[1:3]) > 1
+            and not _is_pooling(model.get_layer(name))]
     if not maps:
         raise BadInputError(f"{model.name}: no feature map larger than 1x1 to explain")
     return maps[-1]
