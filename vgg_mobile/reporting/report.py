@@ -12,8 +12,12 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from vgg_mobile.core.budgets import Budgets
+from vgg_mobile.core.errors import VggMobileError
 from vgg_mobile.core.io import atomic_path, write_text
+from vgg_mobile.core.outputs import inside
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
@@ -28,7 +32,9 @@ body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; 
 table { border-collapse: collapse; margin: 1rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th.text, td.text { text-align: left; }
-img { max-width: 100%; }
+/* Figures keep their natural width (their text is sized for it) and scroll when wider. */
+.figure { overflow-x: auto; margin: 1rem 0; } .figure img { max-width: none; display: block; }
+.caption { font-size: 0.9rem; color: #444; }
 .fail { color: #b00; font-weight: bold; } .pass { color: #070; }
 code { background: #f4f4f4; padding: 0 0.2rem; }
 """
@@ -63,6 +69,26 @@ _COLUMNS_NOTE = (
     "export's section ([export] or [web_export]: max_size, min_agreement, max_accuracy_drop).")
 
 
+# Why a QAT run's Keras row is the slowest of all: shown when one was timed.
+QAT_KERAS_NOTE = (
+    "Why the QAT runs are slow in Keras: Keras runs a quantization-aware model with "
+    "fake-quantization ops around every layer, a simulation of int8 in float rather than int8 "
+    "kernels; its int8 TFLite is the fast one.")
+# Grad-CAM examples: at most this many the shipped model gets wrong, and as many it gets right.
+GRADCAM_IMAGES = 3
+GRADCAM_SEED = 0
+_GRADCAM_COLUMNS: tuple[Column, ...] = (
+    Column("#", lambda item: str(item["index"])),
+    Column("image", lambda item: item["file"], numeric=False),
+    Column("true", lambda item: item["true"], numeric=False),
+    Column("shipped int8 TFLite", lambda item: item["predicted"], numeric=False),
+    Column("shipped right", lambda item: "yes" if item["correct"] else "no", numeric=False,
+           css_class=lambda item: "pass" if item["correct"] else "fail"),
+    Column("teacher explains", lambda item: item["teacher_explains"], numeric=False),
+    Column("student explains", lambda item: item["student_explains"], numeric=False),
+)
+
+
 def format_summary(rows) -> str:
     """The summary rows as a Markdown table (what `vgg-mobile pipeline` prints)."""
     return markdown_table(SUMMARY_COLUMNS, rows)
@@ -73,18 +99,27 @@ def _manifest(path: Path) -> dict:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
+def _unit_formatter(unit: str):
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: f"{value:g} {unit}")
+
+
 def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
     """Accuracy against size and against single-image latency, one point per artifact."""
-    from vgg_mobile.evaluation.plots import _pyplot
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    from vgg_mobile.evaluation.plots import LEGEND_FONT_SIZE, _pyplot
 
     points = [r for r in rows if r["accuracy"] is not None and r["size_bytes"]]
     if not points:
         return False
     timed = [r for r in points if r.get("latency_ms")]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 8, 4.5), squeeze=False)
+    # About the report's text width at 100 dpi, so the page shows it at its natural size.
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(9.4 if timed else 6, 4), squeeze=False)
     axes = axes[0]
-    # Legends, not labels beside the points: artifacts of one model sit on top of each other.
+    # A legend, not labels beside the points: artifacts of one model sit on top of each other.
     for row in points:
         marker = "s" if row["format"] != "keras" else "o"
         for ax, key, scale in ((axes[0], "size_bytes", 1e-6), *(((axes[1], "latency_ms", 1),) if timed else ())):
@@ -95,33 +130,175 @@ def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
             if row["budget"] == "fail":
                 ax.scatter(row[key] * scale, row["accuracy"], marker="x", s=140, color="red",
                            label="misses a budget")
+    title = "accuracy against file size"
     if budgets.max_size is not None:
         axes[0].axvline(budgets.max_size / 1e6, color="red", linestyle="--",
                         label=f"size budget {budgets.max_size / 1e6:g} MB")
-    budget_note = ("" if budgets.min_agreement is None
-                   else f"; agreement budget {budgets.min_agreement:g}")
-    axes[0].set_xlabel("size (MB, log scale)")
-    axes[0].set_title("size" + budget_note, fontsize=9)
+        title += f" (dashed: size budget {budgets.max_size / 1e6:g} MB)"
+    axes[0].set_xlabel("file size (log scale)")
+    axes[0].set_title(title, fontsize=10)
     if timed:
-        axes[1].set_xlabel("ms per image (log scale)")
-        axes[1].set_title("single-image latency", fontsize=9)
+        axes[1].set_xlabel("single-image latency, one thread (log scale)")
+        axes[1].set_title("accuracy against latency", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
+        # Labelled ticks at 1, 2 and 5 of each decade: a span under a decade still gets some.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=9)
+    # After `set_xscale`, which resets the formatters.
+    axes[0].xaxis.set_major_formatter(_unit_formatter("MB"))
+    if timed:
+        axes[1].xaxis.set_major_formatter(_unit_formatter("ms"))
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
+    # Below the axes, at a fixed size: it stays readable however many artifacts there are.
+    fig.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2, fontsize=LEGEND_FONT_SIZE, frameon=False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
 
-def _figures(out: Path, source: str) -> tuple[list[tuple[str, Path]], list[tuple[str, Path, dict]]]:
+def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
+    """The `[export]` stage's int8 `.tflite` run in LiteRT on the held-out images every
+    artifact is benchmarked on (`reporting.benchmark`: the teacher's held-out split, at most
+    `[benchmark] images`, drawn from every class in turn).
+
+    Returns:
+        `{"file", "examples", "labels", "predicted", "probs", "metrics", "classes", "split",
+        "teacher"}`, or why it could not run (a sentence): no export, no int8 file, no data.
+    """
+    from converters import tflite
+    from converters.convert import load_images
+    from vgg_mobile.evaluation.metrics import classification_metrics
+    from vgg_mobile.reporting.benchmark import _held_out
+
+    folder = out / get_stage("export").name
+    manifest = _manifest(folder)
+    found = [a for a in manifest.get("artifacts", [])
+             if a.get("format") == "tflite" and a.get("flavour") == "int8"]
+    if not found:
+        return f"{folder / 'manifest.json'}: no int8 TFLite file recorded"
+    try:
+        path = inside(folder, found[0]["file"], "artifact file", folder / "manifest.json")
+        data = path.read_bytes()
+        teacher, examples, split = _held_out(out, None, config.benchmark.images)
+        size = int(tflite.interpreter(data).get_input_details()[0]["shape"][1])
+        x, labels = load_images(examples, size, len(teacher.classes))
+        probs = tflite.predict_tflite(data, x)
+    except (VggMobileError, OSError, ValueError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return {"file": path.relative_to(out).as_posix(), "examples": list(examples),
+            "labels": np.asarray(labels), "predicted": probs.argmax(1), "probs": probs,
+            "metrics": classification_metrics(probs, labels, teacher.classes),
+            "classes": teacher.classes, "split": split, "teacher": teacher}
+
+
+def shipped_label(shipped: dict) -> str:
+    return f"shipped int8 TFLite (LiteRT), {len(shipped['labels'])} images"
+
+
+def _float_parent(out: Path, config: PipelineConfig, stage: str) -> str:
+    """The first run from `stage` up its parent chain that is not quantization-aware."""
+    seen = stage
+    while stage and _manifest(out / stage).get("quantization_aware"):
+        stage = get_stage(stage).parent_of(getattr(config, stage))
+    return stage or seen
+
+
+def _choose(examples, picked: list[int], limit: int) -> list[int]:
+    """At most `limit` of the indices `picked`, stratified across classes, seeded."""
+    from vgg_mobile.data.splits import stratified_sample
+
+    index = {examples[i]: i for i in picked}
+    return [index[e] for e in stratified_sample([examples[i] for i in picked], limit,
+                                                seed=GRADCAM_SEED)]
+
+
+def gradcam_examples(out: Path, config: PipelineConfig, shipped: dict, path: Path) -> list[dict]:
+    """Draws where the Keras teacher and the float student look on a few held-out images the
+    shipped model gets wrong and a few it gets right (`GRADCAM_IMAGES` each): one figure,
+    one row per image (image, teacher's Grad-CAM overlay, student's).
+
+    Returns:
+        One dict per image, in the figure's order: `index` (its row), `file`, `true`,
+        `predicted` (the shipped model's answer), `correct`, `teacher_explains`,
+        `student_explains` (the class each Grad-CAM map explains: that model's own answer),
+        plus `student_stage` and the `layer`s. Empty when there is nothing to draw.
+    """
+    from converters.convert import load_images
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.evaluation import gradcam, plots
+
+    examples, labels, predicted = shipped["examples"], shipped["labels"], shipped["predicted"]
+    classes = shipped["classes"]
+    wrong = [i for i in range(len(labels)) if predicted[i] != labels[i]]
+    right = [i for i in range(len(labels)) if predicted[i] == labels[i]]
+    chosen = _choose(examples, wrong, GRADCAM_IMAGES) + _choose(examples, right, GRADCAM_IMAGES)
+    if not chosen:
+        return []
+    student_stage = _float_parent(out, config, config.export.source)
+    picked = [examples[i] for i in chosen]
+    maps = {}
+    for name, run in (("teacher", shipped["teacher"]), ("student", load_run(out / student_stage))):
+        x, _ = load_images(picked, run.image_size, len(classes))
+        result = gradcam.gradcam(run.load_model(), x)
+        maps[name] = (x, result)
+    rows, listed = [], []
+    for k, i in enumerate(chosen):
+        true, answer = classes[int(labels[i])], classes[int(predicted[i])]
+        explains = {name: classes[int(result["classes"][k])] for name, (_, result) in maps.items()}
+        overlays = [(gradcam.overlay(x[k], result["heatmaps"][k]),
+                     f"{'teacher' if name == 'teacher' else f'float {student_stage}'}: "
+                     f"explains {explains[name]}") for name, (x, result) in maps.items()]
+        state = "right" if predicted[i] == labels[i] else "WRONG"
+        rows.append({"image": np.clip(maps["teacher"][0][k], 0, 255).astype(np.uint8),
+                     "title": f"#{k + 1} true {true}; shipped: {answer} ({state})",
+                     "overlays": overlays})
+        listed.append({"index": k + 1, "file": Path(examples[i].path).name, "true": true,
+                       "predicted": answer, "correct": bool(predicted[i] == labels[i]),
+                       "teacher_explains": explains["teacher"],
+                       "student_explains": explains["student"], "student_stage": student_stage,
+                       "layers": {name: result["layer"] for name, (_, result) in maps.items()}})
+    plots.gradcam_grid_png(rows, path)
+    return listed
+
+
+def _gradcam_caption(listed: list[dict], shipped: dict) -> str:
+    student = listed[0]["student_stage"]
+    layers = listed[0]["layers"]
+    wrong = sum(not item["correct"] for item in listed)
+    return (f"Where the models look (Grad-CAM) on {wrong} held-out images the shipped int8 "
+            f"TFLite gets wrong and {len(listed) - wrong} it gets right (at most "
+            f"{GRADCAM_IMAGES} each, drawn in turn from every class, seed {GRADCAM_SEED}; "
+            f"{shipped_label(shipped)}). Each row: the image, the Keras teacher's Grad-CAM "
+            f"(layer {layers['teacher']}), and the Keras float `{student}` run's "
+            f"(layer {layers['student']}): the run the shipped model was made from, before "
+            "quantization-aware training and conversion; the int8 file itself has no gradients "
+            "to explain. Each map explains the class that model answers.")
+
+
+def _matrix_columns(classes) -> tuple[Column, ...]:
+    """A confusion matrix's counts as a table: one row per true class, `(name, counts)`."""
+    return (Column("true \\ predicted", lambda item: item[0], numeric=False),
+            *(Column(name, lambda item, j=j: str(item[1][j])) for j, name in enumerate(classes)))
+
+
+def _count(metrics: dict) -> int:
+    return sum(c.get("support", 0) for c in (metrics.get("per_class") or {}).values())
+
+
+def _figures(out: Path, source: str, shipped: dict | str
+             ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path, dict]]]:
     """Training curves as (title, png) pairs, drawing what the runs did not draw themselves, and
-    (stage, confusion matrix png, per-class metrics) of the teacher and the exported run."""
+    (label, confusion matrix png, metrics, classes) of the teacher and the shipped model
+    (`shipped_predictions`; the exported run's Keras metrics, labelled so, when it could not
+    run)."""
     from vgg_mobile.evaluation import plots
 
     assets = out / ASSETS
@@ -139,16 +316,33 @@ def _figures(out: Path, source: str) -> tuple[list[tuple[str, Path]], list[tuple
             png = assets / f"{stage.name}_curves.png"
             plots.training_curves_png(history, png)
             curves.append((stage.curves, png))
-    # The teacher and the exported run: where the class errors start, and where they end up.
+    # The teacher and the shipped model: where the class errors start, and where they end up.
     evaluated = []
-    for stage in dict.fromkeys((get_stage("teacher").name, source)):
-        manifest = _manifest(out / stage)
+    teacher = get_stage("teacher").name
+    manifest = _manifest(out / teacher)
+    metrics = manifest.get("metrics") or {}
+    if metrics.get("confusion_matrix"):
+        label = f"Keras {teacher} run, {_count(metrics)} validation images"
+        png = assets / f"{teacher}_confusion_matrix.png"
+        plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png, label)
+        evaluated.append((label, png, metrics, manifest["classes"]))
+    if isinstance(shipped, dict):
+        label = shipped_label(shipped)
+        png = assets / "shipped_int8_confusion_matrix.png"
+        metrics = shipped["metrics"]
+        plots.confusion_matrix_png(metrics["confusion_matrix"], shipped["classes"], png, label)
+        evaluated.append((label, png, metrics, shipped["classes"]))
+    elif source != teacher:
+        manifest = _manifest(out / source)
         metrics = manifest.get("metrics") or {}
-        if not metrics.get("confusion_matrix"):
-            continue
-        png = assets / f"{stage}_confusion_matrix.png"
-        plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png)
-        evaluated.append((stage, png, metrics.get("per_class") or {}))
+        if metrics.get("confusion_matrix"):
+            # Not the shipped file's: said so in the heading.
+            label = (f"Keras {source} run, {_count(metrics)} validation images (not the shipped "
+                     f"int8 TFLite, which could not be run: {shipped})")
+            png = assets / f"{source}_confusion_matrix.png"
+            plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png,
+                                       f"Keras {source} run")
+            evaluated.append((label, png, metrics, manifest["classes"]))
     return curves, evaluated
 
 
@@ -171,7 +365,14 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     rows = summary_rows(out, config)
     source = config.export.source
     budgets = config.export.options.budgets
-    curves, evaluated = _figures(out, source)
+    shipped = shipped_predictions(out, config)
+    curves, evaluated = _figures(out, source, shipped)
+    explained = []
+    gradcam_png = out / ASSETS / "gradcam.png"
+    if isinstance(shipped, dict):
+        explained = gradcam_examples(out, config, shipped, gradcam_png)
+    qat_timed = any(row["format"] == "keras" and row.get("latency_ms")
+                    and _manifest(out / row["stage"]).get("quantization_aware") for row in rows)
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, budgets, chart)
     misses = [miss for row in rows for miss in row["misses"]]
@@ -181,7 +382,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
 
     said = findings(out, config)
     md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
-          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
+          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), "",
+          *([QAT_KERAS_NOTE, ""] if qat_timed else [])]
     if misses:
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
     if has_chart:
@@ -189,16 +391,23 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
     md += ["## Training curves", ""]
     md += [f"### {title}\n\n![{title}]({png.relative_to(out).as_posix()})\n" for title, png in curves]
-    for stage, png, per_class in evaluated:
-        md += [f"## Confusion matrix and per-class metrics: {stage} (validation images)", "",
-               f"![{stage} confusion matrix]({png.relative_to(out).as_posix()})", "",
-               markdown_table(_PER_CLASS_COLUMNS, per_class.items()), ""]
+    for label, png, metrics, classes in evaluated:
+        md += [f"## Confusion matrix and per-class metrics: {label}", "",
+               f"![confusion matrix: {label}]({png.relative_to(out).as_posix()})", "",
+               markdown_table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
+               "", markdown_table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items()), ""]
+    if explained:
+        md += ["## Where the teacher and the student look (Grad-CAM)", "",
+               _gradcam_caption(explained, shipped), "",
+               f"![Grad-CAM of the teacher and the student]({ASSETS}/gradcam.png)", "",
+               markdown_table(_GRADCAM_COLUMNS, explained), ""]
     md_path = out / REPORT_FILES[0]
     write_text(md_path, "\n".join(md))
 
     def img(png: Path, alt: str) -> str:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        return (f'<div class="figure"><img alt="{html.escape(alt)}" '
+                f'src="data:image/png;base64,{data}"></div>')
 
     esc = html.escape
     web_html = (f" the web demo's TF.js bundle, from the <code>{esc(config.web_export.source)}</code> "
@@ -207,7 +416,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
             f"<code>export/</code>;{web_html}</p>", *(f"<p>{esc(line)}</p>" for line in said),
             "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
-            html_table(SUMMARY_COLUMNS, rows)]
+            html_table(SUMMARY_COLUMNS, rows),
+            *([f'<p class="note">{esc(QAT_KERAS_NOTE)}</p>'] if qat_timed else [])]
     if misses:
         body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
                  "</ul>"]
@@ -216,9 +426,16 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     body.append("<h2>Training curves</h2>")
     for title, png in curves:
         body += [f"<h3>{esc(title)}</h3>", img(png, title)]
-    for stage, png, per_class in evaluated:
-        body += [f"<h2>Confusion matrix and per-class metrics: {esc(stage)} (validation images)</h2>",
-                 img(png, f"{stage} confusion matrix"), html_table(_PER_CLASS_COLUMNS, per_class.items())]
+    for label, png, metrics, classes in evaluated:
+        body += [f"<h2>Confusion matrix and per-class metrics: {esc(label)}</h2>",
+                 img(png, f"confusion matrix: {label}"),
+                 html_table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
+                 html_table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items())]
+    if explained:
+        body += ['<h2 id="gradcam">Where the teacher and the student look (Grad-CAM)</h2>',
+                 f'<p class="caption">{esc(_gradcam_caption(explained, shipped))}</p>',
+                 img(gradcam_png, "Grad-CAM of the teacher and the student"),
+                 html_table(_GRADCAM_COLUMNS, explained)]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(TITLE)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
