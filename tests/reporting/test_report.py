@@ -67,3 +67,21 @@ def test_report_without_budget_misses(tmp_path):
     write_report(out, load_config(text=""))
     md = (out / "report.md").read_text()
     assert "Missed budgets" not in md and "| pass |" in md and "`web_export/`" in md
+
+
+def test_report_explains_why_the_qat_run_is_slow_in_keras(tmp_path):
+    from vgg_mobile.reporting.report import QAT_KERAS_NOTE
+
+    out = _out(tmp_path, "")
+    write_report(out)
+    assert QAT_KERAS_NOTE not in (out / "report.md").read_text()  # no QAT run timed
+    manifest = json.loads((out / "student_qat" / "manifest.json").read_text())
+    _json(out / "student_qat" / "manifest.json", {**manifest, "quantization_aware": True})
+    _json(out / "benchmark" / "benchmark.json", {"rows": [
+        {"path": str(out / "student_qat" / "model.keras"), "latency_ms": 80.0, "speedup": 0.1}]})
+    write_report(out)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "fake-quantization ops around every layer" in md and QAT_KERAS_NOTE in md
+    assert "its int8 TFLite is the fast one" in page
+    # Beside the table that shows the latency.
+    assert md.index("| 80.00 ms |") < md.index(QAT_KERAS_NOTE) < md.index("## Size, latency")

@@ -21,8 +21,20 @@ def _pyplot():
     return plt
 
 
+def save_png(fig, path: str | Path, **options) -> None:
+    """Writes a figure as a PNG at 100 dpi, atomically, and closes it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, **options)
+    _pyplot().close(fig)
+
+
 def training_curves_png(history: dict[str, list[float]], path: str | Path) -> None:
-    """Plots loss and accuracy per epoch, training and validation side by side.
+    """Plots loss and accuracy per epoch (`training_curves_figure`) to a PNG."""
+    save_png(training_curves_figure(history), path)
+
+
+def training_curves_figure(history: dict[str, list[float]]):
+    """Loss and accuracy per epoch, training and validation side by side.
 
     Epoch ticks are whole numbers; a stage of one epoch has one point per metric, drawn as
     a large marker with its value written beside it (a line needs two epochs).
@@ -55,9 +67,7 @@ def training_curves_png(history: dict[str, list[float]], path: str | Path) -> No
         ax.grid(alpha=0.3)
         ax.legend(fontsize=LEGEND_FONT_SIZE - 1)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def confusion_matrix_png(matrix: list[list[int]], classes, path: str | Path,
@@ -98,7 +108,7 @@ def gradcam_grid_png(rows: Sequence[dict], path: str | Path) -> None:
     """
     plt = _pyplot()
     columns = 1 + max(len(row["overlays"]) for row in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(3.4 * columns, 3.3 * len(rows)),
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.9 * columns, 2.9 * len(rows)),
                              squeeze=False)
     for ax_row, row in zip(axes, rows):
         panels = [(row["image"], row["title"]), *row["overlays"]]

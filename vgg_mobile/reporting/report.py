@@ -16,7 +16,7 @@ import numpy as np
 
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import VggMobileError
-from vgg_mobile.core.io import atomic_path, write_text
+from vgg_mobile.core.io import write_text
 from vgg_mobile.core.outputs import inside
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
@@ -106,14 +106,26 @@ def _unit_formatter(unit: str):
 
 
 def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
-    """Accuracy against size and against single-image latency, one point per artifact."""
+    """Draws `artifacts_figure` to a PNG; `False` (and no file) when there is nothing to draw."""
+    from vgg_mobile.evaluation.plots import save_png
+
+    fig = artifacts_figure(rows, budgets)
+    if fig is None:
+        return False
+    save_png(fig, path, bbox_inches="tight")
+    return True
+
+
+def artifacts_figure(rows, budgets: Budgets):
+    """Accuracy against size and against single-image latency, one point per artifact, with
+    the legend below the axes; `None` when no row has an accuracy and a size."""
     from matplotlib.ticker import LogLocator, NullFormatter
 
     from vgg_mobile.evaluation.plots import LEGEND_FONT_SIZE, _pyplot
 
     points = [r for r in rows if r["accuracy"] is not None and r["size_bytes"]]
     if not points:
-        return False
+        return None
     timed = [r for r in points if r.get("latency_ms")]
     plt = _pyplot()
     # About the report's text width at 100 dpi, so the page shows it at its natural size.
@@ -142,8 +154,10 @@ def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
         axes[1].set_title("accuracy against latency", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
-        # Labelled ticks at 1, 2 and 5 of each decade: a span under a decade still gets some.
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        low, high = ax.get_xlim()
+        # Within about a decade, ticks at 1, 2 and 5 of it so that some are labelled.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if high < 30 * low
+                                              else (1.0,)))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
@@ -158,10 +172,7 @@ def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
     # Below the axes, at a fixed size: it stays readable however many artifacts there are.
     fig.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=2, fontsize=LEGEND_FONT_SIZE, frameon=False)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return True
+    return fig
 
 
 def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
