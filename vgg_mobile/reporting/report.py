@@ -155,8 +155,8 @@ def artifacts_figure(rows, budgets: Budgets):
     for ax in axes:
         ax.set_xscale("log")
         low, high = ax.get_xlim()
-        # Within about a decade, ticks at 1, 2 and 5 of it so that some are labelled.
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if high < 30 * low
+        # Within about two decades, ticks at 1, 2 and 5 of each so that several are labelled.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if high < 200 * low
                                               else (1.0,)))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("validation accuracy")
