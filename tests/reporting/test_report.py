@@ -55,9 +55,9 @@ def test_report_reads_the_folder_and_marks_the_accuracy_drop_budget(tmp_path):
     # Self-contained: curves drawn from the QAT history, confusion matrices, the size chart.
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
     assert page.count("data:image/png;base64,") == 4
-    assert "per-class metrics: Keras teacher run, 8 validation images" in page
+    assert "per-class metrics: teacher (Keras run, 8 validation images)" in page
     # No shipped file to run here: the exported run's Keras metrics, labelled as such.
-    assert ("per-class metrics: Keras student_qat run, 8 validation images (not the shipped "
+    assert ("per-class metrics: student_qat (Keras run, 8 validation images; not the shipped "
             "int8 TFLite" in page)
     assert "<th>latency</th>" in page and "<th>images</th>" in page and len(SUMMARY_COLUMNS) == 9
 

@@ -333,23 +333,24 @@ def _figures(out: Path, source: str, shipped: dict | str
     manifest = _manifest(out / teacher)
     metrics = manifest.get("metrics") or {}
     if metrics.get("confusion_matrix"):
-        label = f"Keras {teacher} run, {_count(metrics)} validation images"
+        label = f"{teacher} (Keras run, {_count(metrics)} validation images)"
         png = assets / f"{teacher}_confusion_matrix.png"
         plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png, label)
         evaluated.append((label, png, metrics, manifest["classes"]))
     if isinstance(shipped, dict):
-        label = shipped_label(shipped)
+        label = f"{source}, exported as the {shipped_label(shipped)}"
         png = assets / "shipped_int8_confusion_matrix.png"
         metrics = shipped["metrics"]
-        plots.confusion_matrix_png(metrics["confusion_matrix"], shipped["classes"], png, label)
+        plots.confusion_matrix_png(metrics["confusion_matrix"], shipped["classes"], png,
+                                   shipped_label(shipped))
         evaluated.append((label, png, metrics, shipped["classes"]))
     elif source != teacher:
         manifest = _manifest(out / source)
         metrics = manifest.get("metrics") or {}
         if metrics.get("confusion_matrix"):
             # Not the shipped file's: said so in the heading.
-            label = (f"Keras {source} run, {_count(metrics)} validation images (not the shipped "
-                     f"int8 TFLite, which could not be run: {shipped})")
+            label = (f"{source} (Keras run, {_count(metrics)} validation images; not the "
+                     f"shipped int8 TFLite, which could not be run: {shipped})")
             png = assets / f"{source}_confusion_matrix.png"
             plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png,
                                        f"Keras {source} run")
@@ -378,10 +379,14 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     budgets = config.export.options.budgets
     shipped = shipped_predictions(out, config)
     curves, evaluated = _figures(out, source, shipped)
-    explained = []
+    explained, not_explained = [], None
     gradcam_png = out / ASSETS / "gradcam.png"
     if isinstance(shipped, dict):
-        explained = gradcam_examples(out, config, shipped, gradcam_png)
+        try:
+            explained = gradcam_examples(out, config, shipped, gradcam_png)
+        except (VggMobileError, OSError, ValueError) as err:
+            # The rest of the report does not depend on it: say why it is missing.
+            not_explained = f"Grad-CAM not drawn: {type(err).__name__}: {err}"
     qat_timed = any(row["format"] == "keras" and row.get("latency_ms")
                     and _manifest(out / row["stage"]).get("quantization_aware") for row in rows)
     chart = out / ASSETS / "size_accuracy.png"
@@ -412,6 +417,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                _gradcam_caption(explained, shipped), "",
                f"![Grad-CAM of the teacher and the student]({ASSETS}/gradcam.png)", "",
                markdown_table(_GRADCAM_COLUMNS, explained), ""]
+    elif not_explained:
+        md += [not_explained, ""]
     md_path = out / REPORT_FILES[0]
     write_text(md_path, "\n".join(md))
 
@@ -447,6 +454,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                  f'<p class="caption">{esc(_gradcam_caption(explained, shipped))}</p>',
                  img(gradcam_png, "Grad-CAM of the teacher and the student"),
                  html_table(_GRADCAM_COLUMNS, explained)]
+    elif not_explained:
+        body.append(f"<p>{esc(not_explained)}</p>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(TITLE)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
