@@ -1,8 +1,11 @@
 """The in-browser demo: assembling a ready-to-host folder, and serving it on 127.0.0.1.
 
 A demo folder holds the static page (`web_demo/` in the project, package data when installed),
-TensorFlow.js vendored from the npm packages locked by `converters/js/package-lock.json` (see
-`core.resources.node_modules_dir`), and a TF.js bundle from `vgg-mobile convert` in `model/`. It needs no build step and no network.
+TensorFlow.js and MediaPipe Tasks (vision) vendored from the npm packages locked by
+`converters/js/package-lock.json` (see `core.resources.node_modules_dir`), a TF.js bundle from
+`vgg-mobile convert` in `model/`, and, when the export folder has one, its int8 `.tflite` (the
+file that ships to Android) for the MediaPipe runtime. `runtimes.json` tells the page which
+runtimes it has. It needs no build step and no network.
 """
 
 from __future__ import annotations
@@ -30,7 +33,40 @@ VENDOR_FILES = {
                                       "dist/tfjs-backend-wasm-simd.wasm",
                                       "dist/tfjs-backend-wasm-threaded-simd.wasm"),
 }
+# MediaPipe Tasks for web: the ES module, and its WASM loader and binaries (SIMD and not).
+MEDIAPIPE_PACKAGE = "@mediapipe/tasks-vision"
+MEDIAPIPE_FILES = ("vision_bundle.mjs", "wasm/vision_wasm_internal.js",
+                   "wasm/vision_wasm_internal.wasm", "wasm/vision_wasm_nosimd_internal.js",
+                   "wasm/vision_wasm_nosimd_internal.wasm")
 BUNDLE_FILES = ("model.json", "labels.json", "manifest.json")
+TFLITE_NAME = "model_int8.tflite"
+
+
+def find_int8_tflite(bundle: str | Path) -> tuple[Path | None, str]:
+    """The int8 `.tflite` of the export folder that `bundle` names, or `None` and the reason.
+
+    Args:
+        bundle: A `vgg-mobile convert` export folder or its `tfjs/` bundle.
+
+    Returns:
+        `(path, "")` when the export's manifest lists an int8 TFLite file that exists, else
+        `(None, reason)`.
+    """
+    bundle = Path(bundle)
+    export = bundle if (bundle / "tfjs" / "model.json").is_file() else bundle.parent
+    manifest = export / "manifest.json"
+    try:
+        artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None, f"no export manifest at {manifest}"
+    for artifact in artifacts if isinstance(artifacts, list) else []:
+        if (isinstance(artifact, dict) and artifact.get("format") == "tflite"
+                and artifact.get("flavour") == "int8" and isinstance(artifact.get("file"), str)):
+            path = inside(export, artifact["file"], "TFLite file", manifest)
+            if path.is_file():
+                return path, ""
+            return None, f"{path}: listed in the export manifest but missing"
+    return None, "the export folder has no int8 .tflite (convert with the int8 flavour)"
 
 
 def find_bundle(path: str | Path) -> Path:
@@ -98,8 +134,25 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
             versions[package] = json.loads((root / "package.json").read_text())["version"]
             for file in files:
                 shutil.copyfile(root / file, vendor / Path(file).name)
+        mediapipe = modules / MEDIAPIPE_PACKAGE
+        if (mediapipe / "package.json").is_file():
+            versions[MEDIAPIPE_PACKAGE] = json.loads(
+                (mediapipe / "package.json").read_text())["version"]
+            for file in MEDIAPIPE_FILES:
+                target = vendor / "mediapipe" / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(mediapipe / file, target)
         (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
         shutil.copytree(source, staging / "model")
+        tflite_file, reason = find_int8_tflite(bundle)
+        if MEDIAPIPE_PACKAGE not in versions:
+            tflite_file, reason = None, f"{MEDIAPIPE_PACKAGE} is not installed (run `make install`)"
+        if tflite_file is not None:
+            shutil.copyfile(tflite_file, staging / "model" / TFLITE_NAME)
+        runtimes = {"tfjs": {"model": "model/model.json"},
+                    "mediapipe": ({"model": f"model/{TFLITE_NAME}", "source": tflite_file.name}
+                                  if tflite_file is not None else {"disabled": reason})}
+        write_json(staging / "runtimes.json", runtimes)
         classes = json.loads((source / "labels.json").read_text(encoding="utf-8"))
         write_json(staging / "manifest.json", marker(stage, "web_demo", classes=classes,
                                                      model="model/", vendor=versions))
@@ -114,6 +167,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".wasm": "application/wasm", ".js": "text/javascript",
+                      ".mjs": "text/javascript", ".tflite": "application/octet-stream",
                       ".json": "application/json"}
 
     def end_headers(self):

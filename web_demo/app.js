@@ -1,7 +1,12 @@
-// vgg-mobile web demo: classifies images in the browser with a TF.js graph model in model/.
+// vgg-mobile web demo: classifies images in the browser with one of two runtimes:
+// - TF.js: the graph model in model/ (backend WASM, WebGL or CPU);
+// - MediaPipe Tasks (ImageClassifier, CPU delegate): the int8 .tflite that ships to Android,
+//   model/model_int8.tflite, listed in runtimes.json when the export folder had one.
 // Preprocessing follows model/manifest.json exactly as the Python pipeline does it: transparent
 // pixels over white, bilinear resize with half-pixel centres and no antialiasing, rounding to
-// whole pixel values, RGB in [0, 255]; the model normalises inside its graph.
+// whole pixel values, RGB in [0, 255]; the model normalises inside its graph. For MediaPipe the
+// page does that resize itself (with TF.js) and hands it a canvas of the model's input size, so
+// its own resize has nothing to do and both runtimes see the same pixels.
 "use strict";
 
 const MODEL_DIR = "model/";
@@ -10,7 +15,13 @@ const MAX_PIXELS = 89478485; // same limit as the Python checks (decompression b
 const BACKENDS = ["wasm", "webgl", "cpu"];
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, labels: [], manifest: null, size: null, busy: false };
+const MEDIAPIPE_DIR = "vendor/mediapipe/";
+const state = {
+  model: null, labels: [], manifest: null, size: null, busy: false,
+  runtime: "tfjs", runtimes: null, mediapipe: null,
+  warmup: {}, // first-inference (compile) time per runtime/backend, in ms
+  switching: Promise.resolve(),
+};
 
 function showError(message) {
   const box = $("error");
@@ -21,6 +32,22 @@ function showError(message) {
 function clearError() {
   $("error").hidden = true;
   $("error").textContent = "";
+}
+
+// Removes the previous image, its predictions and timing (after an error, or a runtime switch).
+function clearResult() {
+  const preview = $("preview");
+  if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
+  delete preview.dataset.url;
+  preview.removeAttribute("src");
+  preview.hidden = true;
+  preview.classList.remove("pixelated");
+  $("image-name").textContent = "";
+  const list = $("predictions");
+  list.replaceChildren();
+  delete list.dataset.top1;
+  delete list.dataset.probs;
+  $("timing").textContent = "";
 }
 
 async function fetchJson(path) {
@@ -51,10 +78,96 @@ async function useBackend(wanted) {
   throw new Error("no TensorFlow.js backend works in this browser");
 }
 
+function runtimeKey() {
+  return state.runtime === "mediapipe" ? "mediapipe" : `tfjs-${tf.getBackend()}`;
+}
+
+function runtimeName() {
+  return state.runtime === "mediapipe" ? "MediaPipe (CPU, int8 .tflite)" : tf.getBackend();
+}
+
+// One untimed-for-results inference on a blank input: the first run compiles shaders / kernels,
+// so it is reported apart as the warm-up time and never as the inference time.
+async function warmUp() {
+  const [h, w] = state.size;
+  const blank = document.createElement("canvas");
+  blank.width = w;
+  blank.height = h;
+  const start = performance.now();
+  if (state.runtime === "mediapipe") {
+    state.mediapipe.classify(blank);
+  } else {
+    const output = state.model.predict(tf.zeros([1, h, w, 3]));
+    await output.data();
+    output.dispose();
+  }
+  state.warmup[runtimeKey()] = performance.now() - start;
+  $("backend-status").textContent =
+    `using ${runtimeName()}; warm-up ${state.warmup[runtimeKey()].toFixed(0)} ms`;
+}
+
+async function loadRuntimes() {
+  try {
+    const response = await fetch("runtimes.json");
+    state.runtimes = response.ok ? await response.json() : null;
+  } catch (err) {
+    state.runtimes = null;
+  }
+  const mediapipe = state.runtimes && state.runtimes.mediapipe;
+  const option = $("runtime").querySelector('option[value="mediapipe"]');
+  if (!mediapipe || !mediapipe.model) {
+    const reason = (mediapipe && mediapipe.disabled) || "this demo folder has no runtimes.json";
+    option.disabled = true;
+    option.textContent += " (unavailable)";
+    $("runtime-note").textContent = `MediaPipe is unavailable: ${reason}.`;
+    $("runtime-note").hidden = false;
+  }
+}
+
+async function loadMediapipe() {
+  if (state.mediapipe) return state.mediapipe;
+  const base = new URL(MEDIAPIPE_DIR, document.baseURI).href;
+  const vision = await import(base + "vision_bundle.mjs");
+  const fileset = await vision.FilesetResolver.forVisionTasks(base + "wasm");
+  state.mediapipe = await vision.ImageClassifier.createFromOptions(fileset, {
+    baseOptions: { modelAssetPath: state.runtimes.mediapipe.model, delegate: "CPU" },
+    maxResults: state.labels.length,
+    runningMode: "IMAGE",
+  });
+  return state.mediapipe;
+}
+
+async function useRuntime(wanted) {
+  if (wanted === "mediapipe") await loadMediapipe();
+  state.runtime = wanted;
+  $("runtime").value = wanted;
+  $("backend").disabled = wanted === "mediapipe";
+}
+
+// A runtime or backend switch: the old result and error go, and the new one is warmed up
+// before anything is timed.
+function switchTo(runtime, backend) {
+  clearError();
+  clearResult();
+  document.body.dataset.state = "switching";
+  state.switching = (async () => {
+    await useRuntime(runtime);
+    if (runtime === "tfjs") await useBackend(backend);
+    await warmUp();
+  })().then(
+    () => { document.body.dataset.state = "ready"; },
+    (err) => {
+      document.body.dataset.state = "error";
+      showError(`Could not start ${runtime === "mediapipe" ? "MediaPipe" : backend}: ${err.message}`);
+    });
+  return state.switching;
+}
+
 async function loadModel() {
   if (tf.wasm) tf.wasm.setWasmPaths(new URL("vendor/", document.baseURI).href);
   await useBackend($("backend").value);
-  const [manifest, labels] = await Promise.all([fetchJson("manifest.json"), fetchJson("labels.json")]);
+  const [manifest, labels] = await Promise.all([fetchJson("manifest.json"), fetchJson("labels.json"),
+                                                loadRuntimes()]);
   const model = await tf.loadGraphModel(MODEL_DIR + "model.json");
   const [height, width] = manifest.input.size;
   const probe = tf.tidy(() => model.predict(tf.zeros([1, height, width, 3])));
@@ -68,7 +181,10 @@ async function loadModel() {
     ? "float32" : manifest.weight_quantization;
   $("model-info").textContent =
     `${manifest.architecture || "model"}: ${labels.length} classes (${labels.join(", ")}), ` +
-    `${width}×${height} input, ${quantization} weights.`;
+    `${width}×${height} input, ${quantization} weights.` +
+    (state.runtimes && state.runtimes.mediapipe && state.runtimes.mediapipe.model
+      ? ` MediaPipe runs ${state.runtimes.mediapipe.source || "the int8 .tflite"}.` : "");
+  await warmUp();
 }
 
 // Pixels of an image, video frame or canvas, as the model's input tensor [1, h, w, 3].
@@ -89,7 +205,24 @@ function toInput(source, width, height) {
 }
 
 async function predict(source, width, height) {
+  await state.switching;
   const input = toInput(source, width, height);
+  if (state.runtime === "mediapipe") {
+    // The model-sized pixels, resized as for TF.js, drawn into a canvas for MediaPipe.
+    const [h, w] = state.size;
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    const pixels = tf.tidy(() => input.squeeze(0).toInt());
+    await tf.browser.toPixels(pixels, canvas);
+    tf.dispose([input, pixels]);
+    const start = performance.now();
+    const result = state.mediapipe.classify(canvas);
+    const ms = performance.now() - start;
+    const probs = new Array(state.labels.length).fill(0);
+    for (const category of result.classifications[0].categories) probs[category.index] = category.score;
+    return { probs, ms };
+  }
   const start = performance.now();
   const output = state.model.predict(input);
   const probs = await output.data();
@@ -120,7 +253,10 @@ function render({ probs, ms }) {
   }
   list.dataset.top1 = ranked[0].label;
   list.dataset.probs = JSON.stringify(probs);
-  $("timing").textContent = `${ms.toFixed(1)} ms on ${tf.getBackend()}`;
+  const warm = state.warmup[runtimeKey()];
+  $("timing").textContent = `inference ${ms.toFixed(1)} ms on ${runtimeName()}` +
+    (warm === undefined ? "" : ` (warm-up, the first run: ${warm.toFixed(0)} ms)`);
+  list.dataset.runtime = state.runtime;
   document.body.dataset.state = "done";
 }
 
@@ -159,9 +295,12 @@ async function classifyFile(file) {
     preview.src = url;
     preview.dataset.url = url;
     preview.hidden = false;
+    // Small images are shown with crisp pixels, not a blurry upscale.
+    preview.classList.toggle("pixelated", Math.max(img.naturalWidth, img.naturalHeight) < 224);
     $("image-name").textContent = file.name || "pasted image";
     render(await predict(img, img.naturalWidth, img.naturalHeight));
   } catch (err) {
+    clearResult();
     document.body.dataset.state = "error";
     showError(err.message);
   }
@@ -185,6 +324,7 @@ async function captureFrame() {
   const video = $("video");
   if (!video.videoWidth) return;
   clearError();
+  clearResult();
   $("image-name").textContent = "webcam frame";
   render(await predict(video, video.videoWidth, video.videoHeight));
 }
@@ -210,7 +350,15 @@ async function benchmark(backend, runs = 15, warmup = 3) {
 function wireInputs() {
   const zone = $("dropzone");
   const fileInput = $("file");
-  fileInput.addEventListener("change", () => fileInput.files[0] && classifyFile(fileInput.files[0]));
+  fileInput.addEventListener("change", () => {
+    const file = fileInput.files[0];
+    fileInput.value = ""; // so that choosing the same file again classifies it again
+    if (file) classifyFile(file);
+  });
+  // The whole drop zone is the button: a click anywhere on it opens the file chooser.
+  zone.addEventListener("click", (event) => {
+    if (event.target !== fileInput) fileInput.click();
+  });
   zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
@@ -231,13 +379,8 @@ function wireInputs() {
   });
   $("camera").addEventListener("click", startCamera);
   $("capture").addEventListener("click", captureFrame);
-  $("backend").addEventListener("change", async (event) => {
-    try {
-      await useBackend(event.target.value);
-    } catch (err) {
-      showError(err.message);
-    }
-  });
+  $("backend").addEventListener("change", (event) => switchTo("tfjs", event.target.value));
+  $("runtime").addEventListener("change", (event) => switchTo(event.target.value, $("backend").value));
 }
 
 wireInputs();
@@ -250,5 +393,6 @@ window.vggDemo = {
                 "Build the demo folder with `vgg-mobile demo OUT --model EXPORT`.");
     }),
   benchmark,
+  switchTo,
   state,
 };

@@ -17,6 +17,9 @@ from vgg_mobile.site import assemble_demo, find_bundle, serve_in_background
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "web_demo.png"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+PHONE = {"viewport": {"width": 393, "height": 851}, "device_scale_factor": 2.75,
+         "is_mobile": True, "has_touch": True}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
@@ -41,8 +44,8 @@ def browser():
         chromium.close()
 
 
-def _open(browser, url):
-    page = browser.new_page(viewport={"width": 1000, "height": 760})
+def _open(browser, url, **options):
+    page = browser.new_page(**(options or {"viewport": {"width": 1000, "height": 760}}))
     requests = []
     page.on("request", lambda request: requests.append(request.url))
     page.goto(url)
@@ -172,13 +175,13 @@ def test_phone_sized_screen_and_keyboard(browser, demo, sample_dir):
     page.wait_for_function("document.body.dataset.state === 'ready'", timeout=90_000)
     assert _classify(page, sorted((sample_dir / "circle").glob("*.png"))[0]) == "done"
     page.wait_for_function("document.getElementById('preview').complete")
-    # Nothing wider than the screen; the result stacks under the image.
+    # Nothing wider than the screen; the result comes first, the small image beside it.
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
     image_box = page.locator("#preview").bounding_box()
     result_box = page.locator("#predictions").bounding_box()
-    assert image_box["height"] > 100
-    assert result_box["y"] >= image_box["y"] + image_box["height"] - 1, (image_box, result_box)
+    assert 32 <= image_box["height"] <= 224 and image_box["width"] <= 224, image_box
+    assert result_box["y"] <= image_box["y"] + 1, (image_box, result_box)
     # The drop zone is reachable with Tab and opens the file chooser with Enter.
     page.focus("#backend")
     page.keyboard.press("Tab")
@@ -218,7 +221,15 @@ def test_demo_folder_needs_a_complete_bundle(teacher_export, tmp_path):
         assemble_demo(tmp_path / "site", partial)
     site = assemble_demo(tmp_path / "site", base / "out")
     versions = json.loads((site / "vendor" / "VERSIONS.json").read_text())
-    assert versions == {"@tensorflow/tfjs": "4.22.0", "@tensorflow/tfjs-backend-wasm": "4.22.0"}
+    assert versions == {"@tensorflow/tfjs": "4.22.0", "@tensorflow/tfjs-backend-wasm": "4.22.0",
+                        "@mediapipe/tasks-vision": "1.1.0"}
+    runtimes = json.loads((site / "runtimes.json").read_text())
+    assert runtimes["mediapipe"]["model"] == "model/model_int8.tflite"
+    assert (site / "model" / "model_int8.tflite").read_bytes() == next(
+        (base / "out").glob("*_int8.tflite")).read_bytes()
+    for name in ("vision_bundle.mjs", "wasm/vision_wasm_internal.wasm",
+                 "wasm/vision_wasm_nosimd_internal.js"):
+        assert (site / "vendor" / "mediapipe" / name).is_file(), name
     with pytest.raises(BadInputError, match="already holds a finished vgg-mobile demo"):
         assemble_demo(site, base / "out")
     assert assemble_demo(site, base / "out", force=True) == site
@@ -228,3 +239,166 @@ def test_demo_folder_needs_a_complete_bundle(teacher_export, tmp_path):
         with pytest.raises(BadInputError, match="input"):
             assemble_demo(out, base / "out", force=True)
     assert sorted(p.name for p in (base / "out").iterdir()) == export_before
+
+
+def _files(sample_dir):
+    """One PNG and one JPEG per class."""
+    return [sorted((sample_dir / c).glob(f"*.{ext}"))[0]
+            for c in ("circle", "cross", "square", "triangle") for ext in ("png", "jpg")]
+
+
+def _save_screenshot(page, tmp_path, name):
+    """Writes a full-page screenshot under the test's tmp path and copies it to build/screenshots/."""
+    folder = tmp_path / "screenshots"
+    folder.mkdir(exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / name, SCREENSHOTS / name)
+
+
+@pytest.mark.slow
+def test_clicking_the_drop_zone_text_opens_the_file_chooser(browser, demo):
+    folder, url = demo
+    page, _ = _open(browser, url)
+    for target in ("#dropzone strong", "#drop-help", "#dropzone"):
+        with page.expect_file_chooser(timeout=10_000) as chooser:
+            page.click(target)
+        assert chooser.value.element.get_attribute("id") == "file"
+    page.close()
+
+
+@pytest.mark.slow
+def test_a_failed_upload_clears_the_previous_image_and_predictions(browser, demo, sample_dir,
+                                                                   tmp_path):
+    folder, url = demo
+    page, _ = _open(browser, url)
+    assert _classify(page, _files(sample_dir)[0]) == "done"
+    assert page.locator("li.prediction").count() == 4
+    assert page.is_visible("#preview")
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    assert _classify(page, fake) == "error"
+    assert page.is_visible("#error")
+    assert page.locator("li.prediction").count() == 0
+    assert page.is_hidden("#preview")
+    assert page.text_content("#timing") == "" and page.text_content("#image-name") == ""
+    assert page.get_attribute("#predictions", "data-top1") is None
+    page.close()
+
+
+@pytest.mark.slow
+def test_switching_backend_clears_the_result_and_times_a_warm_run(browser, demo, sample_dir,
+                                                                  tmp_path):
+    import re
+
+    folder, url = demo
+    page, _ = _open(browser, url, viewport={"width": 1280, "height": 800})
+    image = _files(sample_dir)[2]
+    assert _classify(page, image) == "done"
+    timing = page.text_content("#timing")
+    assert re.search(r"inference [0-9.]+ ms on wasm", timing), timing
+    assert re.search(r"warm-up[^0-9]*[0-9]+ ms", timing), timing
+    fake = tmp_path / "bad.jpg"
+    fake.write_text("nope")
+    assert _classify(page, fake) == "error"
+    page.select_option("#backend", "cpu")
+    # Cleared at once: no stale error, predictions or timing from the old backend.
+    assert page.is_hidden("#error")
+    assert page.locator("li.prediction").count() == 0 and page.text_content("#timing") == ""
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    assert re.search(r"using cpu; warm-up [0-9]+ ms", page.text_content("#backend-status"))
+    assert _classify(page, image) == "done"
+    timing = page.text_content("#timing")
+    assert re.search(r"inference [0-9.]+ ms on cpu", timing), timing
+    assert re.search(r"warm-up[^0-9]*[0-9]+ ms", timing), timing
+    page.select_option("#backend", "wasm")
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    assert _classify(page, image) == "done"
+    page.wait_for_function("document.getElementById('preview').complete")
+    _save_screenshot(page, tmp_path, "demo_desktop.png")
+    page.close()
+
+
+@pytest.mark.slow
+def test_phone_layout_results_first_no_keyboard_hints(browser, demo, sample_dir, tmp_path):
+    folder, url = demo
+    page, _ = _open(browser, url, **PHONE)
+    assert page.evaluate("matchMedia('(hover: none) and (pointer: coarse)').matches")
+    assert page.is_hidden("#drop-help")
+    assert page.locator(".hint").count() >= 2
+    for hint in page.locator(".hint").all():
+        assert hint.is_hidden()
+    assert _classify(page, _files(sample_dir)[0]) == "done"
+    page.wait_for_function("document.getElementById('preview').complete")
+    result = page.locator("#predictions").bounding_box()
+    assert result["y"] + result["height"] <= 851, result
+    preview = page.locator("#preview").bounding_box()
+    assert preview["width"] <= 224 and preview["height"] <= 224, preview
+    assert page.evaluate("getComputedStyle(document.getElementById('preview')).imageRendering") \
+        == "pixelated"
+    # The model line is its own section, not part of the image's caption.
+    assert page.evaluate("document.getElementById('model-info').closest('figure') === null")
+    assert page.evaluate("document.getElementById('model-info').tagName") == "P"
+    assert "classes" in page.text_content("#model-info")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 393
+    _save_screenshot(page, tmp_path, "demo_phone.png")
+    page.close()
+    # A desktop pointer keeps the hints.
+    page, _ = _open(browser, url)
+    assert page.is_visible("#drop-help")
+    page.close()
+
+
+@pytest.mark.slow
+def test_mediapipe_runs_the_int8_tflite_and_agrees_with_litert(browser, demo, teacher_export,
+                                                               sample_dir):
+    from converters.tflite import predict_tflite
+
+    base, _ = teacher_export
+    folder, url = demo
+    tflite = (folder / "model" / "model_int8.tflite").read_bytes()
+    files = _files(sample_dir)
+    images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(
+        tuple(dataset.Example(f, 0) for f in files), 32, 16, 4)])
+    expected = predict_tflite(tflite, images).argmax(1)
+    labels = json.loads((folder / "model" / "labels.json").read_text())
+    page, requests = _open(browser, url)
+    page.select_option("#runtime", "mediapipe")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
+                           timeout=90_000)
+    assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#error")
+    assert page.is_disabled("#backend")
+    got = []
+    for path in files:
+        assert _classify(page, path) == "done", page.text_content("#error")
+        assert page.get_attribute("#predictions", "data-runtime") == "mediapipe"
+        assert "on MediaPipe" in page.text_content("#timing")
+        got.append(page.get_attribute("#predictions", "data-top1"))
+    assert got == [labels[i] for i in expected], (got, expected)
+    assert len(set(got)) >= 2
+    # Offline: MediaPipe's script, WASM and model all came from the demo folder.
+    assert any(r.endswith("vision_wasm_internal.wasm") or r.endswith("nosimd_internal.wasm")
+               for r in requests)
+    assert all(r.startswith(url) or r.startswith(("blob:", "data:")) for r in requests)
+    page.close()
+
+
+@pytest.mark.slow
+def test_mediapipe_is_disabled_with_a_reason_without_an_int8_tflite(browser, teacher_export,
+                                                                    tmp_path):
+    base, _ = teacher_export
+    bundle = tmp_path / "bundle"
+    shutil.copytree(base / "out" / "tfjs", bundle)
+    site = assemble_demo(tmp_path / "site", bundle)
+    runtimes = json.loads((site / "runtimes.json").read_text())
+    assert "model" not in runtimes["mediapipe"] and runtimes["mediapipe"]["disabled"]
+    assert not (site / "model" / "model_int8.tflite").exists()
+    server, url = serve_in_background(site)
+    try:
+        page, _ = _open(browser, url)
+        assert page.evaluate("document.body.dataset.state") == "ready"
+        assert page.is_disabled("#runtime option[value=mediapipe]")
+        assert "MediaPipe is unavailable" in page.text_content("#runtime-note")
+        page.close()
+    finally:
+        server.shutdown()
