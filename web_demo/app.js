@@ -181,7 +181,7 @@ async function loadModel() {
     ? "float32" : manifest.weight_quantization;
   $("model-info").textContent =
     `${manifest.architecture || "model"}: ${labels.length} classes (${labels.join(", ")}), ` +
-    `${width}×${height} input, ${quantization} weights.` +
+    `${width}×${height} input; TF.js runs its ${quantization} weights.` +
     (state.runtimes && state.runtimes.mediapipe && state.runtimes.mediapipe.model
       ? ` MediaPipe runs ${state.runtimes.mediapipe.source || "the int8 .tflite"}.` : "");
   await warmUp();
@@ -394,5 +394,12 @@ window.vggDemo = {
     }),
   benchmark,
   switchTo,
+  // Model time of one image (a URL) on the current runtime, for benchmarks/browser_latency.py.
+  timeImage: async (url) => {
+    const img = new Image();
+    img.src = url;
+    await img.decode();
+    return (await predict(img, img.naturalWidth, img.naturalHeight)).ms;
+  },
   state,
 };
