@@ -83,7 +83,9 @@ def keras_latency_ms(model, image: np.ndarray, repeats: int = 30) -> float:
     return median_ms(lambda: compiled(one).numpy(), repeats)
 
 
-def _held_out(out: Path, data_dir: Path | None, limit: int | None):
+def benchmark_images(out: Path, data_dir: Path | None, limit: int | None):
+    """The teacher run, the held-out examples every benchmark row (and the report's shipped
+    model) is measured on (a stratified, seeded sample of `limit`, or all), and the split."""
     from vgg_mobile.core.run_dir import load_run
 
     teacher = load_run(out / REFERENCE)
@@ -130,7 +132,7 @@ def benchmark_pipeline(
     pipeline_config = load_pipeline_config(out)
     config = config or pipeline_config.benchmark
     threads = _set_threads(config.threads)
-    teacher, examples, split = _held_out(out, Path(data_dir) if data_dir else None, config.images)
+    teacher, examples, split = benchmark_images(out, Path(data_dir) if data_dir else None, config.images)
     rows = [row for row in summary_rows(out, pipeline_config)
             if Path(row["path"]).exists()]
     measured: dict[str, dict] = {}

@@ -187,7 +187,7 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
     from converters import tflite
     from converters.convert import load_images
     from vgg_mobile.evaluation.metrics import classification_metrics
-    from vgg_mobile.reporting.benchmark import _held_out
+    from vgg_mobile.reporting.benchmark import benchmark_images
 
     folder = out / get_stage("export").name
     manifest = _manifest(folder)
@@ -198,7 +198,7 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
     try:
         path = inside(folder, found[0]["file"], "artifact file", folder / "manifest.json")
         data = path.read_bytes()
-        teacher, examples, split = _held_out(out, None, config.benchmark.images)
+        teacher, examples, split = benchmark_images(out, None, config.benchmark.images)
         size = int(tflite.interpreter(data).get_input_details()[0]["shape"][1])
         x, labels = load_images(examples, size, len(teacher.classes))
         probs = tflite.predict_tflite(data, x)
