@@ -97,7 +97,7 @@ def find_bundle(path: str | Path) -> Path:
 
 
 def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
-                  stage: str = "demo") -> Path:
+                  stage: str = "demo", tflite_from: str | Path | None = None) -> Path:
     """Writes a self-contained demo folder: page, vendored TensorFlow.js, and the model bundle.
 
     Args:
@@ -107,6 +107,9 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
             never one that overlaps the bundle). Defaults to `False`.
         stage: The stage name its manifest records (the pipeline's folder and config
             section). Defaults to `"demo"`.
+        tflite_from: The export folder whose int8 `.tflite` the MediaPipe runtime runs (the
+            pipeline passes its `export/`, the model that ships to Android). Defaults to the
+            bundle's own export folder.
 
     Returns:
         `out`.
@@ -121,7 +124,7 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
     modules = node_modules_dir()
     page = web_demo_dir()
     # The bundle is an input however it was named: its export folder is never replaced.
-    inputs = (Path(bundle), source)
+    inputs = (Path(bundle), source) + ((Path(tflite_from),) if tflite_from is not None else ())
     with claim_output(out, ("demo",), inputs=inputs, force=force, staged=True) as output:
         staging = output.path
         for name in PAGE_FILES:
@@ -144,7 +147,7 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
                 shutil.copyfile(mediapipe / file, target)
         (vendor / "VERSIONS.json").write_text(json.dumps(versions, indent=2) + "\n")
         shutil.copytree(source, staging / "model")
-        tflite_file, reason = find_int8_tflite(bundle)
+        tflite_file, reason = find_int8_tflite(bundle if tflite_from is None else tflite_from)
         if MEDIAPIPE_PACKAGE not in versions:
             tflite_file, reason = None, f"{MEDIAPIPE_PACKAGE} is not installed (run `make install`)"
         if tflite_file is not None:

@@ -402,3 +402,16 @@ def test_mediapipe_is_disabled_with_a_reason_without_an_int8_tflite(browser, tea
         page.close()
     finally:
         server.shutdown()
+
+
+def test_mediapipe_runs_the_int8_tflite_of_another_export_folder(teacher_export, tmp_path):
+    """The pipeline's page: the browser's bundle from one export, MediaPipe's model from the
+    export that ships to Android."""
+    base, manifest = teacher_export
+    bundle = tmp_path / "bundle"
+    shutil.copytree(base / "out" / "tfjs", bundle)
+    site = assemble_demo(tmp_path / "site", bundle, tflite_from=base / "out")
+    int8 = next(a for a in manifest["artifacts"] if a["format"] == "tflite" and a["flavour"] == "int8")
+    runtimes = json.loads((site / "runtimes.json").read_text())
+    assert runtimes["mediapipe"] == {"model": "model/model_int8.tflite", "source": int8["file"]}
+    assert (site / "model" / "model_int8.tflite").read_bytes() == (base / "out" / int8["file"]).read_bytes()

@@ -156,7 +156,10 @@ def _web_export(job: StageJob, settings: WebExportConfig) -> None:
 
 
 def _site(job: StageJob, settings: SiteConfig) -> None:
-    assemble_demo(job.path, job.parent, stage=job.name)
+    # MediaPipe in the page runs the int8 TFLite that ships to Android: the export stage's.
+    shipped = job.out / get_stage("export").name
+    assemble_demo(job.path, job.parent, stage=job.name,
+                  tflite_from=shipped if (shipped / "manifest.json").is_file() else None)
 
 
 def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:
