@@ -50,14 +50,14 @@ def test_presets_keep_their_values_under_the_new_names():
     assert (sample.teacher.model.architecture, real.teacher.model.architecture) == ("vgg16_bn_0.5", "vgg16")
     for config in (sample, real):
         assert config.export.source == "student_qat" and config.export.android
-        assert config.export.options == ConvertOptions(flavours=("int8",), tfjs=False,
+        assert config.export.options == ConvertOptions(flavours=("int8",), tfjs=False, onnx=True,
                                                        max_size=10_000_000, min_agreement=0.9,
                                                        verify_images=0)
         # What the web export converted before it had a section: the export's options with
-        # the float16 flavour and TF.js.
+        # the float16 flavour and TF.js (and no ONNX: the export writes it).
         assert config.web_export.source == "student" and config.web_export.enabled
         assert config.web_export.options == dataclasses.replace(
-            config.export.options, flavours=("float16",), tfjs=True)
+            config.export.options, flavours=("float16",), tfjs=True, onnx=False)
         assert config.site.enabled and config.benchmark.enabled
     assert (real.benchmark.repeats, real.benchmark.images) == (20, 200)
 
