@@ -15,7 +15,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 import harness
-from serving_models import CLASSES, SIZE, colour_images, png_bytes
+from serving_models import CLASSES, SIZE, colour_images, png_bytes, replace_file
 from converters import onnx, tflite
 from vgg_mobile.data import dataset
 from vgg_mobile.serving.app import ServeConfig, create_app
@@ -254,20 +254,13 @@ def test_admin_endpoints_need_the_token_when_one_is_set(tiny):
     assert metric(remote, "vgg_mobile_errors_total", reason="unauthorized") == 2
 
 
-def _replace(path, data: bytes) -> None:
-    """Writes a new version the way `vgg-mobile convert --force` does: beside, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def test_reload_swaps_in_the_new_version_and_rollback_restores_the_old(tiny, tmp_path):
     path = tmp_path / "model.tflite"
     shutil.copy(tiny.files["int8"], path)
     client = client_for(path)
     v1 = client.get("/health").json()
     assert client.post("/admin/rollback").status_code == 409
-    _replace(path, tiny.files["v2_int8"].read_bytes())
+    replace_file(path, tiny.files["v2_int8"].read_bytes())
     response = client.post("/admin/reload")
     assert response.status_code == 200, response.text
     v2 = client.get("/health").json()
@@ -297,9 +290,9 @@ def test_a_broken_new_model_is_refused_and_the_old_one_keeps_serving(tiny, tmp_p
     before = client.get("/health").json()
     good = path.read_bytes()
     if broken == "truncated":
-        _replace(path, good[:len(good) // 2])
+        replace_file(path, good[:len(good) // 2])
     elif broken == "garbage":
-        _replace(path, b"TFL3" + os.urandom(5000))
+        replace_file(path, b"TFL3" + os.urandom(5000))
     else:
         (folder / "labels.txt").write_text("red\ngreen\nblue\nviolet\n")
         manifest = (folder / "manifest.json").read_text().replace('"blue"', '"blue", "violet"')

@@ -18,6 +18,7 @@ import time
 import pytest
 import uvicorn
 
+from serving_models import replace_file
 from vgg_mobile.serving.app import ServeConfig, create_app
 
 
@@ -53,12 +54,6 @@ def call(address, method: str, path: str, body: bytes | None = None,
             connection.close()
 
 
-def _replace(path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):
     path = tmp_path / "model.tflite"
     shutil.copy(tiny.files["int8"], path)
@@ -90,7 +85,7 @@ def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):
             versions = []
             for data in (v2, v1, v2):
                 time.sleep(0.4)
-                _replace(path, data)
+                replace_file(path, data)
                 status, body = call(address, "POST", "/admin/reload")
                 assert status == 200 and body["changed"], body
                 versions.append(call(address, "GET", "/health")[1]["model_version"])
@@ -169,7 +164,7 @@ def test_the_command_serves_reloads_on_sighup_and_stops_cleanly(tiny, tmp_path):
         assert _wait_for(address, lambda body: True)["model_version"] == "1"
         status, body = call(address, "POST", "/predict", tiny.requests[1], {"content-type": "image/png"})
         assert status == 200 and body["predictions"][0]["label"] == "green"
-        _replace(path, tiny.files["v2_int8"].read_bytes())
+        replace_file(path, tiny.files["v2_int8"].read_bytes())
         process.send_signal(signal.SIGHUP)
         _wait_for(address, lambda body: body["model_version"] == "2")
         status, body = call(address, "POST", "/predict", tiny.requests[1], {"content-type": "image/png"})

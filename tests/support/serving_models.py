@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,13 @@ def _onnx(model, flavour: str, version: str) -> bytes:
         data = onnx.quantize_int8(data, colour_images(30, seed=7)[0].astype(np.float32))
     return onnx.add_metadata(data, {"labels": list(CLASSES), "version": version,
                                     "name": "colours", "input": {"size": [SIZE, SIZE]}})
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Writes a new version the way `vgg-mobile convert --force` does: beside, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def write_export(folder: Path, files: dict[str, bytes]) -> Path:
