@@ -202,20 +202,20 @@ def predict_onnx(model, images: np.ndarray, num_threads: int = 1, batch_size: in
     return np.concatenate(parts).astype(np.float32)
 
 
-def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, repeats: int = 50,
+def latency_ms(model, image: np.ndarray, num_threads: int = 1, repeats: int = 50,
                warmup: int = 3) -> float:
     """Median wall time in milliseconds of one single-image run in ONNX Runtime.
 
     Args:
-        model_content: The `.onnx` bytes.
+        model: The `.onnx` bytes, or a session from `session`.
         image: One float32 image `(h, w, 3)` in [0, 255].
-        num_threads: Session threads. Defaults to `1`.
+        num_threads: Session threads, when `model` is bytes. Defaults to `1`.
         repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
         warmup: Untimed runs first. Defaults to `3`.
     """
     from vgg_mobile.core.timing import median_ms
 
-    runner = session(model_content, num_threads)
+    runner = session(model, num_threads) if isinstance(model, bytes) else model
     feed = {INPUT_NAME: np.asarray(image, np.float32)[None]}
     return median_ms(lambda: runner.run([OUTPUT_NAME], feed), repeats, warmup)
 

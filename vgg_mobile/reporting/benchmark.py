@@ -228,7 +228,7 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
             images[size] = load_images(examples, size, num_classes)
         x = images[size][0]
         probs = onnx.predict_onnx(runner, x)
-        latency = onnx.latency_ms(data, x[0], config.threads, config.repeats)
+        latency = onnx.latency_ms(runner, x[0], repeats=config.repeats)
         if onnx.openvino_available():
             compiled = onnx.openvino_model(data, config.threads)
             extra["openvino"] = {
