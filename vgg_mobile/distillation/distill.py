@@ -301,6 +301,13 @@ def distill(
     return dataclasses.replace(result, run_dir=out)
 
 
+def gain_verdict(gain: float) -> str:
+    """What an accuracy gain over the student trained alone says, as the figure is printed
+    (in points, to one decimal): "paid", "made no difference" or "did not pay"."""
+    points = round(gain * 100, 1)
+    return "paid" if points > 0 else "made no difference" if points == 0 else "did not pay"
+
+
 def compare_with_baseline(teacher: dict, distilled: dict, baseline: dict, ship: str) -> dict:
     """Which student a run with a baseline keeps, and the plain sentence that says why.
 
@@ -317,11 +324,8 @@ def compare_with_baseline(teacher: dict, distilled: dict, baseline: dict, ship: 
     t, d, b = (m.get("accuracy", 0.0) for m in (teacher, distilled, baseline))
     gain = round(d - b, 4)
     shipped = "baseline" if ship == "better" and b > d else "distilled"
-    if gain > 0:
-        reason = f"distillation paid: {d:.3f} against {b:.3f} for the student trained alone"
-    else:
-        reason = (f"distillation did not pay: {d:.3f} against {b:.3f} for the student "
-                  "trained alone")
+    reason = (f"distillation {gain_verdict(gain)}: {d:.3f} against {b:.3f} for the student "
+              f"trained alone ({gain * 100:+.1f} points)")
     if t <= b:
         reason += (f"; the teacher ({t:.3f}) is no more accurate than the student trained "
                    "alone, so it had little to teach")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from vgg_mobile.core.outputs import inside
+from vgg_mobile.distillation.distill import gain_verdict
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
 
@@ -122,7 +123,7 @@ def findings(out: str | Path, config) -> list[str]:
         lines.append("The teacher is no more accurate than the student trained alone, so it had "
                      f"little to teach: train a stronger teacher ({stronger}) before distilling.")
     gain = baseline.get("accuracy_gain", 0.0)
-    lines.append(f"Distillation {'paid' if gain > 0 else 'did not pay'}: "
+    lines.append(f"Distillation {gain_verdict(gain)}: "
                  f"{gain * 100:+.1f} points against the student trained alone.")
     lines.append("The student stage kept the student trained alone, the more accurate one; the "
                  "later stages start from it." if baseline["shipped"] == "baseline" else
