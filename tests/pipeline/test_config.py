@@ -41,7 +41,7 @@ def test_print_config_cli_prints_every_section(cli):
 def test_presets_keep_their_values_under_the_new_names():
     sample, real = build_config({}, "sample"), build_config({}, "real")
     assert (sample.teacher.model.image_size, real.teacher.model.image_size) == (32, 224)
-    assert real.teacher.model.weights == "imagenet" and sample.teacher.train.epochs == 16
+    assert real.teacher.model.weights == "imagenet" and sample.teacher.train.epochs == 24
     assert sample.pruned.target_sparsity == 0.5 and sample.pruned.epochs == 2
     assert sample.pruned_qat.preserve_sparsity and sample.pruned_qat.epochs == 1
     assert not sample.student_qat.preserve_sparsity
