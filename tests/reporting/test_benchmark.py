@@ -142,20 +142,24 @@ def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder
     for flavour in ("float32", "int8"):
         row = rows[f"ONNX {flavour} (teacher)"]
         assert row["runtime"] == "ONNX Runtime (CPU)" and row["latency_ms"] > 0
-        probs = onnx.predict_onnx(open(row["path"], "rb").read(), x)
+        content = open(row["path"], "rb").read()
+        probs = onnx.predict_onnx(content, x)
         assert row["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()), abs=1e-4)
         assert row["agreement"] == pytest.approx(
             float((probs.argmax(1) == reference.argmax(1)).mean()), abs=1e-4)
+        # The OpenVINO figures are those of the same file in OpenVINO on the same images.
+        other = onnx.predict_openvino(onnx.openvino_model(content), x)
         assert row["openvino"]["latency_ms"] > 0
-    # The same files in OpenVINO, on the same images. Float (computed in float32, not the
-    # bfloat16 OpenVINO picks on AVX512-BF16 CPUs): the same answers. Int8: the two runtimes'
-    # integer kernels round differently, and this few-second student's probabilities are so
-    # close that its answers flip (0.17 to 0.79 agreement seen): no evidence either way, so
-    # only that OpenVINO ran it and the agreement is recorded.
+        assert row["openvino"]["accuracy"] == pytest.approx(
+            float((other.argmax(1) == y).mean()), abs=1e-4)
+        assert row["openvino"]["agreement_with_onnxruntime"] == pytest.approx(
+            float((other.argmax(1) == probs.argmax(1)).mean()), abs=1e-4)
+    # Float (computed in float32, not the bfloat16 OpenVINO picks on AVX512-BF16 CPUs): the
+    # same answers. Int8: the two runtimes' integer kernels round differently, and this
+    # few-second student's probabilities are so close that its answers flip (0.17 to 0.875
+    # agreement seen), so their agreement is checked as recorded above, not bounded.
     assert rows["ONNX float32 (teacher)"]["agreement"] == 1.0
     assert rows["ONNX float32 (teacher)"]["openvino"]["agreement_with_onnxruntime"] == 1.0
     assert rows["ONNX float32 (teacher)"]["openvino"]["max_probability_difference"] < 1e-3
-    assert 0 <= rows["ONNX int8 (teacher)"]["openvino"]["agreement_with_onnxruntime"] <= 1
-    assert rows["ONNX int8 (teacher)"]["openvino"]["latency_ms"] > 0
     table = result.markdown_path.read_text()
     assert "The ONNX models in OpenVINO" in table and "ONNX Runtime 1" in table
