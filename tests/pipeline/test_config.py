@@ -45,7 +45,7 @@ def test_presets_keep_their_values_under_the_new_names():
     assert sample.pruned.target_sparsity == 0.5 and sample.pruned.epochs == 2
     assert sample.pruned_qat.preserve_sparsity and sample.pruned_qat.epochs == 1
     assert not sample.student_qat.preserve_sparsity
-    assert sample.student.student == "mobilenet_v2_0.35" and sample.student.image_size == 64
+    assert sample.student.student == "mobilenet_v2_1.0" and sample.student.image_size == 64
     # Without pretrained weights the teacher is VGG16 with batch normalisation, at half width.
     assert (sample.teacher.model.architecture, real.teacher.model.architecture) == ("vgg16_bn_0.5", "vgg16")
     for config in (sample, real):
