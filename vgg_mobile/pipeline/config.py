@@ -34,8 +34,8 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
     # label smoothing, which flattens the logits a student learns from (Mueller et al. 2019);
     # the student's T=4, alpha=0.1 measured 0.873 against 0.870 for T=2, alpha=0.5; QAT at
     # 1e-4 keeps the student's accuracy where 1e-5 lost 0.8 points. The full-width MobileNetV2
-    # student comes closest to the teacher there: in three runs 0.891 on average, 0.15 to 1.3
-    # points under a 0.897 teacher and 1.1 points above itself trained alone, where width 0.35
+    # student comes closest to the teacher there: in four runs 0.892 on average, 0.15 to 1.3
+    # points under a 0.897 teacher and 0.9 points above itself trained alone, where width 0.35
     # reached 0.877 (0.6 to 2.6 points under its teacher, 1.6 above itself alone); at 64 px it
     # trains only 1.5 to 1.8 times as long as width 0.35, and its int8 TFLite is 2.7 MB. The whole pipeline takes about 13 minutes there
     # on 2 cores (docs/measurements.md#fashion-mnist).
