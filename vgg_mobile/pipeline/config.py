@@ -37,8 +37,8 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
     # student comes closest to the teacher there: in four runs 0.892 on average, 0.15 to 1.3
     # points under a 0.897 teacher and 0.9 points above itself trained alone, where width 0.35
     # reached 0.877 (0.6 to 2.6 points under its teacher, 1.6 above itself alone); at 64 px it
-    # trains only 1.5 to 1.8 times as long as width 0.35, and its int8 TFLite is 2.7 MB. The whole pipeline takes about 13 minutes there
-    # on 2 cores (docs/measurements.md#fashion-mnist).
+    # trains only 1.5 to 1.8 times as long as width 0.35, and its int8 TFLite is 2.7 MB. The
+    # whole pipeline takes about 13 minutes there on 2 cores (docs/measurements.md#fashion-mnist).
     "sample": {
         "teacher": {"architecture": "vgg16_bn_0.5", "image_size": 32, "weights": "none",
                     "epochs": 24, "batch_size": 32, "learning_rate": 1e-3,
