@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vgg_mobile.pipeline.config import load_config
-from vgg_mobile.pipeline.summary import findings, summary_rows
+from vgg_mobile.pipeline.summary import findings, summary_rows, table_notes
 
 
 def _json(path, data):
@@ -55,13 +55,62 @@ def test_rows_per_artifact_with_their_stage_and_parent(tmp_path):
     teacher, student_qat, int8 = rows[:3]
     assert teacher["size_bytes"] == 4000 and teacher["gzip_bytes"] == 123  # from the state
     assert student_qat["gzip_bytes"] is None and student_qat["latency_ms"] is None
-    # The benchmark fills only what the stages did not record.
-    assert (teacher["latency_ms"], teacher["speedup"], teacher["accuracy"]) == (8.0, 1.0, 0.9)
-    assert (int8["latency_ms"], int8["agreement"], int8["accuracy"]) == (2.0, 0.95, 0.80)
     assert int8["path"] == str(out / "export" / "x_int8.tflite") and int8["gzip_bytes"] == 150_000
     assert all(r["budget"] == "-" and r["misses"] == [] for r in rows[:2])
     # Every row says how many held-out images its accuracy is on.
     assert [r["images"] for r in rows] == [40] * 5
+    assert [r["feeds_export"] for r in rows] == [True] * 5
+
+
+def test_one_model_one_figure_the_benchmark_s_when_it_ran(tmp_path):
+    out = make_out(tmp_path)
+    # The stages measured the teacher at 0.9 and the int8 file at 0.80; the benchmark, which
+    # ran both again on its own 36 images, measured 0.5 and 0.1: the table gives its figures.
+    benchmark = json.loads((out / "benchmark" / "benchmark.json").read_text())
+    (out / "benchmark" / "benchmark.json").write_text(json.dumps({**benchmark, "images": 36}))
+    rows = summary_rows(out, load_config(text=""))
+    teacher, student_qat, int8 = rows[:3]
+    assert (teacher["accuracy"], teacher["images"], teacher["measured_by"]) == (0.5, 36, "benchmark")
+    assert (teacher["latency_ms"], teacher["speedup"], teacher["agreement"]) == (8.0, 1.0, None)
+    assert (int8["accuracy"], int8["agreement"], int8["images"]) == (0.1, 0.1, 36)
+    # The budgets stay the rule `convert` enforced, on its own verification.
+    assert int8["budget"] == "pass"
+    # A row the benchmark did not measure keeps the stage's figure and says on what.
+    assert (student_qat["accuracy"], student_qat["images"], student_qat["measured_by"]) == (
+        0.85, 40, "stage")
+    assert table_notes(rows)[0] == (
+        "Accuracies on different numbers of held-out images: 40 (one image = 2.5 points): QAT "
+        "student, TFLite float16 (student), TF.js (student); 36 (one image = 2.8 points): float "
+        "teacher, TFLite int8 (student_qat).")
+    assert "benchmark's" in table_notes(rows)[1]
+    # Without the benchmark, every figure is the stage's.
+    (out / "benchmark" / "benchmark.json").unlink()
+    rows = summary_rows(out, load_config(text=""))
+    assert [r["accuracy"] for r in rows[:3]] == [0.9, 0.85, 0.80]
+    assert table_notes(rows) == ["Every accuracy is on 40 held-out images: one image = 2.5 "
+                                 "points of accuracy."]
+
+
+def test_rows_that_feed_no_export_say_so(tmp_path):
+    out = make_out(tmp_path)
+    for stage in ("pruned", "pruned_qat"):
+        (out / stage / "model.keras").parent.mkdir(parents=True)
+        (out / stage / "model.keras").write_bytes(b"\0" * 10)
+        _json(out / stage / "manifest.json", {"stage": stage, "model_file": "model.keras",
+                                             "metrics": {"accuracy": 0.8}})
+    rows = summary_rows(out, load_config(text=""))
+    idle = [r["artifact"] for r in rows if not r["feeds_export"]]
+    assert idle == ["pruned teacher", "pruned + QAT teacher"]
+    assert table_notes(rows)[-1] == (
+        "Measured, not shipped: no exported file is made from the pruned teacher and pruned + "
+        "QAT teacher rows; they feed nothing downstream.")
+    # Exporting the pruned + QAT teacher makes both feed it; the student's chain then feeds
+    # only the web export, and with that off, nothing.
+    config = load_config(text='[export]\nsource = "pruned_qat"\n[web_export]\nenabled = false\n'
+                              "[site]\nenabled = false\n")
+    rows = summary_rows(out, config)
+    assert {r["stage"] for r in rows if not r["feeds_export"]} == {"student_qat"}
+    assert table_notes(rows)[-1].endswith("the QAT student row; it feeds nothing downstream.")
 
 
 def test_budgets_are_the_ones_convert_enforces_including_the_accuracy_drop(tmp_path):
@@ -111,7 +160,7 @@ def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
                      "shipped": "baseline", "teacher_weaker": True, "reason": "..."}})
     said = findings(out, config)
     assert said[0] == ("Teacher 0.831, distilled student 0.847, the same student trained alone "
-                       "0.868 on 40 held-out images.")
+                       "0.868 on 40 held-out images (one image = 2.5 points).")
     assert "no more accurate than the student trained alone" in said[1]
     assert said[2] == "Distillation did not pay: -2.1 points against the student trained alone."
     assert "kept the student trained alone" in said[3]

@@ -15,7 +15,10 @@ from vgg_mobile.distillation.distill import gain_verdict
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
 
-# The keys the benchmark measures, filled into rows that the stages left without them.
+# The keys the benchmark measures. When it ran, its figures replace the stages' own: a stage
+# evaluated its model once, in its own process and batches, while the benchmark ran every
+# artifact on the same images, and a quantization-aware model's fake-quantization rounding
+# can answer a borderline image differently between two such passes (one table, one answer).
 MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
 
 
@@ -32,9 +35,13 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     images), `images` (how many held-out images that accuracy is on), `agreement` (top-1 agreement with the parent), `size_bytes`, `gzip_bytes`,
     `latency_ms` and `speedup` (single image, against the float teacher in the same process),
     `budget` (`pass` or `fail` for exported files under their stage's budgets,
-    `Budgets.misses`, the rule `convert` enforces; `-` for runs) and `misses` (what an
-    exported file misses, one sentence each). The benchmark stage's measurements fill in what
-    the stages did not record; missing values are `None`.
+    `Budgets.misses`, the rule `convert` enforces on its own verification; `-` for runs),
+    `misses` (what an exported file misses, one sentence each), `feeds_export` (an exported
+    file is made from it, or from a run made from it; `False` for a run that is measured but
+    ships nothing, such as the pruned teacher) and `measured_by` (`benchmark` or `stage`).
+    When the benchmark stage ran, its accuracy, agreement, latency and speed-up replace what
+    the stages recorded, and `images` is its number of images, so that the table gives one
+    figure per model; missing values are `None`.
 
     Args:
         out: A pipeline output folder.
@@ -56,14 +63,77 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     benchmark = get_stage("benchmark")
     measured = out / benchmark.name / benchmark.finished_file
     if measured.is_file():
-        by_path = {row["path"]: row
-                   for row in json.loads(measured.read_text(encoding="utf-8"))["rows"]}
+        result = json.loads(measured.read_text(encoding="utf-8"))
+        by_path = {row["path"]: row for row in result["rows"]}
         for row in rows:
-            found = by_path.get(row["path"], {})
+            found = by_path.get(row["path"])
+            if found is None:
+                continue
             for key in MEASURED:
-                if row[key] is None:
+                if found.get(key) is not None or row[key] is None:
                     row[key] = found.get(key)
+            if found.get("accuracy") is not None:
+                row["images"] = result.get("images", row["images"])
+                row["measured_by"] = "benchmark"
+    shipped = _feeding_exports(config)
+    for row in rows:
+        row["feeds_export"] = row["format"] != "keras" or row["stage"] in shipped
     return rows
+
+
+def _feeding_exports(config) -> set[str]:
+    """The run stages an enabled export is made from, directly or through other runs."""
+    feeding = set()
+    for stage in STAGES:
+        settings = getattr(config, stage.name)
+        if stage.kind != "export" or not stage.enabled(settings):
+            continue
+        name = stage.parent_of(settings)
+        while name and name not in feeding:
+            feeding.add(name)
+            parent = get_stage(name)
+            name = parent.parent_of(getattr(config, name))
+    return feeding
+
+
+def points_per_image(images: int) -> str:
+    """What one image is worth in points of accuracy, e.g. `"one image = 2.1 points"`."""
+    return f"one image = {100 / images:.1f} points"
+
+
+def table_notes(rows: list[dict]) -> list[str]:
+    """Sentences that go under the summary table: on how many held-out images its accuracies
+    were measured and what one image is worth, and which rows ship nothing.
+
+    Args:
+        rows: `summary_rows`.
+
+    Returns:
+        The sentences; empty for no rows.
+    """
+    notes = []
+    counts: dict[int, list[str]] = {}
+    for row in rows:
+        if row["accuracy"] is not None and row.get("images"):
+            counts.setdefault(row["images"], []).append(row["artifact"])
+    if len(counts) == 1:
+        (n,) = counts
+        notes.append(f"Every accuracy is on {n} held-out images: "
+                     f"{points_per_image(n)} of accuracy.")
+    elif counts:
+        notes.append("Accuracies on different numbers of held-out images: " + "; ".join(
+            f"{n} ({points_per_image(n)}): {', '.join(names)}"
+            for n, names in sorted(counts.items(), reverse=True)) + ".")
+    if any(row.get("measured_by") == "benchmark" for row in rows):
+        notes.append("Accuracy, agreement and latency are the benchmark's (`benchmark/`): every "
+                     "artifact run on the same images in one process.")
+    idle = [row["artifact"] for row in rows if row["format"] == "keras" and not row["feeds_export"]]
+    if idle:
+        named = " and ".join(filter(None, (", ".join(idle[:-1]), idle[-1])))
+        notes.append(f"Measured, not shipped: no exported file is made from the {named} "
+                     f"row{'s' if len(idle) > 1 else ''}; "
+                     f"{'they feed' if len(idle) > 1 else 'it feeds'} nothing downstream.")
+    return notes
 
 
 def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
@@ -81,7 +151,7 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
             "images": _images(manifest.get("metrics") or {}), "agreement": None,
             "size_bytes": model.stat().st_size if model.is_file() else 0,
             "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
-            "budget": "-", "misses": []}
+            "budget": "-", "misses": [], "measured_by": "stage"}
 
 
 def _images(metrics: dict) -> int | None:
@@ -110,7 +180,7 @@ def findings(out: str | Path, config) -> list[str]:
     d = (baseline.get("distilled_metrics") or {}).get("accuracy")
     b = (baseline.get("metrics") or {}).get("accuracy")
     n = _images(baseline.get("metrics") or {})
-    on = f" on {n} held-out images" if n else ""
+    on = f" on {n} held-out images ({points_per_image(n)})" if n else ""
     lines = [f"Teacher {t:.3f}, distilled student {d:.3f}, the same student trained alone "
              f"{b:.3f}{on}."]
     if baseline.get("teacher_weaker"):
@@ -152,5 +222,6 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
                      "agreement": check.get("top1_agreement"),
                      "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
-                     "budget": "fail" if misses else "pass", "misses": misses})
+                     "budget": "fail" if misses else "pass", "misses": misses,
+                     "measured_by": "stage"})
     return rows
