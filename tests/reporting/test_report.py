@@ -6,7 +6,7 @@ import json
 import re
 
 from vgg_mobile.pipeline.config import CONFIG_FILE, config_toml, load_config
-from vgg_mobile.reporting.report import SUMMARY_COLUMNS, format_summary, write_report
+from vgg_mobile.reporting.report import ASSETS, SUMMARY_COLUMNS, format_summary, write_report
 
 CLASSES = ["cat", "<b>dog|wolf</b>"]
 
@@ -52,9 +52,16 @@ def test_report_reads_the_folder_and_marks_the_accuracy_drop_budget(tmp_path):
     # The user's class names are escaped in both tables.
     assert "&lt;b&gt;dog|wolf&lt;/b&gt;" in page and "<b>dog" not in page
     assert "\\|wolf" in md
-    # Self-contained: curves drawn from the QAT history, confusion matrices, the size chart.
+    # Self-contained: the two confusion matrices. One exported file and no latency make no
+    # chart, and two epochs of QAT no curve: the report says so and lists the values.
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 2
+    assert not (out / ASSETS / "size_accuracy.png").exists()
+    assert ("No chart of accuracy against file size: 1 exported file, fewer than 3; the table "
+            "above has it.") in md
+    assert "2 epochs: too few points for a curve" in md
+    assert "| epoch | loss | val_loss | accuracy | val_accuracy |" in md
+    assert "| 2 | 0.500 | 0.700 | 0.700 | 0.750 |" in md
     assert "per-class metrics: teacher (Keras run, 8 validation images)" in page
     # No shipped file to run here: the exported run's Keras metrics, labelled as such.
     assert ("per-class metrics: student_qat (Keras run, 8 validation images; not the shipped "

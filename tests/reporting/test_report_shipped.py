@@ -16,6 +16,7 @@ from vgg_mobile.reporting.report import ASSETS
 SIZE = 32
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "report.png"
 CHROMIUM = "/usr/bin/chromium"
+PHONE_WIDTH = 393
 
 
 def _model(classes: int, seed: int):
@@ -116,6 +117,9 @@ def test_gradcam_section_lists_the_shipped_model_s_answers(pipeline_out, report)
                for e, y, p in zip(val, labels, probs.argmax(1))}
     assert '<h2 id="gradcam">' in page and "## Where the teacher and the student look" in md
     assert "float `student` run" in md
+    # The overlays' colours are keyed: a bar in the figure (tests/reporting/test_charts.py)
+    # and a sentence in the caption.
+    assert "dark red (looked at most, 1), as the colour bar under the figure shows" in md
     section = md[md.index("## Where the teacher and the student look"):]
     listed = re.findall(r"^\| (\d+) \| (\S+) \| (\S+) \| (\S+) \| (yes|no) \|", section, re.M)
     wrong = sum(p != y for y, p in by_file.values())
@@ -145,8 +149,22 @@ def test_report_screenshot(pipeline_out, report):
             widths = page.eval_on_selector_all(
                 "img", "imgs => imgs.map(i => [i.alt, i.naturalWidth, i.clientWidth])")
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+            # A phone (393 px, as wide as many): the page never scrolls sideways; a wide table
+            # scrolls in its own box, and figures shrink to the page.
+            phone = browser.new_page(viewport={"width": PHONE_WIDTH, "height": 852},
+                                     is_mobile=True, has_touch=True)
+            phone.goto((out / "report.html").resolve().as_uri())
+            page_width = phone.evaluate("document.documentElement.scrollWidth")
+            boxes = phone.eval_on_selector_all(
+                ".table", "ds => ds.map(d => [d.scrollWidth, d.getBoundingClientRect().right])")
+            images = phone.eval_on_selector_all(
+                "img", "imgs => imgs.map(i => i.getBoundingClientRect().right)")
         finally:
             browser.close()
+    assert page_width <= PHONE_WIDTH, page_width
+    assert any(scroll > PHONE_WIDTH for scroll, _ in boxes), boxes  # the summary table is wider
+    assert all(right <= PHONE_WIDTH for _, right in boxes) and boxes
+    assert images and all(right <= PHONE_WIDTH for right in images), images
     shown = {alt: (natural, client) for alt, natural, client in widths}
     matrix = [v for alt, v in shown.items()
               if alt.startswith("confusion matrix:") and "shipped int8 TFLite" in alt]

@@ -1,8 +1,10 @@
 """PNG charts: training curves, confusion matrices and Grad-CAM grids (matplotlib, no display
-needed)."""
+needed), and the helpers the report's charts share: log-axis ticks and point labels that stay
+clear of each other."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +12,15 @@ from vgg_mobile.core.io import atomic_path
 
 # Legend and tick text in points: readable at the PNG's natural size (100 dpi).
 LEGEND_FONT_SIZE = 10
+# A scatter chart of fewer points says less than a table row: the report writes them out.
+MIN_CHART_POINTS = 3
+# Ticks of a log axis, sparsest first: the first set that labels enough of the range wins.
+_LOG_SUBS = ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0),
+             tuple(float(k) for k in range(1, 10)))
+# Where a point's label may go, in points from the point, nearest first.
+_LABEL_OFFSETS = tuple((dx * r, dy * r) for r in (7, 12, 18)
+                       for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1.4, 0), (-1.4, 0),
+                                      (0, 1.4), (0, -1.4)))
 
 
 def _pyplot():
@@ -26,6 +37,117 @@ def save_png(fig, path: str | Path, **options) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, **options)
     _pyplot().close(fig)
+
+
+def log_ticks(low: float, high: float, fewest: int = 3, most: int = 6) -> list[float]:
+    """Tick values for a log axis from `low` to `high`, each a distinct round number.
+
+    matplotlib's own log locator labels only whole decades, which leaves a range inside one
+    decade with one or two labels, and with minor labels switched on it prints overlapping
+    ones; here the sparsest of 1, 1-3, 1-2-5, ... per decade that gives at least `fewest`
+    ticks is used, thinned to at most `most`.
+
+    Args:
+        low: The axis's lower limit (positive).
+        high: Its upper limit.
+        fewest: Ticks wanted at least, when the range allows. Defaults to `3`.
+        most: Ticks at most. Defaults to `6`.
+
+    Returns:
+        The ticks, ascending.
+    """
+    if not 0 < low < high:
+        raise ValueError(f"log axis limits must be positive and increasing. Received: "
+                         f"low={low}, high={high}")
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for subs in _LOG_SUBS:
+        # Rounded: 3 * 10**-1 is 0.30000000000000004, and its label would say so.
+        ticks = [float(f"{sub * 10.0 ** d:.6g}") for d in decades for sub in subs]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) >= fewest:
+            break
+    if len(ticks) < 2:
+        # A range narrower than the gap between 1-9 multiples: evenly spaced round values.
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [float(t) for t in MaxNLocator(nbins=fewest, steps=[1, 2, 2.5, 5, 10])
+                 .tick_values(low, high) if low <= t <= high]
+    step = math.ceil(len(ticks) / most)
+    return ticks[::step]
+
+
+def number_label(value: float) -> str:
+    """A tick value in its shortest form: `0.5`, `2`, `150`."""
+    return f"{value:.6g}"
+
+
+def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str],
+                 marker_radius: float = 6.0, avoid_x: Sequence[float] = (),
+                 fontsize: float = 9) -> list:
+    """Writes `texts[i]` next to `points[i]` where it hides no other label, no marker, no
+    vertical line at `avoid_x` and stays inside the axes: the nearest free place of
+    `_LABEL_OFFSETS`, or the least covered one when none is free. Call it after the axes'
+    limits are final.
+
+    Args:
+        ax: The axes.
+        points: Data coordinates of the points.
+        texts: One label per point.
+        marker_radius: The markers' radius in points. Defaults to `6.0`.
+        avoid_x: Data x of vertical lines (a budget) that labels must not cross. Defaults
+            to none.
+        fontsize: Of the labels. Defaults to `9`.
+
+    Returns:
+        The annotations, in the order of `points`.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pixels = fig.dpi / 72 * marker_radius
+    centres = [ax.transData.transform(p) for p in points]
+    taken = [Bbox.from_extents(x - pixels, y - pixels, x + pixels, y + pixels) for x, y in centres]
+    frame = ax.get_window_extent(renderer)
+    frame = Bbox.from_extents(frame.x0 + 1, frame.y0 + 1, frame.x1 - 1, frame.y1 - 1)
+    low_y, high_y = frame.y0, frame.y1
+    lines = [Bbox.from_extents(x - 2, low_y, x + 2, high_y)
+             for x in (ax.transData.transform((v, points[0][1] if points else 1))[0]
+                       for v in avoid_x)]
+
+    def covered(box) -> float:
+        area = sum(_overlap(box, other) for other in taken + lines)
+        inside = _overlap(box, frame)
+        return area + (box.width * box.height - inside) * 10  # outside the axes: worst
+
+    placed = []
+    for point, text in zip(points, texts):
+        best = None
+        for dx, dy in _LABEL_OFFSETS:
+            label = ax.annotate(text, point, textcoords="offset points", xytext=(dx, dy),
+                                fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0
+                                else "center", va="bottom" if dy > 0 else "top" if dy < 0
+                                else "center")
+            box = label.get_window_extent(renderer)
+            cost = covered(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        placed.append(best[1])
+    return placed
+
+
+def _overlap(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
 
 
 def training_curves_png(history: dict[str, list[float]], path: str | Path) -> None:
@@ -98,18 +220,28 @@ def confusion_matrix_png(matrix: list[list[int]], classes, path: str | Path,
     plt.close(fig)
 
 
-def gradcam_grid_png(rows: Sequence[dict], path: str | Path) -> None:
-    """One row per image: the image, then one Grad-CAM overlay per model, with titles.
+def gradcam_grid_png(rows: Sequence[dict], path: str | Path, colormap: str = "jet") -> None:
+    """Draws `gradcam_grid_figure(rows, colormap)` to the PNG `path`."""
+    save_png(gradcam_grid_figure(rows, colormap), path)
+
+
+def gradcam_grid_figure(rows: Sequence[dict], colormap: str = "jet"):
+    """One row per image: the image, then one Grad-CAM overlay per model, with titles, and a
+    colour bar that keys the overlay's colours (`colormap`, as `gradcam.overlay` paints them)
+    from "ignored" (0) to "looked at most" (1).
 
     Args:
         rows: Each `{"image": uint8 (h, w, 3), "title": str, "overlays": [(uint8 (h, w, 3),
             title), ...]}`; every row has the same number of overlays.
-        path: The PNG to write.
+        colormap: The overlays' matplotlib colour map. Defaults to `"jet"`.
     """
+    from matplotlib import cm, colors
+
     plt = _pyplot()
     columns = 1 + max(len(row["overlays"]) for row in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(2.9 * columns, 2.9 * len(rows)),
-                             squeeze=False)
+    key_height = 0.9  # inches under the grid for the colour key
+    height = 2.9 * len(rows) + key_height
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.9 * columns, height), squeeze=False)
     for ax_row, row in zip(axes, rows):
         panels = [(row["image"], row["title"]), *row["overlays"]]
         for ax, (pixels, title) in zip(ax_row, panels):
@@ -117,7 +249,12 @@ def gradcam_grid_png(rows: Sequence[dict], path: str | Path) -> None:
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, key_height / height, 1, 1))
+    # Under the grid: without a key the overlay's colours have no meaning.
+    key = fig.add_axes((0.3, 0.3 / height, 0.4, 0.14 / height))
+    bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0, 1), colormap), cax=key,
+                       orientation="horizontal")
+    bar.set_ticks([0, 0.5, 1], labels=["0: ignored", "0.5", "1: looked at most"])
+    bar.ax.tick_params(labelsize=9)
+    bar.ax.set_title("Grad-CAM weight: the overlays' colours", fontsize=9)
+    return fig

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,22 @@ from vgg_mobile.core.outputs import inside
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
-from vgg_mobile.pipeline.summary import findings, summary_rows
+from vgg_mobile.pipeline.summary import findings, summary_rows, table_notes
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = REPORT_FILES[2]
 TITLE = "vgg-mobile pipeline report"
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
-       color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; }
+       color: #222; overflow-wrap: anywhere; }
+table { border-collapse: collapse; overflow-wrap: normal; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th.text, td.text { text-align: left; }
-/* Figures keep their natural width (their text is sized for it) and scroll when wider. */
-.figure { overflow-x: auto; margin: 1rem 0; } .figure img { max-width: none; display: block; }
+/* A wide table scrolls inside its own box: the page itself never scrolls sideways on a phone. */
+.table { overflow-x: auto; margin: 1rem 0; }
+/* Figures are shown at their natural width (their text is sized for it) when the page is that
+   wide, and shrink to the page on a narrower screen. */
+.figure { margin: 1rem 0; } .figure img { max-width: 100%; height: auto; display: block; }
 .caption { font-size: 0.9rem; color: #444; }
 .fail { color: #b00; font-weight: bold; } .pass { color: #070; }
 code { background: #f4f4f4; padding: 0 0.2rem; }
@@ -42,7 +46,8 @@ code { background: #f4f4f4; padding: 0 0.2rem; }
 # The summary table (`pipeline.summary.summary_rows`), as the report and `vgg-mobile pipeline`
 # show it.
 SUMMARY_COLUMNS: tuple[Column, ...] = (
-    Column("artifact", lambda row: row["artifact"], numeric=False),
+    Column("artifact", lambda row: row["artifact"] + ("" if row.get("feeds_export", True)
+                                                      else " (not shipped)"), numeric=False),
     Column("accuracy", lambda row: number(row["accuracy"])),
     Column("images", lambda row: "-" if row.get("images") is None else str(row["images"])),
     Column("agreement", lambda row: number(row["agreement"])),
@@ -90,8 +95,9 @@ _GRADCAM_COLUMNS: tuple[Column, ...] = (
 
 
 def format_summary(rows) -> str:
-    """The summary rows as a Markdown table (what `vgg-mobile pipeline` prints)."""
-    return markdown_table(SUMMARY_COLUMNS, rows)
+    """The summary rows as a Markdown table, then its notes (`pipeline.summary.table_notes`):
+    what `vgg-mobile pipeline` prints."""
+    return "\n\n".join([markdown_table(SUMMARY_COLUMNS, rows), *table_notes(rows)])
 
 
 def _manifest(path: Path) -> dict:
@@ -99,10 +105,43 @@ def _manifest(path: Path) -> dict:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def _unit_formatter(unit: str):
-    from matplotlib.ticker import FuncFormatter
+# Marker per format; a Keras model is drawn hollow: it is measured, never shipped.
+_MARKERS = {"keras": "o", "tflite": "s", "onnx": "D", "tfjs": "^"}
 
-    return FuncFormatter(lambda value, _: f"{value:g} {unit}")
+
+def chart_points(rows) -> dict[str, list[dict]]:
+    """The rows each panel of `artifacts_figure` would draw: `size` (the exported files, the
+    only ones a size budget applies to) and `latency` (every artifact timed)."""
+    measured = [r for r in rows if r["accuracy"] is not None]
+    return {"size": [r for r in measured if r["format"] != "keras" and r["size_bytes"]],
+            "latency": [r for r in measured if r.get("latency_ms")]}
+
+
+def chart_gaps(rows) -> list[str]:
+    """Why a panel of `artifacts_figure` is not drawn, one sentence each (fewer than
+    `MIN_CHART_POINTS` points: the table above already says all they would)."""
+    from vgg_mobile.evaluation.plots import MIN_CHART_POINTS
+
+    what = {"size": ("accuracy against file size", "exported file"),
+            "latency": ("accuracy against latency", "timed artifact")}
+    gaps = []
+    for panel, points in chart_points(rows).items():
+        if len(points) < MIN_CHART_POINTS:
+            title, thing = what[panel]
+            gaps.append(f"No chart of {title}: {len(points)} {thing}{'' if len(points) == 1 else 's'}"
+                        f", fewer than {MIN_CHART_POINTS}; the table above has "
+                        f"{'it' if len(points) == 1 else 'them'}.")
+    return gaps
+
+
+def _limits(values, log: bool, pad: float = 0.12) -> tuple[float, float]:
+    """Axis limits around `values` with `pad` of the span on each side (in log space for a log
+    axis), so that no marker or label sits on the frame."""
+    values = [math.log10(v) if log else v for v in values]
+    low, high = min(values), max(values)
+    span = (high - low) or (0.3 if log else 0.05)
+    low, high = low - pad * span, high + pad * span
+    return (10 ** low, 10 ** high) if log else (low, high)
 
 
 def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
@@ -111,67 +150,98 @@ def _artifacts_png(rows, budgets: Budgets, path: Path) -> bool:
 
     fig = artifacts_figure(rows, budgets)
     if fig is None:
+        path.unlink(missing_ok=True)  # a chart from an earlier report would be shown stale
         return False
     save_png(fig, path, bbox_inches="tight")
     return True
 
 
 def artifacts_figure(rows, budgets: Budgets):
-    """Accuracy against size and against single-image latency, one point per artifact, with
-    the legend below the axes; `None` when no row has an accuracy and a size."""
-    from matplotlib.ticker import LogLocator, NullFormatter
+    """Accuracy against size (exported files, with the size budget) and against single-image
+    latency (every artifact, the Keras models hollow: not shipped), one numbered point per
+    artifact, the numbers keyed in a legend below the axes.
 
-    from vgg_mobile.evaluation.plots import LEGEND_FONT_SIZE, _pyplot
+    A panel with fewer than `MIN_CHART_POINTS` points is left out (`chart_gaps` says why);
+    `None` when both are.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    points = [r for r in rows if r["accuracy"] is not None and r["size_bytes"]]
-    if not points:
+    from vgg_mobile.evaluation.plots import (LEGEND_FONT_SIZE, MIN_CHART_POINTS, _pyplot,
+                                             log_ticks, number_label, place_labels)
+
+    panels = [(name, points) for name, points in chart_points(rows).items()
+              if len(points) >= MIN_CHART_POINTS]
+    if not panels:
         return None
-    timed = [r for r in points if r.get("latency_ms")]
     plt = _pyplot()
     # About the report's text width at 100 dpi, so the page shows it at its natural size.
-    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(9.4 if timed else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.55 * len(panels), 4), squeeze=False)
     axes = axes[0]
-    # A legend, not labels beside the points: artifacts of one model sit on top of each other.
-    for row in points:
-        marker = "s" if row["format"] != "keras" else "o"
-        for ax, key, scale in ((axes[0], "size_bytes", 1e-6), *(((axes[1], "latency_ms", 1),) if timed else ())):
-            if row.get(key) is None:
-                continue
-            ax.scatter(row[key] * scale, row["accuracy"], marker=marker, s=60, alpha=0.8,
-                       label=row["artifact"])
-            if row["budget"] == "fail":
-                ax.scatter(row[key] * scale, row["accuracy"], marker="x", s=140, color="red",
-                           label="misses a budget")
-    title = "accuracy against file size"
-    if budgets.max_size is not None:
-        axes[0].axvline(budgets.max_size / 1e6, color="red", linestyle="--",
-                        label=f"size budget {budgets.max_size / 1e6:g} MB")
-        title += f" (dashed: size budget {budgets.max_size / 1e6:g} MB)"
-    axes[0].set_xlabel("file size (log scale)")
-    axes[0].set_title(title, fontsize=10)
-    if timed:
-        axes[1].set_xlabel("single-image latency, one thread (log scale)")
-        axes[1].set_title("accuracy against latency", fontsize=10)
-    for ax in axes:
+    drawn = [r for r in rows if any(r is p for _, points in panels for p in points)]
+    number = {id(r): k + 1 for k, r in enumerate(drawn)}
+    colours = plt.get_cmap("tab10" if len(drawn) <= 10 else "tab20")
+    colour = {id(r): colours(k % colours.N) for k, r in enumerate(drawn)}
+    missed = False
+    for ax, (panel, points) in zip(axes, panels):
+        key, scale, unit = (("size_bytes", 1e-6, "MB") if panel == "size"
+                            else ("latency_ms", 1.0, "ms"))
+        xy = [(r[key] * scale, r["accuracy"]) for r in points]
+        budget = (budgets.max_size / 1e6 if panel == "size" and budgets.max_size is not None
+                  else None)
+        for r, (x, y) in zip(points, xy):
+            hollow = r["format"] == "keras"
+            ax.scatter(x, y, marker=_MARKERS[r["format"]], s=60, linewidths=1.5, zorder=3,
+                       facecolors="none" if hollow else colour[id(r)],
+                       edgecolors=colour[id(r)])
+            if r["budget"] == "fail":
+                # A ring around it, not a cross on it: the point stays visible.
+                missed = True
+                ax.scatter(x, y, marker="o", s=260, facecolors="none", edgecolors="red",
+                           linewidths=1.5, zorder=4)
         ax.set_xscale("log")
-        low, high = ax.get_xlim()
-        # Within about two decades, ticks at 1, 2 and 5 of each so that several are labelled.
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if high < 200 * low
-                                              else (1.0,)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel("validation accuracy")
+        ax.set_xlim(*_limits([x for x, _ in xy] + ([budget] if budget else []), log=True))
+        ax.set_ylim(*_limits([y for _, y in xy], log=False))
+        if budget:
+            ax.axvline(budget, color="red", linestyle="--", zorder=1)
+        ticks = log_ticks(*ax.get_xlim())
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, u=unit: f"{number_label(v)} {u}"))
+        counts = {r.get("images") for r in points}
+        ax.set_ylabel(f"accuracy on {counts.pop()} held-out images"
+                      if len(counts) == 1 and None not in counts else "held-out accuracy")
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=9)
-    # After `set_xscale`, which resets the formatters.
-    axes[0].xaxis.set_major_formatter(_unit_formatter("MB"))
-    if timed:
-        axes[1].xaxis.set_major_formatter(_unit_formatter("ms"))
-    handles, labels = axes[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+        if panel == "size":
+            ax.set_xlabel("file size (log scale)")
+            ax.set_title("exported files: accuracy against size" + (
+                f"\n(red dashes: the {budget:g} MB size budget)" if budget else ""), fontsize=10)
+        else:
+            ax.set_xlabel("single-image latency, one thread (log scale)")
+            ax.set_title("every artifact: accuracy against latency\n(hollow: Keras, not shipped)",
+                         fontsize=10)
     fig.tight_layout()
+    # Numbers beside the points, not names: artifacts of one model sit close together.
+    for ax, (panel, points) in zip(axes, panels):
+        key, scale = ("size_bytes", 1e-6) if panel == "size" else ("latency_ms", 1.0)
+        budget = budgets.max_size / 1e6 if panel == "size" and budgets.max_size else None
+        place_labels(ax, [(r[key] * scale, r["accuracy"]) for r in points],
+                     [str(number[id(r)]) for r in points], avoid_x=[budget] if budget else [],
+                     marker_radius=9 if any(r["budget"] == "fail" for r in points) else 6)
+    handles = [Line2D([], [], linestyle="none", marker=_MARKERS[r["format"]], markersize=8,
+                      markerfacecolor="none" if r["format"] == "keras" else colour[id(r)],
+                      markeredgecolor=colour[id(r)],
+                      label=f"{number[id(r)]}: {r['artifact']}"
+                            + (" (Keras, not shipped)" if r["format"] == "keras" else ""))
+               for r in drawn]
+    if missed:
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=14,
+                              markerfacecolor="none", markeredgecolor="red",
+                              label="red ring: misses a budget"))
     # Below the axes, at a fixed size: it stays readable however many artifacts there are.
-    fig.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=2, fontsize=LEGEND_FONT_SIZE, frameon=False)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2 if len(panels) > 1 else 1, fontsize=LEGEND_FONT_SIZE, frameon=False)
     return fig
 
 
@@ -291,7 +361,17 @@ def _gradcam_caption(listed: list[dict], shipped: dict) -> str:
             f"(layer {layers['teacher']}), and the Keras float `{student}` run's "
             f"(layer {layers['student']}): the run the shipped model was made from, before "
             "quantization-aware training and conversion; the int8 file itself has no gradients "
-            "to explain. Each map explains the class that model answers.")
+            "to explain. Each map explains the class that model answers; its colours run from "
+            "dark blue (ignored, 0) through green and yellow to dark red (looked at most, 1), "
+            "as the colour bar under the figure shows.")
+
+
+def _few_epochs(history: dict) -> str:
+    from vgg_mobile.evaluation.plots import MIN_CHART_POINTS
+
+    epochs = max(map(len, history.values()))
+    return (f"{epochs} epoch{'' if epochs == 1 else 's'}: too few points for a curve "
+            f"(fewer than {MIN_CHART_POINTS}), so the values per epoch:")
 
 
 def _matrix_columns(classes) -> tuple[Column, ...]:
@@ -304,10 +384,34 @@ def _count(metrics: dict) -> int:
     return sum(c.get("support", 0) for c in (metrics.get("per_class") or {}).values())
 
 
+def _history(path: Path) -> dict[str, list[float]]:
+    """A run's per-epoch metrics: a compression run's manifest has them, the teacher's and the
+    student's `history.json` (the student's under `distillation`)."""
+    history = (_manifest(path).get("compression") or {}).get("history")
+    file = path / "history.json"
+    if not history and file.is_file():
+        history = json.loads(file.read_text(encoding="utf-8"))
+        history = history.get("distillation", history) if isinstance(history, dict) else {}
+    return {key: values for key, values in (history or {}).items()
+            if isinstance(values, list) and values}
+
+
+def _epoch_columns(history: dict) -> tuple[Column, ...]:
+    return (Column("epoch", lambda item: str(item[0])),
+            *(Column(key, lambda item, key=key: number(item[1].get(key))) for key in history))
+
+
+def _epoch_rows(history: dict) -> list[tuple[int, dict]]:
+    epochs = max(len(values) for values in history.values())
+    return [(k + 1, {key: values[k] for key, values in history.items() if k < len(values)})
+            for k in range(epochs)]
+
+
 def _figures(out: Path, source: str, shipped: dict | str
-             ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path, dict]]]:
-    """Training curves as (title, png) pairs, drawing what the runs did not draw themselves, and
-    (label, confusion matrix png, metrics, classes) of the teacher and the shipped model
+             ) -> tuple[list[tuple[str, Path | None, dict]], list[tuple[str, Path, dict]]]:
+    """Training curves as (title, png, history) triples, drawing what the runs did not draw
+    themselves (`png` is `None` below `MIN_CHART_POINTS` epochs: the report lists the values),
+    and (label, confusion matrix png, metrics, classes) of the teacher and the shipped model
     (`shipped_predictions`; the exported run's Keras metrics, labelled so, when it could not
     run)."""
     from vgg_mobile.evaluation import plots
@@ -319,14 +423,15 @@ def _figures(out: Path, source: str, shipped: dict | str
         if stage.curves is None:
             continue
         own = out / stage.name / "training_curves.png"
-        if own.is_file():
-            curves.append((stage.curves, own))
-            continue
-        history = (_manifest(out / stage.name).get("compression") or {}).get("history")
-        if history:
+        history = _history(out / stage.name)
+        if history and max(map(len, history.values())) < plots.MIN_CHART_POINTS:
+            curves.append((stage.curves, None, history))
+        elif own.is_file():
+            curves.append((stage.curves, own, history))
+        elif history:
             png = assets / f"{stage.name}_curves.png"
             plots.training_curves_png(history, png)
-            curves.append((stage.curves, png))
+            curves.append((stage.curves, png, history))
     # The teacher and the shipped model: where the class errors start, and where they end up.
     evaluated = []
     teacher = get_stage("teacher").name
@@ -391,22 +496,29 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                     and _manifest(out / row["stage"]).get("quantization_aware") for row in rows)
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, budgets, chart)
+    gaps = chart_gaps(rows)
     misses = [miss for row in rows for miss in row["misses"]]
     web = (f" the web demo's TF.js bundle, from the `{config.web_export.source}` run, is in "
            "`web_export/`." if config.web_export.enabled else "")
     intro = f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;{web}"
 
     said = findings(out, config)
+    notes = table_notes(rows)
     md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
           "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), "",
           *([QAT_KERAS_NOTE, ""] if qat_timed else [])]
     if misses:
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
+    if has_chart or gaps:
+        md += ["## Size, latency and accuracy", "", *[f"{gap}\n" for gap in gaps]]
     if has_chart:
-        md += ["## Size, latency and accuracy", "",
-               f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
+        md += [f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
     md += ["## Training curves", ""]
-    md += [f"### {title}\n\n![{title}]({png.relative_to(out).as_posix()})\n" for title, png in curves]
+    for title, png, history in curves:
+        md += [f"### {title}", ""]
+        md += ([f"![{title}]({png.relative_to(out).as_posix()})", ""] if png else
+               [_few_epochs(history), "", markdown_table(_epoch_columns(history),
+                                                         _epoch_rows(history)), ""])
     for label, png, metrics, classes in evaluated:
         md += [f"## Confusion matrix and per-class metrics: {label}", "",
                f"![confusion matrix: {label}]({png.relative_to(out).as_posix()})", "",
@@ -422,6 +534,9 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     md_path = out / REPORT_FILES[0]
     write_text(md_path, "\n".join(md))
 
+    def table(columns, items) -> str:
+        return f'<div class="table">{html_table(columns, items)}</div>'
+
     def img(png: Path, alt: str) -> str:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         return (f'<div class="figure"><img alt="{html.escape(alt)}" '
@@ -434,29 +549,35 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
             f"<code>export/</code>;{web_html}</p>", *(f"<p>{esc(line)}</p>" for line in said),
             "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
-            html_table(SUMMARY_COLUMNS, rows),
+            table(SUMMARY_COLUMNS, rows), *(f'<p class="note">{esc(n)}</p>' for n in notes),
             *([f'<p class="note">{esc(QAT_KERAS_NOTE)}</p>'] if qat_timed else [])]
     if misses:
         body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
                  "</ul>"]
+    if has_chart or gaps:
+        body += ["<h2>Size, latency and accuracy</h2>", *(f"<p>{esc(gap)}</p>" for gap in gaps)]
     if has_chart:
-        body += ["<h2>Size, latency and accuracy</h2>", img(chart, "size, latency and accuracy")]
+        body.append(img(chart, "size, latency and accuracy"))
     body.append("<h2>Training curves</h2>")
-    for title, png in curves:
-        body += [f"<h3>{esc(title)}</h3>", img(png, title)]
+    for title, png, history in curves:
+        body += [f"<h3>{esc(title)}</h3>"]
+        body += ([img(png, title)] if png else
+                 [f"<p>{esc(_few_epochs(history))}</p>",
+                  table(_epoch_columns(history), _epoch_rows(history))])
     for label, png, metrics, classes in evaluated:
         body += [f"<h2>Confusion matrix and per-class metrics: {esc(label)}</h2>",
                  img(png, f"confusion matrix: {label}"),
-                 html_table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
-                 html_table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items())]
+                 table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
+                 table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items())]
     if explained:
         body += ['<h2 id="gradcam">Where the teacher and the student look (Grad-CAM)</h2>',
                  f'<p class="caption">{esc(_gradcam_caption(explained, shipped))}</p>',
                  img(gradcam_png, "Grad-CAM of the teacher and the student"),
-                 html_table(_GRADCAM_COLUMNS, explained)]
+                 table(_GRADCAM_COLUMNS, explained)]
     elif not_explained:
         body.append(f"<p>{esc(not_explained)}</p>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(TITLE)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     html_path = out / REPORT_FILES[1]
