@@ -4,8 +4,11 @@ the metrics move, reload and rollback swap whole models."""
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -18,7 +21,7 @@ import harness
 from serving_models import CLASSES, SIZE, colour_images, png_bytes, replace_file
 from converters import onnx, tflite
 from vgg_mobile.data import dataset
-from vgg_mobile.serving.app import ServeConfig, create_app
+from vgg_mobile.serving.app import TITLE, ServeConfig, create_app, sniff_image
 from vgg_mobile.serving.models import ModelChoice
 
 TOKEN = "s3cret-token-for-tests"
@@ -95,6 +98,27 @@ def test_multipart_requests_answer_each_image_in_order(client, tiny, tmp_path):
     assert_same_answers(body["images"], reference)
 
 
+# What clients send with a raw image when nobody sets an image type: none at all, curl's
+# `--data-binary` default, a text type, a JSON type.
+UNTYPED = [None, "application/x-www-form-urlencoded", "text/plain; charset=utf-8",
+           "application/json"]
+
+
+@pytest.mark.parametrize("content_type", UNTYPED)
+def test_a_raw_image_is_read_whatever_its_content_type(client, tiny, tmp_path, content_type):
+    reference = tflite.predict_tflite(tiny.files["int8"].read_bytes(),
+                                      reference_pixels(tmp_path, tiny.requests))
+    # Bytes that a form parser would split or unescape reach the decoder untouched.
+    assert any(b"&" in data or b"=" in data or b"%" in data for data in tiny.requests)
+    headers = {} if content_type is None else {"content-type": content_type}
+    answers = []
+    for data in tiny.requests:
+        response = client.post("/predict?top_k=3", content=data, headers=headers)
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    assert_same_answers(answers, reference)
+
+
 def test_top_k_is_bounded_by_the_classes_and_checked(client, tiny):
     post = lambda query: client.post(f"/predict{query}", content=tiny.requests[0],  # noqa: E731
                                      headers={"content-type": "application/octet-stream"})
@@ -142,6 +166,19 @@ def test_the_service_decodes_like_the_training_pipeline(tmp_path, name, data):
                                   dataset.decode_and_resize(str(path), SIZE).numpy())
 
 
+@pytest.mark.parametrize("fmt,name", [("JPEG", "JPEG"), ("GIF", "GIF"), ("BMP", "BMP"),
+                                      ("WEBP", "WebP"), ("TIFF", "TIFF")])
+def test_each_image_format_training_reads_is_known_by_its_bytes(client, tiny, fmt, name):
+    data = _encoded(Image.open(io.BytesIO(tiny.requests[3])).convert("RGB"), fmt)
+    assert sniff_image(data) == name
+    declared = client.post("/predict?top_k=3", content=data,
+                           headers={"content-type": "application/octet-stream"})
+    sniffed = client.post("/predict?top_k=3", content=data,
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert declared.status_code == 200, declared.text
+    assert sniffed.status_code == 200 and sniffed.json() == declared.json(), sniffed.text
+
+
 def _big_png(side: int) -> bytes:
     return _encoded(Image.new("RGB", (side, side), (0, 0, 0)), "PNG")
 
@@ -166,6 +203,12 @@ BAD_REQUESTS = {
     "wrong_content_type": (dict(content=b"{}", headers={"content-type": "application/json"}),
                            415, "unsupported_media_type"),
     "no_content_type": (dict(content=b"abc"), 415, "unsupported_media_type"),
+    "form_not_an_image": (dict(content=b"name=cat&file=cat.jpg", headers={
+        "content-type": "application/x-www-form-urlencoded"}), 415, "unsupported_media_type"),
+    "bytes_not_an_image": (dict(content=b"hello", headers={
+        "content-type": "application/octet-stream"}), 400, "not_an_image"),
+    # Sniffed as a PNG by its first bytes, then refused by the decoder like any broken PNG.
+    "truncated_without_content_type": ("truncated_untyped", 400, "corrupt_image"),
     "empty_body": (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty_body"),
     "too_many_images": ("five", 413, "too_many_images"),
     "no_file_parts": (dict(content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
@@ -184,6 +227,8 @@ def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(client, tiny, case
     if request == "truncated":
         request = dict(content=tiny.requests[0][:len(tiny.requests[0]) // 2],
                        headers={"content-type": "image/png"})
+    elif request == "truncated_untyped":
+        request = dict(content=tiny.requests[0][:len(tiny.requests[0]) // 2])
     elif request == "five":
         request = dict(files=[("f", (f"{i}.png", tiny.requests[0], "image/png")) for i in range(5)])
     before = metric(client, "vgg_mobile_errors_total", reason=reason)
@@ -202,12 +247,146 @@ def test_unknown_paths_and_methods_answer_json(client):
     assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
 
 
+def test_the_root_names_the_service_its_model_and_every_endpoint(client):
+    response = client.get("/")
+    assert response.status_code == 200, response.text
+    root = response.json()
+    assert root["service"] == TITLE and root["model_version"] == "1"
+    assert root["model"]["name"] == "colours" and root["model"]["format"] == "tflite"
+    listed = {(endpoint["method"], endpoint["path"]) for endpoint in root["endpoints"]}
+    assert {("POST", "/predict"), ("GET", "/"), ("GET", "/health"), ("GET", "/model"),
+            ("GET", "/metrics"), ("POST", "/admin/reload"), ("POST", "/admin/rollback"),
+            ("GET", "/openapi.json"), ("GET", "/docs")} <= listed
+    for method, path in listed:
+        if method == "GET":
+            assert client.get(path).status_code == 200, path
+
+
+def _refs(value):
+    if isinstance(value, dict):
+        if "$ref" in value:
+            yield value["$ref"]
+        for item in value.values():
+            yield from _refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs(item)
+
+
+def test_openapi_spec_documents_predict(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    spec = response.json()
+    assert spec["openapi"].startswith("3.") and spec["info"]["title"] == TITLE
+    assert {"/", "/predict", "/health", "/model", "/metrics", "/admin/reload",
+            "/admin/rollback"} <= set(spec["paths"])
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"image/*", "application/octet-stream", "multipart/form-data"} <= set(
+        predict["requestBody"]["content"])
+    assert [(p["name"], p["in"], p["schema"]["type"]) for p in predict["parameters"]] == [
+        ("top_k", "query", "integer")]
+    assert {"200", "400", "413", "415"} <= set(predict["responses"])
+    # The reasons each status names are the ones the service answers with it.
+    for status, reasons in {"400": ("not_an_image", "corrupt_image", "empty_body", "bad_top_k"),
+                            "413": ("upload_too_large", "too_many_pixels", "too_many_images"),
+                            "415": ("unsupported_media_type",)}.items():
+        assert all(reason in predict["responses"][status]["description"] for reason in reasons)
+    schemas = spec["components"]["schemas"]
+    assert {"PredictAnswer", "BatchAnswer", "ErrorAnswer"} <= set(schemas)
+    assert all(ref.split("/")[-1] in schemas for ref in _refs(spec))
+    assert set(schemas["PredictAnswer"]["properties"]) == set(client.post(
+        "/predict", content=png_bytes(colour_images(1, seed=3)[0][0])).json())
+
+
+def test_docs_page_loads_nothing_from_anywhere(client):
+    response = client.get("/docs")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    page = response.text
+    for loads_something in ("<script", "<link", "<img", "<iframe", "src=", "@import", "url("):
+        assert loads_something not in page.lower(), loads_something
+    # The only addresses are the service's own, in the curl examples.
+    urls = re.findall(r"(?:https?:)?//[^\s\"'<>&]+", page)
+    assert urls and all(url.startswith("http://testserver/") for url in urls), urls
+    spec = client.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method in methods:
+            assert f"{method.upper()}</span> <code>{html.escape(path)}</code>" in page
+    assert "curl -s --data-binary @photo.jpg &#x27;http://testserver/predict?top_k=3&#x27;" in page
+    assert "<code>top_k</code>" in page and "<code>unsupported_media_type</code>" in page
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def assert_no_absolute_path(answer, *roots):
+    found = [text for text in _strings(answer) if text.startswith("/")
+             or re.match(r"[A-Za-z]:[\\/]", text) or any(root in text for root in roots)]
+    assert not found, found
+
+
+def test_model_shows_no_absolute_path(tiny, tmp_path):
+    deploy = tmp_path / "deploy"
+    export = shutil.copytree(tiny.export_dir, deploy / "export")
+    runs, images = tmp_path / "runs", tmp_path / "images"
+    manifest = json.loads((export / "manifest.json").read_text())
+    # What `vgg-mobile convert` records, as resolved paths of the machine that ran it, and a
+    # record of a run made on Windows.
+    manifest.update({
+        "parent": str((runs / "student_qat").resolve()),
+        "command": ["/opt/venv/bin/vgg-mobile", "convert", str(runs / "student_qat"), "--out",
+                    str(export), f"--data={images}"],
+        "data": {"path": str(images.resolve()), "verification_split": "val",
+                 "skipped_files": [{"path": str(images / "red" / "x.png"), "problem":
+                                    f"{images / 'red' / 'x.png'}: not an image (Pillow cannot "
+                                    "identify the format)"}]},
+        "teacher": {"run": "C:\\Users\\me\\runs\\teacher", "weights": f"file://{tmp_path}/w.h5"},
+    })
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    roots = (str(tmp_path), str(tmp_path.resolve()))
+    with pytest.raises(AssertionError):  # the check finds what the manifest holds
+        assert_no_absolute_path(manifest, *roots)
+
+    client = client_for(export)
+    model = client.get("/model").json()
+    assert_no_absolute_path(model, *roots)
+    assert (model["path"], model["source"]) == ("colours_int8.tflite", "export")
+    recorded = model["manifest"]
+    assert recorded["parent"] == "student_qat" and recorded["data"]["path"] == "images"
+    assert recorded["command"] == ["vgg-mobile", "convert", "student_qat", "--out", ".",
+                                   "--data=images"]
+    assert recorded["data"]["skipped_files"] == [{"path": "x.png", "problem": "x.png: not an "
+                                                  "image (Pillow cannot identify the format)"}]
+    assert recorded["teacher"] == {"run": "teacher", "weights": "w.h5"}
+    assert recorded["artifacts"] == manifest["artifacts"] and recorded["classes"] == list(CLASSES)
+
+    replace_file(export / "colours_int8.tflite", tiny.files["v2_int8"].read_bytes())
+    assert client.post("/admin/reload").json()["previous"]["path"] == "colours_int8.tflite"
+    model = client.get("/model").json()
+    assert_no_absolute_path(model, *roots)
+    assert model["previous"]["path"] == "colours_int8.tflite"
+    # A pipeline output folder: the model's path is relative to it.
+    model = client_for(deploy).get("/model").json()
+    assert_no_absolute_path(model, *roots)
+    assert (model["path"], model["source"]) == ("export/colours_int8.tflite", "deploy")
+
+
 def test_health_and_model_describe_what_serves(client, tiny):
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["model_version"] == "1"
     model = client.get("/model").json()
     assert model["classes"] == list(CLASSES) and model["input_size"] == [SIZE, SIZE]
-    assert model["format"] == "tflite" and model["path"] == str(tiny.files["int8"])
+    assert model["format"] == "tflite" and model["path"] == "colours_int8.tflite"
+    assert model["source"] == "colours_int8.tflite"
     assert model["metadata"]["name"] == "colours" and model["loaded_at"]
     assert model["previous"] is None and model["rollback_available"] is False
 

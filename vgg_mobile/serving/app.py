@@ -1,9 +1,12 @@
 """The HTTP prediction service: a FastAPI app over one `ServedModel` at a time.
 
-Endpoints: `POST /predict`, `GET /health`, `GET /model`, `GET /metrics`, and the admin pair
+Endpoints: `POST /predict`, `GET /health`, `GET /model`, `GET /metrics`, the admin pair
 `POST /admin/reload` (re-read the ARTIFACT the service was started with) and
-`POST /admin/rollback`. Bad input is answered with a 4xx and a one-line JSON reason
-(`{"error": reason, "detail": message}`); only a failure of the service itself is a 500.
+`POST /admin/rollback`, and what describes them: `GET /` (the service, its model and its
+endpoints), `GET /openapi.json` (FastAPI's OpenAPI spec) and `GET /docs` (a page made from that
+spec, with nothing loaded from elsewhere: it works offline). Bad input is answered with a 4xx
+and a one-line JSON reason (`{"error": reason, "detail": message}`); only a failure of the
+service itself is a 500.
 
 Every request reads `service.current` once and uses that model to the end, and a reload
 replaces it with one assignment only after the new model loaded and passed its check, so a
@@ -16,10 +19,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
+import html
 import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,20 +33,33 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
 from vgg_mobile.data.images import (CORRUPT, NOT_AN_IMAGE, TOO_MANY_PIXELS, ImageError,
                                     decode_rgb)
 from vgg_mobile.serving.metrics import ServingMetrics
+from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
 
 log = logging.getLogger("vgg_mobile.serving")
 
 # The environment variable that hands a `ServeConfig` to uvicorn's worker processes.
 CONFIG_ENV = "VGG_MOBILE_SERVE_CONFIG"
+TITLE = "vgg-mobile prediction service"
+# Content types that declare the body an image (or opaque bytes): the decoder has the last word.
 RAW_TYPES = ("application/octet-stream",)
+# The first bytes of each format training reads (`IMAGE_SUFFIXES`). A raw body of any other
+# content type is an image when it starts with one: curl's `--data-binary` sends
+# application/x-www-form-urlencoded, and many clients send no content type at all.
+IMAGE_SIGNATURES = (
+    ("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG\r\n\x1a\n"), ("GIF", b"GIF87a"),
+    ("GIF", b"GIF89a"), ("BMP", b"BM"), ("TIFF", b"II*\x00"), ("TIFF", b"MM\x00*"),
+    ("TIFF", b"II+\x00"), ("TIFF", b"MM\x00+"),
+)
+SNIFFED_FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF"
 # Status code of each way an uploaded image can fail to decode.
 _IMAGE_STATUS = {NOT_AN_IMAGE: 400, CORRUPT: 400, TOO_MANY_PIXELS: 413}
 
@@ -193,7 +211,7 @@ def _summary(model: ServedModel | None) -> dict | None:
     if model is None:
         return None
     return {"version": model.version, "sha256": model.sha256, "loaded_at": model.loaded_at,
-            "path": str(model.path)}
+            "path": model.file}
 
 
 def _short(model: ServedModel | None) -> str:
@@ -217,6 +235,24 @@ def _is_loopback(host: str | None) -> bool:
 
 def _media_type(request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image format whose signature `data` starts with (`IMAGE_SIGNATURES`), or `None`."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for name, magic in IMAGE_SIGNATURES if data.startswith(magic)), None)
+
+
+def _check_raw_image(media: str, data: bytes) -> None:
+    """Refuses a raw body that neither declares itself an image nor starts like one."""
+    if media.startswith("image/") or media in RAW_TYPES or sniff_image(data):
+        return
+    raise Refusal(415, "unsupported_media_type", f"the body is not an image: its first bytes "
+                  f"({data[:8].hex(' ')}) are the signature of none of {SNIFFED_FORMATS}, and "
+                  f"its content type {media or 'none'!r} declares no image (image/*) or bytes "
+                  "(application/octet-stream); send the bytes of one image (any content type) "
+                  "or multipart/form-data file parts")
 
 
 def _too_large(limit: int) -> Refusal:
@@ -246,8 +282,8 @@ async def _raw_upload(request, limit: int) -> list[tuple[str, bytes]]:
     async for chunk in _bounded(request, limit):
         body += chunk
     if not body:
-        raise Refusal(400, "empty_body", "the request body is empty; send one image (raw bytes "
-                      "with an image content type) or multipart/form-data file parts")
+        raise Refusal(400, "empty_body", "the request body is empty; send the bytes of one "
+                      "image or multipart/form-data file parts")
     return [("image", bytes(body))]
 
 
@@ -314,6 +350,201 @@ def _top_k(request, model: ServedModel, default: int) -> int:
     return min(k, len(model.classes))
 
 
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictAnswer(BaseModel):
+    """One raw image: its top classes, most probable first."""
+
+    predictions: list[Prediction]
+    model_version: str
+    model_sha256: str
+    format: str
+
+
+class ImageAnswer(BaseModel):
+    filename: str
+    predictions: list[Prediction]
+
+
+class BatchAnswer(BaseModel):
+    """Multipart file parts: each image's top classes, in the order of the parts."""
+
+    images: list[ImageAnswer]
+    model_version: str
+    model_sha256: str
+    format: str
+
+
+class ErrorAnswer(BaseModel):
+    """A refused request: `error` is a stable reason, `detail` one line saying what was wrong."""
+
+    error: str
+    detail: str
+
+
+def _errors(description: str) -> dict:
+    return {"model": ErrorAnswer, "description": description}
+
+
+# `POST /predict` reads its body and `top_k` itself (to answer each failure with its own
+# reason), so FastAPI cannot see them: they are described here for the OpenAPI spec.
+PREDICT_OPENAPI = {
+    "parameters": [{
+        "name": "top_k", "in": "query", "required": False,
+        "schema": {"type": "integer", "minimum": 1}, "example": 3,
+        "description": "Predictions per image (at most the number of classes). Defaults to "
+                       "the server's `--top-k`."}],
+    "requestBody": {"required": True, "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}},
+}
+PREDICT_DESCRIPTION = (
+    f"One image as the raw body, whatever its content type (`image/*`, "
+    f"`application/octet-stream`, none, or the `application/x-www-form-urlencoded` that "
+    f"`curl --data-binary` sends): a body of any other type is taken for an image when its "
+    f"first bytes are the signature of one of {SNIFFED_FORMATS}. Or several images as "
+    f"`multipart/form-data` file parts, answered in order.")
+PREDICT_RESPONSES = {
+    200: {"model": PredictAnswer | BatchAnswer, "description": "The top classes: "
+          "`predictions` for a raw body, `images` for multipart file parts."},
+    400: _errors("`not_an_image`, `corrupt_image`, `empty_body`, `no_images`, "
+                 "`bad_multipart` or `bad_top_k`."),
+    413: _errors("`upload_too_large` (`--max-upload-bytes`), `too_many_pixels` "
+                 "(`--max-pixels`) or `too_many_images` (`--max-images`)."),
+    415: _errors("`unsupported_media_type`: a raw body that is not an image, with a content "
+                 "type that is neither `image/*` nor `application/octet-stream`."),
+}
+ADMIN_RESPONSES = {401: _errors("`unauthorized`: the bearer token is missing or wrong."),
+                   403: _errors("`forbidden`: without `--admin-token`, only loopback clients."),
+                   409: _errors("`busy` or `no_previous_model`.")}
+
+
+def _inline_code(text: str) -> str:
+    """Escaped text with `code` spans."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+def _curl_examples(method: str, path: str, operation: dict, base: str) -> list[str]:
+    url = base + path
+    if method == "get":
+        return [f"curl -s {url}"]
+    body = (operation.get("requestBody") or {}).get("content") or {}
+    queries = [f"{p['name']}={p['example']}" for p in operation.get("parameters", [])
+               if p.get("in") == "query" and "example" in p]
+    examples = []
+    if "image/*" in body:
+        query = "?" + "&".join(queries) if queries else ""
+        examples.append(f"curl -s --data-binary @photo.jpg '{url}{query}'")
+    if "multipart/form-data" in body:
+        examples.append(f"curl -s -F files=@photo.jpg -F files=@other.png {url}")
+    if not body:
+        examples.append(f"curl -s -X {method.upper()} {url}")
+    return examples
+
+
+def _fields(spec: dict, content: dict) -> str:
+    """The fields of each JSON schema a response may have: `PredictAnswer: predictions, ...`."""
+    schema = (content.get("application/json") or {}).get("schema") or {}
+    named = []
+    for ref in [schema.get("$ref")] + [s.get("$ref") for s in schema.get("anyOf", [])]:
+        if ref and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            schemas = spec.get("components", {}).get("schemas", {})
+            fields = schemas.get(name, {}).get("properties", {})
+            named.append(f"<code>{html.escape(name)}</code>: " + ", ".join(
+                f"<code>{html.escape(field)}</code>" for field in fields))
+    return "<br>".join(named)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = lambda tag, row: "".join(f"<{tag}>{cell}</{tag}>" for cell in row)  # noqa: E731
+    return (f"<table><tr>{cells('th', head)}</tr>"
+            + "".join(f"<tr>{cells('td', row)}</tr>" for row in rows) + "</table>")
+
+
+_PAGE_STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #1d1d1f; }
+code, pre { font-family: ui-monospace, monospace; font-size: 13px; }
+pre { background: #f4f4f6; padding: .6rem .8rem; overflow-x: auto; border-radius: 4px; }
+section { border-top: 1px solid #ddd; margin-top: 1.5rem; }
+.method { display: inline-block; min-width: 3.5rem; font-weight: 600; color: #0b57d0; }
+table { border-collapse: collapse; margin: .5rem 0; }
+th, td { text-align: left; vertical-align: top; padding: .25rem .8rem .25rem 0; }
+"""
+
+
+def docs_page(spec: dict, base: str) -> str:
+    """A self-contained HTML page of an OpenAPI spec: each endpoint, its parameters, request
+    body, responses and curl examples. It loads nothing (no script, style sheet or font from
+    anywhere), so it works where Swagger UI, fetched from a CDN, would not.
+
+    Args:
+        spec: The OpenAPI spec (`app.openapi()`).
+        base: The service's own address, written into the curl examples
+            (`http://127.0.0.1:8500`).
+
+    Returns:
+        The HTML text.
+    """
+    info = spec.get("info", {})
+    base = base.rstrip("/")
+    operations = [(path, method, operation) for path, methods in spec.get("paths", {}).items()
+                  for method, operation in methods.items()]
+    nav, sections = [], []
+    for path, method, operation in operations:
+        anchor = f"{method}-{re.sub(r'[^a-z0-9]+', '-', path.lower()).strip('-') or 'root'}"
+        title = f"<span class=method>{method.upper()}</span> <code>{html.escape(path)}</code>"
+        summary = html.escape(operation.get("summary", ""))
+        nav.append(f"<li><a href=\"#{anchor}\">{title}</a> {summary}</li>")
+        parts = [f"<section id=\"{anchor}\"><h2>{title}</h2>",
+                 f"<p><strong>{summary}</strong></p>"]
+        if operation.get("description"):
+            parts.append(f"<p>{_inline_code(operation['description'])}</p>")
+        parameters = operation.get("parameters") or []
+        if parameters:
+            parts.append("<h3>Parameters</h3>" + _table(
+                ("name", "in", "type", "required", "description"),
+                [(f"<code>{html.escape(p['name'])}</code>", html.escape(p.get("in", "")),
+                  html.escape(str((p.get("schema") or {}).get("type", ""))),
+                  "yes" if p.get("required") else "no",
+                  _inline_code(p.get("description", ""))) for p in parameters]))
+        body = (operation.get("requestBody") or {}).get("content") or {}
+        if body:
+            parts.append("<h3>Request body</h3><p>" + ", ".join(
+                f"<code>{html.escape(kind)}</code>" for kind in body) + "</p>")
+        responses = operation.get("responses") or {}
+        parts.append("<h3>Responses</h3>" + _table(("status", "description", "content"), [
+            (html.escape(code), _inline_code(answer.get("description", "")),
+             ", ".join(f"<code>{html.escape(kind)}</code>" for kind in answer.get("content") or {})
+             + "<br>" + _fields(spec, answer.get("content") or {}))
+            for code, answer in responses.items()]))
+        examples = _curl_examples(method, path, operation, base)
+        parts.append("<h3>Example</h3>" + "".join(
+            f"<pre>{html.escape(example)}</pre>" for example in examples) + "</section>")
+        sections.append("".join(parts))
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(info.get('title', 'API'))}</title>"
+            f"<style>{_PAGE_STYLE}</style></head><body>"
+            f"<h1>{html.escape(info.get('title', 'API'))} "
+            f"<small>{html.escape(str(info.get('version', '')))}</small></h1>"
+            f"<p>{_inline_code(info.get('description', ''))}</p>"
+            f"<p>The OpenAPI spec of this service: <a href=\"/openapi.json\"><code>GET "
+            f"/openapi.json</code></a>.</p><ul>{''.join(nav)}</ul>{''.join(sections)}"
+            f"</body></html>")
+
+
+# The docs page may load nothing at all: a browser enforces it, whatever the page says.
+DOCS_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+
+
 def create_app(config: ServeConfig, model: ServedModel | None = None):
     """Builds the FastAPI app, loading the model first (unless one is given).
 
@@ -340,8 +571,11 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         yield
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="vgg-mobile prediction service", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(title=TITLE, version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json",
+                  description="An exported vgg-mobile image classifier (LiteRT or ONNX Runtime) "
+                              "behind HTTP. Refusals answer `{\"error\": reason, \"detail\": "
+                              "message}` with a 4xx.")
     app.state.service, app.state.metrics, app.state.config = service, metrics, config
 
     def refuse(exc: Refusal):
@@ -390,7 +624,9 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
             raise Refusal(403, "forbidden", "without --admin-token, admin endpoints answer only "
                           "clients on this machine, not through a proxy")
 
-    @app.post("/predict")
+    @app.post("/predict", summary="Classify one image, or several in multipart file parts",
+              description=PREDICT_DESCRIPTION, response_model=None,
+              responses=PREDICT_RESPONSES, openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request):
         model = service.current  # this request's model, whatever a reload does meanwhile
         top_k = _top_k(request, model, config.top_k)
@@ -398,13 +634,11 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         if media == "multipart/form-data":
             uploads = await _multipart_uploads(request, config)
             several = True
-        elif media.startswith("image/") or media in RAW_TYPES:
-            uploads = await _raw_upload(request, config.max_upload_bytes)
-            several = False
         else:
-            raise Refusal(415, "unsupported_media_type", f"content type {media or 'none'!r} is "
-                          "not an image: send image/* or application/octet-stream bytes, or "
-                          "multipart/form-data file parts")
+            # Read as bytes whatever the content type: a urlencoded body is never a form here.
+            uploads = await _raw_upload(request, config.max_upload_bytes)
+            _check_raw_image(media, uploads[0][1])
+            several = False
         if len(uploads) > config.max_images:
             raise Refusal(413, "too_many_images", f"{len(uploads)} images in one request; the "
                           f"limit is {config.max_images} (--max-images)")
@@ -421,28 +655,54 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
                  "format": model.format}
         return {"images": results, **about} if several else {**results[0], **about}
 
-    @app.get("/health")
+    @app.get("/", summary="The service, the model it serves and its endpoints")
+    async def root():
+        model = service.current
+        endpoints = [{"method": method.upper(), "path": path,
+                      "summary": operation.get("summary", "")}
+                     for path, methods in app.openapi()["paths"].items()
+                     for method, operation in methods.items()]
+        endpoints += [{"method": "GET", "path": "/openapi.json", "summary": "The OpenAPI spec"},
+                      {"method": "GET", "path": "/docs", "summary": "The API documentation "
+                       "page"}]
+        return {"service": TITLE, "service_version": __version__,
+                "model_version": model.version, "model": {
+                    "name": model.name, "version": model.version, "sha256": model.sha256,
+                    "format": model.format, "flavour": model.flavour},
+                "docs": "/docs", "openapi": "/openapi.json", "endpoints": endpoints}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        page = docs_page(app.openapi(), str(request.base_url))
+        return HTMLResponse(page, headers={"content-security-policy": DOCS_POLICY})
+
+    @app.get("/health", summary="Whether the service answers, and which model")
     async def health():
         model = service.current
         return {"status": "ok", "model_version": model.version, "model_sha256": model.sha256,
                 "format": model.format}
 
-    @app.get("/model")
+    @app.get("/model", summary="The model serving now: classes, input size, manifest, "
+             "metadata (no absolute path), and the one a rollback would restore")
     async def model_info():
         model, previous = service.current, service.previous
         return {**model.describe(), "previous": _summary(previous),
                 "rollback_available": previous is not None}
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="Prometheus metrics of this process",
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", summary="Read the ARTIFACT again and serve it once it passed "
+              "its check", responses={**ADMIN_RESPONSES, 422: _errors(
+                  "`model_refused`: the new model failed its check; the old one serves.")})
     async def reload(request: Request):
         authorize(request)
         return await asyncio.get_running_loop().run_in_executor(None, service.reload)
 
-    @app.post("/admin/rollback")
+    @app.post("/admin/rollback", summary="Serve the previous model again",
+              responses=ADMIN_RESPONSES)
     async def rollback(request: Request):
         authorize(request)
         return service.rollback()

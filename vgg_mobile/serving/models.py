@@ -13,8 +13,9 @@ import datetime
 import hashlib
 import json
 import queue
+import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Protocol
 
 import numpy as np
@@ -92,13 +93,84 @@ class ServedModel:
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.runner.predict(np.asarray(pixels, np.float32))
 
+    @property
+    def file(self) -> str:
+        """The model file relative to the served ARTIFACT folder (its name for a bare file)."""
+        if self.source != self.path and self.source in self.path.parents:
+            return self.path.relative_to(self.source).as_posix()
+        return self.path.name
+
     def describe(self) -> dict:
-        """What `GET /model` reports (everything but the runner)."""
+        """What `GET /model` reports (everything but the runner), without absolute paths.
+
+        The answer may reach anyone who can send a prediction: the folders of the machine that
+        trained the model or serves it are none of their business. Paths inside the export
+        folder become relative to it, other absolute paths their last part (`portable`).
+        """
+        folder = self.path.parent
         return {"name": self.name, "version": self.version, "sha256": self.sha256,
-                "format": self.format, "flavour": self.flavour, "path": str(self.path),
-                "source": str(self.source), "classes": list(self.classes),
-                "input_size": list(self.input_size), "loaded_at": self.loaded_at,
-                "manifest": self.manifest, "metadata": self.metadata}
+                "format": self.format, "flavour": self.flavour, "path": self.file,
+                "source": self.source.resolve().name,
+                "classes": list(self.classes), "input_size": list(self.input_size),
+                "loaded_at": self.loaded_at, "manifest": portable(self.manifest, folder),
+                "metadata": portable(self.metadata, folder)}
+
+
+# An absolute path inside a longer string (a POSIX path, a Windows drive path, or a file URL),
+# not preceded by what would make it part of a URL or a word ("image/png", "http://h/x").
+_EMBEDDED_PATH = re.compile(
+    r"(?<![\w.:/\\-])(?:file://)?(?:/|[A-Za-z]:[\\/])[^\s'\"`,;()<>\[\]{}]+")
+
+
+def _is_absolute(text: str) -> bool:
+    return PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
+
+
+def _last_part(text: str) -> str:
+    return PureWindowsPath(text).name if PureWindowsPath(text).drive else PurePosixPath(text).name
+
+
+def _relative(text: str, roots: tuple[str, ...]) -> str:
+    """An absolute path as `roots` see it: relative to the first that holds it, else its name."""
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    for root in roots:
+        if text == root:
+            return "."
+        if text.startswith(root.rstrip("/") + "/"):
+            return text[len(root.rstrip("/")) + 1:]
+    return _last_part(text.rstrip("/\\"))
+
+
+def portable(value, folder: Path):
+    """`value` (JSON data) with every absolute path replaced by a name that reveals no folder.
+
+    A string that is an absolute path, or that holds one (a command line, a message), keeps
+    the path relative to `folder` when it lies inside, else only the path's last part:
+    `/home/me/runs/export/labels.txt` -> `labels.txt`, `/home/me/data` -> `data`.
+
+    Args:
+        value: Dicts, lists and scalars as `json.loads` returns them.
+        folder: The served export folder (or the bare model file's folder).
+
+    Returns:
+        A copy of `value`; dict keys are kept as they are.
+    """
+    roots = tuple(dict.fromkeys(p.as_posix() for p in (folder.absolute(), folder.resolve())))
+
+    def rewrite(item):
+        if isinstance(item, dict):
+            return {key: rewrite(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [rewrite(inner) for inner in item]
+        if not isinstance(item, str):
+            return item
+        # A whole string that is one path may hold spaces; a sentence is searched for paths.
+        if _is_absolute(item) and "\n" not in item and ": " not in item:
+            return _relative(item, roots)
+        return _EMBEDDED_PATH.sub(lambda match: _relative(match.group(0), roots), item)
+
+    return rewrite(value)
 
 
 class _TFLiteRunner:
