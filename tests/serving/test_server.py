@@ -213,3 +213,54 @@ def test_an_export_folder_without_the_chosen_artifact_lists_what_it_has(tiny, ch
     assert path.name == "colours_int8.tflite" and artifact["flavour"] == "int8"
     path, _ = resolve_artifact(tiny.export_dir, ModelChoice(flavour="float32"))
     assert path.name == "colours_float32.tflite"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def test_curl_uploads_and_the_docs_page_work_on_a_real_server(tiny):
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(ServeConfig(artifact=tiny.export_dir))
+    with serving(app) as address:
+        # What `curl --data-binary @img.png URL` sends, and a client that names no type.
+        for headers in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+            status, body = call(address, "POST", "/predict", tiny.requests[1], headers)
+            assert status == 200 and body["predictions"][0]["label"] == "green", body
+        status, body = call(address, "POST", "/predict", b"name=cat&size=3",
+                            {"content-type": "application/x-www-form-urlencoded"})
+        assert status == 415 and body["error"] == "unsupported_media_type"
+        assert "'application/x-www-form-urlencoded'" in body["detail"]
+
+        origin = f"http://{address[0]}:{address[1]}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                requests, failed, problems = [], [], []
+                page.on("request", lambda request: requests.append(request.url))
+                page.on("response", lambda answer: failed.append(answer.url)
+                        if answer.status >= 400 else None)
+                # A blocked load or a refused style would show here (a 404 shows in `failed`).
+                page.on("console", lambda message: problems.append(message.text)
+                        if message.type == "error"
+                        and not message.text.startswith("Failed to load resource") else None)
+                response = page.goto(f"{origin}/docs")
+                assert response.status == 200
+                page.wait_for_load_state("load")
+                assert page.title() == "vgg-mobile prediction service"
+                headings = page.locator("h2").all_inner_texts()
+                assert "POST /predict" in [" ".join(text.split()) for text in headings]
+                assert f"curl -s --data-binary @photo.jpg '{origin}/predict?top_k=3'" in (
+                    page.locator("pre").all_inner_texts())
+                page.click("a[href='/openapi.json']")
+                page.wait_for_load_state("load")
+                assert json.loads(page.locator("body").inner_text())["paths"]["/predict"]
+            finally:
+                browser.close()
+        assert requests and all(url.startswith(origin + "/") for url in requests), requests
+        # The browser asks for a favicon by itself; the page asks for nothing.
+        assert failed in ([], [f"{origin}/favicon.ico"]), failed
+        assert not problems, problems
