@@ -46,14 +46,16 @@ def find_int8_tflite(bundle: str | Path) -> tuple[Path | None, str]:
     """The int8 `.tflite` of the export folder that `bundle` names, or `None` and the reason.
 
     Args:
-        bundle: A `vgg-mobile convert` export folder or its `tfjs/` bundle.
+        bundle: A `vgg-mobile convert` export folder (with or without a `tfjs/` bundle: the
+            pipeline's `export/` has none) or a TF.js bundle folder, whose parent is taken.
 
     Returns:
         `(path, "")` when the export's manifest lists an int8 TFLite file that exists, else
         `(None, reason)`.
     """
     bundle = Path(bundle)
-    export = bundle if (bundle / "tfjs" / "model.json").is_file() else bundle.parent
+    # A bundle holds model.json; an export folder holds its artifacts and manifest.json.
+    export = bundle.parent if (bundle / "model.json").is_file() else bundle
     manifest = export / "manifest.json"
     try:
         artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", [])

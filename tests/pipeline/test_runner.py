@@ -147,6 +147,11 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert check["images"] == export["data"]["verification_images"] > 0
     assert 0 <= check["top1_agreement"] <= 1 and check["max_probability_difference"] < 0.5
     assert (out / "android").is_dir() and (out / "site" / "index.html").is_file()
+    # The page offers MediaPipe on the int8 TFLite that ships (the export stage's).
+    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
+    assert runtimes["mediapipe"]["source"] == artifact["file"], runtimes
+    assert ((out / "site" / runtimes["mediapipe"]["model"]).read_bytes()
+            == (out / "export" / artifact["file"]).read_bytes())
     web = json.loads((out / "web_export" / "manifest.json").read_text())
     assert any(a["format"] == "tfjs_graph_model" for a in web["artifacts"])
     rows = {row["artifact"]: row for row in summary["summary"]}

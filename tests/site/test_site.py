@@ -415,3 +415,68 @@ def test_mediapipe_runs_the_int8_tflite_of_another_export_folder(teacher_export,
     runtimes = json.loads((site / "runtimes.json").read_text())
     assert runtimes["mediapipe"] == {"model": "model/model_int8.tflite", "source": int8["file"]}
     assert (site / "model" / "model_int8.tflite").read_bytes() == (base / "out" / int8["file"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
+    """OUT/site as `vgg-mobile pipeline` builds it: its export, web_export and site stages run
+    one after the other into one OUT folder (the export stage writes no TF.js bundle)."""
+    from converters.convert import ConvertOptions
+    from vgg_mobile.pipeline.sections import ExportConfig, SiteConfig, WebExportConfig
+    from vgg_mobile.pipeline.stages import StageJob, get_stage
+
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    out.mkdir()
+    # The session teacher stands in for the QAT student: a 32 px VGG16 is over the 10 MB
+    # budget, which is not what this test is about.
+    options = {"max_size": None, "verify_images": 48}
+    settings = {
+        "export": ExportConfig(android=False, options=ConvertOptions(
+            flavours=("int8",), tfjs=False, **options)),
+        "web_export": WebExportConfig(options=ConvertOptions(
+            flavours=("float16",), tfjs=True, tfjs_quantization="none", **options)),
+        "site": SiteConfig()}
+    parents = {"export": teacher_run.run_dir, "web_export": teacher_run.run_dir,
+               "site": out / "web_export"}
+    for name, section in settings.items():
+        job = StageJob(name=name, data_dir=sample_dir, out=out, path=out / name,
+                       parent=parents[name], resume=False, command=["test"], log=lambda _: None,
+                       verbose=0)
+        get_stage(name).run(job, section)
+    server, url = serve_in_background(out / "site")
+    yield out, url
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_the_pipelines_page_runs_mediapipe_on_the_shipped_int8_tflite(browser, pipeline_site,
+                                                                      sample_dir):
+    from converters.tflite import predict_tflite
+
+    out, url = pipeline_site
+    assert not (out / "export" / "tfjs").exists()
+    shipped = json.loads((out / "export" / "manifest.json").read_text())
+    (int8,) = [a for a in shipped["artifacts"] if a["flavour"] == "int8"]
+    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
+    assert runtimes["mediapipe"] == {"model": "model/model_int8.tflite", "source": int8["file"]}
+    tflite = (out / "site" / "model" / "model_int8.tflite").read_bytes()
+    assert tflite == (out / "export" / int8["file"]).read_bytes()
+    files = _files(sample_dir)
+    images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(
+        tuple(dataset.Example(f, 0) for f in files), 32, 16, 4)])
+    expected = predict_tflite(tflite, images)
+    labels = json.loads((out / "site" / "model" / "labels.json").read_text())
+    page, _ = _open(browser, url)
+    assert not page.is_disabled("#runtime option[value=mediapipe]")
+    page.select_option("#runtime", "mediapipe")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
+                           timeout=90_000)
+    assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#error")
+    got = []
+    for path in files:
+        assert _classify(page, path) == "done", page.text_content("#error")
+        assert page.get_attribute("#predictions", "data-runtime") == "mediapipe"
+        got.append(page.get_attribute("#predictions", "data-top1"))
+    assert got == [labels[i] for i in expected.argmax(1)], (got, expected.argmax(1))
+    assert len(set(got)) >= 2
+    page.close()
