@@ -282,8 +282,6 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
     if options.tfjs:
         artifacts.append(_tfjs_artifact(model, run, staging, options, reference, x_val, y_val,
                                         misses, log))
-    if misses:
-        raise BudgetError("budget missed: " + "; ".join(misses))
     manifest = Manifest(
         stage=stage, classes=run.classes, model_file=None,
         architecture=run.manifest.get("architecture"), input=run.manifest["input"],
@@ -295,6 +293,9 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
                               for k, v in dataclasses.asdict(options).items()},
                   "artifacts": artifacts},
         metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)}).to_json()
+    if misses:
+        raise BudgetError("budget missed: " + "; ".join(misses), report={
+            **manifest, "budget": {"passed": False, "misses": misses}, "written": False})
     write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
     write_json(staging / "manifest.json", manifest)
     if android_dir is not None:

@@ -93,12 +93,19 @@ def test_options_and_sizes_are_validated():
 
 def test_cli_exit_codes(cli, export, teacher_run, sample_dir, tmp_path):
     base, manifest = export
-    # Budget missed: exit 3, one line, nothing written.
+    # Budget missed: exit 3, one line, nothing written; with --json, the figures on stdout
+    # all the same (a CI job needs them exactly then).
     result = cli("convert", teacher_run.run_dir, "--out", tmp_path / "o", "--data", sample_dir,
-                 "--flavour", "dynamic", "--no-tfjs", "--max-size", "1MB")
+                 "--flavour", "dynamic", "--no-tfjs", "--max-size", "1MB", "--json")
     assert result.returncode == 3, result.stderr[-1500:]
     assert "error: budget missed: vgg16_teacher_dynamic.tflite" in result.stderr
     assert not (tmp_path / "o").exists()
+    missed = json.loads(result.stdout)
+    assert missed["budget"]["passed"] is False and missed["written"] is False
+    assert "vgg16_teacher_dynamic.tflite" in missed["budget"]["misses"][0]
+    (artifact,) = missed["artifacts"]
+    assert artifact["file"] == "vgg16_teacher_dynamic.tflite" and artifact["size_bytes"] > 1_000_000
+    assert 0 <= artifact["verification"]["top1_agreement"] <= 1
     # Output exists: exit 2 unless --force.
     result = cli("convert", teacher_run.run_dir, "--out", base / "out", "--no-tfjs")
     assert result.returncode == 2 and "already holds a finished vgg-mobile export (pass --force" in result.stderr

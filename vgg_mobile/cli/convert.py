@@ -43,8 +43,11 @@ from vgg_mobile.cli.common import COUNT, fraction, log
 @click.option("--author", default="vgg-mobile", show_default=True)
 @click.option("--license", "license_", default="Apache-2.0", show_default=True)
 @click.option("--force", is_flag=True, help="Replace --out (and --android) if they exist.")
-@click.option("--json", "as_json", is_flag=True, help="Print the export manifest as JSON on stdout.")
-def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, onnx, android_dir,
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the export manifest as JSON on stdout; on a missed budget (exit 3), "
+                   "the same figures with \"budget\": {\"passed\": false, ...}.")
+@click.pass_context
+def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, onnx, android_dir,
                 max_size, min_agreement, max_accuracy_drop, verify_images, name, model_version,
                 author, license_, force, as_json):
     """Convert run RUN to verified TFLite models (with metadata), a TF.js bundle and ONNX models.
@@ -53,6 +56,8 @@ def convert_cmd(run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantizat
     is written. A missed budget exits with code 3 and writes nothing.
     """
     from converters.convert import ConvertOptions, convert_run, parse_size
+
+    ctx.meta["json"] = as_json
 
     chosen = ("float32", "float16", "dynamic", "int8") if "all" in flavours else tuple(flavours)
     options = ConvertOptions(

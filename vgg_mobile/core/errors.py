@@ -38,9 +38,19 @@ class OutputBusyError(VggMobileError):
 
 
 class BudgetError(VggMobileError):
-    """A size or accuracy budget was missed."""
+    """A size or accuracy budget was missed.
+
+    Attributes:
+        report: What was measured, for `--json`: the manifest the export would have had, with
+            `"budget": {"passed": false, "misses": [...]}` and `"written": false`; `None`
+            when there is nothing to report.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 def require(ok: bool, what: str, received: str) -> None:
