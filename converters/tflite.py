@@ -19,6 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vgg_mobile.core import quiet
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError
 
@@ -111,7 +112,8 @@ def convert_keras_model(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, io_dtype)
         converter.inference_output_type = getattr(tf, io_dtype)
-    return bytes(converter.convert())
+    with quiet.captured_stderr():
+        return bytes(converter.convert())
 
 
 def variables_of(model):
@@ -135,8 +137,9 @@ def interpreter(model_content: bytes, num_threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        runner = Interpreter(model_content=model_content, num_threads=num_threads)
-        runner.allocate_tensors()
+        with quiet.captured_stderr():
+            runner = Interpreter(model_content=model_content, num_threads=num_threads)
+            runner.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise BadInputError(f"not a valid TFLite model ({err})") from None
     return runner

@@ -17,14 +17,17 @@ import os
 # tensorflow-model-optimization only understands Keras 2 models, so every model here is a
 # tf_keras model; TensorFlow must see this before it is first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 VNNI, BF16 or
 # AMX. On an AVX2 CPU (e.g. AMD EPYC) they train VGG16 at 32 px 2.9 times as fast (44.5 against
 # 15.3 images/s on 2 cores, docs/measurements.md), so they are on here unless the environment
 # says `TF_ENABLE_ONEDNN_OPTS=0`. Results differ from the default kernels only by rounding.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+from vgg_mobile.core import quiet  # noqa: E402
 from vgg_mobile.core.version import __version__  # noqa: E402
+
+# TensorFlow's own log lines, silenced before it loads unless VGG_MOBILE_VERBOSE asks for them.
+quiet.configure()
 
 # Public name -> the module that defines it (each name is defined once, there).
 _API = {

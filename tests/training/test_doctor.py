@@ -29,6 +29,9 @@ def test_gpu_hint_says_what_to_do():
 
     assert gpu_hint(True, 2, True).startswith("GPU path active: 2 GPU(s)")
     assert "uv sync --extra gpu" in gpu_hint(True, 0, False)
+    # An installed wheel has no checkout to `uv sync`: the hint names its own install.
+    outside = gpu_hint(True, 0, False, checkout=False)
+    assert "uv sync" not in outside and "[gpu]" in outside
     assert "nvidia-smi" in gpu_hint(True, 0, True)
     assert "not built with CUDA" in gpu_hint(False, 0, False)
 
@@ -60,6 +63,8 @@ def test_doctor_reports_versions_devices_and_the_gpu_path(cli):
                                  "auto_strategy": "multi-worker"}
     text = cli("doctor")
     assert text.returncode == 0
+    # Nothing on stderr that reads as a crash or an error on a machine that works.
+    assert "Error" not in text.stderr and "E0000" not in text.stderr, text.stderr
     assert f"tensorflow                      {report['packages']['tensorflow']}" in text.stdout
     assert report["hint"] in text.stdout and "physical devices: CPU:" in text.stdout
     assert "import metadata writers: ok" in text.stdout

@@ -159,7 +159,8 @@ def _npm_install(target: Path) -> Path:
         print(f"Installing TensorFlow.js into {target} (npm ci, once per version)...",
               file=sys.stderr)
         try:
-            done = subprocess.run([*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            done = subprocess.run([*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts",
+                                   "--loglevel=error"],
                                   cwd=staging, capture_output=True, text=True,
                                   timeout=NPM_TIMEOUT, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:

@@ -26,18 +26,23 @@ TFLITE_SUPPORT_IMPORTS = {
 
 def tflite_support_imports(modules: dict[str, str] = TFLITE_SUPPORT_IMPORTS) -> dict[str, str]:
     """Tries each import, with libusb preloaded as `convert` does: `"ok"` or the error in one line."""
+    from vgg_mobile.core import quiet
     from vgg_mobile.core.resources import load_libusb
 
     load_libusb()
     found = {}
     for label, module in modules.items():
-        try:
-            importlib.import_module(module)
-        except Exception as err:  # an old _pb2 file raises TypeError, a missing library ImportError
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            found[label] = f"{type(err).__name__}: {first}".rstrip(": ")
-        else:
-            found[label] = "ok"
+        # A failing import also prints a bare line of its own to stderr (protobuf's
+        # "AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'"), which
+        # reads as the doctor crashing: it is held back; the state below says what failed.
+        with quiet.captured_stderr(replay=False):
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # an old _pb2 file raises TypeError, a missing library ImportError
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                found[label] = f"{type(err).__name__}: {first}".rstrip(": ")
+            else:
+                found[label] = "ok"
     return found
 
 
@@ -76,15 +81,32 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
-def gpu_hint(cuda_build: bool, gpus: int, cuda_wheels: bool) -> str:
-    """One sentence on the GPU path: active, or what to do to get it."""
+def in_checkout() -> bool:
+    """Whether this vgg-mobile runs from the project's checkout (`uv sync` applies there)."""
+    return (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file()
+
+
+def gpu_hint(cuda_build: bool, gpus: int, cuda_wheels: bool, checkout: bool = True) -> str:
+    """One sentence on the GPU path: active, or what to do to get it.
+
+    Args:
+        cuda_build: TensorFlow is built with CUDA.
+        gpus: GPUs TensorFlow sees.
+        cuda_wheels: The CUDA libraries (the `gpu` extra) are installed.
+        checkout: It runs from the project's checkout, where `uv sync --extra gpu` installs
+            them; an installed wheel gets the command for its own install. Defaults to `True`.
+    """
     if cuda_build and gpus:
         return f"GPU path active: {gpus} GPU(s); use --strategy mirrored (or auto) and --mixed-precision"
     if not cuda_build:
         return ("GPU path inactive: this TensorFlow is not built with CUDA (Linux x86-64 wheels "
                 "are; macOS and Windows builds are CPU-only)")
     if not cuda_wheels:
-        return ("GPU path inactive: no CUDA libraries; install them with `uv sync --extra gpu` "
+        install = ("`uv sync --extra gpu`" if checkout else
+                   "the `gpu` extra of the wheel (`uv tool install 'vgg_mobile-...whl[gpu]'` "
+                   "with the same --overrides and --constraints, or `pip install "
+                   "'tensorflow[and-cuda]==2.21.0'` into its environment)")
+        return (f"GPU path inactive: no CUDA libraries; install them with {install} "
                 "(tensorflow[and-cuda]), then run `vgg-mobile doctor` again")
     return ("GPU path inactive: TensorFlow sees no GPU; check the NVIDIA driver (`nvidia-smi`), "
             "and that CUDA_VISIBLE_DEVICES does not hide the GPUs")
@@ -147,6 +169,7 @@ def diagnose() -> dict:
                     "logical": [f"{d.device_type}:{d.name}" for d in logical]},
         "gpus": len(gpus),
         "gpu_path_active": cuda_build and bool(gpus),
-        "hint": gpu_hint(cuda_build, len(gpus), packages.get("nvidia-cudnn-cu12") is not None),
+        "hint": gpu_hint(cuda_build, len(gpus), packages.get("nvidia-cudnn-cu12") is not None,
+                         in_checkout()),
         "cluster": cluster_info,
     }
