@@ -84,3 +84,85 @@ def test_evaluate_a_damaged_run_exits_2(cli, teacher_run, sample_dir, tmp_path):
     result = cli("evaluate", run, "--data", sample_dir)
     assert result.returncode == 2
     assert "model.keras: cannot load the model" in result.stderr
+
+
+def _group_with_a_bug():
+    import click
+
+    from vgg_mobile.cli.main import _Group
+
+    @click.group(cls=_Group)
+    @click.option("--debug", is_flag=True)
+    @click.option("--verbose", is_flag=True)
+    @click.pass_context
+    def group(ctx, debug, verbose):
+        ctx.meta["debug"] = debug
+
+    @group.command("boom")
+    @click.option("--name", default="x")
+    def boom(name):
+        raise RuntimeError(f"a bug ({name})")
+
+    return group
+
+
+def test_debug_works_after_the_subcommand_and_the_hint_says_where_it_goes():
+    from click.testing import CliRunner
+
+    group = _group_with_a_bug()
+    result = CliRunner().invoke(group, ["boom", "--name", "y"])
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: a bug (y)" in result.output
+    hint = result.output.strip().splitlines()[-1]
+    assert hint.endswith("--debug boom --name y)"), hint
+    assert "Traceback" not in result.output
+    # Where users type it (and where click used to refuse it): after the subcommand.
+    result = CliRunner().invoke(group, ["boom", "--debug"])
+    assert result.exit_code == 1 and "No such option" not in result.output
+    assert "Traceback" in result.output and "RuntimeError: a bug (x)" in result.output
+
+
+def test_global_flags_after_the_subcommand_reach_the_real_command(cli, tmp_path):
+    result = cli("sample-data", tmp_path / "d", "--images-per-class", "2", "--image-size", "32",
+                 "--verbose", "--debug")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_the_printed_serve_hint_runs_as_printed_from_the_users_shell(teacher_export, tmp_path):
+    """`make demo` runs the CLI through `uv run`; the user then types what it printed into a
+    shell where the project's venv is not on PATH."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    base, _ = teacher_export
+    root = Path(__file__).resolve().parents[2]
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv runs the test suite (make test)"
+    venv_bin = (Path(sys.prefix) / "bin").resolve()
+    shell = {k: v for k, v in os.environ.items()
+             if k not in ("VIRTUAL_ENV", "UV_RUN_RECURSION_DEPTH")}
+    shell["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                    if p and Path(p).resolve() != venv_bin)
+    assert shutil.which("vgg-mobile", path=shell["PATH"]) is None
+    done = subprocess.run([uv, "run", "--frozen", "vgg-mobile", "demo", str(tmp_path / "site"),
+                           "--model", str(base / "out")], cwd=root, env=shell,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hint = done.stdout.split("open it with: ", 1)[1].strip()
+    assert hint.endswith(f"serve {tmp_path / 'site'}"), hint
+    server = subprocess.Popen(["bash", "-c", f"exec {hint} --port 0"], cwd=root, env=shell,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        assert " at http://" in first, (first, server.stderr.read() if server.poll() else "")
+        url = first.split(" at ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and b"<html" in answer.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

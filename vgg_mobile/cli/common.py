@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import click
 
@@ -12,6 +17,25 @@ def default(cls, name: str):
     """The library's default for a field of a config dataclass: a flag's default is read from
     it, never written twice."""
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def invocation() -> str:
+    """How to run this same `vgg-mobile` again from the user's shell, for printed hints.
+
+    Inside `uv run` (as `make demo` runs it) the command is on PATH only for that run: the
+    user's shell answers `command not found`, so the hint is `uv run vgg-mobile` there. An
+    install whose `vgg-mobile` is on PATH gets the plain name; anything else (a venv that is
+    not activated) gets this interpreter with `-m vgg_mobile`.
+    """
+    prefix = Path(sys.prefix)
+    if os.environ.get("UV_RUN_RECURSION_DEPTH") and (prefix.parent / "pyproject.toml").is_file():
+        # Any uv on PATH runs the checkout's; else the one that is running now, by its path.
+        uv = "uv" if shutil.which("uv") else shlex.quote(os.environ.get("UV", "uv"))
+        return f"{uv} run vgg-mobile"
+    found = shutil.which("vgg-mobile")
+    if found and Path(found).resolve().parent == (prefix / "bin").resolve():
+        return "vgg-mobile"
+    return f"{shlex.quote(sys.executable)} -m vgg_mobile"
 
 
 def log(message: str) -> None:

@@ -9,6 +9,8 @@ Progress goes to stderr, results to stdout (`--json` prints only JSON there).
 from __future__ import annotations
 
 import errno
+import json
+import shlex
 import sys
 import traceback
 
@@ -16,21 +18,37 @@ import click
 
 
 from vgg_mobile.cli import compress, convert, data, distill, explain, pipeline, serve, site, train
-from vgg_mobile.cli.common import log
+from vgg_mobile.cli.common import invocation, log
+from vgg_mobile.core import quiet
 from vgg_mobile.core.version import __version__
 from vgg_mobile.core.errors import VggMobileError
 
 EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+# The group's own flags, accepted after the subcommand too (`convert ... --debug`), where
+# users type them.
+GLOBAL_FLAGS = ("--debug", "--verbose")
 
 
 class _Group(click.Group):
     """Turns the library's exceptions into one-line messages and exit codes."""
+
+    def parse_args(self, ctx, args):
+        # Everything before a `--` that ends the options; the flags move to the group.
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+        ctx.meta["arguments"] = rest
+        return super().parse_args(ctx, flags + rest)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except VggMobileError as err:
             log(f"error: {err}")
+            report = getattr(err, "report", None)
+            if report is not None and ctx.meta.get("json"):
+                # A CI job reads the figures exactly when a budget is missed.
+                click.echo(json.dumps(report, indent=2))
             sys.exit(err.exit_code)
         except KeyboardInterrupt as err:
             # An output that had nothing to resume from says so (`core.outputs.claim_output`).
@@ -53,21 +71,27 @@ class _Group(click.Group):
             if ctx.meta.get("debug"):
                 traceback.print_exc()
             else:
-                log("(run with --debug for the traceback)")
+                args = " ".join(shlex.quote(a) for a in ctx.meta.get("arguments", []))
+                log(f"(for the traceback, run: {invocation()} --debug {args})")
             sys.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vgg-mobile")
-@click.option("--debug", is_flag=True, help="Print tracebacks of internal errors.")
+@click.option("--debug", is_flag=True,
+              help="Print tracebacks of internal errors, and TensorFlow's own log lines.")
+@click.option("--verbose", is_flag=True,
+              help="Print TensorFlow's own log lines (silenced by default).")
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, verbose):
     """Fine-tune VGG16 on a folder of labelled images and ship it to phones and browsers.
 
     Every command reads a data folder or a run directory and writes a new run directory
     (model, labels.txt, manifest.json).
     """
     ctx.meta["debug"] = debug
+    if debug or verbose:
+        quiet.configure(verbose=True)
 
 
 for command in (data.sample_data_cmd, train.doctor_cmd, train.train_cmd, train.evaluate_cmd,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import log, offline_option
+from vgg_mobile.cli.common import invocation, log, offline_option
 
 
 @click.command("pipeline")
@@ -43,7 +43,7 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
         return
     if data is None or out is None:
         raise click.UsageError("DATA and --out are required (unless --print-config)")
-    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile pipeline {data} --out {out}"
+    ctx.meta["resume_hint"] = (f"resume with: {invocation()} pipeline {data} --out {out}"
                                + (f" --config {config_path}" if config_path else "")
                                + (f" --preset {preset}" if preset != "sample" else ""))
     result = run_pipeline(data, out, config, force=force, log=log,
@@ -64,7 +64,7 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
                f"{out / 'web_export'} (TF.js)")
     click.echo(f"report: {report['html']}")
     if (out / "site").is_dir():
-        click.echo(f"open the web demo with: vgg-mobile serve {out / 'site'}")
+        click.echo(f"open the web demo with: {invocation()} serve {out / 'site'}")
 
 
 # --- benchmark command ---

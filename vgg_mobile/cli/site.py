@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import log
+from vgg_mobile.cli.common import invocation, log
 
 
 @click.command("demo")
@@ -19,7 +19,7 @@ def demo_cmd(out, bundle, force):
     from vgg_mobile.site import assemble_demo
 
     assemble_demo(out, bundle, force=force)
-    click.echo(f"wrote {out}; open it with: vgg-mobile serve {out}")
+    click.echo(f"wrote {out}; open it with: {invocation()} serve {out}")
 
 
 @click.command("serve")

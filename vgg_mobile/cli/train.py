@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
-                                   offline_option)
+from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options,
+                                   invocation, log, offline_option)
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.training.hyperparameters import TrainConfig
 
@@ -142,7 +142,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
             _print_throughput(report)
         return
     command = ["vgg-mobile", *sys.argv[1:]]
-    ctx.meta["resume_hint"] = (f"resume with: vgg-mobile train {data} --out {out} --resume "
+    ctx.meta["resume_hint"] = (f"resume with: {invocation()} train {data} --out {out} --resume "
                                "(and the same options)")
     result = train(data, out, options, config, resume=resume, force=force, command=command,
                    log=log, verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
