@@ -6,12 +6,21 @@ import shutil
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.core.resources import android_template
+from vgg_mobile.core.resources import android_template, js_dir
 from vgg_mobile.core.io import write_json, write_text
 from vgg_mobile.core.run_dir import Manifest
 
 # Preferred model for a phone, first available wins.
 PREFERENCE = ("int8", "dynamic", "float16", "float32")
+
+
+def tasks_vision_version() -> str:
+    """The MediaPipe Tasks release the web demo runs (`converters/js/package.json`): the
+    Android guide names the same one, so a phone and the page run one runtime version."""
+    import json
+
+    package = json.loads((js_dir() / "package.json").read_text(encoding="utf-8"))
+    return package["dependencies"]["@mediapipe/tasks-vision"]
 
 
 def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> Path:
@@ -36,7 +45,7 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> P
     height, width = manifest["input"]["size"]
     check = artifact["verification"]
     readme = android_template().read_text(encoding="utf-8").format(
-        name=Path(artifact["file"]).stem, model_file=artifact["file"], flavour=flavour,
+        tasks_vision=tasks_vision_version(), name=Path(artifact["file"]).stem, model_file=artifact["file"], flavour=flavour,
         size_mb=f"{artifact['size_bytes'] / 1e6:.2f}", num_classes=len(manifest["classes"]),
         classes=", ".join(manifest["classes"]), height=height, width=width,
         input_type=artifact["io_dtype"], agreement=check["top1_agreement"], images=check["images"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,11 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
 
     run(uv, "build", "--out-dir", tmp_path / "dist", ROOT)
     wheel, = (tmp_path / "dist").glob("vgg_mobile-*.whl")
+    # The size docs/ci.md gives stays true (within a fifth).
+    documented = re.search(r"the package \(`uv build`\), about (\d+) KB",
+                           (ROOT / "docs" / "ci.md").read_text())
+    assert documented and 0.8 <= wheel.stat().st_size / (int(documented[1]) * 1000) <= 1.2, (
+        wheel.stat().st_size)
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("vgg_mobile/py.typed", "vgg_mobile/web_demo/index.html",
                     "vgg_mobile/web_demo/app.js", "vgg_mobile/web_demo/style.css",

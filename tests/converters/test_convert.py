@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from converters import metadata, tflite
 from converters.convert import ConvertOptions, convert_run, parse_size
 from vgg_mobile.core.errors import BadInputError, BudgetError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,13 @@ def test_android_assets_hold_the_int8_model_labels_and_instructions(export):
     assert 'noCompress += "tflite"' in readme and "ImageClassifier" in readme
     assert int8["file"] in readme and "32x32" in readme and "{" not in readme.split("```")[0]
     # MediaPipe Tasks leads; the Task Library follows as the older path with its warning.
-    assert "tasks-vision" in readme.split("```")[1]
+    # The copy command takes what the app needs and nothing else; the MediaPipe version is
+    # the web demo's.
+    assert f"cp {int8['file']} labels.txt path/to/app/src/main/assets/" in readme.split("```")[1]
+    gradle = readme.split("```")[3]
+    version = json.loads((ROOT / "converters" / "js" / "package.json").read_text())[
+        "dependencies"]["@mediapipe/tasks-vision"]
+    assert f'implementation("com.google.mediapipe:tasks-vision:{version}")' in gradle
     assert readme.index("MediaPipe") < readme.index("Task Library")
     for needed in ("16 KB", "ARGB_8888", "setRotationDegrees", "white",
                    f'setModelAssetPath("{int8["file"]}")'):

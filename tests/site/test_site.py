@@ -341,6 +341,12 @@ def test_phone_layout_results_first_no_keyboard_hints(browser, demo, sample_dir,
     assert page.evaluate("document.getElementById('model-info').tagName") == "P"
     assert "classes" in page.text_content("#model-info")
     assert page.evaluate("document.documentElement.scrollWidth") <= 393
+    # A long file name without spaces (a camera's or a download's) wraps in place.
+    long_name = tmp_path / ("IMG_20261204_" + "0123456789" * 12 + ".png")
+    shutil.copyfile(_files(sample_dir)[0], long_name)
+    assert _classify(page, long_name) == "done"
+    assert long_name.stem[:40] in page.text_content("#image-name")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 393
     _save_screenshot(page, tmp_path, "demo_phone.png")
     page.close()
     # A desktop pointer keeps the hints.

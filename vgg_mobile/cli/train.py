@@ -76,8 +76,7 @@ def doctor_cmd(as_json):
 @click.option("--architecture", default=default(ModelOptions, "architecture"), show_default=True,
               help="Teacher architecture.")
 @click.option("--image-size", default=default(ModelOptions, "image_size"), show_default=True,
-              type=COUNT,
-              help="Input side in pixels (>= 32).")
+              type=click.IntRange(min=32), help="Input side in pixels.")
 @click.option("--epochs", default=default(TrainConfig, "epochs"), show_default=True, type=COUNT)
 @click.option("--batch-size", default=default(TrainConfig, "batch_size"), show_default=True,
               type=COUNT)
