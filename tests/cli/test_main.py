@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_sample_data_writes_a_mixed_folder_and_refuses_to_overwrite(cli, tmp_pat
     (("train", "{sample}", "--out", "{tmp}/run", "--weights", "imagenet", "--image-size", "32",
       "--offline"), "downloads are off (--offline"),
     (("train", "{sample}", "--out", "{tmp}/run", "--weights", "none", "--image-size", "16"),
-     "image_size=16"),
+     "16 is not in the range x>=32"),
     (("train", "{sample}", "--out", "{tmp}/run", "--weights", "none", "--label-smoothing", "2"),
      "label_smoothing=2"),
     (("train", "{sample}", "--out", "{tmp}/run", "--architecture", "vgg99"), "valid: vgg16"),
@@ -166,3 +167,28 @@ def test_the_printed_serve_hint_runs_as_printed_from_the_users_shell(teacher_exp
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# Lines that TensorFlow, its converter and LiteRT print on every CPU-only machine, and
+# Keras's own warnings: a user reads each as a failure.
+NOISE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO: |fully_quantize:|.*(cuInit|CUDA error|Traceback))")
+
+
+@pytest.mark.slow
+def test_a_cpu_only_machine_prints_no_error_line_unless_asked(cli, tmp_path):
+    data = tmp_path / "data"
+    assert cli("sample-data", data, "--images-per-class", "6", "--image-size", "32").returncode == 0
+    train = cli("train", data, "--out", tmp_path / "run", "--architecture", "mobilenet_v2_0.35",
+                "--head-units", "0", "--image-size", "32", "--weights", "none", "--epochs", "1",
+                "--batch-size", "8", "--quiet")
+    assert train.returncode == 0, train.stderr[-2000:]
+    convert = cli("convert", tmp_path / "run", "--out", tmp_path / "export", "--flavour", "int8",
+                  "--no-tfjs", "--verify-images", "8")
+    assert convert.returncode == 0, convert.stderr[-2000:]
+    for result in (train, convert):
+        assert [line for line in result.stderr.splitlines() if NOISE.match(line)] == []
+    # Asked for, TensorFlow's own lines are all there (absl says so before anything else).
+    verbose = cli("evaluate", tmp_path / "run", "--data", data, "--out", tmp_path / "e",
+                  "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "absl::InitializeLog" in verbose.stderr
