@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from vgg_mobile.pipeline.config import load_config
 from vgg_mobile.pipeline.summary import findings, summary_rows, table_notes
@@ -36,10 +37,11 @@ def make_out(tmp_path):
         _artifact("tfjs/", "tfjs_graph_model", "uint8", 700_000, 0.99, 0.85, 0.0)]})
     _json(out / "pipeline_state.json", {"stages": {"teacher": {"gzip_bytes": 123}}})
     _json(out / "benchmark" / "benchmark.json", {"rows": [
-        {"path": str(out / "teacher" / "model.keras"), "latency_ms": 8.0, "speedup": 1.0,
-         "agreement": None, "accuracy": 0.5},
-        {"path": str(out / "export" / "x_int8.tflite"), "latency_ms": 2.0, "speedup": 4.0,
-         "agreement": 0.1, "accuracy": 0.1}]})
+        # Paths as the benchmark recorded them: OUT as it was given (here, relative).
+        {"path": "out/teacher/model.keras", "stage": "teacher", "latency_ms": 8.0,
+         "speedup": 1.0, "agreement": None, "accuracy": 0.5},
+        {"path": str(out / "export" / "x_int8.tflite"), "stage": "export", "latency_ms": 2.0,
+         "speedup": 4.0, "agreement": 0.1, "accuracy": 0.1}]})
     return out
 
 
@@ -78,6 +80,12 @@ def test_one_model_one_figure_the_benchmark_s_when_it_ran(tmp_path):
     # A row the benchmark did not measure keeps the stage's figure and says on what.
     assert (student_qat["accuracy"], student_qat["images"], student_qat["measured_by"]) == (
         0.85, 40, "stage")
+    # A copied folder is still measured: the benchmark recorded the paths of the original.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    copied = summary_rows(copy, load_config(text=""))
+    assert [r["accuracy"] for r in copied] == [r["accuracy"] for r in rows]
+    assert copied[0]["path"] == str(copy / "teacher" / "model.keras")
     assert table_notes(rows)[0] == (
         "Accuracies on different numbers of held-out images: 40 (one image = 2.5 points): QAT "
         "student, TFLite float16 (student), TF.js (student); 36 (one image = 2.8 points): float "

@@ -85,7 +85,8 @@ def test_report_explains_why_the_qat_run_is_slow_in_keras(tmp_path):
     manifest = json.loads((out / "student_qat" / "manifest.json").read_text())
     _json(out / "student_qat" / "manifest.json", {**manifest, "quantization_aware": True})
     _json(out / "benchmark" / "benchmark.json", {"rows": [
-        {"path": str(out / "student_qat" / "model.keras"), "latency_ms": 80.0, "speedup": 0.1}]})
+        {"path": str(out / "student_qat" / "model.keras"), "stage": "student_qat",
+         "latency_ms": 80.0, "speedup": 0.1}]})
     write_report(out)
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "fake-quantization ops around every layer" in md and QAT_KERAS_NOTE in md

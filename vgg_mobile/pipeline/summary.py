@@ -64,9 +64,12 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     measured = out / benchmark.name / benchmark.finished_file
     if measured.is_file():
         result = json.loads(measured.read_text(encoding="utf-8"))
-        by_path = {row["path"]: row for row in result["rows"]}
+        # By the path inside its stage's folder: the benchmark recorded the paths as OUT was
+        # given to it (relative to its working directory, or absolute), and a copied or moved
+        # folder still holds the same artifacts.
+        by_path = {_in_stage(row): row for row in result["rows"]}
         for row in rows:
-            found = by_path.get(row["path"])
+            found = by_path.get(_in_stage(row))
             if found is None:
                 continue
             for key in MEASURED:
@@ -79,6 +82,15 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     for row in rows:
         row["feeds_export"] = row["format"] != "keras" or row["stage"] in shipped
     return rows
+
+
+def _in_stage(row: dict) -> str:
+    """A row's artifact as `stage/file`, wherever OUT is."""
+    parts = Path(row["path"]).parts
+    if row.get("stage") not in parts:
+        return row["path"]
+    start = len(parts) - 1 - parts[::-1].index(row["stage"])
+    return "/".join(parts[start:])
 
 
 def _feeding_exports(config) -> set[str]:

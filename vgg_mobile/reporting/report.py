@@ -370,8 +370,10 @@ def _few_epochs(history: dict) -> str:
     from vgg_mobile.evaluation.plots import MIN_CHART_POINTS
 
     epochs = max(map(len, history.values()))
+    where = ("" if any(key.startswith("val_") for key in history)
+             else " (on the training images: this stage recorded no validation per epoch)")
     return (f"{epochs} epoch{'' if epochs == 1 else 's'}: too few points for a curve "
-            f"(fewer than {MIN_CHART_POINTS}), so the values per epoch:")
+            f"(fewer than {MIN_CHART_POINTS}), so the values per epoch{where}:")
 
 
 def _matrix_columns(classes) -> tuple[Column, ...]:
