@@ -35,7 +35,7 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
     from vgg_mobile.pipeline.config import default_config_toml, load_config
     from vgg_mobile.pipeline.runner import run_pipeline
     from vgg_mobile.reporting.report import format_summary, write_report
-    from vgg_mobile.pipeline.summary import findings
+    from vgg_mobile.pipeline.summary import findings, table_notes
 
     config = load_config(config_path, preset)
     if print_config:
@@ -55,6 +55,7 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
         click.echo(json.dumps({"out": str(result.out_dir), "summary": list(result.summary),
                                "stages": [{"name": s.name, "status": s.status,
                                            "seconds": round(s.seconds, 1)} for s in result.stages],
+                               "notes": table_notes(list(result.summary)),
                                "findings": findings(out, config), "report": report}, indent=2))
         return
     click.echo(format_summary(result.summary))
