@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+from harness import assert_serves_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "install"
@@ -137,17 +137,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     run(tool, "demo", "S", "--model", "E")
     assert (work / "S" / "vendor" / "tf.min.js").is_file()
 
-    server = subprocess.Popen([str(tool), "serve", "S", "--port", "0"], cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = server.stdout.readline()
-        assert " at http://" in first, f"serve printed {first!r}"
-        url = first.split(" at ", 1)[1].split()[0]
-        with urllib.request.urlopen(url, timeout=30) as answer:
-            assert answer.status == 200 and b"<html" in answer.read().lower()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert_serves_demo([str(tool), "serve", "S", "--port", "0"], work, env)
 
     doctor = json.loads(run(tool, "doctor", "--json").stdout)
     own = doctor["vgg_mobile"]

@@ -137,8 +137,9 @@ def test_the_printed_serve_hint_runs_as_printed_from_the_users_shell(teacher_exp
     import shutil
     import subprocess
     import sys
-    import urllib.request
     from pathlib import Path
+
+    from harness import assert_serves_demo
 
     base, _ = teacher_export
     root = Path(__file__).resolve().parents[2]
@@ -156,17 +157,7 @@ def test_the_printed_serve_hint_runs_as_printed_from_the_users_shell(teacher_exp
     assert done.returncode == 0, done.stderr[-2000:]
     hint = done.stdout.split("open it with: ", 1)[1].strip()
     assert hint.endswith(f"serve {tmp_path / 'site'}"), hint
-    server = subprocess.Popen(["bash", "-c", f"exec {hint} --port 0"], cwd=root, env=shell,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = server.stdout.readline()
-        assert " at http://" in first, (first, server.stderr.read() if server.poll() else "")
-        url = first.split(" at ", 1)[1].split()[0]
-        with urllib.request.urlopen(url, timeout=30) as answer:
-            assert answer.status == 200 and b"<html" in answer.read().lower()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert_serves_demo(["bash", "-c", f"exec {hint} --port 0"], root, shell)
 
 
 # Lines that TensorFlow, its converter and LiteRT print on every CPU-only machine, and

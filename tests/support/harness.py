@@ -95,3 +95,21 @@ def tf_config(ports: list[int], index: int) -> str:
 
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
+
+
+def assert_serves_demo(command: list[str], cwd: Path, env: dict) -> None:
+    """Starts `vgg-mobile serve ... --port 0` as `command`, fetches its page, and stops it."""
+    import subprocess
+    import urllib.request
+
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        assert " at http://" in first, (first, server.stderr.read() if server.poll() else "")
+        url = first.split(" at ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and b"<html" in answer.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
