@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from vgg_mobile.core.errors import DataError
-from vgg_mobile.data.images import check_image, load_rgb
+from vgg_mobile.data.images import (NOT_AN_IMAGE, TOO_MANY_PIXELS, ImageError, check_image,
+                                    load_rgb, read_header)
 
 
 def _halves(width=40, height=20, mode="RGB"):
@@ -145,3 +146,48 @@ def test_a_jpeg_is_checked_at_a_reduced_scale_but_reports_its_full_size(tmp_path
     data = (tmp_path / "photo.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     assert "truncated" in check_image(tmp_path / "cut.jpg").problem
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "QOI", "EPS", "TGA", "PCX"])
+def test_formats_training_does_not_read_are_refused_from_their_first_bytes(tmp_path, fmt):
+    # Pillow decodes all of these (EPS by running Ghostscript, when it is installed); the
+    # decoder reads only the documented formats, under any file name.
+    data = _encoded(_halves(), fmt)
+    path = tmp_path / "disguised.png"
+    path.write_bytes(data)
+    check = check_image(path)
+    assert not check.ok and "not an image in a format read here (JPEG, PNG" in check.problem
+    with pytest.raises(ImageError, match="disguised.png: not an image") as caught:
+        load_rgb(path)
+    assert caught.value.reason == NOT_AN_IMAGE
+    with pytest.raises(ImageError) as caught:
+        read_header(data, name="upload")
+    assert caught.value.reason == NOT_AN_IMAGE
+
+
+def test_a_camera_jpeg_with_a_second_picture_still_reads(tmp_path):
+    # MPO: what many cameras write as .jpg; Pillow opens it through its JPEG opener.
+    data = _encoded(_halves(), "MPO", save_all=True, append_images=[_halves(20, 10)])
+    (tmp_path / "camera.jpg").write_bytes(data)
+    assert Image.open(tmp_path / "camera.jpg").format == "MPO"
+    assert load_rgb(tmp_path / "camera.jpg").shape == (20, 40, 3)
+    assert check_image(tmp_path / "camera.jpg").ok
+
+
+def test_the_header_tells_size_and_mode_without_decoding():
+    # 6000 x 6000 one-bit pixels in a few kilobytes; truncated after the header, so any
+    # attempt to decode would fail.
+    data = _encoded(Image.new("1", (6000, 6000)), "PNG")[:200]
+    header = read_header(data, max_pixels=40_000_000)
+    assert (header.format, header.mode, header.width, header.height) == ("PNG", "1", 6000, 6000)
+    assert header.pixels == 36_000_000 and not header.transparent
+    assert read_header(_encoded(_halves(mode="RGBA"), "PNG")).transparent
+    with pytest.raises(ImageError, match="over the limit of 1,000,000") as caught:
+        read_header(data, max_pixels=1_000_000, name="big.png")
+    assert caught.value.reason == TOO_MANY_PIXELS

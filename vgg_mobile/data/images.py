@@ -22,6 +22,12 @@ from PIL import Image, UnidentifiedImageError
 from vgg_mobile.core.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The formats of `IMAGE_SUFFIXES` as Pillow names its openers (a JPEG that carries a second
+# picture, as many cameras write, opens through "JPEG" as format MPO). Every other format Pillow
+# knows is refused as "not an image" from its first bytes: their plugins are less exercised
+# than these, and some run other programs (EPS calls Ghostscript when it is installed).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP or TIFF"
 
 # Pillow's own default. Above it an image is refused as a possible decompression bomb: a
 # small file that would expand to gigabytes of pixels.
@@ -112,7 +118,7 @@ def _reading():
         except PermissionError as err:
             raise _Unusable(f"cannot read file ({err.strerror})", UNREADABLE) from None
         except UnidentifiedImageError:
-            raise _Unusable("not an image (Pillow cannot identify the format)",
+            raise _Unusable(f"not an image in a format read here ({FORMAT_NAMES})",
                             NOT_AN_IMAGE) from None
         except (OSError, SyntaxError) as err:
             # Truncated files raise OSError("image file is truncated ...") on load().
@@ -130,7 +136,7 @@ def _open(path: Path | BinaryIO, max_pixels: int,
         The image, not yet decoded, and its full `(width, height)` if it was reduced, else `None`.
     """
     with _reading():
-        image = Image.open(path)
+        image = Image.open(path, formats=IMAGE_FORMATS)
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -140,6 +146,61 @@ def _open(path: Path | BinaryIO, max_pixels: int,
             None, (max(1, width // 8), max(1, height // 8))) is not None:
         return image, (width, height)
     return image, None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read before any pixel is decoded.
+
+    Attributes:
+        format: Pillow's name of the format (`IMAGE_FORMATS`).
+        mode: Pillow's mode of the decoded pixels (`RGB`, `RGBA`, `1`, `I;16`, ...).
+        width: Width in pixels, as stored (before EXIF rotation).
+        height: Height in pixels, as stored.
+        transparent: Whether the pixels carry transparency (an alpha band, or a palette or
+            grayscale image with a transparent colour), which costs a composite on white.
+    """
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    transparent: bool
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
+                name: str = "image") -> ImageHeader:
+    """Reads an image's format, mode and size from its header, decoding no pixel.
+
+    Pillow parses only the header when it opens a file, so this costs the same for a 16-bit
+    6300 x 6300 PNG as for a thumbnail, and the caller can tell what decoding will cost first.
+
+    Args:
+        data: The encoded image: bytes, or a binary file object positioned at its start.
+        max_pixels: Images with more pixels are refused. Defaults to `MAX_PIXELS`.
+        name: What to call the image in messages. Defaults to `"image"`.
+
+    Returns:
+        The `ImageHeader`.
+
+    Raises:
+        ImageError: Not an image of `IMAGE_FORMATS`, a header that cannot be parsed, or more
+            pixels than `max_pixels` (`TOO_MANY_PIXELS`); the message names `name`.
+    """
+    source = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        image, _ = _open(source, max_pixels)
+    except _Unusable as err:
+        raise ImageError(f"{name}: {err}", err.reason) from None
+    with image:
+        # The same test as `_convert`'s: these are composited on white.
+        transparent = image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info)
+        return ImageHeader(image.format, image.mode, image.width, image.height, transparent)
 
 
 def _load(image: Image.Image) -> None:
