@@ -49,7 +49,58 @@ def convert_keras_model(model, opset: int | None = None) -> bytes:
     function = tf.function(lambda pixels: {OUTPUT_NAME: model(pixels, training=False)})
     proto, _ = tf2onnx.convert.from_function(function, input_signature=spec,
                                              opset=opset or DEFAULT_OPSET)
+    # The same (cached) trace that tf2onnx converted.
+    _inline_captured_constants(proto, function.get_concrete_function(*spec))
     return proto.SerializeToString()
+
+
+def _inline_captured_constants(proto, concrete) -> None:
+    """Turns the constants tf2onnx made graph inputs back into constants, in place.
+
+    A layer may hold a constant as a TensorFlow tensor rather than a variable or a Python
+    number: tf_keras's `Normalization` built with a given mean and variance (VGG's
+    `preprocess` from scratch) does. Traced, such a tensor is captured by value: a `Const` in
+    the function's graph that TensorFlow also lists among the function's inputs.
+    `tf2onnx.convert.from_function` makes every non-resource input an ONNX graph input
+    (`from_keras` leaves captures out), so the model would ask for the mean as a second
+    input beside `pixels`, and ONNX Runtime refuses to run it (or calibrate it) without one.
+
+    Each such input becomes an initializer holding the captured value, or goes when no node
+    reads it (TensorFlow's graph optimizer folded the variance into a constant already).
+
+    Args:
+        proto: The `ModelProto` from tf2onnx.
+        concrete: The concrete function tf2onnx converted.
+
+    Raises:
+        RuntimeError: A graph input other than `pixels` that is not a captured constant.
+    """
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    captured = {internal.name: external for external, internal in concrete.graph.captures
+                if internal.dtype != tf.resource}
+    graph = proto.graph
+    read = set(_names_read(graph))
+    for graph_input in list(graph.input):
+        if graph_input.name == INPUT_NAME:
+            continue
+        if graph_input.name not in captured:
+            raise RuntimeError(f"tf2onnx gave the ONNX model an input {graph_input.name!r} "
+                               f"besides {INPUT_NAME!r} that is not a constant of the model")
+        if graph_input.name in read:
+            graph.initializer.append(numpy_helper.from_array(captured[graph_input.name].numpy(),
+                                                             graph_input.name))
+        graph.input.remove(graph_input)
+
+
+def _names_read(graph):
+    """The name of every tensor a node of `graph` or of its subgraphs reads."""
+    for node in graph.node:
+        yield from node.input
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _names_read(sub)
 
 
 def quantize_int8(model_content: bytes, calibration: np.ndarray) -> bytes:

@@ -107,6 +107,79 @@ def test_cli_convert_onnx(cli, student_run, sample_dir, tmp_path):
     assert all((tmp_path / "export" / a["file"]).is_file() for a in manifest["artifacts"])
 
 
+def test_a_normalization_layer_converts_with_its_constants_inside_the_model():
+    """tf_keras's Normalization keeps a given mean and variance as tensors, which a trace
+    captures by value; tf2onnx's `from_function` made them graph inputs that nothing feeds."""
+    import onnx as onnx_lib
+    import tf_keras as keras
+
+    from vgg_mobile.models.architectures import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+    pixels = keras.Input((8, 8, 3))
+    x = keras.layers.Normalization(mean=list(IMAGENET_MEAN_RGB),
+                                   variance=[s * s for s in IMAGENET_STD_RGB], name="preprocess")(pixels)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=0))(x)
+    model = keras.Model(pixels, keras.layers.Softmax(name="probs")(x))
+    images = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype(np.float32)
+
+    data = onnx.convert_keras_model(model)
+    assert [i.name for i in onnx_lib.load_from_string(data).graph.input] == ["pixels"]
+    harness.assert_matches(model(images).numpy(), onnx.predict_onnx(data, images), max_diff=1e-5,
+                           min_agreement=1.0)
+
+
+@pytest.fixture(scope="module")
+def half_width_vgg_run(sample_dir, tmp_path_factory):
+    """A vgg16_bn_0.5 teacher, the pipeline's `sample` preset teacher, trained from scratch for
+    two epochs at 32 px."""
+    from vgg_mobile.models.architectures import ModelOptions
+    from vgg_mobile.training.hyperparameters import TrainConfig
+    from vgg_mobile.training.train import train
+
+    return train(sample_dir, tmp_path_factory.mktemp("runs") / "vgg16_bn_0.5",
+                 ModelOptions(architecture="vgg16_bn_0.5", image_size=32, weights="none"),
+                 TrainConfig(epochs=2, batch_size=16, learning_rate=3e-4), command=["test"])
+
+
+@pytest.mark.parametrize("architecture, run_fixture", [("vgg16", "teacher_run"),
+                                                      ("vgg16_bn_0.5", "half_width_vgg_run")])
+def test_cli_convert_onnx_of_a_vgg_run(architecture, run_fixture, request, cli, sample_dir, tmp_path):
+    """VGG from scratch normalises its pixels with a Normalization layer (`preprocess`), whose
+    constants once became ONNX graph inputs: int8 calibration fed `pixels` only and failed."""
+    import onnx as onnx_lib
+
+    from vgg_mobile.core.run_dir import load_run
+
+    run = load_run(request.getfixturevalue(run_fixture).run_dir)
+    assert run.manifest["architecture"] == architecture
+    assert type(run.load_model().get_layer("preprocess")).__name__ == "Normalization"
+    result = cli("convert", run.path, "--out", tmp_path / "export", "--data", sample_dir,
+                 "--flavour", "float32", "--no-tfjs", "--onnx", "--max-size", "none", "--json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    by_flavour = {a["flavour"]: a for a in manifest["artifacts"] if a["format"] == "onnx"}
+    assert sorted(by_flavour) == ["float32", "int8"]
+
+    images, labels = harness.held_out_images(run, sample_dir)
+    reference = run.load_model()(images, training=False).numpy()
+    for flavour, max_diff, min_agreement in (("float32", 1e-4, 1.0), ("int8", 0.5, 0.75)):
+        artifact = by_flavour[flavour]
+        data = (tmp_path / "export" / artifact["file"]).read_bytes()
+        assert [i.name for i in onnx_lib.load_from_string(data).graph.input] == ["pixels"]
+        session = onnx.session(data)
+        assert [i.name for i in session.get_inputs()] == ["pixels"]
+        probs = onnx.predict_onnx(session, images)
+        agreement = harness.assert_matches(reference, probs, max_diff=max_diff,
+                                           min_agreement=min_agreement)
+        # The manifest's figures are those of this file on the same held-out images.
+        check = artifact["verification"]
+        assert check["images"] == len(labels)
+        assert check["top1_agreement"] == pytest.approx(agreement, abs=1e-4)
+        assert check["max_probability_difference"] == pytest.approx(
+            float(np.abs(probs - reference).max()), abs=2e-5)
+
+
 def test_a_model_that_reads_an_external_file_is_refused(tmp_path, monkeypatch):
     """ONNX can keep weights in another file named inside the model; loaded from bytes, ONNX
     Runtime would look for it in the working directory. Such a model is never loaded."""
