@@ -169,16 +169,29 @@ def read_metadata(model_content: bytes) -> dict[str, str]:
     return dict(session(model_content).get_modelmeta().custom_metadata_map)
 
 
-def _tensors(graph):
-    """Every tensor a graph holds: initializers, and constants in node attributes and subgraphs."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _tensors(sub)
+def _external_tensors(message):
+    """Every tensor anywhere in an ONNX message that names data outside the file.
+
+    The whole message tree is walked by reflection, not a list of the places a tensor may
+    sit: initializers, sparse initializers (their values and indices), node attributes
+    (`t`, `tensors`, `sparse_tensor`, `sparse_tensors`), subgraphs, function bodies, and any
+    place a later ONNX version adds. A list of known places is what a crafted model slips past.
+    """
+    from onnx import TensorProto
+
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, TensorProto) and (
+                current.data_location == TensorProto.EXTERNAL or len(current.external_data)):
+            yield current
+        for field, value in current.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            if field.is_repeated:
+                stack.extend(value)
+            else:
+                stack.append(value)
 
 
 def check_self_contained(model_content: bytes) -> None:
@@ -200,12 +213,11 @@ def check_self_contained(model_content: bytes) -> None:
         raise BadInputError(f"not a valid ONNX model (cannot parse it: {err})") from None
     if not model.graph.node:
         raise BadInputError("not a valid ONNX model (its graph has no nodes)")
-    for tensor in _tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise BadInputError(f"not a self-contained ONNX model: tensor {tensor.name!r} is "
-                                f"stored in an external file ({location!r}); vgg-mobile loads "
-                                "only models whose weights are inside the file")
+    for tensor in _external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+        raise BadInputError(f"not a self-contained ONNX model: tensor {tensor.name[:80]!r} is "
+                            f"stored in an external file ({location[:200]!r}); vgg-mobile "
+                            "loads only models whose weights are inside the file")
 
 
 def session(model_content: bytes, num_threads: int = 1):

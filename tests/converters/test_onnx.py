@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,100 @@ def test_a_model_that_reads_an_external_file_is_refused(tmp_path, monkeypatch):
     for load in (onnx.session, onnx.read_metadata, onnx.openvino_model):
         with pytest.raises(BadInputError, match="stored in an external file .'secret.txt'."):
             load(data)
+
+
+def _external(name: str, values, location: str = "../secret.bin"):
+    from onnx import TensorProto, numpy_helper
+
+    tensor = numpy_helper.from_array(np.asarray(values), name)
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _crafted(place: str, location: str = "../secret.bin") -> bytes:
+    """A 4-in, 4-out model whose weights `w` name `location` from `place`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    io = ([helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 4])],
+          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])])
+    add = helper.make_node("Add", ["pixels", "w"], ["probs"])
+    nodes, initializers, sparse, functions = [add], [], [], []
+    values = _external("w", np.zeros(4, np.float32), location)
+    indices = numpy_helper.from_array(np.arange(4, dtype=np.int64), "w_indices")
+    if place == "initializer":
+        initializers.append(values)
+    elif place == "sparse initializer":
+        sparse.append(helper.make_sparse_tensor(values, indices, [4]))
+    elif place == "sparse indices":
+        inside = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+        sparse.append(helper.make_sparse_tensor(inside, _external("w_i", np.arange(4), location), [4]))
+    elif place == "constant":
+        nodes.insert(0, helper.make_node("Constant", [], ["w"], value=values))
+    elif place == "sparse constant":
+        nodes.insert(0, helper.make_node(
+            "Constant", [], ["w"], sparse_value=helper.make_sparse_tensor(values, indices, [4])))
+    elif place == "attribute list":
+        nodes.insert(0, helper.make_node("Identity", ["pixels"], ["unused"]))
+        nodes[0].attribute.append(helper.make_attribute("tensors", [values]))
+        initializers.append(numpy_helper.from_array(np.zeros(4, np.float32), "w"))
+    elif place == "function":
+        body = helper.make_node("Constant", [], ["out"], value=values)
+        functions.append(helper.make_function("crafted", "W", [], ["out"], [body],
+                                              [helper.make_opsetid("", 18)]))
+        nodes.insert(0, helper.make_node("W", [], ["w"], domain="crafted"))
+    elif place == "subgraph":
+        branch = helper.make_graph(
+            [helper.make_node("Identity", ["inner"], ["branch_out"])], "branch", [],
+            [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [4])],
+            [_external("inner", np.zeros(4, np.float32), location)])
+        initializers.append(numpy_helper.from_array(np.array(True), "cond"))
+        nodes.insert(0, helper.make_node("If", ["cond"], ["w"], then_branch=branch,
+                                         else_branch=branch))
+    graph = helper.make_graph(nodes, "g", *io, initializers, sparse_initializer=sparse)
+    model = helper.make_model(graph, functions=functions, opset_imports=[
+        helper.make_opsetid("", 18), helper.make_opsetid("crafted", 1)])
+    return model.SerializeToString()
+
+
+PLACES = ("initializer", "sparse initializer", "sparse indices", "constant", "sparse constant",
+          "attribute list", "function", "subgraph")
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_external_data_is_refused_wherever_the_model_names_it(place, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (tmp_path / "secret.bin").write_bytes(np.full(4, 7.0, np.float32).tobytes())
+    data = _crafted(place)
+    for load in (onnx.check_self_contained, onnx.session, onnx.read_metadata):
+        with pytest.raises(BadInputError, match=r"stored in an external file .'\.\./secret\.bin'."):
+            load(data)
+
+
+def test_the_crafted_sparse_initializer_is_a_real_attack():
+    """Without the guard, ONNX Runtime reads a file of the server's working directory into the
+    weights (what an audit showed): the guard refuses models that would really leak a file."""
+    import os
+    import tempfile
+
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "secret.bin").write_bytes(np.full(4, 7.0, np.float32).tobytes())
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            crafted = _crafted("sparse initializer", location="secret.bin")
+            with pytest.raises(BadInputError, match="external file .'secret.bin'."):
+                onnx.session(crafted)
+            session = onnxruntime.InferenceSession(crafted, providers=["CPUExecutionProvider"])
+            leaked = session.run(None, {"pixels": np.zeros((1, 4), np.float32)})[0]
+        finally:
+            os.chdir(here)
+    assert leaked.tolist() == [[7.0] * 4]
