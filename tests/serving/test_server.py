@@ -3,55 +3,20 @@ limits hold on a real socket, and the `serve-model` command reloads on SIGHUP.""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-import uvicorn
 
-from serving_models import replace_file
+from serving_models import call, replace_file, serving
 from vgg_mobile.serving.app import ServeConfig, create_app
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Runs `app` in uvicorn on a free loopback port; yields `(host, port)`."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[:2]
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
-def call(address, method: str, path: str, body: bytes | None = None,
-         headers: dict | None = None, connection=None):
-    own = connection is None
-    connection = connection or http.client.HTTPConnection(*address, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        if own:
-            connection.close()
 
 
 def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):

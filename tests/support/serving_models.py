@@ -1,12 +1,19 @@
 """Tiny real models for the prediction service's tests: a conv classifier of three colours,
 trained in seconds, exported as int8 and float32 TFLite (with metadata) and float32 and int8
-ONNX, and an export folder holding them as `vgg-mobile convert` writes one."""
+ONNX, and an export folder holding them as `vgg-mobile convert` writes one; and a real uvicorn
+server on a loopback port to serve them (`serving`, `call`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.client
 import io
+import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +138,108 @@ def build(root: Path) -> TinyModels:
     requests = [png_bytes(colour_images(3, seed=100 + i, size=s)[0][i % 3])
                 for i, s in enumerate(sizes)]
     return TinyModels(first, files, export_dir, requests)
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Runs `app` in uvicorn on a free loopback port, as `serve-model` runs it (its connection
+    deadlines, its accept-error handler); yields `(host, port)`."""
+    from vgg_mobile.serving.server import Server, uvicorn_config
+
+    config = app.state.config
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    server = Server(uvicorn_config(app, config.header_timeout, config.body_timeout,
+                                   log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def call(address, method: str, path: str, body: bytes | None = None,
+         headers: dict | None = None, connection=None):
+    """One request; returns `(status, JSON body)` (`None` for an empty body)."""
+    own = connection is None
+    connection = connection or http.client.HTTPConnection(*address, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        if own:
+            connection.close()
+
+
+def onnx_failing_when_run() -> bytes:
+    """An `.onnx` classifier of `CLASSES` that loads, and fails when run on a bright image:
+    it looks up its brightest pixel's value in a table of three entries (ONNX Runtime raises
+    "indices element out of data bounds" at run time, not at load time)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters import onnx as onnx_converter
+
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])
+    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)])
+    nodes = [helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+             helper.make_node("ReduceMax", ["pixels"], ["peak"], keepdims=0),
+             helper.make_node("Cast", ["peak"], ["index"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "index"], ["offset"]),
+             helper.make_node("Add", ["mean", "offset"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    constants = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+                 numpy_helper.from_array(np.zeros(len(CLASSES), np.float32), "table")]
+    model = helper.make_model(helper.make_graph(nodes, "fails_when_run", [pixels], [probs],
+                                                constants),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return onnx_converter.add_metadata(model.SerializeToString(), {
+        "labels": list(CLASSES), "version": "3", "name": "broken",
+        "input": {"size": [SIZE, SIZE]}})
+
+
+def png16_rgba(side: int, height: int | None = None) -> bytes:
+    """A 16-bit RGBA PNG of one colour, written by hand (Pillow cannot write 16-bit RGBA): a
+    few hundred kilobytes at 6300 x 6300 that decode to 160 MB and more."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    height = height or side
+    row = b"\x00" + b"\x12\x34\x56\x78\x9a\xbc\xff\xff" * side
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, height, 16, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def png_1_bit(side: int) -> bytes:
+    """A one-bit PNG: 6000 x 6000 pixels in about 4 KB."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(parts: list[tuple[str, bytes]], boundary: str = "vggmobileboundary",
+              closed: bool = True) -> tuple[bytes, dict]:
+    """A multipart/form-data body of file parts `files`, and its headers; `closed=False`
+    leaves out the closing boundary, as an upload cut short does."""
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                    f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n".encode()
+                    + data + b"\r\n" for name, data in parts)
+    if closed:
+        body += f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}

@@ -14,6 +14,7 @@ from vgg_mobile.cli.common import COUNT, default, log
 from vgg_mobile.serving.app import ServeConfig
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+SECONDS = click.FloatRange(min=0, min_open=True, max=86400)
 
 
 def _size(ctx, param, value):
@@ -83,6 +84,23 @@ def _reload_on_hangup(service) -> None:
               help="Images one request may hold.")
 @click.option("--max-pixels", default=default(ServeConfig, "max_pixels"), show_default=True, type=COUNT,
               help="Images with more pixels are refused (413) before decoding.")
+@click.option("--max-request-pixels", default=default(ServeConfig, "max_request_pixels"),
+              show_default=True, type=COUNT,
+              help="Requests whose images add up to more pixels are refused (413) before any "
+                   "is decoded.")
+@click.option("--max-decode-memory", default=str(default(ServeConfig, "max_decode_memory")),
+              show_default=True, callback=_size,
+              help="Memory the images being decoded at once may take, estimated from their "
+                   "headers (bytes, or e.g. 768MiB): past it a request waits briefly, then "
+                   "gets 503 with Retry-After; a single image needing more gets 413.")
+@click.option("--header-timeout", default=default(ServeConfig, "header_timeout"),
+              show_default=True, type=SECONDS,
+              help="Seconds a connection has to send a whole request head (from when it opens "
+                   "or was last answered) before it is closed.")
+@click.option("--body-timeout", default=default(ServeConfig, "body_timeout"),
+              show_default=True, type=SECONDS,
+              help="Seconds a request has to send its whole body before its connection is "
+                   "closed.")
 @click.option("--top-k", default=default(ServeConfig, "top_k"), show_default=True, type=COUNT,
               help="Predictions per image when the request has no ?top_k=.")
 @click.option("--admin-token", envvar="VGG_MOBILE_ADMIN_TOKEN", default=None,
@@ -91,7 +109,9 @@ def _reload_on_hangup(service) -> None:
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
-                    max_upload_bytes, max_images, max_pixels, top_k, admin_token, access_log):
+                    max_upload_bytes, max_images, max_pixels, max_request_pixels,
+                    max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
+                    access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, or a
@@ -103,11 +123,16 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
 
     from vgg_mobile.serving.app import CONFIG_ENV, create_app
     from vgg_mobile.serving.models import ModelChoice, load_model
+    from vgg_mobile.serving.server import Server, raise_open_file_limit, uvicorn_config
 
     config = ServeConfig(artifact=artifact, choice=ModelChoice(format_, flavour), threads=threads,
                          concurrency=concurrency or os.cpu_count() or 1,
                          max_upload_bytes=max_upload_bytes, max_images=max_images,
-                         max_pixels=max_pixels, top_k=top_k, admin_token=admin_token)
+                         max_pixels=max_pixels, max_request_pixels=max_request_pixels,
+                         max_decode_memory=max_decode_memory, header_timeout=header_timeout,
+                         body_timeout=body_timeout, top_k=top_k, admin_token=admin_token)
+    # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
+    raise_open_file_limit()
     if host not in _LOOPBACK:
         log(f"warning: listening on {host}: other machines can send requests"
             + ("" if admin_token else "; admin endpoints still answer only this machine "
@@ -121,7 +146,8 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
         click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
                    f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
         uvicorn.run("vgg_mobile.serving.app:app_from_environment", factory=True, host=host,
-                    port=port, workers=workers, access_log=access_log, log_level="info")
+                    port=port, workers=workers, access_log=access_log, log_level="info",
+                    http="vgg_mobile.serving.server:protocol_from_environment")
         return
     app = create_app(config)
     model = app.state.service.current
@@ -131,8 +157,9 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
     click.echo(f"serving {model.path} ({model.format}, version {model.version}, sha256 "
                f"{model.sha256[:12]}) at http://{shown}:{bound_port}/ (Ctrl+C to stop)")
     _reload_on_hangup(app.state.service)
-    server = uvicorn.Server(uvicorn.Config(app, access_log=access_log, log_level="info",
-                                           timeout_graceful_shutdown=10))
+    server = Server(uvicorn_config(app, config.header_timeout, config.body_timeout,
+                                   access_log=access_log, log_level="info",
+                                   timeout_graceful_shutdown=10))
     try:
         server.run(sockets=[sock])
     finally:

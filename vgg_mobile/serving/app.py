@@ -23,6 +23,7 @@ import html
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -36,13 +37,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
-from vgg_mobile.data.images import (CORRUPT, NOT_AN_IMAGE, TOO_MANY_PIXELS, ImageError,
-                                    decode_rgb)
+from vgg_mobile.data.images import (CORRUPT, FORMAT_NAMES, NOT_AN_IMAGE, TOO_MANY_PIXELS,
+                                    ImageError, ImageHeader, decode_rgb, read_header)
 from vgg_mobile.serving.metrics import ServingMetrics
 from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
+from vgg_mobile.serving.server import TIMED_OUT, pin_mmap_threshold, release_memory
 
 log = logging.getLogger("vgg_mobile.serving")
 
@@ -62,6 +65,22 @@ IMAGE_SIGNATURES = (
 SNIFFED_FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF"
 # Status code of each way an uploaded image can fail to decode.
 _IMAGE_STATUS = {NOT_AN_IMAGE: 400, CORRUPT: 400, TOO_MANY_PIXELS: 413}
+# Peak memory, in bytes per pixel, of decoding an image of each mode, converting it to RGB and
+# resizing it (`decode_cost`). Measured with Pillow 13 and TensorFlow 2.21 at 16 million
+# pixels: RGBA 16, LA 20, CMYK and the 32-bit modes 10 to 13, the rest (1-bit, gray, palette,
+# 16-bit gray, RGB) 9 to 10; a few more for margin. A 1-bit PNG is a few kilobytes on the wire
+# and costs as much as any other image once decoded: the cost follows pixels, not file size.
+_BYTES_PER_PIXEL = {"LA": 22, "PA": 22, "RGBA": 18, "CMYK": 15, "YCbCr": 15, "LAB": 15,
+                    "I": 12, "F": 12}
+_DEFAULT_BYTES_PER_PIXEL = 12
+# From this decode cost on, a request runs in a lane of its own, one at a time: a few large
+# images then hold one thread, and every other request keeps the others.
+LARGE_DECODE_BYTES = 64 * 2**20
+# How long a request waits for room under --max-decode-memory before it is told to come back.
+DECODE_WAIT_SECONDS = 2.0
+# What one thread decodes per second, in decode-cost bytes (measured: a 6300 x 6300 RGBA PNG,
+# about 600 MB of peak memory, in 7.7 s): the `Retry-After` of a request refused for room.
+DECODE_BYTES_PER_SECOND = 80 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +98,15 @@ class ServeConfig:
         max_images: Images one request may hold. Defaults to `32`.
         max_pixels: Images with more pixels are refused (413) before they are decoded: a
             small file can expand to gigabytes. Defaults to 40 million.
+        max_request_pixels: A request whose images add up to more pixels is refused (413)
+            before any is decoded. Defaults to 100 million.
+        max_decode_memory: Bytes that the images being decoded at once may take, estimated
+            from each header (`decode_cost`): a request waits for room up to
+            `DECODE_WAIT_SECONDS`, then gets a 503 with `Retry-After`; an image that alone
+            would need more is refused (413). Defaults to 768 MiB.
+        header_timeout: Seconds a connection has to send a whole request head, from when it
+            opens or was last answered; then it is closed. Defaults to `10.0`.
+        body_timeout: Seconds a request has to send its whole body. Defaults to `60.0`.
         top_k: Predictions per image when the request does not say. Defaults to `3`.
         admin_token: When set, admin endpoints need `Authorization: Bearer <token>`; when
             `None` they answer only loopback clients. Defaults to `None`.
@@ -91,15 +119,23 @@ class ServeConfig:
     max_upload_bytes: int = 16 * 2**20
     max_images: int = 32
     max_pixels: int = 40_000_000
+    max_request_pixels: int = 100_000_000
+    max_decode_memory: int = 768 * 2**20
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
     top_k: int = 3
     admin_token: str | None = None
 
     def __post_init__(self):
         for name in ("threads", "concurrency", "max_upload_bytes", "max_images", "max_pixels",
-                     "top_k"):
+                     "max_request_pixels", "max_decode_memory", "top_k"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1",
                     repr(value))
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                    f"{name} must be a number of seconds > 0", repr(value))
         require(self.admin_token is None or len(self.admin_token) >= 8,
                 "admin_token must be at least 8 characters", f"{len(self.admin_token or '')} "
                 "characters")
@@ -115,11 +151,13 @@ class ServeConfig:
 
 
 class Refusal(Exception):
-    """A request the service answers with a 4xx (or a 5xx it chose): status, reason, detail."""
+    """A request the service answers with a 4xx (or a 5xx it chose): status, reason, detail,
+    and any headers of the answer (`Retry-After`)."""
 
-    def __init__(self, status: int, reason: str, detail: str):
+    def __init__(self, status: int, reason: str, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.reason, self.detail = status, reason, detail
+        self.headers = headers or {}
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -287,11 +325,39 @@ async def _raw_upload(request, limit: int) -> list[tuple[str, bytes]]:
     return [("image", bytes(body))]
 
 
+class _ClosingDelimiter:
+    """Watches a multipart body for its closing delimiter (`CRLF--boundary--`).
+
+    The multipart parser takes a body that simply stops for a complete one: an upload cut off
+    after its third part would be answered for three images. Without the closing delimiter,
+    the body did not arrive whole.
+    """
+
+    def __init__(self, content_type: str):
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary", b"")
+        self.marker = b"\r\n--" + boundary + b"--"
+        self.seen = not boundary  # no boundary at all: the parser refuses the body itself
+        self._tail = b""
+
+    async def watch(self, chunks):
+        async for chunk in chunks:
+            if not self.seen:
+                window = self._tail + chunk
+                self.seen = self.marker in window
+                self._tail = window[-(len(self.marker) - 1):]
+            yield chunk
+
+
 async def _multipart_uploads(request, config: ServeConfig) -> list[tuple[str, bytes]]:
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    parser = MultiPartParser(request.headers, _bounded(request, config.max_upload_bytes),
+    closing = _ClosingDelimiter(request.headers.get("content-type", ""))
+    parser = MultiPartParser(request.headers,
+                             closing.watch(_bounded(request, config.max_upload_bytes)),
                              max_files=config.max_images, max_fields=config.max_images)
     try:
         form = await parser.parse()
@@ -308,12 +374,81 @@ async def _multipart_uploads(request, config: ServeConfig) -> list[tuple[str, by
                 uploads.append((value.filename or field or f"part {index}", await value.read()))
     finally:
         await form.close()
+    if not closing.seen:
+        raise Refusal(400, "bad_multipart", f"the multipart/form-data body ends before its "
+                      f"closing boundary (--BOUNDARY--): the upload was cut short after "
+                      f"{len(uploads)} file parts, and none is classified")
     if not uploads:
         raise Refusal(400, "no_images", "the multipart/form-data request holds no file part")
     for name, data in uploads:
         if not data:
             raise Refusal(400, "empty_body", f"{name}: the file part is empty")
     return uploads
+
+
+def _image_refusal(name: str, err: Exception) -> Refusal:
+    """The refusal of an upload the decoder failed on: the bytes are at fault, never the
+    service. Pillow's format plugins raise more than `OSError` on crafted input (`ValueError`,
+    `struct.error`, `EOFError`, ...): each is a corrupt image, not a 500."""
+    if isinstance(err, ImageError):
+        return Refusal(_IMAGE_STATUS.get(err.reason, 400), err.reason, _one_line(err))
+    if isinstance(err, MemoryError):
+        return Refusal(503, "decode_busy", f"{name}: not enough memory to decode it now")
+    return Refusal(400, CORRUPT, _one_line(f"{name}: corrupt image ({type(err).__name__}: "
+                                           f"{err})"))
+
+
+def _headers(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[ImageHeader]:
+    """Each upload's header (format, mode, size), read without decoding a pixel."""
+    headers = []
+    for name, data in uploads:
+        try:
+            headers.append(read_header(data, max_pixels, name=name))
+        except Exception as err:  # noqa: BLE001 - see `_image_refusal`
+            raise _image_refusal(name, err) from None
+    return headers
+
+
+def decode_cost(header: ImageHeader) -> int:
+    """Estimated peak bytes of decoding an image, converting it to RGB and resizing it."""
+    per_pixel = _BYTES_PER_PIXEL.get(header.mode, _DEFAULT_BYTES_PER_PIXEL)
+    if header.transparent:  # composited on white: a converted copy, a background, the result
+        per_pixel = max(per_pixel, _BYTES_PER_PIXEL["LA" if header.mode == "P" else "RGBA"])
+    return header.pixels * per_pixel
+
+
+class DecodeBudget:
+    """The decode cost (`decode_cost`, bytes) of the requests decoding at once, bounded.
+
+    A request takes the cost of its largest image (its images are decoded one after the
+    other). It waits up to `wait` seconds for room, polling: the app may run on more than one
+    event loop (a test client starts its own), and a plain counter works on all of them.
+    """
+
+    def __init__(self, limit: int, wait: float = DECODE_WAIT_SECONDS):
+        self.limit, self.wait = limit, wait
+        self.used = 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self, cost: int):
+        deadline = time.monotonic() + self.wait
+        while self.used and self.used + cost > self.limit:
+            if time.monotonic() >= deadline:
+                retry = max(1, math.ceil(self.used / DECODE_BYTES_PER_SECOND))
+                raise Refusal(503, "decode_busy", f"images of other requests are being decoded "
+                              f"and this one's ({_megabytes(cost)}) does not fit beside them "
+                              f"under --max-decode-memory ({_megabytes(self.limit)}); retry in "
+                              f"{retry} s", headers={"Retry-After": str(retry)})
+            await asyncio.sleep(0.05)
+        self.used += cost
+        try:
+            yield
+        finally:
+            self.used -= cost
+
+
+def _megabytes(amount: int) -> str:
+    return f"{amount / 2**20:,.0f} MiB"
 
 
 def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: int) -> np.ndarray:
@@ -324,16 +459,21 @@ def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: in
     for name, data in uploads:
         try:
             rgb = decode_rgb(data, max_pixels, name=name)
-        except ImageError as err:
-            raise Refusal(_IMAGE_STATUS.get(err.reason, 400), err.reason, _one_line(err)) from None
+        except Exception as err:  # noqa: BLE001 - see `_image_refusal`
+            raise _image_refusal(name, err) from None
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise Refusal(400, CORRUPT, f"{name}: empty image ({rgb.shape[1]}x{rgb.shape[0]})")
         images.append(resize_pixels(rgb, model.input_size).numpy())
+        del rgb  # the full-size pixels go before the next image is decoded
     return np.stack(images).astype(np.float32)
 
 
-def _infer(uploads, model: ServedModel, max_pixels: int) -> np.ndarray:
-    return model.predict(_pixels(uploads, model, max_pixels))
+def _infer(uploads, model: ServedModel, max_pixels: int, large: bool = False) -> np.ndarray:
+    try:
+        return model.predict(_pixels(uploads, model, max_pixels))
+    finally:
+        if large:
+            release_memory()
 
 
 def _top_k(request, model: ServedModel, default: int) -> int:
@@ -412,12 +552,18 @@ PREDICT_DESCRIPTION = (
 PREDICT_RESPONSES = {
     200: {"model": PredictAnswer | BatchAnswer, "description": "The top classes: "
           "`predictions` for a raw body, `images` for multipart file parts."},
-    400: _errors("`not_an_image`, `corrupt_image`, `empty_body`, `no_images`, "
-                 "`bad_multipart` or `bad_top_k`."),
+    400: _errors(f"`not_an_image` (formats read: {FORMAT_NAMES}), `corrupt_image`, "
+                 "`empty_body`, `no_images`, `bad_multipart` (malformed, or cut short before "
+                 "its closing boundary) or `bad_top_k`."),
     413: _errors("`upload_too_large` (`--max-upload-bytes`), `too_many_pixels` "
-                 "(`--max-pixels`) or `too_many_images` (`--max-images`)."),
+                 "(`--max-pixels`), `too_many_pixels_in_request` (`--max-request-pixels`), "
+                 "`too_much_decode_memory` (`--max-decode-memory`) or `too_many_images` "
+                 "(`--max-images`)."),
     415: _errors("`unsupported_media_type`: a raw body that is not an image, with a content "
                  "type that is neither `image/*` nor `application/octet-stream`."),
+    503: _errors("`decode_busy`: other requests' images are being decoded and this one does "
+                 "not fit beside them under `--max-decode-memory`; the `Retry-After` header "
+                 "says when to come back."),
 }
 ADMIN_RESPONSES = {401: _errors("`unauthorized`: the bearer token is missing or wrong."),
                    403: _errors("`forbidden`: without `--admin-token`, only loopback clients."),
@@ -565,11 +711,16 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     # TensorFlow loads on the first resize (seconds): here, not in the first request.
     resize_pixels(np.zeros((2, 2, 3), np.uint8), service.current.input_size)
     executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="predict")
+    # Requests with a large image run here, one at a time, so they never hold every thread.
+    large_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-large")
+    budget = DecodeBudget(config.max_decode_memory)
+    pin_mmap_threshold()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (executor, large_executor):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=TITLE, version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json",
@@ -577,10 +728,21 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
                               "behind HTTP. Refusals answer `{\"error\": reason, \"detail\": "
                               "message}` with a 4xx.")
     app.state.service, app.state.metrics, app.state.config = service, metrics, config
+    app.state.budget = budget
 
     def refuse(exc: Refusal):
         metrics.errors.labels(reason=exc.reason).inc()
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status,
+                            headers=exc.headers)
+
+    def disconnected(request: Request) -> Refusal:
+        # Nobody reads this answer: it is what the metrics and the access log count.
+        if request.scope.get(TIMED_OUT):
+            return Refusal(408, "body_timeout", f"the body did not arrive within "
+                           f"{config.body_timeout:g} s (--body-timeout); the connection was "
+                           "closed")
+        return Refusal(499, "client_disconnected", "the client closed the connection before "
+                       "its request arrived whole")
 
     @app.exception_handler(Refusal)
     async def on_refusal(request, exc: Refusal):
@@ -600,6 +762,8 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         started = time.perf_counter()
         try:
             response = await call_next(request)
+        except ClientDisconnect:  # a network drop, not the service's failure
+            response = refuse(disconnected(request))
         except Exception:  # noqa: BLE001 - a bug or a broken environment: 500, counted
             log.exception("internal error answering %s %s", request.method, request.url.path)
             metrics.errors.labels(reason="internal").inc()
@@ -631,19 +795,40 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         model = service.current  # this request's model, whatever a reload does meanwhile
         top_k = _top_k(request, model, config.top_k)
         media = _media_type(request)
-        if media == "multipart/form-data":
-            uploads = await _multipart_uploads(request, config)
-            several = True
-        else:
-            # Read as bytes whatever the content type: a urlencoded body is never a form here.
-            uploads = await _raw_upload(request, config.max_upload_bytes)
-            _check_raw_image(media, uploads[0][1])
-            several = False
+        try:
+            if media == "multipart/form-data":
+                uploads = await _multipart_uploads(request, config)
+                several = True
+            else:
+                # Read as bytes whatever the content type: a urlencoded body is never a form.
+                uploads = await _raw_upload(request, config.max_upload_bytes)
+                _check_raw_image(media, uploads[0][1])
+                several = False
+        except ClientDisconnect:
+            raise disconnected(request) from None
         if len(uploads) > config.max_images:
             raise Refusal(413, "too_many_images", f"{len(uploads)} images in one request; the "
                           f"limit is {config.max_images} (--max-images)")
         loop = asyncio.get_running_loop()
-        probs = await loop.run_in_executor(executor, _infer, uploads, model, config.max_pixels)
+        # What decoding will cost, from the headers alone, before any pixel is decoded.
+        headers = await loop.run_in_executor(None, _headers, uploads, config.max_pixels)
+        pixels = sum(header.pixels for header in headers)
+        if pixels > config.max_request_pixels:
+            raise Refusal(413, "too_many_pixels_in_request", f"the {len(uploads)} images hold "
+                          f"{pixels:,} pixels together, over the limit of "
+                          f"{config.max_request_pixels:,} per request (--max-request-pixels)")
+        costs = [decode_cost(header) for header in headers]
+        index = max(range(len(costs)), key=costs.__getitem__)
+        cost, header = costs[index], headers[index]
+        if cost > config.max_decode_memory:
+            raise Refusal(413, "too_much_decode_memory", f"{uploads[index][0]}: a {header.width}x"
+                          f"{header.height} {header.mode} image needs about "
+                          f"{_megabytes(cost)} to decode, over the limit of "
+                          f"{_megabytes(config.max_decode_memory)} (--max-decode-memory)")
+        large = cost >= LARGE_DECODE_BYTES
+        async with budget.hold(cost):
+            probs = await loop.run_in_executor(large_executor if large else executor, _infer,
+                                               uploads, model, config.max_pixels, large)
         results = []
         for (name, _), row in zip(uploads, probs):
             predictions = top_predictions(row, model.classes, top_k)
@@ -676,11 +861,16 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         page = docs_page(app.openapi(), str(request.base_url))
         return HTMLResponse(page, headers={"content-security-policy": DOCS_POLICY})
 
-    @app.get("/health", summary="Whether the service answers, and which model")
+    @app.get("/health", summary="Whether the service answers, and which model (HEAD too, as "
+             "load balancers ask)")
     async def health():
         model = service.current
         return {"status": "ok", "model_version": model.version, "model_sha256": model.sha256,
                 "format": model.format}
+
+    # Load balancers health-check with HEAD: the same answer without its body (one route of
+    # its own, so the spec keeps one operation per method).
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/model", summary="The model serving now: classes, input size, manifest, "
              "metadata (no absolute path), and the one a rollback would restore")
@@ -716,4 +906,9 @@ def app_from_environment():
     if not text:
         raise BadInputError(f"{CONFIG_ENV} is not set: start workers with `vgg-mobile "
                             "serve-model --workers N`")
+    from vgg_mobile.serving.server import AcceptErrors, raise_open_file_limit
+
+    raise_open_file_limit()
+    with contextlib.suppress(RuntimeError):  # uvicorn builds the app inside its event loop
+        asyncio.get_running_loop().set_exception_handler(AcceptErrors())
     return create_app(ServeConfig.from_json(text))

@@ -475,7 +475,15 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
     if outputs is not None and outputs != len(classes):
         raise BadInputError(f"{path}: the model outputs {outputs} scores but there are "
                             f"{len(classes)} labels")
-    check_outputs(runner.predict(probe_images(*size)), len(classes), path)
+    try:
+        probs = runner.predict(probe_images(*size))
+    except Exception as err:  # noqa: BLE001 - whatever the runtime raises, the model is at fault
+        # A model can load and still fail when run (an op that rejects its input at run time):
+        # refused like any other bad model, so a reload keeps the old one serving.
+        detail = " ".join(str(err).split())[:300]
+        raise BadInputError(f"{path}: the model fails when run on probe images "
+                            f"({type(err).__name__}: {detail})") from None
+    check_outputs(probs, len(classes), path)
     options = (manifest or {}).get("options") or {}
     version = info.get("version") or options.get("version") or "unknown"
     return ServedModel(

@@ -1,0 +1,246 @@
+"""What the service needs from uvicorn and the process beyond the app: connections that must
+send their request in time, accept errors that do not flood the log, room for open files, and
+memory that goes back to the system after a large image.
+
+uvicorn closes a keep-alive connection that stays quiet after an answer, but not one that
+never sends a request, or sends it a byte at a time: a few thousand of those hold every file
+descriptor, and then no client gets in. `GuardedH11Protocol` gives each connection a deadline
+for its request head (`header_timeout`, from the moment it opens or was last answered) and one
+for its body (`body_timeout`). When descriptors run out all the same, asyncio's accept loop
+logs one error per attempt (about 2,000 a tick under uvicorn's backlog); `AcceptErrors`
+logs them once per interval with a count, and closes the connections that have never sent a
+request, oldest first, to make room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import json
+import logging
+import os
+import resource
+import time
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("vgg_mobile.serving")
+
+ACCEPT_ERROR = "socket.accept() out of system resource"
+# Seconds between two log lines about failing accepts.
+ACCEPT_LOG_INTERVAL = 10.0
+# Set on the request's ASGI scope when the body timeout closed its connection: the app counts
+# the request as `body_timeout` rather than an ordinary disconnect.
+TIMED_OUT = "vgg_mobile.timed_out"
+# Allocations from this size on get their own mapping, given back to the system when freed.
+# glibc raises its threshold after each freed mapping (up to 32 MiB): the 16 MiB blocks that
+# Pillow decodes into would then stay in the heap of whichever thread used them, and a burst
+# of large images would leave gigabytes resident.
+MMAP_THRESHOLD = 4 * 2**20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head and for its body.
+
+    A connection waits for a request head from the moment it opens, and again once its last
+    request was answered (uvicorn's own keep-alive timeout usually closes it first then); the
+    head must be complete within `header_timeout` seconds, however the bytes trickle in.
+    Then the body must be complete within `body_timeout`. While the app works on a request
+    (body read, answer not sent) no deadline runs.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.opened_at = time.monotonic()
+        self.answered = 0
+        self._watched = None
+        self._deadline = None
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        self.answered += 1
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel()
+        super().connection_lost(exc)
+
+    def phase(self) -> str | None:
+        """`head` (waiting for a request head), `body` (reading a body), or `None` (answering)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return "head"
+        return "body" if cycle.more_body else None
+
+    def idle(self) -> bool:
+        """Whether the connection has never sent a whole request head."""
+        return self.answered == 0 and self.cycle is None and not self.transport.is_closing()
+
+    def _cancel(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _watch(self) -> None:
+        """Starts the deadline of the phase the connection is in, if it just entered it."""
+        phase = self.phase()
+        watched = (phase, self.cycle)
+        if watched == self._watched:
+            return
+        self._cancel()
+        self._watched = watched
+        if phase is not None and not self.transport.is_closing():
+            timeout = self.header_timeout if phase == "head" else self.body_timeout
+            self._deadline = self.loop.call_later(timeout, self._expire, watched)
+
+    def _expire(self, watched) -> None:
+        self._deadline = None
+        if watched != self._watched or self.transport.is_closing():
+            return
+        if watched[0] == "body":
+            self.cycle.scope[TIMED_OUT] = "body_timeout"
+        self.transport.close()
+
+
+def guarded_protocol(header_timeout: float, body_timeout: float) -> type[GuardedH11Protocol]:
+    """A `GuardedH11Protocol` class with these deadlines, for `uvicorn.Config(http=...)`."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"header_timeout": float(header_timeout), "body_timeout": float(body_timeout)})
+
+
+def protocol_from_environment(**kwargs) -> GuardedH11Protocol:
+    """A guarded connection of a uvicorn worker process, its deadlines from the `ServeConfig`
+    in the environment (`uvicorn.run(..., http="vgg_mobile.serving.server:protocol_from_environment")`)."""
+    return _environment_protocol()(**kwargs)
+
+
+@functools.cache
+def _environment_protocol() -> type[GuardedH11Protocol]:
+    from vgg_mobile.serving.app import CONFIG_ENV
+
+    data = json.loads(os.environ.get(CONFIG_ENV) or "{}")
+    return guarded_protocol(data.get("header_timeout", GuardedH11Protocol.header_timeout),
+                            data.get("body_timeout", GuardedH11Protocol.body_timeout))
+
+
+class AcceptErrors:
+    """An event loop exception handler that logs failing accepts once per `interval`.
+
+    Other errors go to the loop's default handler. When descriptors run out, it also closes
+    half of the connections that never sent a request head (at most once a second, oldest
+    first), so that clients with real requests can connect again.
+
+    Args:
+        connections: The server's open connections (`uvicorn.Server.server_state.connections`),
+            or `None` to close nothing.
+        interval: Seconds between two log lines. Defaults to `ACCEPT_LOG_INTERVAL`.
+    """
+
+    def __init__(self, connections=None, interval: float = ACCEPT_LOG_INTERVAL):
+        self.connections = connections
+        self.interval = interval
+        self.failed = 0  # accepts failed since the last log line
+        self.closed = 0  # idle connections closed since the last log line
+        self._logged_at: float | None = None
+        self._shed_at: float | None = None
+
+    def __call__(self, loop, context: dict) -> None:
+        if context.get("message") != ACCEPT_ERROR:
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        self.failed += 1
+        if self._shed_at is None or now - self._shed_at >= 1.0:
+            self._shed_at = now
+            self.closed += self.shed()
+        if self._logged_at is None or now - self._logged_at >= self.interval:
+            error = context.get("exception")
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.warning("cannot accept connections (%s; open file limit %d): %d failed accepts "
+                        "and %d idle connections closed since the last message",
+                        getattr(error, "strerror", None) or error, soft, self.failed,
+                        self.closed)
+            self._logged_at, self.failed, self.closed = now, 0, 0
+
+    def shed(self) -> int:
+        """Closes the older half of the connections that never sent a request head."""
+        idle = sorted((c for c in list(self.connections or ())
+                       if isinstance(c, GuardedH11Protocol) and c.idle()),
+                      key=lambda c: c.opened_at)
+        for connection in idle[:(len(idle) + 1) // 2]:
+            connection.transport.close()
+        return (len(idle) + 1) // 2 if idle else 0
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raises this process's soft limit of open files to its hard limit (each connection
+    holds one), as far as the system allows.
+
+    Returns:
+        The `(soft, hard)` limits now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # the system's own ceiling (fs.nr_open) is lower: keep what we have
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    # mallopt and malloc_trim are glibc's: elsewhere (musl, macOS) there is nothing to tune.
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def pin_mmap_threshold() -> bool:
+    """Keeps glibc's mmap threshold at `MMAP_THRESHOLD` (see there). Returns whether it could."""
+    libc = _libc()
+    return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def release_memory() -> None:
+    """Gives freed heap memory back to the system (glibc's `malloc_trim`), if there is any."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with `AcceptErrors` as its event loop's exception handler."""
+
+    async def serve(self, sockets=None) -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            AcceptErrors(self.server_state.connections))
+        await super().serve(sockets)
+
+
+def uvicorn_config(app, header_timeout: float, body_timeout: float, **options) -> uvicorn.Config:
+    """A `uvicorn.Config` for `app` whose connections are guarded by these deadlines.
+
+    Args:
+        app: The ASGI app.
+        header_timeout: Seconds a connection has to send a whole request head.
+        body_timeout: Seconds a request has to send its whole body.
+        **options: Any other `uvicorn.Config` argument (`log_level`, `access_log`, ...).
+    """
+    return uvicorn.Config(app, http=guarded_protocol(header_timeout, body_timeout), **options)
