@@ -5,9 +5,12 @@
 Builds a small world in a temporary folder (the sample data, a 1-epoch MobileNetV2 run, its
 export and demo), then runs every case: `--force` on folders vgg-mobile did not write, outputs
 that overlap inputs, names that climb out of `--out`, models that would run code, damaged
-files, bad flag values, a second writer, Ctrl-C during a replacement, the demo server. For each
-case it prints the exit code and whether what must be kept was kept (a SHA-256 of every file
-before and after). A row that breaks its rule is marked `FAIL` and the script exits 1.
+files, bad flag values, a second writer, Ctrl-C during a replacement, the demo server, and the
+prediction server (`serve-model`): idle connections under a 1,024 open-file limit, decode
+bombs, uploads cut short, formats training does not read, a client that hangs up, a model that
+fails only when run. For each case it prints the exit code (the HTTP status for the prediction
+server) and whether what must be kept was kept (a SHA-256 of every file before and after). A
+row that breaks its rule is marked `FAIL` and the script exits 1.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import http.client
 import json
 import os
 import random
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 
 def vgg(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
@@ -298,6 +306,8 @@ def main() -> None:
                     " ".join(str(v) for v in answers.values()), "404 404 4xx 200",
                     "warned" if warned else "no warning", ok, ""))
 
+    rows += serving_cases(base, export)
+
     print()
     print("| case | exit | expected | kept | result |")
     print("|---|---|---|---|---|")
@@ -311,6 +321,210 @@ def main() -> None:
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
     sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+class ServeModel:
+    """A `vgg-mobile serve-model` process on a free loopback port; stderr kept in a file."""
+
+    def __init__(self, artifact: Path, *flags, open_files: int | None = None):
+        self.stderr = tempfile.TemporaryFile()
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+                 ) if open_files else None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vgg_mobile", "serve-model", str(artifact), "--port", "0",
+             "--no-access-log", *map(str, flags)], stdout=subprocess.PIPE, stderr=self.stderr,
+            text=True, preexec_fn=limit)
+        line = self.process.stdout.readline()
+        if " at http://" not in line:
+            self.process.kill()
+            raise SystemExit(f"serve-model did not start: {line}")
+        self.address = ("127.0.0.1", int(line.split(" at http://", 1)[1].split("/", 1)[0]
+                                         .rsplit(":", 1)[1]))
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, dict]:
+        """`(status, JSON answer or {}, response headers)`."""
+        connection = http.client.HTTPConnection(*self.address, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            text = response.read()
+            return response.status, json.loads(text) if text else {}, dict(response.getheaders())
+        finally:
+            connection.close()
+
+    def errors(self, reason: str) -> float:
+        """The server's `vgg_mobile_errors_total` of `reason`."""
+        connection = http.client.HTTPConnection(*self.address, timeout=30)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        connection.close()
+        for line in text.splitlines():
+            if line.startswith(f'vgg_mobile_errors_total{{reason="{reason}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+
+def serving_cases(base: Path, export: Path) -> list[Row]:
+    """The prediction server's cases: each an HTTP status against the one expected."""
+    import io as _io
+
+    from PIL import Image
+
+    from serving_models import multipart, onnx_failing_when_run, png16_rgba, png_1_bit
+
+    rows: list[Row] = []
+
+    def row(case: str, status, expected: str, ok: bool, note: str = "-", message: str = ""):
+        rows.append(Row(case, status, expected, note, ok, message))
+        print(f"{'ok  ' if ok else 'FAIL'} {case}: {status}", flush=True)
+
+    small = _io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 40, 40)).save(small, format="PNG")
+    small = small.getvalue()
+
+    # 1,100 idle connections under a 1,024 open-file limit (soft and hard), then /health.
+    server = ServeModel(export, open_files=1024)
+    idle = []
+    try:
+        for _ in range(1100):
+            try:
+                idle.append(socket.create_connection(server.address, timeout=5))
+            except OSError:
+                break
+        time.sleep(3)
+        try:
+            status = server.request("GET", "/health", timeout=10)[0]
+        except OSError as err:
+            status = type(err).__name__
+    finally:
+        for sock in idle:
+            sock.close()
+        stderr = server.stop()
+    row("serve-model, open files 1,024: 1,100 idle connections, then GET /health", status,
+        "200", status == 200 and len(stderr) < 100_000, f"stderr {len(stderr):,} B",
+        last_line(stderr))
+
+    server = ServeModel(export)
+    try:
+        # Eight 16-bit RGBA 6300 x 6300 PNGs (320 KB each) at once.
+        bomb = png16_rgba(6300)
+        answers: list[tuple[int, str | None]] = []
+
+        def send():
+            status, _, headers = server.request("POST", "/predict", bomb,
+                                                {"content-type": "image/png"}, timeout=300)
+            answers.append((status, headers.get("retry-after")))
+
+        senders = [threading.Thread(target=send) for _ in range(8)]
+        for sender in senders:
+            sender.start()
+        time.sleep(1)
+        began = time.monotonic()
+        health = server.request("GET", "/health")[0]
+        health_s = time.monotonic() - began
+        for sender in senders:
+            sender.join(600)
+        statuses = sorted(status for status, _ in answers)
+        ok = (all(s == 200 or (s == 503 and retry) for s, retry in answers) and 503 in statuses
+              and health == 200 and health_s < 1)
+        row(f"serve-model: 8 concurrent 16-bit RGBA 6300x6300 PNGs ({len(bomb) // 1024} KB "
+            "each)", " ".join(map(str, statuses)), "200 or 503+Retry-After", ok,
+            f"/health {health_s * 1000:.0f} ms")
+
+        body, headers = multipart([(f"{i}.png", png_1_bit(6000)) for i in range(32)])
+        status, answer, _ = server.request("POST", "/predict", body, headers)
+        row(f"serve-model: 32 one-bit 6000x6000 PNGs in one multipart ({len(body) // 1024} KB)",
+            status, "413", status == 413 and answer.get("error") == "too_many_pixels_in_request",
+            message=answer.get("detail", ""))
+
+        body, headers = multipart([(f"{i}.png", small) for i in range(3)], closed=False)
+        status, answer, _ = server.request("POST", "/predict", body, headers)
+        row("serve-model: multipart without its closing boundary", status, "400",
+            status == 400 and answer.get("error") == "bad_multipart",
+            message=answer.get("detail", ""))
+
+        qoi = _io.BytesIO()
+        Image.new("RGB", (40, 40), (200, 40, 40)).save(qoi, format="QOI")
+        eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+               b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+        for case, data in (("a truncated QOI", qoi.getvalue()[:40]),
+                           ("a PPM with a bad header number", b"P6\n4 4\n70000\n" + bytes(96)),
+                           ("an EPS (Ghostscript)", eps)):
+            status, answer, _ = server.request("POST", "/predict", data,
+                                               {"content-type": "application/octet-stream"})
+            row(f"serve-model: {case}", status, "400",
+                status == 400 and answer.get("error") == "not_an_image",
+                message=answer.get("detail", ""))
+
+        sock = socket.create_connection(server.address)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 50000\r\n\r\n" + small[:100])
+        time.sleep(0.3)
+        sock.close()
+        time.sleep(1)
+        dropped, internal = server.errors("client_disconnected"), server.errors("internal")
+        row("serve-model: a client hangs up mid-upload", f"{dropped:g} / {internal:g}",
+            "client_disconnected 1 / internal 0", dropped == 1 and internal == 0)
+
+        status, _, headers = server.request("HEAD", "/health")
+        row("serve-model: HEAD /health", status, "200", status == 200)
+    finally:
+        stderr = server.stop()
+
+    broken = base / "broken.onnx"
+    broken.write_bytes(onnx_failing_when_run())
+    result = vgg("serve-model", broken, "--port", "0", timeout=300)
+    rows.append(Row("serve-model: a model that fails only when run", result.returncode, "2", "-",
+                    result.returncode == 2 and "fails when run" in result.stderr
+                    and "Traceback" not in result.stderr, last_line(result.stderr)))
+    served = base / "served.onnx"
+    served.write_bytes(_plain_onnx())
+    server = ServeModel(served)
+    try:
+        served.write_bytes(broken.read_bytes())
+        status, answer, _ = server.request("POST", "/admin/reload")
+        still = server.request("GET", "/health")[0]
+    finally:
+        server.stop()
+    row("serve-model: POST /admin/reload of a model that fails only when run", status, "422",
+        status == 422 and answer.get("error") == "model_refused" and still == 200,
+        "old one serves" if still == 200 else "-", answer.get("detail", ""))
+    return rows
+
+
+def _plain_onnx() -> bytes:
+    """A working `.onnx` classifier with labels in its metadata (averages the colours)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters import onnx as onnx_converter
+    from serving_models import CLASSES, SIZE
+
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])
+    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)])
+    nodes = [helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Div", ["mean", "scale"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    constants = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+                 numpy_helper.from_array(np.array(255, np.float32), "scale")]
+    model = helper.make_model(helper.make_graph(nodes, "mean_colour", [pixels], [probs],
+                                                constants),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return onnx_converter.add_metadata(model.SerializeToString(), {
+        "labels": list(CLASSES), "version": "1", "name": "mean_colour",
+        "input": {"size": [SIZE, SIZE]}})
 
 
 def _lambda_h5(path: Path, marker: Path) -> None:

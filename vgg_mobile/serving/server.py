@@ -157,6 +157,8 @@ class AcceptErrors:
         self._shed_at: float | None = None
 
     def __call__(self, loop, context: dict) -> None:
+        if _stale_retry(context):
+            return  # a retry asyncio scheduled for a listening socket closed since: nothing lost
         if context.get("message") != ACCEPT_ERROR:
             loop.default_exception_handler(context)
             return
@@ -182,6 +184,17 @@ class AcceptErrors:
         for connection in idle[:(len(idle) + 1) // 2]:
             connection.transport.close()
         return (len(idle) + 1) // 2 if idle else 0
+
+
+def _stale_retry(context: dict) -> bool:
+    """Whether `context` is a failed accept retry on a socket that is closed now.
+
+    asyncio keeps trying accepts after the first failure of a tick, scheduling a retry for
+    each; when the server stops, the thousands still pending each fail on the closed socket
+    ("Invalid file descriptor: -1") with a traceback.
+    """
+    return ("_start_serving" in repr(context.get("handle"))
+            and isinstance(context.get("exception"), (ValueError, OSError)))
 
 
 def raise_open_file_limit() -> tuple[int, int]:
