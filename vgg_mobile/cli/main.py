@@ -20,6 +20,7 @@ import click
 from vgg_mobile.cli import compress, convert, data, distill, explain, pipeline, serve, site, train
 from vgg_mobile.cli.common import invocation, log
 from vgg_mobile.core import quiet
+from vgg_mobile.core.processes import follow_parent
 from vgg_mobile.core.version import __version__
 from vgg_mobile.core.errors import VggMobileError
 
@@ -90,6 +91,7 @@ def main(ctx, debug, verbose):
     (model, labels.txt, manifest.json).
     """
     ctx.meta["debug"] = debug
+    follow_parent()
     if debug or verbose:
         quiet.configure(verbose=True)
 

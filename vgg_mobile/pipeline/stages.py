@@ -27,6 +27,7 @@ from converters.convert import convert_run
 from vgg_mobile.compression.prune import PruneConfig, prune_run
 from vgg_mobile.compression.qat import QATConfig, qat_run
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
+from vgg_mobile.core.processes import child_environment
 from vgg_mobile.distillation.distill import DistillConfig, distill
 from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, SiteConfig, TeacherConfig,
                                           WebExportConfig)
@@ -167,9 +168,10 @@ def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:
     # thread pools when it starts, and this process has been training), and the training
     # stages' memory does not weigh on the timings. It reads its settings from
     # OUT/pipeline.toml, which the runner wrote before any stage.
+    # It dies with this process: a killed pipeline leaves no benchmark writing into OUT.
     result = subprocess.run([sys.executable, "-m", "vgg_mobile", "benchmark", str(job.out),
                              "--output", str(job.path), "--quiet"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=child_environment())
     for line in result.stderr.splitlines():
         if line.startswith(("benchmark:", "error", "internal error")):
             job.log(line)
