@@ -10,12 +10,14 @@ from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.data.sample import SAMPLE_CLASSES, draw_sample, write_sample_data
 
 
-# A teacher trained the sample preset's way on 60 images a class (48 held out) measured 0.52
-# held-out and 0.41 on the 200 drawn shapes (docs/measurements.md#sample-data); the models of
-# the demo from before scored 0.27 to 0.30 on such shapes. 0.33 of 200 drawn shapes has a
-# probability of about 0.5% by chance (0.25), 18 of 48 held-out images (0.375) about 3%.
+# The sample preset's teacher on the default 60 images a class scored 0.35 to 0.52 on its 48
+# held-out images from run to run, and 0.41 on 200 drawn shapes; the demo's models from before
+# scored 0.27 to 0.30 on such shapes (docs/measurements.md#sample-data). The test trains on
+# twice the images for two thirds of the epochs (the walkthrough's budget, 0.45 held-out):
+# 0.35 of its 96 held-out images has a probability of about 1% by chance (0.25), 0.33 of 200
+# drawn shapes about 0.5%.
 MIN_DRAWN_ACCURACY = 0.33
-MIN_HELD_OUT_ACCURACY = 0.375
+MIN_HELD_OUT_ACCURACY = 0.35
 
 
 def _digest(folder):
@@ -116,11 +118,11 @@ def _drawn_shapes():
 
 @pytest.mark.slow
 def test_a_teacher_trained_on_it_recognises_shapes_drawn_otherwise(tmp_path):
-    # The sample preset's teacher recipe on the sample data as `make demo` writes it, scored
-    # on 200 shapes it never saw: other sizes (to 0.5 of the image), colours (red, black,
-    # white, any hue), outlines, positions up to the edges, plain or coloured backgrounds,
-    # files up to 600 px resized as the pipeline resizes. Before the classes shared their
-    # colours the demo's models scored 0.27 to 0.30 there, chance on 4 classes.
+    # The sample preset's teacher recipe on the sample data, scored on 200 shapes it never
+    # saw: other sizes (to 0.5 of the image), colours (red, black, white, any hue), outlines,
+    # positions up to the edges, plain or coloured backgrounds, files up to 600 px resized as
+    # the pipeline resizes. Before the classes shared their colours the demo's models scored
+    # 0.27 to 0.30 there, chance on 4 classes.
     from vgg_mobile.models.architectures import ModelOptions
     from vgg_mobile.training.hyperparameters import TrainConfig
     from vgg_mobile.training.train import train
@@ -131,10 +133,10 @@ def test_a_teacher_trained_on_it_recognises_shapes_drawn_otherwise(tmp_path):
     from vgg_mobile.training.train import train
 
     shapes = _drawn_shapes()
-    data = write_sample_data(tmp_path / "data", images_per_class=60, seed=0)
+    data = write_sample_data(tmp_path / "data", images_per_class=120, seed=0)
     run = train(data, tmp_path / "teacher",
                 ModelOptions(architecture="vgg16_bn_0.5", image_size=32, weights="none"),
-                TrainConfig(epochs=24, batch_size=32, learning_rate=1e-3, label_smoothing=0.0))
+                TrainConfig(epochs=16, batch_size=32, learning_rate=1e-3, label_smoothing=0.0))
     model = load_run(run.run_dir).load_model()
     images, labels, factors = shapes.drawn_set(per_class=50, seed=1)
     predicted = model.predict(shapes.resized(images, 32), verbose=0).argmax(-1)
