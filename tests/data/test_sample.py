@@ -13,10 +13,11 @@ from vgg_mobile.data.sample import SAMPLE_CLASSES, draw_sample, write_sample_dat
 # The sample preset's teacher on the default 60 images a class scored 0.35 to 0.52 on its 48
 # held-out images from run to run, and 0.41 on 200 drawn shapes; the demo's models from before
 # scored 0.27 to 0.30 on such shapes (docs/measurements.md#sample-data). The test trains on
-# twice the images for two thirds of the epochs (the walkthrough's budget, 0.45 held-out):
-# 0.35 of its 96 held-out images has a probability of about 1% by chance (0.25), 0.33 of 200
-# drawn shapes about 0.5%.
-MIN_DRAWN_ACCURACY = 0.33
+# twice the images for two thirds of the epochs (the walkthrough's budget; one run: 0.48 of 96
+# held-out, 0.365 of 200 drawn). By chance (0.25), 0.35 of 96 images has a probability of
+# about 1%, 0.31 of 200 about 3%: the drawn bar is low because the teacher learns the shapes
+# only partly in this budget, not because chance is close.
+MIN_DRAWN_ACCURACY = 0.31
 MIN_HELD_OUT_ACCURACY = 0.35
 
 
