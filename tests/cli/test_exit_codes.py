@@ -30,7 +30,7 @@ FRACTIONS = [(command, option, value)
 COUNTS = [(command, option, value)
           for command, options in {
               "sample-data": ("--images-per-class", "--image-size"),
-              "train": ("--epochs", "--batch-size", "--image-size", "--unfreeze-blocks"),
+              "train": ("--epochs", "--batch-size", "--unfreeze-blocks"),
               "evaluate": ("--batch-size",),
               "convert": ("--verify-images",),
               "prune": ("--epochs", "--batch-size", "--frequency"),
@@ -66,6 +66,13 @@ def test_a_count_below_one_exits_2_while_parsing(tmp_path, command, option, valu
     result = _invoke(tmp_path, command, option, value)
     _assert_usage_error(result, option)
     assert f"{value} is not in the range x>=1" in result.stderr
+
+
+@pytest.mark.parametrize("value", ("0", "-3", "31"))
+def test_a_teacher_image_size_below_32_exits_2_while_parsing(tmp_path, value):
+    result = _invoke(tmp_path, "train", "--image-size", value)
+    _assert_usage_error(result, "--image-size")
+    assert f"{value} is not in the range x>=32" in result.stderr
 
 
 def test_head_units_may_be_zero_but_not_negative(tmp_path):
