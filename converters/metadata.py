@@ -7,9 +7,11 @@ label file packed inside the `.tflite`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,9 +83,40 @@ def add_metadata(model_content: bytes, labels: list[str], info: ModelInfo) -> by
             name="probability", description="Probabilities of the classes in labels.txt.",
             label_files=[metadata_info.LabelFileMd(file_path=labels_path)],
             tensor_type=writer_utils.get_output_tensor_types(buffer)[0])
-        writer = image_classifier.MetadataWriter.create_from_metadata_info(
-            buffer, general_md=general, input_md=input_md, output_md=output_md)
-        return bytes(writer.populate())
+        with _quiet_populator_teardown():
+            try:
+                writer = image_classifier.MetadataWriter.create_from_metadata_info(
+                    buffer, general_md=general, input_md=input_md, output_md=output_md)
+                return bytes(writer.populate())
+            except Exception as err:  # noqa: BLE001 - re-raised below
+                # Without its traceback, the half-built populator that the traceback holds is
+                # freed as this clause ends, inside the quiet teardown. (A full disk arrives
+                # here as TensorFlow's OutOfRangeError: its file_io writes the copy.)
+                failure = err.with_traceback(None)
+        raise failure
+
+
+@contextlib.contextmanager
+def _quiet_populator_teardown():
+    """Frees a half-built tflite-support populator without a stray traceback.
+
+    Its constructor writes the model to a temporary file; when that write fails (a full disk),
+    its `__del__` raises AttributeError on the attribute the constructor never set, and Python
+    prints "Exception ignored in ..." with a traceback under the real error.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        # The object is the `__del__` function that raised.
+        if str(getattr(unraisable.object, "__module__", "")).startswith("tensorflow_lite_support"):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def read_metadata(model_content: bytes) -> dict:

@@ -213,3 +213,53 @@ def test_image_folder_helper_is_untouched_by_refusals(tmp_path):
     with pytest.raises(RunDirError, match="never replaced"):
         write_sample_data(data, images_per_class=2, image_size=32, overwrite=True)
     assert _tree_digest(data) == before
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        import resource
+
+        # Any write past `limit` fails with EFBIG, as a full disk fails with ENOSPC.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _named_write_failure(result, out: Path, file: bool = True, emptied: bool = True) -> Path:
+    """The file a full-disk error names: inside `out` (a file in it, with `file`), on one
+    line, exit 1, nothing kept (with `emptied`)."""
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    line = next(l for l in result.stderr.splitlines() if l.startswith("error: "))
+    named = Path(line.removeprefix("error: ").split(": could not write")[0])
+    assert named.is_relative_to(out) and (named != out or not file), line
+    assert "File too large" in line, line
+    assert not emptied or not out.exists() or not any(out.iterdir())
+    return named
+
+
+def test_sample_data_on_a_full_disk_names_the_file(cli, tmp_path):
+    out = tmp_path / "data"
+    result = cli("sample-data", out, "--images-per-class", "40", "--image-size", "64",
+                 preexec_fn=_file_size_limit(4_000))
+    assert _named_write_failure(result, out).suffix in (".png", ".jpg", ".json")
+
+
+def test_convert_and_distill_on_a_full_disk_name_the_file(cli, teacher_run, sample_dir,
+                                                          tmp_path):
+    out = tmp_path / "export"
+    result = cli("convert", teacher_run.run_dir, "--out", out, "--data", sample_dir,
+                 "--flavour", "int8", "--no-tfjs", "--max-size", "none", "--verify-images", "8",
+                 preexec_fn=_file_size_limit(1_000_000))
+    # The first write that fails is tflite-support's temporary copy of the model, outside
+    # the export: the export folder is named, with no stray traceback after the error.
+    _named_write_failure(result, out, file=False)
+    assert result.stderr.rstrip().splitlines()[-1].startswith(f"error: {out}: could not write")
+    # TensorFlow reports a full disk as an error of its own (ResourceExhaustedError).
+    out = tmp_path / "student"
+    result = cli("distill", "--teacher", teacher_run.run_dir, "--data", sample_dir, "--out", out,
+                 "--student", "mobilenet_v2_0.35", "--image-size", "32", "--epochs", "1",
+                 "--quiet", preexec_fn=_file_size_limit(200_000))
+    # The epoch's checkpoint is the file that failed; its history was recorded, so the
+    # folder is kept as an interrupted run.
+    assert "checkpoints" in _named_write_failure(result, out, emptied=False).parts

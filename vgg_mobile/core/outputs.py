@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
 import glob
 import json
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from vgg_mobile.core.errors import BadInputError, OutputBusyError, RunDirError
+from vgg_mobile.core.errors import BadInputError, OutputBusyError, RunDirError, WriteError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -322,6 +323,8 @@ def claim_output(
         try:
             yield output
         except BaseException as err:
+            full = _full_disk(err)
+            unfinished = _newest_file(output.path) if full else None
             if output.created and output.path.exists() and not _resumable(output.path):
                 shutil.rmtree(output.path, ignore_errors=True)
                 if output.existed and not output.replacing:
@@ -330,9 +333,49 @@ def claim_output(
                 err.add_note(f"{target} was left as it was: nothing had been finished to resume from"
                              if output.replacing else
                              f"nothing was kept in {target}: nothing had been finished to resume from")
+            if full:
+                # Named here, where the folder being written is known: a failed write() carries
+                # no file name, and TensorFlow and h5py report a full disk as errors of their own.
+                where = target / unfinished.relative_to(output.path) if unfinished else target
+                failure = WriteError(f"{where}: could not write ({full}); the disk is full or a "
+                                     "file size limit was reached. Finished outputs were kept")
+                for note in getattr(err, "__notes__", ()):
+                    failure.add_note(note)
+                raise failure from None
             raise
         if output.replacing:
             _commit(output.path, target)
+
+
+# What a full disk (or a file size limit, or a quota) says, in Python's words and in the
+# messages of TensorFlow and h5py, which raise their own error types for it.
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_FULL_DISK_WORDS = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _full_disk(err: BaseException) -> str | None:
+    """The reason, when `err` says that a write failed for lack of space; else `None`."""
+    if isinstance(err, WriteError):
+        return None  # already named by `core.io.write_guard`
+    if isinstance(err, OSError) and err.errno in _FULL_DISK_ERRNOS:
+        return os.strerror(err.errno)
+    text = str(err)
+    return next((words for words in _FULL_DISK_WORDS if words in text), None)
+
+
+def _newest_file(folder: Path) -> Path | None:
+    """The file of `folder` written last: the one a failed write was filling."""
+    newest, when = None, -1.0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            try:
+                modified = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if modified > when:
+                newest, when = path, modified
+    return newest
 
 
 def _plan(target: Path, kinds: tuple[str, ...], force: bool, resume: bool, staged: bool,

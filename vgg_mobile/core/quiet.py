@@ -29,10 +29,14 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 VERBOSE_ENV = "VGG_MOBILE_VERBOSE"
 # The loggers of TensorFlow's and its tools' Python side (tf_keras logs through "tensorflow").
 LOGGERS = ("tensorflow", "absl", "tf2onnx", "onnxruntime", "h5py")
+# The packages whose own Python warnings are silenced (a regular expression on the module).
+WARNING_MODULES = (r"(tensorflow|tf_keras|keras|tensorflow_model_optimization|tf2onnx|onnx|"
+                   r"onnxruntime|tensorflowjs|tensorflow_lite_support|h5py)(\.|$)")
 # What TensorFlow's shared libraries print as they load, and what its converter and LiteRT
 # print on every conversion and interpreter, on every machine: notices, not problems.
 _NOTICES = re.compile(
@@ -136,10 +140,15 @@ def configure(verbose: bool | None = None) -> None:
         _remove_hook()
         for name in LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)
+        warnings.filters[:] = [f for f in warnings.filters
+                               if getattr(f[3], "pattern", None) != WARNING_MODULES]
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Python warnings raised inside these packages (deprecations, "Statistics for quantized
+    # inputs were expected" from the TFLite converter) are theirs to fix, not the user's.
+    warnings.filterwarnings("ignore", module=WARNING_MODULES)
     if "tensorflow" not in sys.modules and not any(
             isinstance(f, _QuietFirstImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFirstImport())
