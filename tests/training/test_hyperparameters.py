@@ -5,7 +5,10 @@ import dataclasses
 import pytest
 
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.training.hyperparameters import Phase, TrainConfig, plan_phases
+from vgg_mobile.compression.prune import PruneConfig
+from vgg_mobile.compression.qat import QATConfig
+from vgg_mobile.distillation.distill import DistillConfig
+from vgg_mobile.training.hyperparameters import MAX_EPOCHS, Phase, TrainConfig, plan_phases
 
 
 def test_auto_is_full_from_scratch_and_progressive_from_pretrained():
@@ -44,3 +47,32 @@ def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3  # type: ignore[misc]
     assert dataclasses.replace(config, epochs=3).epochs == 3 and config.epochs == 10
+
+
+@pytest.mark.parametrize("config", [TrainConfig, DistillConfig, PruneConfig, QATConfig])
+@pytest.mark.parametrize("field,value", [
+    ("learning_rate", float("inf")), ("learning_rate", float("nan")), ("epochs", 10**20),
+    ("epochs", MAX_EPOCHS + 1), ("epochs", 2.0), ("epochs", True), ("batch_size", 10**12),
+    ("learning_rate", "0.1"), ("seed", -1), ("seed", 2**64),
+])
+def test_every_training_config_refuses_numbers_that_are_not_finite_or_sane(config, field, value):
+    with pytest.raises(BadInputError, match=f"{field} must be .*Received: {field}={value!r}$"):
+        config(**{field: value})
+
+
+@pytest.mark.parametrize("config,field", [
+    (TrainConfig, "warmup_epochs"), (TrainConfig, "weight_decay"), (TrainConfig, "label_smoothing"),
+    (DistillConfig, "temperature"), (DistillConfig, "alpha"), (DistillConfig, "mixup"),
+    (DistillConfig, "dropout"), (PruneConfig, "target_sparsity"), (PruneConfig, "begin_epoch"),
+    (QATConfig, "calibration_images"),
+])
+def test_other_numeric_fields_refuse_infinity(config, field):
+    with pytest.raises(BadInputError, match=f"Received: {field}=inf$"):
+        config(**{field: float("inf")})
+
+
+def test_an_echoed_value_is_cut_with_its_length():
+    with pytest.raises(BadInputError) as err:
+        TrainConfig(fine_tune="x" * 50_000_000)
+    message = str(err.value)
+    assert len(message) < 400 and message.endswith("... (50000012 chars)")

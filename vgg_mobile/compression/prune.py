@@ -18,10 +18,11 @@ from vgg_mobile.compression.common import (PRUNABLE_KERNELS, CompressResult, fin
                                            kernel_sparsity, load_parent, parent_fields,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
-from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.core.io import gzip_size, write_json
 from vgg_mobile.core.outputs import claim_output
 from vgg_mobile.core.run_dir import Manifest, finish_run
+from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,25 +69,25 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require(0 < self.target_sparsity < 1, "target_sparsity must be in (0, 1)",
-              f"target_sparsity={self.target_sparsity}")
+        check_training_knobs(self)
+        require_number(self.target_sparsity, "target_sparsity", 0, 1, low_open=True, high_open=True)
+        require_number(self.initial_sparsity, "initial_sparsity", 0, 1)
+        require_number(self.begin_epoch, "begin_epoch", 0)
+        if self.end_epoch is not None:
+            require_number(self.end_epoch, "end_epoch", 0)
+        require_number(self.power, "power", 1, 100)
+        if self.frequency is not None:
+            require_number(self.frequency, "frequency", 1, integer=True)
+        require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+        require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
         require(0 <= self.initial_sparsity < self.target_sparsity,
               "initial_sparsity must be in [0, target_sparsity)",
               f"initial_sparsity={self.initial_sparsity}")
-        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
         require(0 <= self.begin_epoch < self.epochs, "begin_epoch must be in [0, epochs)",
               f"begin_epoch={self.begin_epoch}")
         if self.end_epoch is not None:
             require(self.begin_epoch < self.end_epoch <= self.epochs,
                   "end_epoch must be in (begin_epoch, epochs]", f"end_epoch={self.end_epoch}")
-        require(self.power >= 1, "power must be >= 1", f"power={self.power}")
-        require(self.frequency is None or self.frequency >= 1, "frequency must be >= 1",
-              f"frequency={self.frequency}")
-        require(self.learning_rate > 0, "learning_rate must be > 0",
-              f"learning_rate={self.learning_rate}")
-        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
-              f"val_fraction={self.val_fraction}")
 
 
 def _prune_schedule(config: PruneConfig, steps_per_epoch: int) -> dict:

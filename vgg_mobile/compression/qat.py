@@ -15,10 +15,11 @@ from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult, 
                                            kernel_sparsity, load_parent, parent_fields,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
-from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.core.outputs import claim_output
 from vgg_mobile.core.run_dir import Manifest, Run, finish_run
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 
 # In-graph preprocessing layers, missing from tfmot's 8-bit registry: QAT gives them an
 # output-only quantizer so that the int8 model's first integer tensor has a trained range.
@@ -53,14 +54,10 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        require(self.learning_rate > 0, "learning_rate must be > 0",
-              f"learning_rate={self.learning_rate}")
-        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        require(self.calibration_images >= 1, "calibration_images must be >= 1",
-              f"calibration_images={self.calibration_images}")
-        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)",
-              f"val_fraction={self.val_fraction}")
+        check_training_knobs(self)
+        require_number(self.calibration_images, "calibration_images", 1, 1_000_000, integer=True)
+        require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+        require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
 
 
 def _annotate_for_qat(model, path: Path):

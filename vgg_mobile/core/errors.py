@@ -53,10 +53,69 @@ class BudgetError(VggMobileError):
         self.report = report
 
 
+# Longest piece of a received value that an error message repeats: a 50 MB string in a config
+# file must not become a 50 MB line on the terminal.
+ECHO_LIMIT = 200
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters, followed by `... (N chars)` when it was longer."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def require(ok: bool, what: str, received: str) -> None:
     """Raises `BadInputError("{what}. Received: {received}")` unless `ok`.
 
-    The one shape of every option check: what is expected, then the value that was given.
+    The one shape of every option check: what is expected, then the value that was given
+    (cut to `ECHO_LIMIT` characters).
     """
     if not ok:
-        raise BadInputError(f"{what}. Received: {received}")
+        raise BadInputError(f"{what}. Received: {clip(received)}")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def require_number(value, name: str, low: float | None = None, high: float | None = None,
+                   low_open: bool = False, high_open: bool = False,
+                   integer: bool = False) -> None:
+    """Requires `value` to be a finite number (an integer if `integer`) within the bounds.
+
+    The one check of every numeric setting of the config classes: `inf`, `nan`, a bool and a
+    string are refused whatever the bounds, which a bare `value > 0` would let through.
+
+    Args:
+        value: The value received.
+        name: The field's name, for the message.
+        low: Lowest allowed value, or `None` for no bound. Defaults to `None`.
+        high: Highest allowed value, or `None` for no bound. Defaults to `None`.
+        low_open: `low` itself is refused. Defaults to `False`.
+        high_open: `high` itself is refused. Defaults to `False`.
+        integer: Only integers are allowed. Defaults to `False`.
+
+    Raises:
+        BadInputError: `{name} must be ... Received: {name}={value}`.
+    """
+    import math
+
+    kind = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        # Finite bounds say "finite" already: "alpha must be in [0, 1]".
+        kind = "an integer in" if integer else "in"
+        bounds = f" {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {_number(low)}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {_number(high)}"
+    else:
+        bounds = ""
+    what = f"{name} must be {kind}{bounds}"
+    numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = numeric and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    require(ok, what, f"{name}={value!r}")

@@ -26,13 +26,14 @@ from vgg_mobile.data import dataset, splits
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
-from vgg_mobile.core.errors import DataError, RunDirError, require
+from vgg_mobile.core.errors import DataError, RunDirError, clip, require, require_number
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.core.outputs import check_no_overlap, claim_output, worker_output
 from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load_run, manifest_digest
 from vgg_mobile.core.io import write_json
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
+from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
@@ -106,8 +107,9 @@ class DistillConfig:
 
     def __post_init__(self):
         valid = student_names()
-        require(self.student in valid, f"unknown student {self.student!r}; valid: {', '.join(valid)}",
-             f"student={self.student!r}")
+        require(self.student in valid,
+                f"unknown student {clip(repr(self.student))}; valid: {', '.join(valid)}",
+                f"student={self.student!r}")
         spec = models.get_architecture(self.student)
         require(self.image_size is None or self.image_size >= spec.min_size,
              f"{self.student} needs an image size of at least {spec.min_size}",
@@ -115,19 +117,17 @@ class DistillConfig:
         require(bool(self.student_weights),
                 "student_weights must be 'auto', 'imagenet', 'none' or a path",
                 f"student_weights={self.student_weights!r}")
-        require(self.temperature > 0, "temperature must be > 0", f"temperature={self.temperature}")
-        require(0 <= self.alpha <= 1, "alpha must be in [0, 1]", f"alpha={self.alpha}")
-        require(self.mixup >= 0, "mixup must be >= 0", f"mixup={self.mixup}")
-        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
-        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
-        require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
-        require(0 <= self.dropout < 1, "dropout must be in [0, 1)", f"dropout={self.dropout}")
+        # A temperature above 100 flattens the teacher's answers to uniform: nothing to learn.
+        require_number(self.temperature, "temperature", 0, 100, low_open=True)
+        require_number(self.alpha, "alpha", 0, 1)
+        require_number(self.mixup, "mixup", 0, 100)
+        check_training_knobs(self)
+        require_number(self.dropout, "dropout", 0, 1, high_open=True)
         require(self.ship in SHIP_CHOICES, f"ship must be one of {', '.join(SHIP_CHOICES)}",
              f"ship={self.ship!r}")
-        require(self.val_fraction is None or 0 < self.val_fraction < 1,
-             "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
+        if self.val_fraction is not None:
+            require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+        require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
 
     def student_options(self, image_size: int) -> ModelOptions:
         """The student's architecture options at `image_size`, starting from `student_weights`."""

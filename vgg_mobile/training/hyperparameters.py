@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 
-from vgg_mobile.core.errors import require
+from vgg_mobile.core.errors import require, require_number
 
 FINE_TUNE_MODES = ("auto", "full", "feature-extraction", "last-blocks", "progressive")
+
+# Upper bounds of the knobs every training config shares (teacher, distillation, pruning,
+# QAT): far above any useful value, low enough that a typo (`epochs = 1e20`, a learning rate
+# of 1e6) is refused before training instead of running for ever or diverging at once.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_LEARNING_RATE = 10.0
+# NumPy and TensorFlow seeds: TensorFlow refuses one beyond 64 bits, NumPy a negative one.
+MAX_SEED = 2**31 - 1
+
+
+def check_training_knobs(config) -> None:
+    """Checks the numeric knobs that the training configs share, where `config` has them:
+    `epochs`, `batch_size`, `learning_rate`, `warmup_epochs`, `weight_decay`.
+
+    Raises:
+        BadInputError: A value that is not a finite number in its range (`inf`, `nan`,
+            `epochs = 1e20`, ...), naming the field and the value.
+    """
+    rules = {"epochs": dict(low=1, high=MAX_EPOCHS, integer=True),
+             "batch_size": dict(low=1, high=MAX_BATCH_SIZE, integer=True),
+             "learning_rate": dict(low=0, low_open=True, high=MAX_LEARNING_RATE),
+             "warmup_epochs": dict(low=0, high=MAX_EPOCHS),
+             "weight_decay": dict(low=0, high=1)}
+    for name, bounds in rules.items():
+        if hasattr(config, name):
+            require_number(getattr(config, name), name, **bounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +75,13 @@ class TrainConfig:
     strict: bool = False
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs must be >= 1", f"epochs={self.epochs}")
-        require(self.batch_size >= 1, "batch_size must be >= 1", f"batch_size={self.batch_size}")
-        require(self.learning_rate > 0, "learning_rate must be > 0", f"learning_rate={self.learning_rate}")
-        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", f"warmup_epochs={self.warmup_epochs}")
-        require(self.weight_decay >= 0, "weight_decay must be >= 0", f"weight_decay={self.weight_decay}")
-        require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)",
-             f"label_smoothing={self.label_smoothing}")
+        check_training_knobs(self)
+        require_number(self.label_smoothing, "label_smoothing", 0, 1, high_open=True)
         require(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be one of {', '.join(FINE_TUNE_MODES)}",
              f"fine_tune={self.fine_tune!r}")
-        require(self.unfreeze_blocks >= 1, "unfreeze_blocks must be >= 1", f"unfreeze_blocks={self.unfreeze_blocks}")
-        require(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)", f"val_fraction={self.val_fraction}")
+        require_number(self.unfreeze_blocks, "unfreeze_blocks", 1, integer=True)
+        require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+        require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
 
 
 @dataclasses.dataclass(frozen=True)
