@@ -164,3 +164,48 @@ def test_bad_config_exits_2_fast_and_writes_nothing(cli, sample_dir, tmp_path):
         assert not out.exists()
     result = cli("pipeline", sample_dir, "--out", out, "--preset", "huge")
     assert result.returncode == 2 and "preset='huge'" in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[teacher]\nlearning_rate = inf\n", "learning_rate=inf"),
+    ("[teacher]\nlearning_rate = nan\n", "learning_rate=nan"),
+    ("[teacher]\nepochs = 100000000000000000000\n", "epochs=100000000000000000000"),
+    ("[student]\ntemperature = inf\n", "temperature=inf"),
+    ("[pruned]\nlearning_rate = -inf\n", "learning_rate=-inf"),
+    ("[student_qat]\nbatch_size = 9223372036854775807\n", "batch_size=9223372036854775807"),
+])
+def test_values_that_are_not_finite_or_sane_are_refused(text, words):
+    with pytest.raises(BadInputError, match="p.toml: ") as err:
+        load_config(text=text, path="p.toml")
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "[" * 10_000 + "]" * 10_000,
+    "[teacher]\nepochs = " + "[" * 10_000 + "]" * 10_000,
+    "a = " + "{b = " * 10_000 + "1" + "}" * 10_000,
+])
+def test_toml_nested_too_deep_is_refused_naming_the_file(text):
+    with pytest.raises(BadInputError, match="p.toml: .*nested too deep"):
+        load_config(text=text, path="p.toml")
+
+
+@pytest.mark.parametrize("text", [
+    '[teacher]\narchitecture = "{}"\n', '[teacher]\nepochs = "{}"\n', '[export]\nsource = "{}"\n',
+    '[teacher]\n"{}" = 1\n', '["{}"]\nx = 1\n'])
+def test_a_huge_value_is_not_echoed_whole(text):
+    huge = "x" * 50_000_000
+    with pytest.raises(BadInputError) as err:
+        load_config(text=text.format(huge), path="p.toml")
+    message = str(err.value)
+    assert len(message) < 2_100 and "\n" not in message and message.startswith("p.toml: ")
+    assert "x" * 150 in message
+
+
+def test_a_config_nested_10000_deep_exits_2_and_writes_nothing(cli, sample_dir, tmp_path):
+    out, config = tmp_path / "out", tmp_path / "pipeline.toml"
+    config.write_text("[teacher]\nepochs = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    result = cli("pipeline", sample_dir, "--out", out, "--config", config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and str(config) in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from converters.convert import ConvertOptions, parse_size
-from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError, clip
 from vgg_mobile.pipeline.stages import RUN_STAGES, STAGES
 
 CONFIG_FILE = "pipeline.toml"
@@ -84,13 +84,26 @@ RENAMED: dict[str, tuple[str, ...]] = {
 _PARSERS: dict[tuple[type, str], Callable[[str], object]] = {(ConvertOptions, "max_size"): parse_size}
 
 
+# Longest text value: every string key is a name or a path, and no path is longer (PATH_MAX).
+MAX_TEXT = 4096
+
+# Longest message a config error carries: enough for every valid name it lists.
+_MESSAGE_LIMIT = 2000
+
+
+def _names(names: list[str]) -> str:
+    """Names from the file, for a message: each shown as `repr` and cut, at most ten."""
+    shown = ", ".join(clip(repr(name)) for name in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
 def _check_sources(config) -> None:
     for stage in STAGES:
         if stage.parent_from_source:
             source = getattr(config, stage.name).source
             if source not in RUN_STAGES:
                 raise BadInputError(f"[{stage.name}] source must be one of "
-                                    f"{', '.join(RUN_STAGES)}. Received: source={source!r}")
+                                    f"{', '.join(RUN_STAGES)}. Received: source={clip(repr(source))}")
 
 
 PipelineConfig = dataclasses.make_dataclass(
@@ -165,7 +178,7 @@ def _coerce(value, hint, key: Key, section: str, where: str):
     """Checks a TOML value against a dataclass field type; returns the Python value."""
     def bad():
         return BadInputError(f"{where}[{section}] {key.name} must be of type {_type_name(hint)}. "
-                             f"Received: {key.name}={value!r} ({type(value).__name__})")
+                             f"Received: {key.name}={clip(repr(value))} ({type(value).__name__})")
 
     parser = _PARSERS.get((key.owner, key.name))
     if parser is not None and isinstance(value, str):
@@ -196,6 +209,9 @@ def _coerce(value, hint, key: Key, section: str, where: str):
         value = float(value) if ok else value
     elif hint is str:
         ok = isinstance(value, str)
+        if ok and len(value) > MAX_TEXT:
+            raise BadInputError(f"{where}[{section}] {key.name} must be at most {MAX_TEXT} "
+                                f"characters. Received: {key.name}={clip(repr(value))}")
     else:
         ok = True
     if not ok:
@@ -207,7 +223,7 @@ def _build_section(stage, values: dict, where: str):
     keys = section_keys(stage.config)
     unknown = sorted(set(values) - set(keys))
     if unknown:
-        raise BadInputError(f"{where}[{stage.name}] unknown key(s): {', '.join(unknown)}; valid "
+        raise BadInputError(f"{where}[{stage.name}] unknown key(s): {_names(unknown)}; valid "
                             f"keys: {', '.join(sorted(keys))}")
     own: dict[str, object] = {}
     parts: dict[str, dict[str, object]] = {}
@@ -223,7 +239,9 @@ def _build_section(stage, values: dict, where: str):
             own[part] = dataclasses.replace(getattr(default, part), **changes)
         return stage.config(**own)
     except BadInputError as err:
-        raise BadInputError(f"{where}[{stage.name}] {err}") from None
+        # Some config classes quote a value in their own words (an unknown architecture):
+        # the line stays short whatever the file holds.
+        raise BadInputError(f"{where}[{stage.name}] {clip(err, _MESSAGE_LIMIT)}") from None
 
 
 def build_config(overrides: dict | None = None, preset: str = "sample", where: str = "") -> PipelineConfig:
@@ -255,14 +273,14 @@ def build_config(overrides: dict | None = None, preset: str = "sample", where: s
     names = [stage.name for stage in STAGES]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise BadInputError(f"{where}unknown section(s): {', '.join(unknown)}; valid sections: "
+        raise BadInputError(f"{where}unknown section(s): {_names(unknown)}; valid sections: "
                             f"{', '.join(names)}")
     sections = {}
     for stage in STAGES:
         given = overrides.get(stage.name, {})
         if not isinstance(given, dict):
             raise BadInputError(f"{where}[{stage.name}] must be a table. "
-                                f"Received: {stage.name}={given!r}")
+                                f"Received: {stage.name}={clip(repr(given))}")
         sections[stage.name] = _build_section(
             stage, {**PRESETS[preset].get(stage.name, {}), **given}, where)
     try:
@@ -297,7 +315,10 @@ def load_config(path: str | Path | None = None, preset: str = "sample",
     try:
         data = tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as err:
-        raise BadInputError(f"{where}not valid TOML ({err})") from None
+        raise BadInputError(f"{where}not valid TOML ({clip(err)})") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise BadInputError(f"{where}not a pipeline config: arrays or tables nested too deep "
+                            "for the TOML reader") from None
     return build_config(data, preset, where)
 
 
