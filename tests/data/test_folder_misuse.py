@@ -206,3 +206,54 @@ def test_small_16_bit_files_of_huge_images_are_checked_in_bounded_memory(tmp_pat
     result, megabytes = _peak("load", first)
     assert result == [[_SIDE, _SIDE, 3], 255, 0]
     assert megabytes < 1000, f"load_rgb peaked {megabytes} MB above its baseline"
+
+
+def _non_utf8(path: Path, raw_name: bytes) -> Path:
+    """`path / raw_name` for a name whose bytes are not UTF-8 (as Python spells it)."""
+    return path / os.fsdecode(raw_name)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_reported_printably(tmp_path):
+    root = image_folder(tmp_path / "d", {"a": 3, "b": 3}, size=8)
+    shutil.copy(root / "a" / "0.jpg", _non_utf8(root / "a", b"caf\xe9.jpg"))
+    (root / "b" / "sub").mkdir()
+    shutil.copy(root / "b" / "1.png", _non_utf8(root / "b" / "sub", b"\xff\xfe.png"))
+    folder = dataset.scan_folder(root)
+    assert len(folder.train) == 6
+    assert sorted(str(c.path) for c in folder.bad) == [
+        f"{root}/a/caf\\xe9.jpg", f"{root}/b/sub/\\xff\\xfe.png"]
+    assert all(c.problem == dataset.NOT_UTF8 for c in folder.bad)
+    # Everything written about the folder is UTF-8: the fingerprint, the manifest's record.
+    from vgg_mobile.data import splits
+    folder.fingerprint()
+    record = splits.data_record(folder, splits.choose_split(folder))
+    json.dumps(record, ensure_ascii=False).encode("utf-8")
+    with pytest.raises(DataError, match=re.escape("caf\\xe9.jpg: file name is not valid UTF-8")):
+        dataset.scan_folder(root, strict=True)
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    root = image_folder(tmp_path / "d", {"a": 2, "b": 2}, size=8)
+    shutil.copytree(root / "b", _non_utf8(root, b"caf\xe9"))
+    with pytest.raises(DataError, match=re.escape("the class folder name b'caf\\xe9' is not valid "
+                                                  "UTF-8")) as err:
+        dataset.scan_folder(root)
+    str(err.value).encode("utf-8")
+
+
+def test_train_skips_a_non_utf8_file_and_refuses_a_non_utf8_class(cli, tmp_path):
+    root = image_folder(tmp_path / "d", {"a": 3, "b": 3}, size=8)
+    shutil.copy(root / "a" / "0.jpg", _non_utf8(root / "a", b"caf\xe9.jpg"))
+    out = tmp_path / "run"
+    result = cli("train", root, "--out", out, "--epochs", 1, "--image-size", 32, "--weights",
+                 "none", "--architecture", "mobilenet_v2_0.35", "--batch-size", 4)
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {root}/a/caf\\xe9.jpg: file name is not valid UTF-8" in result.stdout + result.stderr
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["data"]["skipped_files"] == [
+        {"path": f"{root}/a/caf\\xe9.jpg", "problem": dataset.NOT_UTF8}]
+    shutil.copytree(root / "b", _non_utf8(root, b"caf\xe9"))
+    result = cli("train", root, "--out", tmp_path / "run2", "--epochs", 1, "--weights", "none")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "b'caf\\xe9' is not valid UTF-8" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "run2").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,8 +96,31 @@ def _is_output(folder: Path) -> bool:
     return output_kind(folder) is not None
 
 
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the disk is valid UTF-8: Python decodes other bytes to lone
+    surrogates, which no JSON, log line or `labels.txt` written as UTF-8 can hold."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str | Path) -> str:
+    """A path as text that can be printed and written anywhere: the bytes of a name that is
+    not valid UTF-8 shown as `\\xNN` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _shown(name: str) -> str:
+    """A folder name quoted for a message: `repr()`, or the raw bytes for a non-UTF-8 one."""
+    return repr(name) if _is_utf8(name) else repr(os.fsencode(name))
+
+
 def _name_problem(name: str) -> str | None:
     """Why a folder name cannot be a class name (one line of `labels.txt`), or `None`."""
+    if not _is_utf8(name):
+        return "is not valid UTF-8 (bytes shown as \\xNN)"
     if any(unicodedata.category(ch) in _UNPRINTABLE for ch in name):
         return "holds a control character (a newline, tab or other unprintable character)"
     if name != name.strip():
@@ -115,7 +139,7 @@ def _check_class_dirs(root: Path, dirs: list[Path]) -> None:
     for folder in dirs:
         problem = _name_problem(folder.name)
         if problem:
-            raise DataError(f"{root}: the class folder name {folder.name!r} {problem}, which "
+            raise DataError(f"{printable(root)}: the class folder name {_shown(folder.name)} {problem}, which "
                             "labels.txt and later commands cannot hold; rename the folder")
         real = folder.resolve()
         if real == real_root or real in real_root.parents:
@@ -144,22 +168,32 @@ def _check_distinct(dirs: list[Path]) -> None:
                             "would be read under two class names; remove one of them")
 
 
-def _candidate_files(class_dir: Path) -> list[Path]:
-    """The files of a class folder, at any depth, except hidden and ignored ones.
+# Why a file whose name is not valid UTF-8 is skipped: the manifest, the logs and every later
+# command name the images they read, as UTF-8.
+NOT_UTF8 = "file name is not valid UTF-8 (bytes shown as \\xNN); rename the file to use it"
+
+
+def _candidate_files(class_dir: Path) -> tuple[list[Path], list[ImageCheck]]:
+    """The files of a class folder, at any depth, except hidden and ignored ones; and those
+    skipped for a name that is not UTF-8 (under a printable form of their path).
 
     Raises:
         DataError: A subfolder is a vgg-mobile output, whose files are not images of the class.
     """
-    files = []
+    files, skipped = [], []
     for p in sorted(class_dir.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(class_dir).parts):
+        relative = p.relative_to(class_dir)
+        if any(part.startswith(".") for part in relative.parts):
             continue
         if p.is_dir() and _is_output(p):
-            raise DataError(f"{p}: a vgg-mobile output folder, not images of the class "
+            raise DataError(f"{printable(p)}: a vgg-mobile output folder, not images of the class "
                             f"{class_dir.name!r}; move it out of the data folder")
         if p.is_file() and p.name.lower() not in _IGNORED_NAMES:
-            files.append(p)
-    return files
+            if _is_utf8(str(relative)):
+                files.append(p)
+            else:
+                skipped.append(ImageCheck(Path(printable(p)), problem=NOT_UTF8))
+    return files, skipped
 
 
 def _check_pools(pools: list[Path]) -> None:
@@ -194,12 +228,13 @@ def _scan_pool(
         classes = names
     stray = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
              and p.name.lower() not in _IGNORED_NAMES]
-    bad = [ImageCheck(p, problem="not inside a class folder") for p in stray]
+    bad = [ImageCheck(Path(printable(p)), problem="not inside a class folder") for p in stray]
     examples, converted = [], []
     empty = []
     candidates = {class_dir: _candidate_files(class_dir) for class_dir in dirs}
     for class_dir in dirs:
-        checks = _check_all(candidates[class_dir], max_pixels)
+        files, skipped = candidates[class_dir]
+        checks = _check_all(files, max_pixels) + skipped
         good = [c for c in checks if c.ok]
         bad.extend(c for c in checks if not c.ok)
         converted.extend(c for c in good if c.notes)
