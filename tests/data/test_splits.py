@@ -113,3 +113,38 @@ def test_train_without_val_and_no_val_fraction_is_an_error(tmp_path):
     folder = dataset.scan_folder(root)
     with pytest.raises(DataError, match="a validation set is needed"):
         splits.choose_split(folder, None, val_fraction=0.0)
+
+
+def test_classes_of_one_image_each_are_refused_before_training(tmp_path):
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {f"c{i:03d}": 1 for i in range(40)},
+                                              size=8))
+    with pytest.raises(DataError, match="no image can be held out for validation: 40 classes and "
+                                        "40 images, and a class needs at least 2 images"):
+        splits.choose_split(folder, val_fraction=0.2)
+
+
+def test_a_class_of_one_image_is_named_as_unmeasured(tmp_path):
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {"a": 5, "b": 5, "lone": 1}, size=8))
+    choice = splits.choose_split(folder, val_fraction=0.2)
+    assert splits.unmeasured_classes(folder, choice.parts) == ("lone",)
+    assert "1 of 3 classes have no validation image ('lone'" in choice.note
+    assert "macro F1 averages the other classes only" in choice.note
+    full = splits.choose_split(dataset.scan_folder(image_folder(tmp_path / "e", {"a": 2, "b": 2},
+                                                                size=8)))
+    assert full.note == ""
+
+
+def test_train_refuses_a_thousand_classes_of_one_image(cli, tmp_path):
+    root = image_folder(tmp_path / "d", {f"c{i:04d}": 1 for i in range(1000)}, size=4)
+    out = tmp_path / "run"
+    result = cli("train", root, "--out", out, "--epochs", 1, "--weights", "none",
+                 "--image-size", 32)
+    assert result.returncode == 2, result.stderr
+    assert f"{root}: no image can be held out for validation" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_a_stage_that_only_draws_training_images_may_take_a_split_without_validation(tmp_path):
+    folder = dataset.scan_folder(image_folder(tmp_path / "d", {"a": 1, "b": 1}, size=8))
+    choice = splits.choose_split(folder, require_val=False)
+    assert len(choice.parts.train) == 2 and choice.parts.val == ()

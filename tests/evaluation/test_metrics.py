@@ -26,8 +26,21 @@ def test_metrics_on_known_predictions():
     assert m["top_2_accuracy"] == 1.0
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3, abs=1e-4), "recall": 1.0,
-                                   "f1": pytest.approx(0.8, abs=1e-4), "support": 2}
+                                   "f1": pytest.approx(0.8, abs=1e-4), "support": 2,
+                                   "measured": True}
     assert m["per_class"]["a"]["precision"] == 0.5 and m["per_class"]["a"]["recall"] == 0.5
+    assert m["unmeasured_classes"] == [] and m["macro_f1_classes"] == 3
+
+
+def test_a_class_without_images_is_unmeasured_and_left_out_of_the_macro_f1():
+    classes = ("a", "b", "lone")
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.2, 0.8, 0.0]])
+    m = classification_metrics(probs, labels, classes)
+    assert m["unmeasured_classes"] == ["lone"] and m["macro_f1_classes"] == 2
+    assert m["per_class"]["lone"]["measured"] is False
+    assert m["per_class"]["a"]["measured"] is True
+    assert m["macro_f1"] == 1.0  # not (1 + 1 + 0) / 3
 
 
 def test_evaluate_uses_the_held_out_split_of_the_training_folder(teacher_run, sample_dir, tmp_path):

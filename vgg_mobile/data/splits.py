@@ -48,7 +48,8 @@ def trained_on(parent_manifest: dict | None, folder: ImageFolder) -> bool:
 
 
 def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
-                 val_fraction: float | None = None, seed: int = 0) -> SplitChoice:
+                 val_fraction: float | None = None, seed: int = 0,
+                 require_val: bool = True) -> SplitChoice:
     """Splits `folder` for a stage, reusing the parent's split on the parent's own folder.
 
     A folder with `train/` but no images in `val/` is split like an unsplit folder: its
@@ -59,19 +60,25 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
         parent_manifest: The parent run's manifest, or `None` for a first stage.
         val_fraction: Share held out on a new split. Defaults to the parent's, else `0.2`.
         seed: Seed of a new split. Defaults to `0`.
+        require_val: Refuse a split without validation images (a stage that trains and
+            validates); `False` for one that only draws from the training part.
+            Defaults to `True`.
 
     Returns:
         A `SplitChoice`. On the parent's folder its `note` says when a different
         `val_fraction` or `seed` was asked for and ignored (honouring it would validate on
-        images the parent trained on).
+        images the parent trained on); it also warns of classes left without a validation
+        image (`unmeasured_note`).
 
     Raises:
-        DataError: A `train/` without images in `val/`, and a `val_fraction` of 0.
+        DataError: A `train/` without images in `val/`, and a `val_fraction` of 0; a split
+            that holds out no image (every class has a single image).
     """
     recorded = (parent_manifest or {}).get("data") or {}
     if folder.val:
         fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-        return SplitChoice(split(folder, fraction, seed), fraction, seed, "presplit")
+        parts = split(folder, fraction, seed)
+        return SplitChoice(parts, fraction, seed, "presplit", unmeasured_note(folder, parts))
     if parent_manifest is not None and trained_on(parent_manifest, folder):
         fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION))
         source, chosen_seed, note = "parent", int(recorded.get("seed", 0)), ""
@@ -91,7 +98,44 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
         note = "; ".join(filter(None, (note, (
             f"{folder.root / 'val'} is missing or without images: validating on a seeded, "
             f"stratified split of train/ (val_fraction={fraction}, seed={chosen_seed})"))))
-    return SplitChoice(split(folder, fraction, chosen_seed), fraction, chosen_seed, source, note)
+    parts = split(folder, fraction, chosen_seed)
+    if require_val:
+        _check_held_out(folder, parts)
+    return SplitChoice(parts, fraction, chosen_seed, source,
+                       "; ".join(filter(None, (note, unmeasured_note(folder, parts)))))
+
+
+def _check_held_out(folder: ImageFolder, parts: Split) -> None:
+    """Refuses a split that holds out no image: validation metrics would be NaN, and every
+    later stage (evaluate, convert, distill) would refuse the run after training it.
+
+    Raises:
+        DataError: Naming the folder, its classes and images, and what to add.
+    """
+    if parts.val:
+        return
+    raise DataError(
+        f"{folder.root}: no image can be held out for validation: {len(folder.classes)} classes "
+        f"and {len(folder.train)} images, and a class needs at least 2 images to give one to "
+        "validation and keep one for training; add images to the classes, or a val/ folder")
+
+
+def unmeasured_classes(folder: ImageFolder, parts: Split) -> tuple[str, ...]:
+    """Classes without a validation image (a class of one image, or missing from `val/`)."""
+    held = {example.label for example in parts.val}
+    return tuple(name for label, name in enumerate(folder.classes) if label not in held)
+
+
+def unmeasured_note(folder: ImageFolder, parts: Split) -> str:
+    """A warning naming the classes without a validation image, or "" when there are none."""
+    missing = unmeasured_classes(folder, parts)
+    if not missing:
+        return ""
+    shown = ", ".join(repr(name) for name in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return (f"warning: {len(missing)} of {len(folder.classes)} classes have no validation image "
+            f"({shown}{more}; a class needs 2 images to hold one out): their precision, recall "
+            "and F1 are not measured, and the macro F1 averages the other classes only")
 
 
 def data_record(folder: ImageFolder, choice: SplitChoice) -> dict:

@@ -24,6 +24,9 @@ def classification_metrics(
 
     Returns:
         A JSON-ready dict; `confusion_matrix[i][j]` counts images of class i predicted as j.
+        A class without an image among `labels` is not measured: its recall and F1 would be
+        a made-up 0, so its entry says `"measured": false`, it is listed in
+        `unmeasured_classes` and the macro F1 averages the measured classes only.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs)
@@ -42,13 +45,17 @@ def classification_metrics(
         recall = tp / actual_i if actual_i else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
-                           "f1": round(float(f1), 4), "support": int(actual_i)}
+                           "f1": round(float(f1), 4), "support": int(actual_i),
+                           "measured": bool(actual_i)}
     present = [c for c in classes if per_class[c]["support"]]
+    unmeasured = [c for c in classes if not per_class[c]["support"]]
     return {
         "num_images": int(len(labels)),
         "accuracy": round(float((predicted == labels).mean()), 4) if len(labels) else 0.0,
         f"top_{k}_accuracy": round(float((top == labels[:, None]).any(axis=1).mean()), 4),
         "macro_f1": round(float(np.mean([per_class[c]["f1"] for c in present])), 4) if present else 0.0,
+        "macro_f1_classes": len(present),
+        "unmeasured_classes": unmeasured,
         "per_class": per_class,
         "classes": list(classes),
         "confusion_matrix": confusion.tolist(),
