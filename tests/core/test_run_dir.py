@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -82,3 +83,30 @@ def test_a_manifest_is_built_one_way_and_validated():
         run_dir.Manifest(stage="teacher", classes=("a", "a"), input={})
     with pytest.raises(ValueError, match=r"sections may not redefine manifest fields. Received: \['stage'\]"):
         run_dir.Manifest(stage="teacher", classes=("a",), input={}, sections={"stage": "x"})
+
+
+def _bare_run(folder, manifest_text: str, labels: bytes = b"a\nb\n"):
+    """A run folder holding only a manifest and labels: `load_run` reads nothing else."""
+    folder.mkdir()
+    (folder / "manifest.json").write_text(manifest_text, encoding="utf-8")
+    (folder / "labels.txt").write_bytes(labels)
+    return folder
+
+
+_GOOD = {"schema_version": 1, "stage": "teacher", "classes": ["a", "b"], "input": {"size": [32, 32]}}
+
+
+@pytest.mark.parametrize("text,labels,words", [
+    ("[" * 100_000 + "]" * 100_000, b"a\nb\n", "manifest.json: not valid JSON"),
+    (json.dumps({**_GOOD, "config": json.loads("[" * 900 + "]" * 900)}) .replace(
+        "[]", "[" * 100_000 + "]" * 100_000), b"a\nb\n", "manifest.json: not valid JSON"),
+    (json.dumps({**_GOOD, "input": "big"}), b"a\nb\n", "manifest.json: input must be an object"),
+    (json.dumps({**_GOOD, "input": {"size": "big"}}), b"a\nb\n", "manifest.json: input.size"),
+    (json.dumps(_GOOD), b"\xe9\xff\n", "labels.txt: not UTF-8 text"),
+    (json.dumps({**_GOOD, "stage": "-" * 50_000_000}), b"a\nb\n", "manifest.json: stage must be"),
+])
+def test_hostile_manifests_and_labels_are_refused_naming_the_file(tmp_path, text, labels, words):
+    folder = _bare_run(tmp_path / "run", text, labels)
+    with pytest.raises(RunDirError, match=re.escape(f"{folder}/{words}")) as err:
+        run_dir.load_run(folder)
+    assert len(str(err.value)) < 400 and "\n" not in str(err.value)
