@@ -1,6 +1,11 @@
 """Misuse audit: each case run as a user would, through the real `vgg-mobile` command.
 
-    uv run python measurements/misuse_audit.py [--keep DIR]
+    uv run python measurements/misuse_audit.py [--keep DIR] [--only-hostile]
+
+`--only-hostile` runs only the files and values crafted to break the readers (a manifest
+nested 100,000 deep, labels that are not UTF-8, a TOML nested 10,000 deep, `inf` and 10^20
+settings, a 50 MB value, names that are not UTF-8, classes of one image), on the sample data
+and a 1-epoch run.
 
 Builds a small world in a temporary folder (the sample data, a 1-epoch MobileNetV2 run, its
 export and demo), then runs every case: `--force` on folders vgg-mobile did not write, outputs
@@ -82,6 +87,9 @@ def dot_folder(path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=None, help="Work here and keep it.")
+    parser.add_argument("--only-hostile", action="store_true",
+                        help="Run only the hostile-input cases (files and values crafted to "
+                             "break the readers), on the sample data and a 1-epoch run.")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="vgg-misuse-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -112,6 +120,9 @@ def main() -> None:
     tiny = ["--architecture", "mobilenet_v2_0.35", "--head-units", "0", "--image-size", "32",
             "--weights", "none", "--batch-size", "8"]
     vgg("train", data, "--out", run, "--epochs", "1", *tiny, "--quiet", check=True)
+    hostile_input_cases(base, data, run, tiny, case)
+    if args.only_hostile:
+        return report(rows, base, args.keep)
     export = base / "export"
     vgg("convert", run, "--out", export, "--flavour", "dynamic", "--tfjs-quantization", "none",
         check=True)
@@ -307,7 +318,11 @@ def main() -> None:
                     "warned" if warned else "no warning", ok, ""))
 
     rows += serving_cases(base, export)
+    report(rows, base, args.keep)
 
+
+def report(rows: list[Row], base: Path, keep: Path | None) -> None:
+    """Prints the table and the messages, removes the world unless kept, exits 1 on a FAIL."""
     print()
     print("| case | exit | expected | kept | result |")
     print("|---|---|---|---|---|")
@@ -318,9 +333,94 @@ def main() -> None:
     for row in rows:
         if row.message:
             print(f"- {row.case}: `{row.message}`")
-    if args.keep is None:
+    if keep is None:
         shutil.rmtree(base, ignore_errors=True)
     sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+def hostile_input_cases(base: Path, data: Path, run: Path, tiny: list[str], case: Callable) -> None:
+    """Files and values crafted to break the readers: each must exit 2 with one line naming
+    the file or field (or, for a file name that is not UTF-8, be skipped and named printably)."""
+    from PIL import Image
+
+    def copied_run(name: str, manifest_text: str | None = None, labels: bytes | None = None) -> Path:
+        folder = base / name
+        shutil.copytree(run, folder)
+        if manifest_text is not None:
+            (folder / "manifest.json").write_text(manifest_text)
+        if labels is not None:
+            (folder / "labels.txt").write_bytes(labels)
+        return folder
+
+    def one_line(result) -> tuple[bool, str]:
+        lines = result.stderr.strip().splitlines()
+        return len(lines) == 1 and len(lines[0]) < 2_100, f"{len(result.stderr)} chars"
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    deep = copied_run("deep_run", "[" * 100_000 + "]" * 100_000)
+    case("evaluate: manifest.json nested 100,000 deep", ["evaluate", deep, "--data", data], 2,
+         [deep], lambda r: ("manifest.json: not valid JSON" in r.stderr, "-"))
+    big = copied_run("big_run", json.dumps({**manifest, "input": "big"}))
+    case('evaluate: "input": "big" in manifest.json', ["evaluate", big, "--data", data], 2, [big],
+         lambda r: ("input must be an object" in r.stderr, "-"))
+    latin = copied_run("latin_run", labels="".join(f"{c}\n" for c in manifest["classes"])
+                       .replace("circle", "cercle\xe9").encode("latin-1"))
+    case("evaluate: labels.txt not UTF-8", ["evaluate", latin, "--data", data], 2, [latin],
+         lambda r: ("labels.txt: not UTF-8" in r.stderr, "-"))
+
+    def pipeline_case(name: str, text: str, words: str) -> None:
+        config, out = base / "hostile.toml", base / "p_hostile"
+        config.write_text(text)
+        case(name, ["pipeline", data, "--out", out, "--config", config], 2, [config],
+             lambda r: (words in r.stderr and not out.exists() and one_line(r)[0],
+                        one_line(r)[1]))
+
+    pipeline_case("pipeline: TOML nested 10,000 deep",
+                  "[teacher]\nepochs = " + "[" * 10_000 + "]" * 10_000 + "\n", "nested too deep")
+    pipeline_case("pipeline: learning_rate = inf", "[teacher]\nlearning_rate = inf\n",
+                  "learning_rate=inf")
+    pipeline_case("pipeline: epochs = 10^20", "[teacher]\nepochs = 100000000000000000000\n",
+                  "epochs=100000000000000000000")
+    pipeline_case("pipeline: a 50 MB string value",
+                  '[teacher]\narchitecture = "' + "x" * 50_000_000 + '"\n', "(50000002 chars)")
+
+    odd = base / "data_not_utf8"
+    shutil.copytree(data, odd)
+    first = sorted((odd / "circle").iterdir())[0]
+    shutil.copy(first, odd / "circle" / os.fsdecode(b"caf\xe9" + first.suffix.encode()))
+    case("train: an image named with bytes that are not UTF-8",
+         ["train", odd, "--out", base / "r_odd", *tiny, "--epochs", "1"], 0, [odd],
+         lambda r: ("caf\\xe9" in r.stdout + r.stderr, "skipped, named caf\\xe9"))
+    os.rename(odd / "square", odd / os.fsdecode(b"squ\xe0re"))
+    case("train: a class folder named with bytes that are not UTF-8",
+         ["train", odd, "--out", base / "r_odd2", *tiny, "--epochs", "1"], 2, [odd],
+         lambda r: ("b'squ\\xe0re' is not valid UTF-8" in r.stderr
+                    and not (base / "r_odd2").exists(), "nothing written"))
+
+    singles = base / "data_singles"
+    for i in range(1_000):
+        (singles / f"c{i:04d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (i % 256, i // 4 % 256, 0)).save(singles / f"c{i:04d}" / "0.png")
+    case("train: 1,000 classes of one image each",
+         ["train", singles, "--out", base / "r_singles", *tiny, "--epochs", "1"], 2, [singles],
+         lambda r: ("no image can be held out for validation" in r.stderr
+                    and not (base / "r_singles").exists(), "nothing written"))
+    lone = base / "data_lone"
+    shutil.copytree(data, lone)
+    for extra in sorted((lone / "triangle").iterdir())[1:]:
+        extra.unlink()
+    out = base / "r_lone"
+
+    def unmeasured(result) -> tuple[bool, str]:
+        if not (out / "manifest.json").is_file():
+            return False, "no run"
+        metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+        said = "have no validation image ('triangle'" in result.stdout + result.stderr
+        return said and metrics.get("unmeasured_classes") == ["triangle"], (
+            f"warned; unmeasured {metrics.get('unmeasured_classes')}")
+
+    case("train: a class of one image", ["train", lone, "--out", out, *tiny, "--epochs", "1"], 0,
+         [lone], unmeasured)
 
 
 class ServeModel:
