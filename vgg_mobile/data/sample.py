@@ -1,77 +1,35 @@
 """A small built-in image-folder dataset, generated on the spot: no download.
 
-Four classes of geometric shapes (circle, cross, square, triangle), drawn so that only the
-shape tells the class: every class draws its colours from the same distribution (any hue, and
-black, white and greys), filled or outlined, at any rotation, with a radius from 0.22 to 0.48
-of the image and anywhere it fits, over grey or coloured backgrounds with a gradient and
-noise, the shape always standing out from them. Shapes are drawn at four times the size and
-reduced, so their edges are smooth as a drawing's are. Until each class stopped having a hue of
-its own, models trained here learnt the colour and called a red square a circle; how models
-trained here score on shapes drawn otherwise is measured by `measurements/sample_shapes.py`.
-Files alternate between JPEG and PNG, as a real folder might. The same arguments always write
-the same files.
+Four classes of geometric shapes (circle, cross, square, triangle) at random sizes, positions
+and rotations over noisy greyish backgrounds. Each class has a typical hue whose range overlaps
+its neighbours' (as bananas tend to be yellow), so colour is a strong but incomplete cue and a
+model must also use shape to score well. Files alternate between JPEG and PNG, as a real
+folder might. The same arguments always write the same files.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.io import write_json
 from vgg_mobile.core.outputs import DATA_MARKER, claim_output, marker
 
 SAMPLE_CLASSES = ("circle", "cross", "square", "triangle")
-# Radius of a shape as a share of the image side: below about 0.2 a shape is a few pixels of
-# the 32 px teacher's input; 0.48 leaves a margin to tell a square from a filled image.
-RADIUS_RANGE = (0.22, 0.48)
-# Share of outlined (not filled) shapes.
-OUTLINE_SHARE = 0.15
-# Shares of fills and of backgrounds without a hue (black, white, greys). Every class draws
-# from the same colours; with hues everywhere the sample preset's teacher could not learn the
-# shapes in its budget (0.32 held-out on 120 images a class), with greys alone it learnt them
-# but not in colour (docs/measurements.md#sample-data).
-GREY_FILL_SHARE = 0.4
-GREY_BACKGROUND_SHARE = 0.7
-# A fill is drawn again while it is closer than this (RGB distance) to the background's mean,
-# so the shape never disappears into it.
-MIN_CONTRAST = 120.0
-# Shapes are drawn this many times larger, then reduced: smooth, anti-aliased edges.
-_SUPERSAMPLE = 4
+# Typical hue of each class, in degrees; a sample's hue falls within +-60 of it.
+_CLASS_HUES = {"circle": 0.0, "cross": 90.0, "square": 180.0, "triangle": 270.0}
 
 
-def _colour(rng: np.random.Generator, saturation: tuple[float, float],
-            value: tuple[float, float]) -> np.ndarray:
-    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*saturation), rng.uniform(*value))
-    return np.array([r, g, b]) * 255
+def _class_colour(label: str, rng: np.random.Generator) -> tuple:
+    import colorsys
 
-
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A plain grey or coloured field, with a gradient in any direction and pixel noise."""
-    if rng.uniform() < GREY_BACKGROUND_SHARE:
-        base = np.full(3, rng.uniform(0, 255))
-    else:
-        base = _colour(rng, (0.1, 0.7), (0.15, 1.0))
-    ramp = np.linspace(-1, 1, size)
-    angle = rng.uniform(0, 2 * math.pi)
-    gradient = (math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None])[..., None]
-    pixels = base + gradient * rng.uniform(0, 50) + rng.normal(0, rng.uniform(0, 15), (size, size, 3))
-    return np.clip(pixels, 0, 255)
-
-
-def _fill(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-    mean = background.mean(axis=(0, 1))
-    while True:
-        if rng.uniform() < GREY_FILL_SHARE:
-            fill = np.full(3, rng.uniform(0, 255))
-        else:
-            fill = _colour(rng, (0.35, 1.0), (0.3, 1.0))
-        if np.linalg.norm(fill - mean) >= MIN_CONTRAST:
-            return fill
+    hue = ((_CLASS_HUES[label] + rng.uniform(-60, 60)) % 360) / 360
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
+    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def _polygon(cx: float, cy: float, radius: float, sides: int, angle: float) -> list:
@@ -80,49 +38,6 @@ def _polygon(cx: float, cy: float, radius: float, sides: int, angle: float) -> l
          cy + radius * math.sin(angle + 2 * math.pi * k / sides))
         for k in range(sides)
     ]
-
-
-def _cross(cx: float, cy: float, radius: float, half_width: float, angle: float) -> list:
-    """The twelve corners of a plus sign whose arms reach `radius` from the centre."""
-    corners = []
-    for k in range(4):
-        a = angle + k * math.pi / 2
-        dx, dy = math.cos(a), math.sin(a)
-        px, py = -dy * half_width, dx * half_width
-        corners += [(cx + dx * half_width - px, cy + dy * half_width - py),
-                    (cx + dx * radius - px, cy + dy * radius - py),
-                    (cx + dx * radius + px, cy + dy * radius + py)]
-    return corners
-
-
-def _mask(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Coverage in [0, 1] of the shape at each pixel of a `size` image."""
-    big = size * _SUPERSAMPLE
-    radius = big * rng.uniform(*RADIUS_RANGE)
-    cx = rng.uniform(radius, big - radius)
-    cy = rng.uniform(radius, big - radius)
-    angle = rng.uniform(0, 2 * math.pi)
-    outline = rng.uniform() < OUTLINE_SHARE
-    # At least about 1.5 pixels of the image at any radius, so an outline survives resizing.
-    stroke = int(round(max(1.5 * _SUPERSAMPLE, radius * rng.uniform(0.12, 0.25))))
-    canvas = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(canvas)
-    if label == "circle":
-        box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        if outline:
-            draw.ellipse(box, outline=255, width=stroke)
-        else:
-            draw.ellipse(box, fill=255)
-    else:
-        if label == "cross":
-            points = _cross(cx, cy, radius, radius * rng.uniform(0.18, 0.3), angle)
-        else:
-            points = _polygon(cx, cy, radius, 4 if label == "square" else 3, angle)
-        if outline:
-            draw.line(points + points[:2], fill=255, width=stroke, joint="curve")
-        else:
-            draw.polygon(points, fill=255)
-    return np.asarray(canvas.resize((size, size), Image.BOX), dtype=float)[..., None] / 255
 
 
 def draw_sample(label: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -135,19 +50,41 @@ def draw_sample(label: str, size: int, rng: np.random.Generator) -> Image.Image:
 
     Returns:
         An RGB PIL image.
-
-    Raises:
-        BadInputError: `label` is not a sample class.
     """
-    if label not in SAMPLE_CLASSES:
+    if label not in _CLASS_HUES:
         raise BadInputError(f"unknown sample class {label!r}; valid: {', '.join(SAMPLE_CLASSES)}")
-    background = _background(size, rng)
-    fill = _fill(rng, background)
-    coverage = _mask(label, size, rng)
-    # The shape gets a little noise of its own, as a photographed drawing would.
-    shape = fill + rng.normal(0, rng.uniform(0, 8), (size, size, 3))
-    pixels = background * (1 - coverage) + shape * coverage
-    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="RGB")
+    grey = rng.uniform(40, 215)
+    background = np.clip(grey + rng.normal(0, 15, size=3), 0, 255)
+    noise = rng.normal(0, 10, size=(size, size, 3))
+    gradient = np.linspace(-25, 25, size)[None, :, None] * rng.choice([-1, 1])
+    pixels = np.clip(background[None, None, :] + noise + gradient, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    colour = _class_colour(label, rng)
+    radius = size * rng.uniform(0.28, 0.42)
+    margin = radius + 1
+    cx = rng.uniform(margin, size - margin)
+    cy = rng.uniform(margin, size - margin)
+    angle = rng.uniform(0, 2 * math.pi)
+    if label == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+    elif label == "square":
+        draw.polygon(_polygon(cx, cy, radius, 4, angle), fill=colour)
+    elif label == "triangle":
+        draw.polygon(_polygon(cx, cy, radius, 3, angle), fill=colour)
+    elif label == "cross":
+        width = max(2.0, radius * 0.45)
+        for bar_angle in (angle, angle + math.pi / 2):
+            dx, dy = math.cos(bar_angle), math.sin(bar_angle)
+            px, py = -dy * width / 2, dx * width / 2
+            draw.polygon(
+                [(cx - dx * radius + px, cy - dy * radius + py),
+                 (cx + dx * radius + px, cy + dy * radius + py),
+                 (cx + dx * radius - px, cy + dy * radius - py),
+                 (cx - dx * radius - px, cy - dy * radius - py)],
+                fill=colour,
+            )
+    return image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 0.8)))
 
 
 def write_sample_data(
