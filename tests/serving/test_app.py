@@ -508,3 +508,24 @@ def test_a_bare_onnx_file_serves_with_the_labels_in_its_metadata(tiny):
     pixels = colour_images(1, seed=3)[0]
     answer = client.post("/predict", content=png_bytes(pixels[0]), headers={"content-type": "image/png"})
     assert answer.json()["predictions"][0]["label"] == "red"
+
+
+@pytest.mark.parametrize("manifest", ["[" * 100_000 + "]" * 100_000,
+                                      None])  # None: a manifest whose "input" is not an object
+def test_a_hostile_export_manifest_is_refused_naming_the_file(tiny, tmp_path, manifest):
+    from vgg_mobile.core.errors import BadInputError
+    from vgg_mobile.serving.models import load_model
+
+    folder = shutil.copytree(tiny.export_dir, tmp_path / "export")
+    if manifest is None:
+        data = json.loads((folder / "manifest.json").read_text())
+        manifest = json.dumps({**data, "input": "big"})
+    (folder / "manifest.json").write_text(manifest)
+    try:
+        model = load_model(folder)
+    except BadInputError as err:
+        assert str(folder / "manifest.json") in str(err) and len(str(err)) < 1000
+    else:
+        # "input": "big" names no size to check: the model's own input shape serves.
+        assert list(model.input_size) == json.loads(
+            (tiny.export_dir / "manifest.json").read_text())["input"]["size"]

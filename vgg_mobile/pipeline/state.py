@@ -47,7 +47,7 @@ def read_state(out: str | Path) -> dict:
         return {"stages": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {"stages": {}}  # unreadable state: every stage is redone, nothing is trusted
     if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
         return {"stages": {}}

@@ -226,8 +226,10 @@ class _ONNXRunner:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BadInputError(f"{path}: cannot be read as JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:
+        # RecursionError: JSON nested deeper than Python's parser goes (a crafted file).
+        raise BadInputError(f"{path}: cannot be read as JSON ({type(err).__name__}: "
+                            f"{str(err)[:200]})") from None
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object")
     return data
@@ -446,7 +448,8 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         raise BadInputError(f"{path}: cannot read the model ({err.strerror or err})") from None
     sha256 = hashlib.sha256(content).hexdigest()
     fmt = artifact["format"] if artifact else SUFFIXES[path.suffix.lower()]
-    declared_size = (manifest or {}).get("input", {}).get("size")
+    declared = (manifest or {}).get("input")
+    declared_size = declared.get("size") if isinstance(declared, dict) else None
     if fmt == "tflite":
         input_shape, output_shape, metadata, labels = _tflite_details(content, path)
         runner = _TFLiteRunner(content, threads, pool_size)
