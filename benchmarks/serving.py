@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_mobile.core import processes
+
 BACKENDS = ("tflite:int8", "onnx:int8", "onnx:float32")
 CLIENTS = 16
 SECONDS = 20.0
@@ -109,12 +111,7 @@ class Server:
         self._drain.start()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 def _post(connection, image: bytes) -> int:

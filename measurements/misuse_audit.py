@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from vgg_mobile.core import processes
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 
@@ -465,12 +467,7 @@ class ServeModel:
         return 0.0
 
     def stop(self) -> str:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_mobile.core import processes
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 MIB = 2**20
@@ -75,12 +77,7 @@ class Server:
 
     def stop(self) -> int:
         """Stops the server; returns the bytes it wrote to stderr."""
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
         self.log.seek(0)
         text = self.log.read()
         if os.environ.get("SERVING_LIMITS_STDERR"):

@@ -36,3 +36,15 @@ def follow_parent() -> None:
     # The parent may have died before the request: then this process was re-parented already.
     if os.getppid() != int(parent):
         os._exit(1)
+
+
+def stop(process, timeout: float = 30) -> None:
+    """Terminates a `subprocess.Popen`, then kills it if it has not ended after `timeout` s."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
