@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.core import processes
+from vgg_mobile.core.outputs import replacing_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
@@ -201,6 +202,11 @@ def main() -> None:
     process = subprocess.Popen([sys.executable, "-m", "vgg_mobile", "train", data, "--out", run,
                                 "--force", *tiny, "--epochs", "3", "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Two seconds into the command itself: on a loaded machine the interpreter may still be
+    # starting after two seconds of wall time.
+    deadline = time.monotonic() + 120
+    while not replacing_path(run).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)

@@ -104,7 +104,7 @@ def captured_stderr(replay: bool = True):
         failed = False
         try:
             yield held
-        except BaseException:
+        except Exception:  # an interrupt is not a failure to explain: notices stay out
             failed = True
             raise
         finally:
