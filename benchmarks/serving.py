@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_mobile.cli.common import served_address
 from vgg_mobile.core import processes
 
 BACKENDS = ("tflite:int8", "onnx:int8", "onnx:float32")
@@ -101,11 +102,10 @@ class Server:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
         line = self.process.stdout.readline()
-        if " at http://" not in line:
+        self.address = served_address(line)
+        if self.address is None:
             self.process.kill()
             raise SystemExit(f"serve-model did not start: {line}{self.process.stderr.read()[-2000:]}")
-        host, port = line.split(" at http://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-        self.address = (host.strip("[]"), int(port))
         # Read stderr as it comes, so a chatty server never blocks on a full pipe.
         self._drain = threading.Thread(target=self.process.stderr.read, daemon=True)
         self._drain.start()

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from vgg_mobile.cli.common import served_address
 from vgg_mobile.core import processes
 from vgg_mobile.core.outputs import replacing_path
 
@@ -443,11 +444,10 @@ class ServeModel:
              "--no-access-log", *map(str, flags)], stdout=subprocess.PIPE, stderr=self.stderr,
             text=True, preexec_fn=limit)
         line = self.process.stdout.readline()
-        if " at http://" not in line:
+        self.address = served_address(line)
+        if self.address is None:
             self.process.kill()
             raise SystemExit(f"serve-model did not start: {line}")
-        self.address = ("127.0.0.1", int(line.split(" at http://", 1)[1].split("/", 1)[0]
-                                         .rsplit(":", 1)[1]))
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, dict]:

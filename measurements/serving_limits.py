@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_mobile.cli.common import served_address
 from vgg_mobile.core import processes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
@@ -60,11 +61,10 @@ class Server:
              "--no-access-log"], stdout=subprocess.PIPE, stderr=self.log, text=True,
             preexec_fn=limit)
         line = self.process.stdout.readline()
-        if " at http://" not in line:
+        self.address = served_address(line)
+        if self.address is None:
             self.process.kill()
             raise SystemExit(f"serve-model did not start: {line}")
-        host, port = line.split(" at http://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-        self.address = (host, int(port))
 
     def rss(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

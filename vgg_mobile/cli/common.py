@@ -38,6 +38,15 @@ def invocation() -> str:
     return f"{shlex.quote(sys.executable)} -m vgg_mobile"
 
 
+def served_address(line: str) -> tuple[str, int] | None:
+    """`(host, port)` from the first line `serve` and `serve-model` print
+    (`serving ... at http://HOST:PORT/ ...`), or `None` when the line is not that."""
+    if " at http://" not in line:
+        return None
+    host, port = line.split(" at http://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
 def log(message: str) -> None:
     """Progress and warnings go to stderr; stdout carries only results."""
     click.echo(message, err=True)
