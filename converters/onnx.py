@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError, clip
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probs"
@@ -215,8 +215,8 @@ def check_self_contained(model_content: bytes) -> None:
         raise BadInputError("not a valid ONNX model (its graph has no nodes)")
     for tensor in _external_tensors(model):
         location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-        raise BadInputError(f"not a self-contained ONNX model: tensor {tensor.name[:80]!r} is "
-                            f"stored in an external file ({location[:200]!r}); vgg-mobile "
+        raise BadInputError(f"not a self-contained ONNX model: tensor {clip(repr(tensor.name))} "
+                            f"is stored in an external file ({clip(repr(location))}); vgg-mobile "
                             "loads only models whose weights are inside the file")
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.core.errors import BadInputError, clip, require
 from vgg_mobile.core.outputs import inside
 from vgg_mobile.core.run_dir import LABELS, MANIFEST
 
@@ -229,7 +229,7 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError, RecursionError) as err:
         # RecursionError: JSON nested deeper than Python's parser goes (a crafted file).
         raise BadInputError(f"{path}: cannot be read as JSON ({type(err).__name__}: "
-                            f"{str(err)[:200]})") from None
+                            f"{clip(err)})") from None
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object")
     return data
