@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import shlex
@@ -12,11 +13,27 @@ from pathlib import Path
 
 import click
 
+from vgg_mobile.training.distribute import STRATEGIES
 
-def default(cls, name: str):
-    """The library's default for a field of a config dataclass: a flag's default is read from
-    it, never written twice."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+def default(owner, name: str):
+    """The library's default of field `name` of config dataclass `owner`, or of parameter
+    `name` of function `owner`: a flag's default is read from there, never written twice.
+
+    Raises:
+        LookupError: `owner` has no such field or parameter, or it has no default.
+    """
+    if dataclasses.is_dataclass(owner):
+        for field in dataclasses.fields(owner):
+            if field.name == name and field.default is not dataclasses.MISSING:
+                return field.default
+            if field.name == name and field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+    else:
+        parameter = inspect.signature(owner).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise LookupError(f"{owner.__qualname__} has no default for {name!r}")
 
 
 def invocation() -> str:
@@ -57,6 +74,12 @@ def log(message: str) -> None:
 COUNT = click.IntRange(min=1)
 
 
+# Unlike `DistributeConfig()` (one device), a command takes what the machine it runs on offers:
+# every GPU, or the cluster of a TF_CONFIG that names several workers. A library call changes
+# devices only when asked, so a notebook keeps the device it was given.
+COMMAND_STRATEGY = "auto"
+
+
 def distribute_options(command):
     """Adds --strategy, --mixed-precision and --jit-compile to a training command."""
     command = click.option(
@@ -66,8 +89,7 @@ def distribute_options(command):
         help="Train in mixed_float16 (fast on GPUs with compute capability >= 7.0; slow on "
              "CPUs); the last layers stay float32 and the saved model is float32.")(command)
     return click.option(
-        "--strategy", default="auto", show_default=True,
-        type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
+        "--strategy", default=COMMAND_STRATEGY, show_default=True, type=click.Choice(STRATEGIES),
         help="default: one device; mirrored: every GPU of this machine; multi-worker: the "
              "machines in TF_CONFIG; auto: multi-worker if TF_CONFIG names several workers, "
              "mirrored with several GPUs, else default. --batch-size is per replica: the "

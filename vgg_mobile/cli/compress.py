@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import COUNT, log
-
+from vgg_mobile.cli.common import COUNT, default, log
+from vgg_mobile.compression.prune import PruneConfig
+from vgg_mobile.compression.qat import QATConfig
 
 
 def _print_result(result, as_json: bool) -> dict | None:
@@ -39,26 +40,30 @@ def _compression_summary(result) -> dict:
               help="Image folder to fine-tune on (the run's own folder reuses its split).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="New run directory to write.")
-@click.option("--target-sparsity", default=0.5, show_default=True, type=float,
+@click.option("--target-sparsity", default=default(PruneConfig, "target_sparsity"),
+              show_default=True, type=float,
               help="Share of zero weights in each pruned kernel, in (0, 1).")
-@click.option("--epochs", default=4, show_default=True, type=COUNT, help="Fine-tuning epochs.")
-@click.option("--end-epoch", default=None, type=float,
+@click.option("--epochs", default=default(PruneConfig, "epochs"), show_default=True, type=COUNT,
+              help="Fine-tuning epochs.")
+@click.option("--end-epoch", default=default(PruneConfig, "end_epoch"), type=float,
               help="Epoch at which the target is reached. Defaults to two thirds of --epochs.")
-@click.option("--frequency", default=None, type=COUNT,
+@click.option("--frequency", default=default(PruneConfig, "frequency"), type=COUNT,
               help="Steps between pruning updates. Defaults to about ten over the ramp.")
-@click.option("--learning-rate", "--lr", "learning_rate", default=1e-4, show_default=True)
-@click.option("--batch-size", default=32, show_default=True, type=COUNT)
-@click.option("--skip-first-conv/--prune-first-conv", default=True, show_default=True,
-              help="Leave the first convolution dense.")
-@click.option("--skip-classifier/--prune-classifier", default=True, show_default=True,
-              help="Leave the logits layer dense.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate",
+              default=default(PruneConfig, "learning_rate"), show_default=True)
+@click.option("--batch-size", default=default(PruneConfig, "batch_size"), show_default=True,
+              type=COUNT)
+@click.option("--skip-first-conv/--prune-first-conv", default=default(PruneConfig, "skip_first_conv"),
+              show_default=True, help="Leave the first convolution dense.")
+@click.option("--skip-classifier/--prune-classifier", default=default(PruneConfig, "skip_classifier"),
+              show_default=True, help="Leave the logits layer dense.")
+@click.option("--seed", default=default(PruneConfig, "seed"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, learning_rate,
               batch_size, skip_first_conv, skip_classifier, seed, force, as_json):
     """Prune the model of run directory RUN by weight magnitude while fine-tuning on DATA."""
-    from vgg_mobile.compression.prune import PruneConfig, prune_run
+    from vgg_mobile.compression.prune import prune_run
 
     config = PruneConfig(target_sparsity=target_sparsity, epochs=epochs, end_epoch=end_epoch,
                          frequency=frequency, learning_rate=learning_rate, batch_size=batch_size,
@@ -85,16 +90,19 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
               help="New run directory to write.")
 @click.option("--preserve-sparsity", is_flag=True,
               help="Keep the zeros of a pruned run (sparsity-preserving QAT).")
-@click.option("--epochs", default=2, show_default=True, type=COUNT, help="Fine-tuning epochs.")
-@click.option("--learning-rate", "--lr", "learning_rate", default=1e-5, show_default=True)
-@click.option("--batch-size", default=32, show_default=True, type=COUNT)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=default(QATConfig, "epochs"), show_default=True, type=COUNT,
+              help="Fine-tuning epochs.")
+@click.option("--learning-rate", "--lr", "learning_rate", default=default(QATConfig, "learning_rate"),
+              show_default=True)
+@click.option("--batch-size", default=default(QATConfig, "batch_size"), show_default=True,
+              type=COUNT)
+@click.option("--seed", default=default(QATConfig, "seed"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size, seed, force,
             as_json):
     """Quantization-aware training of the model of run directory RUN on DATA (int8-ready)."""
-    from vgg_mobile.compression.qat import QATConfig, qat_run
+    from vgg_mobile.compression.qat import qat_run
 
     config = QATConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                        preserve_sparsity=preserve_sparsity, seed=seed)
@@ -104,6 +112,3 @@ def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size
     if summary is None:
         return
     click.echo(f"kernel sparsity: {summary['sparsity']:.1%}")
-
-
-# --- distillation commands ---

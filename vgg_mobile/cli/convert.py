@@ -8,7 +8,18 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import COUNT, fraction, log
+from converters.convert import ConvertOptions
+from vgg_mobile.cli.common import COUNT, default, fraction, log
+
+
+def _size_text(size: int | None) -> str:
+    """A size in bytes as --max-size is written: `10MB` rather than `10000000`."""
+    if size is None:
+        return "none"
+    for unit, factor in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 @click.command("convert")
@@ -18,30 +29,40 @@ from vgg_mobile.cli.common import COUNT, fraction, log
               help="Images for int8 calibration and verification. Defaults to the run's training folder.")
 @click.option("--flavour", "flavours", multiple=True,
               type=click.Choice(["float32", "float16", "dynamic", "int8", "all"]),
-              help="TFLite flavour; repeat for several. Default: float16 and int8.")
-@click.option("--io-dtype", default="uint8", show_default=True,
+              help="TFLite flavour; repeat for several. Default: "
+                   f"{' and '.join(default(ConvertOptions, 'flavours'))}.")
+@click.option("--io-dtype", default=default(ConvertOptions, "io_dtype"), show_default=True,
               type=click.Choice(["uint8", "int8", "float32"]), help="Input/output type of the int8 model.")
-@click.option("--sparse", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
+@click.option("--sparse", default=default(ConvertOptions, "sparse"), show_default=True,
+              type=click.Choice(["auto", "always", "never"]),
               help="Sparse weight encoding: auto keeps whichever file is smaller.")
-@click.option("--tfjs/--no-tfjs", default=True, show_default=True, help="Also write a TF.js graph model.")
-@click.option("--tfjs-quantization", default="uint8", show_default=True,
+@click.option("--tfjs/--no-tfjs", default=default(ConvertOptions, "tfjs"), show_default=True,
+              help="Also write a TF.js graph model.")
+@click.option("--tfjs-quantization", default=default(ConvertOptions, "tfjs_quantization"),
+              show_default=True,
               type=click.Choice(["uint8", "float16", "none"]))
-@click.option("--onnx/--no-onnx", default=False, show_default=True,
+@click.option("--onnx/--no-onnx", default=default(ConvertOptions, "onnx"), show_default=True,
               help="Also write ONNX models for ONNX Runtime: float32 (tf2onnx) and int8 (QDQ).")
 @click.option("--android", "android_dir", type=click.Path(path_type=Path), default=None,
               help="Also write Android assets (model, labels, README) to this folder.")
-@click.option("--max-size", default="10MB", show_default=True,
+@click.option("--max-size", default=_size_text(default(ConvertOptions, "max_size")),
+              show_default=True,
               help="Size budget of each artifact, e.g. 10MB, 2.5MiB, or none.")
-@click.option("--min-agreement", callback=fraction, default=None,
+@click.option("--min-agreement", callback=fraction, default=default(ConvertOptions, "min_agreement"),
               help="Smallest top-1 agreement with the Keras model, e.g. 0.99 or 99%.")
-@click.option("--max-accuracy-drop", callback=fraction, default=None,
+@click.option("--max-accuracy-drop", callback=fraction,
+              default=default(ConvertOptions, "max_accuracy_drop"),
               help="Largest accuracy loss against Keras, e.g. 0.01 or 1% (one point).")
-@click.option("--verify-images", default=200, show_default=True, type=COUNT,
+@click.option("--verify-images", default=default(ConvertOptions, "verify_images"),
+              show_default=True, type=COUNT,
               help="Held-out images per verification.")
-@click.option("--name", default=None, help="Model name in the metadata and file names.")
-@click.option("--model-version", default="1", show_default=True, help="Version in the metadata.")
-@click.option("--author", default="vgg-mobile", show_default=True)
-@click.option("--license", "license_", default="Apache-2.0", show_default=True)
+@click.option("--name", default=default(ConvertOptions, "name"),
+              help="Model name in the metadata and file names.")
+@click.option("--model-version", default=default(ConvertOptions, "version"), show_default=True,
+              help="Version in the metadata.")
+@click.option("--author", default=default(ConvertOptions, "author"), show_default=True)
+@click.option("--license", "license_", default=default(ConvertOptions, "license"),
+              show_default=True)
 @click.option("--force", is_flag=True, help="Replace --out (and --android) if they exist.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the export manifest as JSON on stdout; on a missed budget (exit 3), "
@@ -55,7 +76,7 @@ def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quan
     Every artifact is run on held-out images and compared with the Keras model before anything
     is written. A missed budget exits with code 3 and writes nothing.
     """
-    from converters.convert import ConvertOptions, convert_run, parse_size
+    from converters.convert import convert_run, parse_size
 
     ctx.meta["json"] = as_json
 

@@ -10,7 +10,7 @@ import click
 
 from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
                                    offline_option)
-from vgg_mobile.distillation.distill import DistillConfig
+from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 
 
 @click.command("distill")
@@ -20,9 +20,9 @@ from vgg_mobile.distillation.distill import DistillConfig
               help="Image folder with exactly the teacher's classes (its own folder reuses its split).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory to write the student to.")
-@click.option("--student", default="mobilenet_v2_0.35", show_default=True,
+@click.option("--student", default=default(DistillConfig, "student"), show_default=True,
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
-@click.option("--image-size", default=None, type=COUNT,
+@click.option("--image-size", default=default(DistillConfig, "image_size"), type=COUNT,
               help="Student input side in pixels. Defaults to the teacher's.")
 @click.option("--student-weights", default=default(DistillConfig, "student_weights"),
               show_default=True,
@@ -30,21 +30,26 @@ from vgg_mobile.distillation.distill import DistillConfig
                    "weights of the student, from the Keras cache, downloaded into it when "
                    "missing unless --offline), auto (imagenet if cached, else none; never "
                    "downloads) or a path to an .h5 backbone weights file.")
-@click.option("--temperature", default=2.0, show_default=True, type=float,
+@click.option("--temperature", default=default(DistillConfig, "temperature"), show_default=True,
+              type=float,
               help="Softens teacher and student logits in the distillation term (> 0).")
-@click.option("--alpha", default=0.5, show_default=True, type=float,
+@click.option("--alpha", default=default(DistillConfig, "alpha"), show_default=True, type=float,
               help="Weight of the hard-label loss in [0, 1]; 1 - alpha weighs the teacher's.")
-@click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--mixup", default=default(DistillConfig, "mixup"), show_default=True,
+              type=click.FloatRange(min=0),
               help="Beta parameter of batch mixup in distillation (teacher, student and labels mixed alike); 0: off.")
-@click.option("--epochs", default=20, show_default=True, type=COUNT)
-@click.option("--batch-size", default=32, show_default=True, type=COUNT)
-@click.option("--learning-rate", "--lr", "learning_rate", default=1e-2, show_default=True, type=float,
+@click.option("--epochs", default=default(DistillConfig, "epochs"), show_default=True, type=COUNT)
+@click.option("--batch-size", default=default(DistillConfig, "batch_size"), show_default=True,
+              type=COUNT)
+@click.option("--learning-rate", "--lr", "learning_rate",
+              default=default(DistillConfig, "learning_rate"), show_default=True, type=float,
               help="Peak learning rate (warm-up, then cosine decay).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=default(DistillConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
-@click.option("--ship", type=click.Choice(["better", "distilled"]), default="better", show_default=True,
+@click.option("--ship", type=click.Choice(SHIP_CHOICES),
+              default=default(DistillConfig, "ship"), show_default=True,
               help="With --baseline: keep the more accurate of the two students, or always the distilled one.")
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
 @click.option("--resume", is_flag=True,
@@ -98,6 +103,3 @@ def distill_cmd(ctx, teacher, data, out, student, image_size, student_weights, t
         click.echo(f"student trained alone: {summary['baseline_val_accuracy']}\n{summary['reason']}")
     click.echo(f"parameters: {result.student_parameters:,} "
                f"({result.student_parameters / result.teacher_parameters:.1%} of the teacher's)")
-
-
-# --- web demo commands ---

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import invocation, log, offline_option
+from vgg_mobile.cli.common import default, invocation, log, offline_option
+from vgg_mobile.pipeline.config import load_config
 
 
 @click.command("pipeline")
@@ -17,7 +18,7 @@ from vgg_mobile.cli.common import invocation, log, offline_option
               help="Output folder: one folder per stage, the Android assets, the report.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="TOML file of stage settings, applied over the preset (see --print-config).")
-@click.option("--preset", default="sample", show_default=True,
+@click.option("--preset", default=default(load_config, "preset"), show_default=True,
               help="sample: 32 px teacher, minutes on 2 cores, no pretrained weights; real: "
                    "224 px, ImageNet weights for teacher and student (from the Keras cache, "
                    "downloaded into it when missing unless --offline).")
@@ -32,7 +33,7 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
     """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
     (TFLite, Android), web_export (TF.js), site, benchmark; then write the report.
     Re-running resumes after the last finished stage."""
-    from vgg_mobile.pipeline.config import default_config_toml, load_config
+    from vgg_mobile.pipeline.config import default_config_toml
     from vgg_mobile.pipeline.runner import run_pipeline
     from vgg_mobile.reporting.report import format_summary, write_report
     from vgg_mobile.pipeline.summary import findings, table_notes
@@ -45,7 +46,8 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
         raise click.UsageError("DATA and --out are required (unless --print-config)")
     ctx.meta["resume_hint"] = (f"resume with: {invocation()} pipeline {data} --out {out}"
                                + (f" --config {config_path}" if config_path else "")
-                               + (f" --preset {preset}" if preset != "sample" else ""))
+                               + (f" --preset {preset}" if preset != default(load_config, "preset")
+                                  else ""))
     result = run_pipeline(data, out, config, force=force, log=log,
                           verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
                           offline=offline)

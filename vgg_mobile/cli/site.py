@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import invocation, log
+from vgg_mobile.cli.common import default, invocation, log
+from vgg_mobile.site import make_server
 
 
 @click.command("demo")
@@ -24,14 +25,15 @@ def demo_cmd(out, bundle, force):
 
 @click.command("serve")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=default(make_server, "host"), show_default=True,
               help="Address to bind; anything but 127.0.0.1, ::1 or localhost lets other "
                    "machines fetch the folder's files.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=default(make_server, "port"), show_default=True,
+              type=click.IntRange(0, 65535),
               help="0 picks a free port.")
 def serve_cmd(directory, host, port):
     """Serve a demo folder (only its files), cross-origin isolated for the WASM backend."""
-    from vgg_mobile.site import exposure_warning, make_server
+    from vgg_mobile.site import exposure_warning
 
     server = make_server(directory, host, port)
     bound_host, bound_port = server.server_address[:2]
@@ -44,6 +46,3 @@ def serve_cmd(directory, host, port):
         server.serve_forever()
     finally:
         server.server_close()
-
-
-# --- pipeline command ---

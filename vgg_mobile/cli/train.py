@@ -11,8 +11,9 @@ import click
 
 from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options,
                                    invocation, log, offline_option)
+from vgg_mobile.evaluation.metrics import evaluate_run
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.training.hyperparameters import TrainConfig
+from vgg_mobile.training.hyperparameters import FINE_TUNE_MODES, TrainConfig
 
 
 def _print_throughput(report) -> None:
@@ -62,9 +63,6 @@ def doctor_cmd(as_json):
     click.echo(report["hint"])
 
 
-# --- end of distributed training options ---
-
-
 @click.command("train")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
@@ -91,7 +89,7 @@ def doctor_cmd(as_json):
               type=click.IntRange(min=0),
               help="Hidden units of the head (0: none).")
 @click.option("--fine-tune", default=default(TrainConfig, "fine_tune"), show_default=True,
-              type=click.Choice(["auto", "full", "feature-extraction", "last-blocks", "progressive"]),
+              type=click.Choice(FINE_TUNE_MODES),
               help="Which layers train: auto is full from scratch, progressive from pretrained weights.")
 @click.option("--unfreeze-blocks", default=default(TrainConfig, "unfreeze_blocks"),
               show_default=True, type=COUNT,
@@ -170,18 +168,17 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
 @click.command("evaluate")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Image folder.")
-@click.option("--split", default="auto", show_default=True,
+@click.option("--split", default=default(evaluate_run, "split"), show_default=True,
               type=click.Choice(["auto", "val", "train", "all"]),
               help="auto: the held-out images of the training folder, val/ of a pre-split "
                    "folder, or every image of another folder.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report folder. Defaults to RUN/eval.")
-@click.option("--batch-size", default=32, show_default=True, type=COUNT)
+@click.option("--batch-size", default=default(evaluate_run, "batch_size"), show_default=True,
+              type=COUNT)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 def evaluate_cmd(run, data, split, out, batch_size, as_json):
     """Evaluate the model of run directory RUN on an image folder."""
-    from vgg_mobile.evaluation.metrics import evaluate_run
-
     report = evaluate_run(run, data, split=split, out_dir=out, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -197,6 +194,3 @@ def evaluate_cmd(run, data, split, out, batch_size, as_json):
                    f"{m['f1']:<6.3f}  {m['support']}")
     click.echo(f"report: {report['files']['metrics']}; confusion matrix: "
                f"{report['files']['confusion_matrix_png']}")
-
-
-# --- converter commands ---
