@@ -249,3 +249,58 @@ def test_size_text_reads_back(size, text):
 
     assert _size_text(size) == text
     assert parse_size(text) == size
+
+
+# The sections of the training stages and the classes whose fields their keys are.
+SECTIONS = {"teacher": ("vgg_mobile.models.architectures:ModelOptions",
+                        "vgg_mobile.training.hyperparameters:TrainConfig"),
+            "pruned": ("vgg_mobile.compression.prune:PruneConfig",),
+            "pruned_qat": ("vgg_mobile.compression.qat:QATConfig",),
+            "student": ("vgg_mobile.distillation.distill:DistillConfig",),
+            "student_qat": ("vgg_mobile.compression.qat:QATConfig",)}
+
+
+def _literal(cell: str):
+    text = cell.replace("`", "").strip()
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def preset_rows(text: str) -> list[tuple[int, str, str, str, str]]:
+    """`(line, section, key, flag default, sample preset)` of the table that compares them."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("| section | key | flag default | `sample` preset |"))
+    rows = []
+    for number, line in enumerate(lines[start + 2:], start + 3):
+        if not line.startswith("|"):
+            break
+        section, key, flag, preset = (c.replace("`", "") if k < 2 else c
+                                      for k, c in enumerate(_cells(line)[:4]))
+        rows.append((number, section, key, flag, preset))
+    return rows
+
+
+def test_the_flag_defaults_against_the_sample_preset_table():
+    from vgg_mobile.pipeline.config import PRESETS
+
+    rows = preset_rows(DOC.read_text(encoding="utf-8"))
+    listed = set()
+    for number, section, key, flag, preset in rows:
+        owner = next(_load(p) for p in SECTIONS[section]
+                     if key in {f.name for f in dataclasses.fields(_load(p))})
+        library = common.default(owner, key)
+        where = f"docs/cli.md:{number}: [{section}] {key}"
+        if library is not None:
+            assert _literal(flag) == library, f"{where}: the library's default is {library!r}"
+        assert _literal(preset) == PRESETS["sample"][section][key], where
+        listed.add((section, key))
+    for section, paths in SECTIONS.items():
+        for key, value in PRESETS["sample"][section].items():
+            owner = next(_load(p) for p in paths if key in {f.name for f in dataclasses.fields(_load(p))})
+            if value != common.default(owner, key):
+                assert (section, key) in listed, f"docs/cli.md lacks [{section}] {key} = {value!r}"
