@@ -149,7 +149,9 @@ def test_help_shows_every_default_a_flag_has(name):
         if not isinstance(param, click.Option) or param.multiple:
             continue
         value = param.default
-        if value is None or value is click.core.UNSET or (param.is_flag and not param.secondary_opts):
+        if value is None or value is click.core.UNSET:
+            continue
+        if param.is_flag and not param.secondary_opts:
             continue
         shown = shown_default(command, param)
         assert shown is not None, f"`{name} {param.opts[0]} --help` hides its default {value!r}"
@@ -161,7 +163,8 @@ def test_the_table_reader_catches_drift():
     text = DOC.read_text(encoding="utf-8")
     drifted = doc_rows(text.replace("| `--temperature` | 2.0 |", "| `--temperature` | 4.0 |"))
     row = next(r for r in drifted if r.names == ["--temperature"])
-    shown = shown_default(main.commands["distill"], options(main.commands["distill"])["--temperature"])
+    distill = main.commands["distill"]
+    shown = shown_default(distill, options(distill)["--temperature"])
     assert row.command == "distill" and row.default == "4.0" and not same(row.default, shown)
     assert same("`--tfjs`", "tfjs") and same("1e-4", "0.0001") and not same("`auto`", "none")
 
@@ -270,6 +273,12 @@ def _literal(cell: str):
         return text
 
 
+def _owner(section: str, key: str) -> type:
+    """The class of `section` whose field `key` is."""
+    classes = [_load(path) for path in SECTIONS[section]]
+    return next(c for c in classes if key in {f.name for f in dataclasses.fields(c)})
+
+
 def preset_rows(text: str) -> list[tuple[int, str, str, str, str]]:
     """`(line, section, key, flag default, sample preset)` of the table that compares them."""
     lines = text.splitlines()
@@ -291,16 +300,14 @@ def test_the_flag_defaults_against_the_sample_preset_table():
     rows = preset_rows(DOC.read_text(encoding="utf-8"))
     listed = set()
     for number, section, key, flag, preset in rows:
-        owner = next(_load(p) for p in SECTIONS[section]
-                     if key in {f.name for f in dataclasses.fields(_load(p))})
+        owner = _owner(section, key)
         library = common.default(owner, key)
         where = f"docs/cli.md:{number}: [{section}] {key}"
         if library is not None:
             assert _literal(flag) == library, f"{where}: the library's default is {library!r}"
         assert _literal(preset) == PRESETS["sample"][section][key], where
         listed.add((section, key))
-    for section, paths in SECTIONS.items():
+    for section in SECTIONS:
         for key, value in PRESETS["sample"][section].items():
-            owner = next(_load(p) for p in paths if key in {f.name for f in dataclasses.fields(_load(p))})
-            if value != common.default(owner, key):
+            if value != common.default(_owner(section, key), key):
                 assert (section, key) in listed, f"docs/cli.md lacks [{section}] {key} = {value!r}"

@@ -53,10 +53,12 @@ def _compression_summary(result) -> dict:
               default=default(PruneConfig, "learning_rate"), show_default=True)
 @click.option("--batch-size", default=default(PruneConfig, "batch_size"), show_default=True,
               type=COUNT)
-@click.option("--skip-first-conv/--prune-first-conv", default=default(PruneConfig, "skip_first_conv"),
-              show_default=True, help="Leave the first convolution dense.")
-@click.option("--skip-classifier/--prune-classifier", default=default(PruneConfig, "skip_classifier"),
-              show_default=True, help="Leave the logits layer dense.")
+@click.option("--skip-first-conv/--prune-first-conv",
+              default=default(PruneConfig, "skip_first_conv"), show_default=True,
+              help="Leave the first convolution dense.")
+@click.option("--skip-classifier/--prune-classifier",
+              default=default(PruneConfig, "skip_classifier"), show_default=True,
+              help="Leave the logits layer dense.")
 @click.option("--seed", default=default(PruneConfig, "seed"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -92,8 +94,8 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
               help="Keep the zeros of a pruned run (sparsity-preserving QAT).")
 @click.option("--epochs", default=default(QATConfig, "epochs"), show_default=True, type=COUNT,
               help="Fine-tuning epochs.")
-@click.option("--learning-rate", "--lr", "learning_rate", default=default(QATConfig, "learning_rate"),
-              show_default=True)
+@click.option("--learning-rate", "--lr", "learning_rate",
+              default=default(QATConfig, "learning_rate"), show_default=True)
 @click.option("--batch-size", default=default(QATConfig, "batch_size"), show_default=True,
               type=COUNT)
 @click.option("--seed", default=default(QATConfig, "seed"), show_default=True)

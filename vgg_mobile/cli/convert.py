@@ -48,7 +48,8 @@ def _size_text(size: int | None) -> str:
 @click.option("--max-size", default=_size_text(default(ConvertOptions, "max_size")),
               show_default=True,
               help="Size budget of each artifact, e.g. 10MB, 2.5MiB, or none.")
-@click.option("--min-agreement", callback=fraction, default=default(ConvertOptions, "min_agreement"),
+@click.option("--min-agreement", callback=fraction,
+              default=default(ConvertOptions, "min_agreement"),
               help="Smallest top-1 agreement with the Keras model, e.g. 0.99 or 99%.")
 @click.option("--max-accuracy-drop", callback=fraction,
               default=default(ConvertOptions, "max_accuracy_drop"),
