@@ -18,9 +18,9 @@ import os
 # tf_keras model; TensorFlow must see this before it is first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 VNNI, BF16 or
-# AMX. On an AVX2 CPU (e.g. AMD EPYC) they train VGG16 at 32 px 2.9 times as fast (44.5 against
-# 15.3 images/s on 2 cores, docs/measurements.md), so they are on here unless the environment
-# says `TF_ENABLE_ONEDNN_OPTS=0`. Results differ from the default kernels only by rounding.
+# AMX, though on AVX2 CPUs too they train the teacher much faster
+# (docs/measurements.md#teacher). So they are on here unless the environment says
+# `TF_ENABLE_ONEDNN_OPTS=0`; results differ from the default kernels only by rounding.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from vgg_mobile.core import quiet  # noqa: E402

@@ -25,20 +25,11 @@ CONFIG_FILE = "pipeline.toml"
 
 # Presets are data: section -> key -> value, in TOML's own types, applied over the defaults.
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
-    # Mirrors `make demo`: minutes on 2 cores on the built-in sample data. Also the recipe for
-    # any small images without pretrained weights: VGG16 from scratch without batch
-    # normalisation is a weak teacher on a few thousand images, and the half-width vgg16_bn
-    # trains about 5 times as fast as the full one, 1.4 points below it on hard digits;
-    # batch 32 runs the small models about twice as fast as 16. On 5,000 Fashion-MNIST photos
-    # 24 teacher epochs reach 0.905 where 8 reached about 0.86, and the teacher trains without
-    # label smoothing, which flattens the logits a student learns from (Mueller et al. 2019);
-    # the student's T=4, alpha=0.1 measured 0.873 against 0.870 for T=2, alpha=0.5; QAT at
-    # 1e-4 keeps the student's accuracy where 1e-5 lost 0.8 points. The full-width MobileNetV2
-    # student comes closest to the teacher there: in four runs 0.892 on average, 0.15 to 1.3
-    # points under a 0.897 teacher and 0.9 points above itself trained alone, where width 0.35
-    # reached 0.877 (0.6 to 2.6 points under its teacher, 1.6 above itself alone); at 64 px it
-    # trains only 1.5 to 1.8 times as long as width 0.35, and its int8 TFLite is 2.7 MB. The
-    # whole pipeline takes about 13 minutes there on 2 cores (docs/measurements.md#fashion-mnist).
+    # Mirrors `make demo`, and is the recipe for any few thousand small images without
+    # pretrained weights: trained from scratch in minutes on 2 cores, never downloading. It
+    # departs from the library defaults (a recipe for 224 px photos from ImageNet weights)
+    # wherever such a run needs something else; each departure and the measurement behind it
+    # is in docs/cli.md#flag-defaults-and-the-presets.
     "sample": {
         "teacher": {"architecture": "vgg16_bn_0.5", "image_size": 32, "weights": "none",
                     "epochs": 24, "batch_size": 32, "learning_rate": 1e-3,
@@ -55,8 +46,9 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "site": {"enabled": True},
         "benchmark": {"enabled": True, "repeats": 30, "threads": 1},
     },
-    # Real photos: 224 px, ImageNet weights for teacher and student, from the Keras cache or
-    # downloaded into it (unless offline).
+    # Real photos: the library's training defaults, asking outright for ImageNet weights for
+    # teacher and student (from the Keras cache, or downloaded into it unless offline): a missing
+    # file is fetched, or refused offline, rather than replaced by random weights as `auto` does.
     "real": {
         "teacher": {"architecture": "vgg16", "image_size": 224, "weights": "imagenet",
                     "epochs": 10, "batch_size": 32, "learning_rate": 1e-4},
