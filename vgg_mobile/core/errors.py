@@ -1,7 +1,8 @@
 """Exceptions that the CLI turns into exit codes.
 
 Library functions raise these with a message that names the file and the value at fault;
-`cli.py` prints the message and exits with the class's `exit_code`.
+the command group (`vgg_mobile.cli.main`) prints the message and exits with the class's
+`exit_code`.
 """
 
 

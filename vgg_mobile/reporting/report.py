@@ -1,8 +1,12 @@
 """The pipeline's report: `report.md` and a self-contained `report.html` (opens offline).
 
-Everything is read back from the pipeline folder (manifests, PNGs, the state file and the
-benchmark's measurements, through `pipeline.summary`), so a report can be rewritten from a
-finished pipeline folder without running any model: `write_report(OUT)`.
+The tables and curves are read back from the pipeline folder (manifests, PNGs, the state file
+and the benchmark's measurements, through `pipeline.summary`). Two parts run models, on the
+held-out images of the data folder the teacher's manifest records: the shipped int8 TFLite in
+LiteRT, for its confusion matrix and per-class metrics (`shipped_predictions`), and Grad-CAM of
+the Keras teacher and float student (`gradcam_examples`). When either cannot run, the report
+says why and keeps the rest. So a finished pipeline folder, with its data folder in place, is
+enough to write the report again: `write_report(OUT)`.
 """
 
 from __future__ import annotations
