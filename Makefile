@@ -33,7 +33,9 @@ $(NODE_MODULES)/.installed: converters/js/package.json converters/js/package-loc
 # skips the finished stages. It writes under $(BUILD)/ only (the Android assets are in
 # $(BUILD)/pipeline/android/), so the work tree stays clean.
 demo: install
-	@test -d $(BUILD)/sample-data || $(RUN) vgg-mobile sample-data $(BUILD)/sample-data
+	@# A sample folder from before the shapes lost their class colours is written again.
+	@grep -qs '"colour_cue": false' $(BUILD)/sample-data/.vgg-mobile.json \
+		|| $(RUN) vgg-mobile sample-data $(BUILD)/sample-data --force
 	$(RUN) vgg-mobile pipeline $(BUILD)/sample-data --out $(BUILD)/pipeline
 
 test: install

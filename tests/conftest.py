@@ -36,11 +36,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
-    """The built-in sample dataset, small: 4 classes x 30 images of 32 px."""
+    """The built-in sample dataset with its colour cue (learnt in seconds), small: 4 classes x
+    30 images of 32 px."""
     from vgg_mobile.data.sample import write_sample_data
 
     return write_sample_data(tmp_path_factory.mktemp("data") / "sample", images_per_class=30,
-                             image_size=32, seed=0)
+                             image_size=32, seed=0, colour_cue=True)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def _user_folders(base: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return write_sample_data(tmp_path_factory.mktemp("tiny") / "data", images_per_class=10,
-                             image_size=32, seed=5)
+                             image_size=32, seed=5, colour_cue=True)
 
 
 def _tiny_train(data, out, epochs=1, **kwargs):

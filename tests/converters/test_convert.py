@@ -161,7 +161,8 @@ def test_converted_model_classifies_like_the_keras_model_on_new_images(export, t
     from vgg_mobile.data.sample import write_sample_data
 
     base, manifest = export
-    fresh = write_sample_data(tmp_path / "fresh", images_per_class=5, image_size=48, seed=42)
+    fresh = write_sample_data(tmp_path / "fresh", images_per_class=5, image_size=48, seed=42,
+                              colour_cue=True)
     folder = dataset.scan_folder(fresh)
     images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(folder.train, 32, 32, 4)])
     keras_probs = load_run(teacher_run.run_dir).load_model()(images).numpy()

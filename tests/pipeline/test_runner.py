@@ -87,7 +87,8 @@ def _created(out, stage):
 def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     from vgg_mobile.data.sample import write_sample_data
 
-    data = write_sample_data(tmp_path / "data", images_per_class=8, image_size=32, seed=0)
+    data = write_sample_data(tmp_path / "data", images_per_class=8, image_size=32, seed=0,
+                             colour_cue=True)
     config = tmp_path / "pipeline.toml"
     config.write_text(TINY_CONFIG)
     out = tmp_path / "out"

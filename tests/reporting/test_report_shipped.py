@@ -42,7 +42,8 @@ def pipeline_out(tmp_path_factory):
     from vgg_mobile.evaluation.metrics import classification_metrics
 
     base = tmp_path_factory.mktemp("report")
-    data = write_sample_data(base / "data", images_per_class=12, image_size=SIZE, seed=0)
+    data = write_sample_data(base / "data", images_per_class=12, image_size=SIZE, seed=0,
+                             colour_cue=True)
     folder = dataset.scan_folder(data)
     choice = splits.choose_split(folder, None, 0.5, seed=0)
     record = splits.data_record(folder, choice)

@@ -59,7 +59,7 @@ def test_manifest_records_what_later_stages_need(teacher_run, sample_dir):
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return write_sample_data(tmp_path_factory.mktemp("small") / "data", images_per_class=10,
-                             image_size=32, seed=1)
+                             image_size=32, seed=1, colour_cue=True)
 
 
 def _train_process(data, out, *extra):
