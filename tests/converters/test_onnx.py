@@ -296,7 +296,7 @@ def test_the_crafted_sparse_initializer_is_a_real_attack():
     import os
     import tempfile
 
-    import onnxruntime
+    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "secret.bin").write_bytes(np.full(4, 7.0, np.float32).tobytes())
@@ -306,7 +306,7 @@ def test_the_crafted_sparse_initializer_is_a_real_attack():
             crafted = _crafted("sparse initializer", location="secret.bin")
             with pytest.raises(BadInputError, match="external file .'secret.bin'."):
                 onnxruntime.session(crafted)
-            session = onnxruntime.InferenceSession(crafted, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(crafted, providers=["CPUExecutionProvider"])
             leaked = session.run(None, {"pixels": np.zeros((1, 4), np.float32)})[0]
         finally:
             os.chdir(here)
