@@ -75,8 +75,8 @@ class TFJSNode(Runtime):
     key = "tfjs"
     label = "TF.js wasm (Node)"
     format = "tfjs"
-    module = "vgg_mobile"  # Node and @tensorflow/tfjs are found when first run
-    package = "vgg-mobile"
+    module = "vgg_mobile"
+    package = "vgg-mobile"  # describe() reports @tensorflow/tfjs's version instead
 
     def __init__(self, bundle: Path, signature: dict, threads: int = 1, backend: str = "wasm"):
         if backend not in BACKENDS:
@@ -110,6 +110,12 @@ class TFJSNode(Runtime):
             topology = None
         signature = topology.get("signature") if isinstance(topology, dict) else None
         return cls(bundle, signature if isinstance(signature, dict) else {}, threads, backend)
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether Node is there (@tensorflow/tfjs is installed from the shipped lock when
+        first run, if it is missing)."""
+        return node_executable() is not None
 
     def _port(self, side: str) -> tuple:
         tensors = self._signature.get(side) or {}
