@@ -419,7 +419,7 @@ def _machine() -> dict:
 
 def _load(examples, size: int, n_classes: int):
     """Pixels and labels of examples, decoded and resized by the project's loader."""
-    from converters.convert import load_images
+    from vgg_mobile.data.dataset import load_images
 
     return load_images(tuple(examples), size, n_classes)
 
@@ -441,11 +441,11 @@ def _keras_scores(run_dir: Path, val, n_classes: int) -> tuple[dict, dict]:
 
 
 def _tflite_scores(content: bytes, val, n_classes: int) -> dict:
-    from converters import tflite
+    from vgg_mobile import runtimes
 
-    size = int(tflite.interpreter(content).get_input_details()[0]["shape"][1])
-    x, y = _load(val, size, n_classes)
-    return _scores(tflite.predict_tflite(content, x), y)
+    runtime = runtimes.load(content, "tflite")
+    x, y = _load(val, runtime.image_size, n_classes)
+    return _scores(runtime.predict(x), y)
 
 
 def _split(data_dir: Path, teacher_dir: Path):
@@ -551,7 +551,7 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     """Every model of the comparison on every held-out image; see the module docstring."""
     import tf_keras as keras
 
-    from converters import tflite
+    from vgg_mobile import runtimes
 
     pipeline = out / "pipeline"
     folder, train, val = _split(data_dir, pipeline / "teacher")
@@ -660,7 +660,7 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     cal_x, _ = _load(calibration, CNN_SIZE, n_classes)
     content, convert_seconds = cnn_int8(model, cal_x)
     (cnn_dir / "model_int8.tflite").write_bytes(content)
-    probs = tflite.predict_tflite(content, val_x)
+    probs = runtimes.load(content, "tflite").predict(val_x)
     add({"model": "two-conv CNN int8 TFLite", **_scores(probs, val_y),
          "size_bytes": len(content), "seconds": convert_seconds, "note": "time: conversion"})
     log(f"cnn: done ({train_seconds:.1f} s training, {convert_seconds:.1f} s conversion)")

@@ -8,8 +8,8 @@ those the folder has) it starts a real `vgg-mobile serve-model` process on a fre
 port, sends a few warm-up requests, then runs `--clients` client threads for `--seconds`,
 each posting one image at a time over its own keep-alive connection, and reports requests,
 throughput, p50/p99 latency and errors. Beside each row: the single-image latency of the
-interpreter alone (`converters.tflite.latency_ms`, `converters.onnx.latency_ms`) measured in
-the same run, so the table shows what HTTP, decoding and resizing add.
+model alone in its runtime (`vgg_mobile.runtimes`, `Runtime.latency_ms`) measured in the same
+run, so the table shows what HTTP, decoding and resizing add.
 
 The image is the first file of the export's verification data folder (its manifest's
 `data.path`), or a generated PNG of the model's input size if that folder is gone. The clients
@@ -82,13 +82,9 @@ def interpreter_ms(fmt: str, path: Path, image: bytes, threads: int) -> float:
 
     side = int(_manifest(path.parent)["input"]["size"][0])
     pixels = resize_pixels(decode_rgb(image), side).numpy().astype(np.float32)
-    if fmt == "tflite":
-        from converters import tflite
+    from vgg_mobile import runtimes
 
-        return tflite.latency_ms(path.read_bytes(), pixels, num_threads=threads)
-    from converters import onnx
-
-    return onnx.latency_ms(path.read_bytes(), pixels, num_threads=threads)
+    return runtimes.load(path, fmt, threads).latency_ms(pixels)
 
 
 class Server:

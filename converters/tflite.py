@@ -8,8 +8,9 @@ Flavours (`FLAVOURS`, looked up by name):
            (or from the fake-quant nodes of a quantization-aware-trained model)
 
 Inputs are the models' raw RGB pixels in [0, 255]; for full-integer models the input and
-output may be uint8 or int8 (`io_dtype`), and `predict_tflite` quantizes and dequantizes
-with the tensors' own parameters, so callers always pass pixels and get probabilities.
+output may be uint8 or int8 (`io_dtype`), and LiteRT's runtime (`vgg_mobile.runtimes.litert`,
+which `predict_tflite` uses) quantizes and dequantizes with the tensors' own parameters, so
+callers always pass pixels and get probabilities.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from vgg_mobile.core import quiet
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.runtimes.litert import LiteRT
 
 IO_DTYPES = ("float32", "uint8", "int8")
 
@@ -132,39 +134,8 @@ def variables_of(model):
     return holder
 
 
-def interpreter(model_content: bytes, num_threads: int = 1):
-    """A LiteRT interpreter over a `.tflite` model held in memory, tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        with quiet.captured_stderr():
-            runner = Interpreter(model_content=model_content, num_threads=num_threads)
-            runner.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
-        raise BadInputError(f"not a valid TFLite model ({err})") from None
-    return runner
-
-
-def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Casts float pixels to an input tensor's type, quantizing with its scale and zero point."""
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return x.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    """An output tensor's values as float32, dequantized with its scale and zero point."""
-    if detail["dtype"] == np.float32:
-        return y.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
 def predict_tflite(model_content: bytes, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
-    """Runs a classifier `.tflite` on images, one at a time as a phone would.
+    """Runs a classifier `.tflite` on images in LiteRT (`vgg_mobile.runtimes.litert`).
 
     Args:
         model_content: The `.tflite` bytes.
@@ -174,15 +145,7 @@ def predict_tflite(model_content: bytes, images: np.ndarray, num_threads: int = 
     Returns:
         Float32 probabilities `(n, num_classes)`.
     """
-    runner = interpreter(model_content, num_threads)
-    inp = runner.get_input_details()[0]
-    out = runner.get_output_details()[0]
-    results = []
-    for image in np.asarray(images, dtype=np.float32):
-        runner.set_tensor(inp["index"], quantize_input(image[None], inp))
-        runner.invoke()
-        results.append(dequantize_output(runner.get_tensor(out["index"]), out)[0])
-    return np.stack(results) if results else np.zeros((0, out["shape"][-1]), np.float32)
+    return LiteRT.load(model_content, num_threads).predict(images)
 
 
 _NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8}
@@ -191,7 +154,9 @@ _NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.in
 def weight_sparsity(model_content: bytes, min_elements: int = 1024) -> dict:
     """Counts zero weights in the constant tensors of a `.tflite` model.
 
-    Tensors stored in the sparse encoding count their implicit zeros.
+    Tensors stored in the sparse encoding count their implicit zeros. Parsed with LiteRT's copy
+    of the flatbuffer schema, so it runs without TensorFlow (as `converters.inspection`'s
+    reader does).
 
     Args:
         model_content: The `.tflite` bytes.
@@ -201,12 +166,12 @@ def weight_sparsity(model_content: bytes, min_elements: int = 1024) -> dict:
     Returns:
         `{"zeros": int, "total": int, "fraction": float, "tensors": int}`.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
+    from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_content))
     zeros = total = count = 0
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
+    for subgraph in model.subgraphs or ():
+        for tensor in subgraph.tensors or ():
             buffer = model.buffers[tensor.buffer]
             dtype = _NUMPY_TYPES.get(tensor.type)
             if buffer.data is None or dtype is None:
@@ -235,14 +200,4 @@ def latency_ms(model_content: bytes, image: np.ndarray, num_threads: int = 1, re
         repeats: Timed runs after `warmup` untimed ones. Defaults to `50`.
         warmup: Untimed runs first. Defaults to `3`.
     """
-    from vgg_mobile.core.timing import median_ms
-
-    runner = interpreter(model_content, num_threads)
-    detail = runner.get_input_details()[0]
-    tensor = quantize_input(np.asarray(image, np.float32)[None], detail)
-
-    def invoke():
-        runner.set_tensor(detail["index"], tensor)
-        runner.invoke()
-
-    return median_ms(invoke, repeats, warmup)
+    return LiteRT.load(model_content, num_threads).latency_ms(image, repeats, warmup)

@@ -17,17 +17,16 @@ from pathlib import Path
 
 
 import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
-from vgg_mobile.core.timing import median_ms
 
 
 def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
-    import tensorflow as tf
-
-    from converters.convert import load_images, compare
+    from converters.convert import compare
     from converters import tflite
     from vgg_mobile.data import dataset
     from vgg_mobile.data import splits
+    from vgg_mobile.data.dataset import load_images
     from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.runtimes import Keras, LiteRT
 
     run = load_run(run_dir)
     folder = dataset.scan_folder(data_dir or run.manifest["data"]["path"], classes=run.classes)
@@ -37,9 +36,7 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
     x_cal, _ = load_images(splits.stratified_sample(parts.train, 100), run.image_size, len(run.classes))
     model = run.load_model()
     reference = model(x, training=False).numpy()
-    compiled = tf.function(lambda t: model(t, training=False))
-    one = tf.constant(x[:1])
-    keras_ms = median_ms(lambda: compiled(one).numpy(), repeats)
+    keras_ms = Keras(model).latency_ms(x[0], repeats)
     name = f"{run.manifest.get('architecture')} ({run.manifest.get('stage')})"
     rows = [{"model": name, "artifact": "Keras float32", "size": run.model_path.stat().st_size,
              "accuracy": float((reference.argmax(1) == y).mean()), "agreement": 1.0,
@@ -47,9 +44,9 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
     for flavour in tflite.FLAVOURS:
         data = tflite.convert_keras_model(model, flavour, x_cal,
                                           io_dtype="uint8" if flavour == "int8" else "float32")
-        check = compare(reference, tflite.predict_tflite(data, x), y)
-        ms1 = tflite.latency_ms(data, x[0], 1, repeats)
-        ms2 = tflite.latency_ms(data, x[0], 2, repeats)
+        check = compare(reference, LiteRT.load(data, 1).predict(x), y)
+        ms1 = LiteRT.load(data, 1).latency_ms(x[0], repeats)
+        ms2 = LiteRT.load(data, 2).latency_ms(x[0], repeats)
         rows.append({"model": name, "artifact": f"TFLite {flavour}", "size": len(data),
                      "accuracy": check["accuracy"], "agreement": check["top1_agreement"],
                      "ms1": ms1, "ms2": ms2, "ratio1": keras_ms / ms1, "ratio2": keras_ms / ms2})

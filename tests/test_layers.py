@@ -11,10 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own layer and the layers before it.
-LAYERS = ("core", "data", "models", "evaluation", "training", "compression", "distillation",
-          "converters", "serving", "site", "pipeline", "reporting", "cli")
-# What each package is allowed beyond the order above (kept empty unless a reason is written).
-CONVERTERS_MAY_IMPORT = ("core", "data")
+LAYERS = ("core", "data", "runtimes", "models", "evaluation", "training", "compression",
+          "distillation", "converters", "serving", "site", "pipeline", "reporting", "cli")
+# What a package may import, where the order above allows more (a reason beside each).
+# The converters verify every artifact in its runtime; they know nothing of training.
+CONVERTERS_MAY_IMPORT = ("core", "data", "runtimes")
+# A runtime runs a file: it needs no data pipeline, model builder or training code.
+RUNTIMES_MAY_IMPORT = ("core",)
+# The inference libraries: only `vgg_mobile.runtimes` runs models with them, and imports them
+# inside the function that needs them, so that light commands stay light. (Converting with
+# them, as `onnxruntime.quantization` does, is the converters' business.)
+INFERENCE_LIBRARIES = ("ai_edge_litert.interpreter", "onnxruntime", "openvino")
+HEAVY_LIBRARIES = ("tensorflow", "tf_keras", "keras", "ai_edge_litert", "onnxruntime", "openvino",
+                   "onnx")
 
 
 def _modules() -> dict[str, Path]:
@@ -72,7 +81,40 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
                 upward.append(f"{module} ({here}) imports {target} ({there})")
             elif here == "converters" and there not in (*CONVERTERS_MAY_IMPORT, "converters"):
                 upward.append(f"{module} (converters) imports {target} ({there})")
+            elif here == "runtimes" and there not in (*RUNTIMES_MAY_IMPORT, "runtimes"):
+                upward.append(f"{module} (runtimes) imports {target} ({there})")
     return sorted(upward)
+
+
+def _library_imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module's full name, at module level?) for every absolute import in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, id(node) in top_level))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top_level) for alias in node.names]
+    return found
+
+
+def _is_under(name: str, packages) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def misplaced_runtime_imports(modules: dict[str, Path]) -> list[str]:
+    """Inference libraries imported outside the runtimes, or imported at module level there."""
+    found = []
+    for module, path in modules.items():
+        in_runtimes = _layer(module) == "runtimes"
+        for name, top in _library_imports(path):
+            if not in_runtimes and _is_under(name, INFERENCE_LIBRARIES) and not (
+                    name.startswith("onnxruntime.quantization")):
+                found.append(f"{module} imports {name}: running a model is vgg_mobile.runtimes' job")
+            elif in_runtimes and top and _is_under(name, HEAVY_LIBRARIES):
+                found.append(f"{module} imports {name} at module level: import it where it is used")
+    return sorted(found)
 
 
 def circles(graph: dict[str, set[str]]) -> list[str]:
@@ -106,6 +148,10 @@ def test_no_layer_imports_one_above_it():
     assert not (found := upward_imports(_graph(MODULES, module_level_only=False))), "\n".join(found)
 
 
+def test_only_the_runtimes_run_models_and_they_import_their_libraries_lazily():
+    assert not (found := misplaced_runtime_imports(MODULES)), "\n".join(found)
+
+
 def test_no_import_circle():
     assert not (found := circles(_graph(MODULES, module_level_only=True))), "\n".join(found)
 
@@ -117,8 +163,21 @@ def test_the_checks_find_a_planted_circle_and_upward_import(tmp_path):
     fake["vgg_mobile.core.b"].write_text("import vgg_mobile.core.a\n\ndef f():\n    import vgg_mobile.cli.main\n")
     fake["vgg_mobile.cli.main"].write_text("from vgg_mobile.core.a import thing\n")
     fake["converters.x"].write_text("from vgg_mobile.cli import main\n")
+    fake["vgg_mobile.runtimes.r"] = tmp_path / "r.py"
+    fake["vgg_mobile.runtimes.r"].write_text("import onnxruntime\nfrom vgg_mobile.data import dataset\n")
+    fake["vgg_mobile.serving.s"] = tmp_path / "s.py"
+    fake["vgg_mobile.serving.s"].write_text(
+        "def f():\n    from ai_edge_litert.interpreter import Interpreter\n"
+        "    from onnxruntime.quantization import quantize_static\n")
+    fake["vgg_mobile.data.dataset"] = tmp_path / "dataset.py"
+    fake["vgg_mobile.data.dataset"].write_text("")
     assert circles(_graph(fake, module_level_only=True)) == [
         "vgg_mobile.core.a -> vgg_mobile.core.b -> vgg_mobile.core.a"]
     assert upward_imports(_graph(fake, module_level_only=False)) == [
         "converters.x (converters) imports vgg_mobile.cli.main (cli)",
-        "vgg_mobile.core.b (core) imports vgg_mobile.cli.main (cli)"]
+        "vgg_mobile.core.b (core) imports vgg_mobile.cli.main (cli)",
+        "vgg_mobile.runtimes.r (runtimes) imports vgg_mobile.data.dataset (data)"]
+    assert misplaced_runtime_imports(fake) == [
+        "vgg_mobile.runtimes.r imports onnxruntime at module level: import it where it is used",
+        "vgg_mobile.serving.s imports ai_edge_litert.interpreter: running a model is "
+        "vgg_mobile.runtimes' job"]

@@ -12,6 +12,7 @@ import harness
 from converters import onnx
 from converters.convert import ConvertOptions, convert_run
 from vgg_mobile.core.errors import BadInputError, BudgetError
+from vgg_mobile.runtimes import onnxruntime, openvino
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,10 @@ def test_onnx_batch_is_dynamic(onnx_export, student_run, sample_dir):
     out, _ = onnx_export
     data = (out / "mobilenet_v2_0.35_student.onnx").read_bytes()
     images, _ = harness.held_out_images(load_run(student_run.run_dir), sample_dir)
-    session = onnx.session(data)
+    session = onnxruntime.session(data)
     assert session.get_inputs()[0].name == "pixels" and session.get_outputs()[0].name == "probs"
-    whole = onnx.predict_onnx(session, images[:7], batch_size=7)
-    one_by_one = onnx.predict_onnx(session, images[:7], batch_size=1)
+    whole = onnxruntime.ONNXRuntime(session, batch_size=7).predict(images[:7])
+    one_by_one = onnxruntime.ONNXRuntime(session, batch_size=1).predict(images[:7])
     harness.assert_varies(whole, min_classes=2)
     np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
 
@@ -91,7 +92,7 @@ def test_a_damaged_onnx_model_is_refused_with_a_reason(onnx_export):
     data = (out / "mobilenet_v2_0.35_student.onnx").read_bytes()
     for damaged in (data[: len(data) // 3], b"not a model", b""):
         with pytest.raises(BadInputError, match="not a valid ONNX model"):
-            onnx.session(damaged)
+            onnxruntime.session(damaged)
 
 
 def test_onnx_artifacts_meet_the_size_budget_or_nothing_is_written(student_run, sample_dir, tmp_path):
@@ -174,9 +175,9 @@ def test_cli_convert_onnx_of_a_vgg_run(architecture, run_fixture, request, cli, 
         artifact = by_flavour[flavour]
         data = (tmp_path / "export" / artifact["file"]).read_bytes()
         assert [i.name for i in onnx_lib.load_from_string(data).graph.input] == ["pixels"]
-        session = onnx.session(data)
-        assert [i.name for i in session.get_inputs()] == ["pixels"]
-        probs = onnx.predict_onnx(session, images)
+        runtime = onnxruntime.ONNXRuntime.load(data)
+        assert [i.name for i in runtime.session.get_inputs()] == ["pixels"]
+        probs = runtime.predict(images)
         agreement = harness.assert_matches(reference, probs, max_diff=max_diff,
                                            min_agreement=min_agreement)
         # The manifest's figures are those of this file on the same held-out images.
@@ -210,7 +211,7 @@ def test_a_model_that_reads_an_external_file_is_refused(tmp_path, monkeypatch):
     inside = onnx_lib.load_from_string(data)
     inside.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones(4, np.float32), "w"))
     assert onnx.predict_onnx(inside.SerializeToString(), np.zeros((1, 4), np.float32)).tolist() == [[1.0] * 4]
-    for load in (onnx.session, onnx.read_metadata, onnx.openvino_model):
+    for load in (onnxruntime.session, onnx.read_metadata, openvino.compile_model):
         with pytest.raises(BadInputError, match="stored in an external file .'secret.txt'."):
             load(data)
 
@@ -284,7 +285,7 @@ def test_external_data_is_refused_wherever_the_model_names_it(place, tmp_path, m
     monkeypatch.chdir(work)
     (tmp_path / "secret.bin").write_bytes(np.full(4, 7.0, np.float32).tobytes())
     data = _crafted(place)
-    for load in (onnx.check_self_contained, onnx.session, onnx.read_metadata):
+    for load in (onnxruntime.check_self_contained, onnxruntime.session, onnx.read_metadata):
         with pytest.raises(BadInputError, match=r"stored in an external file .'\.\./secret\.bin'."):
             load(data)
 
@@ -295,7 +296,7 @@ def test_the_crafted_sparse_initializer_is_a_real_attack():
     import os
     import tempfile
 
-    import onnxruntime
+    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "secret.bin").write_bytes(np.full(4, 7.0, np.float32).tobytes())
@@ -304,8 +305,8 @@ def test_the_crafted_sparse_initializer_is_a_real_attack():
         try:
             crafted = _crafted("sparse initializer", location="secret.bin")
             with pytest.raises(BadInputError, match="external file .'secret.bin'."):
-                onnx.session(crafted)
-            session = onnxruntime.InferenceSession(crafted, providers=["CPUExecutionProvider"])
+                onnxruntime.session(crafted)
+            session = ort.InferenceSession(crafted, providers=["CPUExecutionProvider"])
             leaked = session.run(None, {"pixels": np.zeros((1, 4), np.float32)})[0]
         finally:
             os.chdir(here)

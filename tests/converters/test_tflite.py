@@ -9,6 +9,7 @@ import harness
 from converters import tflite
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.runtimes.litert import interpreter
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_int8_input_and_output_types(teacher, converted, io_dtype, numpy_dtype):
     model, images, calibration, reference = teacher
     data = (converted["int8"] if io_dtype == "uint8"
             else tflite.convert_keras_model(model, "int8", calibration, io_dtype=io_dtype))
-    runner = tflite.interpreter(data)
+    runner = interpreter(data)
     assert runner.get_input_details()[0]["dtype"] == numpy_dtype
     assert runner.get_output_details()[0]["dtype"] == numpy_dtype
     probs = tflite.predict_tflite(data, images[:12])
@@ -65,7 +66,7 @@ def test_bad_requests_are_refused(teacher):
     with pytest.raises(BadInputError, match="needs flavour 'int8'"):
         tflite.convert_keras_model(model, "float16", io_dtype="uint8")
     with pytest.raises(BadInputError, match="not a valid TFLite model"):
-        tflite.interpreter(b"TFL3 but not really a model")
+        interpreter(b"TFL3 but not really a model")
 
 
 def test_weight_sparsity_counts_zeros_dense_and_sparse_encoded(teacher, converted):

@@ -41,7 +41,7 @@ def pipeline_folder(teacher_run, teacher_export, tmp_path_factory):
 
 def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_run, sample_dir):
     from converters import tflite
-    from converters.convert import load_images
+    from vgg_mobile.data.dataset import load_images
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.data import dataset, splits
 
@@ -125,7 +125,8 @@ def onnx_pipeline_folder(student_run, sample_dir, tmp_path_factory):
 def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder, student_run,
                                                             sample_dir):
     from converters import onnx
-    from converters.convert import load_images
+    from vgg_mobile.data.dataset import load_images
+    from vgg_mobile.runtimes import OpenVINO
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.data import dataset, splits
 
@@ -148,7 +149,7 @@ def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder
         assert row["agreement"] == pytest.approx(
             float((probs.argmax(1) == reference.argmax(1)).mean()), abs=1e-4)
         # The OpenVINO figures are those of the same file in OpenVINO on the same images.
-        other = onnx.predict_openvino(onnx.openvino_model(content), x)
+        other = OpenVINO.load(content).predict(x)
         assert row["openvino"]["latency_ms"] > 0
         assert row["openvino"]["accuracy"] == pytest.approx(
             float((other.argmax(1) == y).mean()), abs=1e-4)

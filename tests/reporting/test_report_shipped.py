@@ -34,7 +34,7 @@ def _model(classes: int, seed: int):
 
 @pytest.fixture(scope="module")
 def pipeline_out(tmp_path_factory):
-    from converters.convert import load_images
+    from vgg_mobile.data.dataset import load_images
     from converters.tflite import convert_keras_model
     from vgg_mobile.core.run_dir import Manifest, finish_run
     from vgg_mobile.data import dataset, splits
@@ -83,7 +83,7 @@ def report(pipeline_out):
 
 
 def _shipped_probs(pipeline_out):
-    from converters.convert import load_images
+    from vgg_mobile.data.dataset import load_images
     from converters.tflite import predict_tflite
 
     _, val, classes, tflite = pipeline_out

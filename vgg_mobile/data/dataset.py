@@ -509,6 +509,15 @@ def make_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def load_images(examples, image_size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes examples through the training pipeline: `(float32 pixels, int labels)` arrays."""
+    x, y = [], []
+    for images, labels in make_dataset(examples, image_size, 32, num_classes, one_hot=False):
+        x.append(images.numpy())
+        y.append(labels.numpy())
+    return np.concatenate(x), np.concatenate(y)
+
+
 def make_multi_view_dataset(
     examples: tuple[Example, ...],
     image_sizes: tuple[int, ...],

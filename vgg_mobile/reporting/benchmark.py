@@ -43,8 +43,6 @@ from vgg_mobile.reporting.tables import Column, markdown_table, megabytes, numbe
 # Every artifact runs on the held-out images of the teacher's split, and every speed-up is
 # against the float teacher.
 REFERENCE = get_stage("teacher").name
-RUNTIMES = {"keras": "TensorFlow (tf_keras)", "tflite": "LiteRT", "onnx": "ONNX Runtime (CPU)",
-            "tfjs": "TF.js wasm (Node)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,32 +53,6 @@ class BenchmarkResult:
     json_path: Path
     markdown_path: Path
     info: dict
-
-
-def _set_threads(threads: int) -> str:
-    """Fixes TensorFlow's thread pools, which is only possible before TensorFlow starts."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        return "process default (TensorFlow had already started)"
-    return str(threads)
-
-
-def keras_latency_ms(model, image: np.ndarray, repeats: int = 30) -> float:
-    """Median milliseconds of one single-image forward pass through a compiled `tf.function`.
-
-    `model.predict` would add its per-call setup (tens of milliseconds) to every image.
-    """
-    import tensorflow as tf
-
-    from vgg_mobile.core.timing import median_ms
-
-    compiled = tf.function(lambda t: model(t, training=False))
-    one = tf.constant(np.asarray(image, np.float32)[None])
-    return median_ms(lambda: compiled(one).numpy(), repeats)
 
 
 def benchmark_images(out: Path, data_dir: Path | None, limit: int | None):
@@ -131,7 +103,9 @@ def benchmark_pipeline(
         raise RunDirError(f"{out}: has no finished teacher run to measure against")
     pipeline_config = load_pipeline_config(out)
     config = config or pipeline_config.benchmark
-    threads = _set_threads(config.threads)
+    from vgg_mobile.runtimes.keras import set_threads
+
+    threads = set_threads(config.threads)
     teacher, examples, split = benchmark_images(out, Path(data_dir) if data_dir else None, config.images)
     rows = [row for row in summary_rows(out, pipeline_config)
             if Path(row["path"]).exists()]
@@ -162,12 +136,11 @@ def benchmark_pipeline(
             "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
             "budget": row["budget"],
         }
-        if "openvino" in result:
-            # The same ONNX file in a second runtime, on the same images.
-            other = result.pop("openvino")
-            measured[row["path"]]["openvino"] = {
+        for key, other in result.pop("others").items():
+            # The same file in a second runtime, on the same images.
+            measured[row["path"]][key] = {
                 "accuracy": round(float((other["probs"].argmax(1) == labels).mean()), 4),
-                "agreement_with_onnxruntime": round(float(
+                f"agreement_with_{result['runtime_key']}": round(float(
                     (other["probs"].argmax(1) == probs.argmax(1)).mean()), 4),
                 "max_probability_difference": round(float(np.abs(other["probs"] - probs).max()), 5),
                 "latency_ms": round(other["latency_ms"], 3),
@@ -192,64 +165,27 @@ def benchmark_pipeline(
 
 
 def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, images: dict) -> dict:
-    """Runs one artifact on the held-out images and times it on the first one."""
-    from converters.convert import load_images
+    """Runs one artifact on the held-out images and times it on the first one, in its format's
+    reference runtime and in every other installed runtime of the format."""
+    from vgg_mobile import runtimes
+    from vgg_mobile.data.dataset import load_images
 
-    path = Path(row["path"])
-    extra = {}
-    if row["format"] == "keras":
-        from vgg_mobile.core.run_dir import load_run
-
-        run = load_run(path.parent)
-        size = run.image_size
-        if size not in images:
-            images[size] = load_images(examples, size, num_classes)
-        model = run.load_model()
-        x = images[size][0]
-        probs = model.predict(x, batch_size=32, verbose=0)
-        latency = keras_latency_ms(model, x[0], config.repeats)
-    elif row["format"] == "tflite":
-        from converters import tflite
-
-        data = path.read_bytes()
-        size = int(tflite.interpreter(data).get_input_details()[0]["shape"][1])
-        if size not in images:
-            images[size] = load_images(examples, size, num_classes)
-        x = images[size][0]
-        probs = tflite.predict_tflite(data, x, config.threads)
-        latency = tflite.latency_ms(data, x[0], config.threads, config.repeats)
-    elif row["format"] == "onnx":
-        from converters import onnx
-
-        data = path.read_bytes()
-        runner = onnx.session(data, config.threads)
-        size = int(runner.get_inputs()[0].shape[1])
-        if size not in images:
-            images[size] = load_images(examples, size, num_classes)
-        x = images[size][0]
-        probs = onnx.predict_onnx(runner, x)
-        latency = onnx.latency_ms(runner, x[0], repeats=config.repeats)
-        if onnx.openvino_available():
-            compiled = onnx.openvino_model(data, config.threads)
-            extra["openvino"] = {
-                "probs": onnx.predict_openvino(compiled, x),
-                "latency_ms": onnx.openvino_latency_ms(compiled, x[0], config.repeats)}
-    else:
-        from converters import tfjs
-
-        size = _tfjs_image_size(path)
-        if size not in images:
-            images[size] = load_images(examples, size, num_classes)
-        output = tfjs.run_tfjs(path, images[size][0], backend="wasm", latency_repeats=config.repeats)
-        probs, latency = output["probs"], output["latency_ms"]
+    reference, *others = runtimes.runtimes_for(row["format"])
+    runtime = reference.load(row["path"], config.threads)
+    size = runtime.image_size
+    if size not in images:
+        images[size] = load_images(examples, size, num_classes)
+    x = images[size][0]
+    probs, latency = runtime.measure(x, config.repeats)
+    measured_others = {}
+    for other in others:
+        if other.available():
+            probs_other, latency_other = other.load(row["path"], config.threads).measure(
+                x, config.repeats)
+            measured_others[other.key] = {"probs": np.asarray(probs_other),
+                                          "latency_ms": float(latency_other)}
     return {"probs": np.asarray(probs), "latency_ms": float(latency), "image_size": size,
-            "runtime": RUNTIMES[row["format"]], **extra}
-
-
-def _tfjs_image_size(bundle: Path) -> int:
-    # The export writes the bundle beside its manifest, which records the input size.
-    manifest = json.loads((bundle.parent / "manifest.json").read_text(encoding="utf-8"))
-    return int(manifest["input"]["size"][0])
+            "runtime": runtime.label, "runtime_key": runtime.key, "others": measured_others}
 
 
 def _versions() -> dict:

@@ -258,8 +258,8 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
         `{"file", "examples", "labels", "predicted", "probs", "metrics", "classes", "split",
         "teacher"}`, or why it could not run (a sentence): no export, no int8 file, no data.
     """
-    from converters import tflite
-    from converters.convert import load_images
+    from vgg_mobile import runtimes
+    from vgg_mobile.data.dataset import load_images
     from vgg_mobile.evaluation.metrics import classification_metrics
     from vgg_mobile.reporting.benchmark import benchmark_images
 
@@ -273,9 +273,9 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
         path = inside(folder, found[0]["file"], "artifact file", folder / "manifest.json")
         data = path.read_bytes()
         teacher, examples, split = benchmark_images(out, None, config.benchmark.images)
-        size = int(tflite.interpreter(data).get_input_details()[0]["shape"][1])
-        x, labels = load_images(examples, size, len(teacher.classes))
-        probs = tflite.predict_tflite(data, x)
+        runtime = runtimes.load(data, "tflite")
+        x, labels = load_images(examples, runtime.image_size, len(teacher.classes))
+        probs = runtime.predict(x)
     except (VggMobileError, OSError, ValueError, RuntimeError) as err:
         return f"{type(err).__name__}: {err}"
     return {"file": path.relative_to(out).as_posix(), "examples": list(examples),
@@ -316,8 +316,8 @@ def gradcam_examples(out: Path, config: PipelineConfig, shipped: dict, path: Pat
         `student_explains` (the class each Grad-CAM map explains: that model's own answer),
         plus `student_stage` and the `layer`s. Empty when there is nothing to draw.
     """
-    from converters.convert import load_images
     from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data.dataset import load_images
     from vgg_mobile.evaluation import gradcam, plots
 
     examples, labels, predicted = shipped["examples"], shipped["labels"], shipped["predicted"]

@@ -23,9 +23,11 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError, clip, require
 from vgg_mobile.core.outputs import inside
 from vgg_mobile.core.run_dir import LABELS, MANIFEST
+from vgg_mobile.runtimes import Runtime, runtime_for
 
+# The formats served: those whose files carry their labels (see `_DETAILS`).
 FORMATS = ("tflite", "onnx")
-SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
+SUFFIXES = {runtime_for(fmt).suffix: fmt for fmt in FORMATS}
 # The flavour an export folder serves unless told otherwise: the one made to ship.
 DEFAULT_FLAVOUR = "int8"
 # Deterministic inputs every model must answer with finite probability vectors before it serves.
@@ -173,54 +175,21 @@ def portable(value, folder: Path):
     return rewrite(value)
 
 
-class _TFLiteRunner:
-    """A pool of LiteRT interpreters, one per thread that may run at once: an interpreter is
-    not thread-safe, and a pool lets requests run side by side instead of queuing on a lock."""
+class _Pool:
+    """Runtimes that are not thread-safe (a LiteRT interpreter), one for each inference that
+    may run at once: requests run side by side instead of queuing on a lock."""
 
-    def __init__(self, content: bytes, threads: int, pool_size: int):
-        from converters import tflite
-
+    def __init__(self, loaded: list[Runtime]):
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(pool_size):
-            runner = tflite.interpreter(content, threads)
-            detail = runner.get_input_details()[0]
-            if detail["shape"][0] != 1:
-                # One image per invoke, as `predict_tflite` runs a model.
-                runner.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
-                runner.allocate_tensors()
-            self._free.put(runner)
-        self.input = runner.get_input_details()[0]
-        self.output = runner.get_output_details()[0]
+        for runtime in loaded:
+            self._free.put(runtime)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        from converters.tflite import dequantize_output, quantize_input
-
-        runner = self._free.get()
+        runtime = self._free.get()
         try:
-            rows = []
-            for image in pixels:
-                runner.set_tensor(self.input["index"], quantize_input(image[None], self.input))
-                runner.invoke()
-                rows.append(dequantize_output(runner.get_tensor(self.output["index"]), self.output)[0])
+            return runtime.predict(pixels)
         finally:
-            self._free.put(runner)
-        return np.stack(rows) if rows else np.zeros((0, self.output["shape"][-1]), np.float32)
-
-
-class _ONNXRunner:
-    """One ONNX Runtime session: its `run` may be called from several threads at once."""
-
-    def __init__(self, content: bytes, threads: int):
-        from converters import onnx
-
-        self._session = onnx.session(content, threads)
-        self.input = self._session.get_inputs()[0]
-        self.output = self._session.get_outputs()[0]
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        from converters import onnx
-
-        return np.asarray(onnx.predict_onnx(self._session, pixels), np.float32)
+            self._free.put(runtime)
 
 
 def _read_json(path: Path) -> dict:
@@ -332,18 +301,18 @@ def _inspect_tflite(content: bytes, path: Path) -> dict:
             raise BadInputError(str(err).replace(str(copy), str(path))) from None
 
 
-def _tflite_details(content: bytes, path: Path) -> tuple[list, list, dict, list[str] | None]:
-    """Input shape, output shape, metadata and packed labels of a `.tflite` model."""
+def _tflite_details(content: bytes, path: Path) -> tuple[dict, list[str] | None, None]:
+    """Metadata and packed labels of a `.tflite` model (its input size is always fixed)."""
     report = _inspect_tflite(content, path)
     files = report.get("associated_files") or {}
     labels = ([line for line in next(iter(files.values())).splitlines() if line]
               if files else None)
-    return (report["inputs"][0]["shape"], report["outputs"][0]["shape"],
-            report.get("metadata") or {}, labels)
+    return report.get("metadata") or {}, labels, None
 
 
-def _onnx_details(content: bytes, path: Path) -> tuple[dict, list[str] | None]:
-    """The `metadata_props` of an `.onnx` model and the labels they hold."""
+def _onnx_details(content: bytes, path: Path) -> tuple[dict, list[str] | None, object]:
+    """The `metadata_props` of an `.onnx` model, the labels they hold, and the input size they
+    declare (for a model whose input shape leaves it open)."""
     from converters import onnx
 
     try:
@@ -359,7 +328,19 @@ def _onnx_details(content: bytes, path: Path) -> tuple[dict, list[str] | None]:
         if not (isinstance(labels, list) and all(isinstance(c, str) for c in labels)):
             raise BadInputError(f"{path}: metadata_props 'labels' is not a JSON list of names. "
                                 f"Received: {props['labels'][:200]!r}")
-    return dict(props), labels
+    size = None
+    if "input" in props:
+        try:
+            size = json.loads(props["input"]).get("size")
+        except (ValueError, AttributeError):
+            size = None
+    return dict(props), labels, size
+
+
+# What serving reads from a model file besides running it (`vgg_mobile.runtimes` runs it): the
+# model's own metadata and labels, and an input size the metadata declares. A `.tflite` is read
+# in a child process first: a damaged file cannot crash this one.
+_DETAILS = {"tflite": _tflite_details, "onnx": _onnx_details}
 
 
 def _dimension(value) -> int | None:
@@ -450,23 +431,18 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
     fmt = artifact["format"] if artifact else SUFFIXES[path.suffix.lower()]
     declared = (manifest or {}).get("input")
     declared_size = declared.get("size") if isinstance(declared, dict) else None
-    if fmt == "tflite":
-        input_shape, output_shape, metadata, labels = _tflite_details(content, path)
-        runner = _TFLiteRunner(content, threads, pool_size)
-        info = metadata
-    else:
-        metadata, labels = _onnx_details(content, path)
-        try:
-            runner = _ONNXRunner(content, threads)
-        except BadInputError as err:
-            raise BadInputError(f"{path}: {err}") from None
-        input_shape, output_shape = runner.input.shape, runner.output.shape
-        info = metadata
-        if declared_size is None and "input" in metadata:
-            try:
-                declared_size = json.loads(metadata["input"]).get("size")
-            except (ValueError, AttributeError):
-                declared_size = None
+    metadata, labels, metadata_size = _DETAILS[fmt](content, path)
+    runtime = runtime_for(fmt)
+    try:
+        loaded = [runtime.load(content, threads)
+                  for _ in range(1 if runtime.thread_safe else pool_size)]
+    except BadInputError as err:
+        raise BadInputError(f"{path}: {err}") from None
+    runner = loaded[0] if runtime.thread_safe else _Pool(loaded)
+    input_shape, output_shape = loaded[0].input_shape, loaded[0].output_shape
+    info = metadata
+    if declared_size is None:
+        declared_size = metadata_size
     classes = _folder_classes(path.parent, manifest) if manifest else (
         tuple(labels) if labels else None)
     if not classes:
