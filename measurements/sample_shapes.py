@@ -164,25 +164,19 @@ def accuracy_by_factor(predicted: np.ndarray, labels: np.ndarray, factors: list[
 
 
 def _models(pipeline_out: Path):
-    """`(name, image_size, predict)` for each Keras run and each `.tflite` export."""
-    from converters.tflite import predict_tflite
+    """`(name, image_size, classes, predict)` for each Keras run and each `.tflite` export."""
+    from vgg_mobile import runtimes
     from vgg_mobile.core.run_dir import load_run
 
     for name in ("teacher", "pruned", "pruned_qat", "student", "student_qat"):
         if not (pipeline_out / name / "manifest.json").is_file():
             continue
         run = load_run(pipeline_out / name)
-        model = run.load_model()
-        yield (name, run.image_size, run.classes,
-               lambda x, model=model: model.predict(x, batch_size=32, verbose=0))
+        yield (name, run.image_size, run.classes, runtimes.load(pipeline_out / name, "keras").predict)
     classes = load_run(pipeline_out / "teacher").classes
     for path in sorted((pipeline_out / "export").glob("*.tflite")):
-        content = path.read_bytes()
-        from converters.tflite import interpreter
-
-        size = int(interpreter(content).get_input_details()[0]["shape"][1])
-        yield (f"export/{path.name}", size, classes,
-               lambda x, content=content: predict_tflite(content, x))
+        runtime = runtimes.load(path)
+        yield f"export/{path.name}", runtime.image_size, classes, runtime.predict
 
 
 def main() -> None:
