@@ -215,7 +215,14 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     result = cli("pipeline", data, "--out", out, "--config", config, "--quiet", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     statuses = {s["name"]: s["status"] for s in json.loads(result.stdout)["stages"]}
-    assert [name for name, status in statuses.items() if status == "ran"] == ["student_qat", "export"]
+    # The page reads the export stage's int8 TFLite: a redone export redoes the page, whose
+    # MediaPipe runtime then runs the new file, not the one the failed runs discarded.
+    assert [name for name, status in statuses.items() if status == "ran"] == [
+        "student_qat", "export", "site"]
+    export = json.loads((out / "export" / "manifest.json").read_text())
+    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
+    assert ((out / "site" / runtimes["mediapipe"]["model"]).read_bytes()
+            == (out / "export" / export["artifacts"][0]["file"]).read_bytes())
     # The earlier benchmark measured artifacts since redone: it is gone, not shown as theirs.
     assert not (out / "benchmark").exists()
     assert all(row["latency_ms"] is None for row in json.loads(result.stdout)["summary"])
@@ -233,11 +240,29 @@ def test_a_redone_stage_discards_the_report_and_what_was_built_from_it(tmp_path)
     out = tmp_path / "out"
     for name in (*names, *REPORT_FILES):
         (out / name).mkdir(parents=True)
-    # The export is redone (and may fail): the report and the benchmark that vouched for the
-    # old export go at once; the student, its web export and the demo do not depend on it.
+    # The export is redone (and may fail): the report, the benchmark that vouched for the old
+    # export and the page that runs its int8 TFLite go at once; the student and its web export
+    # do not read it.
     _discard_dependents(out, plan, names.index("export"))
     left = sorted(p.name for p in out.iterdir())
-    assert left == sorted(set(names) - {"benchmark"}), left
+    assert left == sorted(set(names) - {"benchmark", "site"}), left
     # The teacher is redone: everything after it was built from it.
     _discard_dependents(out, plan, names.index("teacher"))
     assert sorted(p.name for p in out.iterdir()) == ["teacher"]
+
+
+def test_every_stage_declares_the_stages_it_reads():
+    from vgg_mobile.pipeline.config import build_config
+    from vgg_mobile.pipeline.runner import stage_plan
+    from vgg_mobile.pipeline.stages import get_stage
+
+    config = build_config({}, "sample")
+    names = [stage.name for stage, _ in stage_plan(config)]
+    reads = {name: get_stage(name).inputs_of(getattr(config, name), names[:names.index(name)])
+             for name in names}
+    assert reads["site"] == ("export", "web_export")
+    assert reads["export"] == ("student_qat",) and reads["student"] == ("teacher",)
+    assert reads["benchmark"] == tuple(names[:-1])
+    # An export made from the float student instead: the page still reads the export stage.
+    config = build_config({"export": {"source": "student"}}, "sample")
+    assert get_stage("site").inputs_of(config.site, names) == ("export", "web_export")

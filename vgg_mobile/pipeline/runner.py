@@ -151,10 +151,10 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
     for number, (stage, settings) in enumerate(plan, 1):
         name, path = stage.name, out / stage.name
         parent = stage.parent_of(settings)
-        if stage.after_all:
-            parent_digest = {earlier.name: manifest_digest(out / earlier.name)
-                             for earlier, _ in plan[:number - 1]}
-        else:
+        reads = stage.inputs_of(settings, [earlier.name for earlier, _ in plan[:number - 1]])
+        if stage.after_all or stage.reads:
+            parent_digest = {read: manifest_digest(out / read) for read in reads}
+        else:  # the parent alone, recorded as it always was: finished stages stay finished
             parent_digest = manifest_digest(out / parent) if parent else None
         inputs = inputs_digest(name, dataclasses.asdict(settings), data_fingerprint, parent_digest)
         recorded = state["stages"].get(name, {})
@@ -175,7 +175,7 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
         log(f"{prefix}: started" + (" (resuming from its last checkpoint)" if resume else ""))
         t0 = time.perf_counter()
         job = StageJob(name, data_dir, out, path, out / parent if parent else None, resume,
-                       command, log, verbose, offline)
+                       command, log, verbose, offline, {read: out / read for read in reads})
         try:
             stage.run(job, settings)
         except Exception:
@@ -227,13 +227,14 @@ def _discard_outputs(out: Path, stage: Stage) -> None:
 
 
 def _discard_dependents(out: Path, plan, index: int) -> None:
-    """Discards the report, and the later stages built from stage `plan[index]` (directly,
-    through other stages, or as a stage that measures every earlier one)."""
+    """Discards the report, and the later stages that read stage `plan[index]`'s output
+    (`Stage.inputs_of`: directly, through other stages, or as a stage that measures every
+    earlier one)."""
     for name in REPORT_FILES:
         _discard(out / name)
     stale = {plan[index][0].name}
     for stage, settings in plan[index + 1:]:
-        if stage.after_all or stage.parent_of(settings) in stale:
+        if stage.inputs_of(settings, stale):
             stale.add(stage.name)
             _discard_outputs(out, stage)
 
@@ -249,8 +250,7 @@ def _discard_stale(out: Path, config: PipelineConfig, plan, ran: set[str], state
     for stage in STAGES:
         if stage.name in planned:
             continue
-        parent = stage.parent_of(getattr(config, stage.name))
-        if (changed if stage.after_all else changed & {parent}):
+        if stage.inputs_of(getattr(config, stage.name), changed):
             if (out / stage.name).exists() or stage.name in state["stages"]:
                 _discard_outputs(out, stage)
                 state["stages"].pop(stage.name, None)

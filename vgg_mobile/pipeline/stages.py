@@ -55,6 +55,8 @@ class StageJob:
         log: Receives progress lines.
         verbose: Keras progress output.
         offline: Never download pretrained weights. Defaults to `False`.
+        inputs: The folder of every stage it reads (`Stage.inputs_of`), by name; a stage it
+            reads that this run does not plan (switched off) is absent. Defaults to none.
     """
 
     name: str
@@ -67,6 +69,7 @@ class StageJob:
     log: Callable[[str], None]
     verbose: int
     offline: bool = False
+    inputs: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,9 @@ class Stage:
         resumes: It backs up every epoch and continues an interrupted run instead of redoing
             it (its folder is kept when it fails).
         finished_file: The file it writes last: its presence means the stage finished.
+        reads: Stages besides its parent whose output it reads. With the parent (and every
+            earlier stage for `after_all`) they are its inputs (`inputs_of`): it is redone
+            when one of them is, and its recorded inputs digest covers them all.
         after_all: Its inputs are every earlier stage's output (it measures them all).
         extra_outputs: Folders under OUT outside its own that it writes (discarded with it).
         formerly: Names its config section had before; such a section is refused with the
@@ -105,6 +111,7 @@ class Stage:
     curves: str | None = None
     resumes: bool = False
     finished_file: str = "manifest.json"
+    reads: tuple[str, ...] = ()
     after_all: bool = False
     extra_outputs: tuple[str, ...] = ()
     formerly: tuple[str, ...] = ()
@@ -117,6 +124,14 @@ class Stage:
     def parent_of(self, settings) -> str | None:
         """The stage this one is made from, under `settings` (its config section)."""
         return settings.source if self.parent_from_source else self.parent
+
+    def inputs_of(self, settings, among) -> tuple[str, ...]:
+        """The stages of `among` whose output this one reads under `settings`: its parent and
+        its `reads`, or all of `among` for a stage that measures every earlier one."""
+        if self.after_all:
+            return tuple(among)
+        wanted = (self.parent_of(settings), *self.reads)
+        return tuple(name for name in among if name in wanted)
 
     @staticmethod
     def enabled(settings) -> bool:
@@ -157,10 +172,11 @@ def _web_export(job: StageJob, settings: WebExportConfig) -> None:
 
 
 def _site(job: StageJob, settings: SiteConfig) -> None:
-    # MediaPipe in the page runs the int8 TFLite that ships to Android: the export stage's.
-    shipped = job.out / get_stage("export").name
+    # MediaPipe in the page runs the int8 TFLite that ships to Android: the export stage's
+    # (declared in `reads`, so a redone export redoes the page).
+    shipped = job.inputs.get("export")
     assemble_demo(job.path, job.parent, stage=job.name,
-                  tflite_from=shipped if (shipped / "manifest.json").is_file() else None)
+                  tflite_from=shipped if shipped and (shipped / "manifest.json").is_file() else None)
 
 
 def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:
@@ -209,7 +225,8 @@ STAGES: tuple[Stage, ...] = (
           kind="export", parent="student", parent_from_source=True, formerly=("convert",)),
     # The site folder is written atomically: it exists only when complete.
     Stage("site", SiteConfig, _site, "The static web demo folder OUT/site.", kind="other",
-          parent="web_export", finished_file="index.html", formerly=("demo",)),
+          parent="web_export", reads=("export",), finished_file="index.html",
+          formerly=("demo",)),
     # The benchmark writes its JSON last.
     Stage("benchmark", BenchmarkConfig, _benchmark,
           "Every artifact measured in one process: accuracy, agreement, latency (BenchmarkConfig).",
