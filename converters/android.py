@@ -9,6 +9,7 @@ from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.resources import android_template, js_dir
 from vgg_mobile.core.io import write_json, write_text
 from vgg_mobile.core.run_dir import Manifest
+from vgg_mobile.core.outputs import MANIFEST
 
 # Preferred model for a phone, first available wins.
 PREFERENCE = ("int8", "dynamic", "float16", "float32")
@@ -53,7 +54,7 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> P
     shutil.copyfile(export_dir / artifact["file"], android_dir / artifact["file"])
     write_text(android_dir / "labels.txt", "".join(f"{c}\n" for c in manifest["classes"]))
     write_text(android_dir / "README.md", readme)
-    write_json(android_dir / "manifest.json", Manifest(
+    write_json(android_dir / MANIFEST, Manifest(
         stage="android", kind="android_assets", classes=tuple(manifest["classes"]),
         input=manifest["input"], architecture=manifest.get("architecture"),
         preprocessing=manifest.get("preprocessing"), output=manifest.get("output"),

@@ -26,7 +26,7 @@ from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
 from vgg_mobile.core.run_dir import Manifest, load_run
 from vgg_mobile.core.io import gzip_size, write_json, write_text
-from vgg_mobile.core.outputs import check_no_overlap, claim_output, safe_name
+from vgg_mobile.core.outputs import MANIFEST, check_no_overlap, claim_output, safe_name
 
 SPARSE_MODES = ("auto", "always", "never")
 # Below this share of zero weights the sparse encoding is larger than dense (measured: 50 %
@@ -290,7 +290,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
         raise BudgetError("budget missed: " + "; ".join(misses), report={
             **manifest, "budget": {"passed": False, "misses": misses}, "written": False})
     write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
-    write_json(staging / "manifest.json", manifest)
+    write_json(staging / MANIFEST, manifest)
     if android_dir is not None:
         from converters import android
 
@@ -343,7 +343,7 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
     tfjs.convert_to_tfjs(model, bundle, options.tfjs_quantization)
     seconds = time.perf_counter() - started
     write_json(bundle / "labels.json", list(run.classes))
-    write_json(bundle / "manifest.json", {
+    write_json(bundle / MANIFEST, {
         "classes": list(run.classes), "input": run.manifest["input"],
         "preprocessing": run.manifest.get("preprocessing"), "output": run.manifest.get("output"),
         "architecture": run.manifest.get("architecture"), "weight_quantization": options.tfjs_quantization})

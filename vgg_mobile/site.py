@@ -24,7 +24,7 @@ from pathlib import Path
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.resources import node_modules_dir, web_demo_dir
 from vgg_mobile.core.io import write_json
-from vgg_mobile.core.outputs import claim_output, inside, marker
+from vgg_mobile.core.outputs import MANIFEST, claim_output, inside, marker
 
 PAGE_FILES = ("index.html", "app.js", "style.css")
 VENDOR_FILES = {
@@ -38,7 +38,7 @@ MEDIAPIPE_PACKAGE = "@mediapipe/tasks-vision"
 MEDIAPIPE_FILES = ("vision_bundle.mjs", "wasm/vision_wasm_internal.js",
                    "wasm/vision_wasm_internal.wasm", "wasm/vision_wasm_nosimd_internal.js",
                    "wasm/vision_wasm_nosimd_internal.wasm")
-BUNDLE_FILES = ("model.json", "labels.json", "manifest.json")
+BUNDLE_FILES = ("model.json", "labels.json", MANIFEST)
 TFLITE_NAME = "model_int8.tflite"
 
 
@@ -56,7 +56,7 @@ def find_int8_tflite(bundle: str | Path) -> tuple[Path | None, str]:
     bundle = Path(bundle)
     # A bundle holds model.json; an export folder holds its artifacts and manifest.json.
     export = bundle.parent if (bundle / "model.json").is_file() else bundle
-    manifest = export / "manifest.json"
+    manifest = export / MANIFEST
     try:
         artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", [])
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -159,7 +159,7 @@ def assemble_demo(out: str | Path, bundle: str | Path, force: bool = False,
                                   if tflite_file is not None else {"disabled": reason})}
         write_json(staging / "runtimes.json", runtimes)
         classes = json.loads((source / "labels.json").read_text(encoding="utf-8"))
-        write_json(staging / "manifest.json", marker(stage, "web_demo", classes=classes,
+        write_json(staging / MANIFEST, marker(stage, "web_demo", classes=classes,
                                                      model="model/", vendor=versions))
     return out
 

@@ -20,7 +20,7 @@ from vgg_mobile.compression.common import (PRUNABLE_KERNELS, CompressResult, fin
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.core.io import gzip_size, write_json
-from vgg_mobile.core.outputs import claim_output
+from vgg_mobile.core.outputs import MANIFEST, claim_output
 from vgg_mobile.core.run_dir import Manifest, finish_run
 from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 
@@ -244,7 +244,7 @@ def _prune(out, shown, run, model, config, chosen, skipped, parts, data_record, 
     sizes = {"model_bytes_before": before.stat().st_size, "model_bytes_after": after.stat().st_size,
              "gzip_bytes_before": gzip_size(before), "gzip_bytes_after": gzip_size(after)}
     written["compression"]["sizes"] = sizes
-    write_json(out / "manifest.json", written)
+    write_json(out / MANIFEST, written)
     log(f"wrote {shown}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
         f"({sparsity['total']:.1%} of all kernels), val accuracy {metrics['accuracy']:.3f}, "
         f"gzip {sizes['gzip_bytes_before'] / 1e6:.1f} MB -> {sizes['gzip_bytes_after'] / 1e6:.1f} MB")

@@ -23,12 +23,11 @@ from pathlib import Path
 
 from vgg_mobile.core.custom_objects import load_scope, scope_class_names
 from vgg_mobile.core.errors import RunDirError
-from vgg_mobile.core.outputs import SCHEMA_VERSION, inside
+from vgg_mobile.core.outputs import MANIFEST, SCHEMA_VERSION, inside
 from vgg_mobile.core.io import atomic_path, write_json, write_text
 from vgg_mobile.core.model_files import check_model_file, keras_class_names, one_line, short_repr
 from vgg_mobile.core.version import __version__
 
-MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MODEL = "model.keras"
 MODEL_SUFFIXES = (".keras", ".h5")

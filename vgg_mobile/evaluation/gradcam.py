@@ -19,7 +19,7 @@ import numpy as np
 
 from vgg_mobile.core.errors import BadInputError, DataError
 from vgg_mobile.core.io import atomic_path, write_json
-from vgg_mobile.core.outputs import claim_output, marker, safe_name
+from vgg_mobile.core.outputs import MANIFEST, claim_output, marker, safe_name
 from vgg_mobile.core.run_dir import load_run
 
 KIND = "explanations"
@@ -228,7 +228,7 @@ def explain_images(run_dir: str | Path, images: Sequence[str | Path], out_dir: s
         report = marker("explain", KIND, run=str(run.path.resolve()), layer=result["layer"],
                         layer_size=list(result["maps"].shape[1:]), input_size=run.image_size,
                         command=command, images=entries)
-        write_json(output.path / "manifest.json", report)
+        write_json(output.path / MANIFEST, report)
     return report
 
 

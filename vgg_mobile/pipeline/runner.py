@@ -26,7 +26,7 @@ from typing import Callable
 
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import gzip_size, write_text
-from vgg_mobile.core.outputs import inside, lock
+from vgg_mobile.core.outputs import CHECKPOINT_STATE, MANIFEST, inside, lock
 from vgg_mobile.core.run_dir import manifest_digest
 from vgg_mobile.data import dataset
 from vgg_mobile.models.architectures import resolve_weights
@@ -165,7 +165,7 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
             results.append(StageResult(name, path, "skipped", 0.0))
             continue
         resume = (stage.resumes and same_inputs and recorded.get("status") == "running"
-                  and (path / "checkpoints" / "state.json").is_file() and not _finished(out, stage))
+                  and (path.joinpath(*CHECKPOINT_STATE)).is_file() and not _finished(out, stage))
         if not resume:
             _discard_outputs(out, stage)
         # What was built from this stage is out of date from now on, even if it fails.
@@ -260,7 +260,7 @@ def _discard_stale(out: Path, config: PipelineConfig, plan, ran: set[str], state
 
 def _model_gzip_bytes(run_path: Path) -> int | None:
     """Bytes of the run's model file after gzip: what pruning's zeros save in a download."""
-    manifest_path = run_path / "manifest.json"
+    manifest_path = run_path / MANIFEST
     if not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -28,6 +28,7 @@ from vgg_mobile.compression.prune import PruneConfig, prune_run
 from vgg_mobile.compression.qat import QATConfig, qat_run
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
 from vgg_mobile.core.processes import child_environment
+from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.distillation.distill import DistillConfig, distill
 from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, SiteConfig, TeacherConfig,
                                           WebExportConfig)
@@ -110,7 +111,7 @@ class Stage:
     artifact: str | None = None
     curves: str | None = None
     resumes: bool = False
-    finished_file: str = "manifest.json"
+    finished_file: str = MANIFEST
     reads: tuple[str, ...] = ()
     after_all: bool = False
     extra_outputs: tuple[str, ...] = ()
@@ -176,7 +177,7 @@ def _site(job: StageJob, settings: SiteConfig) -> None:
     # (declared in `reads`, so a redone export redoes the page).
     shipped = job.inputs.get("export")
     assemble_demo(job.path, job.parent, stage=job.name,
-                  tflite_from=shipped if shipped and (shipped / "manifest.json").is_file() else None)
+                  tflite_from=shipped if shipped and (shipped / MANIFEST).is_file() else None)
 
 
 def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from vgg_mobile.core.io import write_json
+from vgg_mobile.core.outputs import PIPELINE_STATE as STATE_FILE
 
-STATE_FILE = "pipeline_state.json"
 # What `reporting.report.write_report` writes under OUT: it describes every stage, so a stage
 # that is redone discards it first (an old report must never vouch for a deleted artifact).
 REPORT_FILES = ("report.md", "report.html", "report_files")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vgg_mobile.core.outputs import inside
+from vgg_mobile.core.outputs import MANIFEST, inside
 from vgg_mobile.distillation.distill import gain_verdict
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
@@ -23,7 +23,7 @@ MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
 
 
 def _manifest(path: Path) -> dict | None:
-    file = path / "manifest.json"
+    file = path / MANIFEST
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
@@ -152,7 +152,7 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
     manifest = _manifest(path)
     if manifest is None:
         return None
-    model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / "manifest.json")
+    model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / MANIFEST)
     # A student stage that kept the student trained alone (distillation did not pay) says so.
     shipped_alone = (manifest.get("baseline") or {}).get("shipped") == "baseline"
     title = ("student trained alone (kept: distillation did not pay)" if shipped_alone
@@ -228,7 +228,7 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
                 "tfjs": "TF.js"}[fmt]
         rows.append({"artifact": f"{kind} ({source})", "stage": stage.name, "format": fmt,
                      "path": str(inside(folder, artifact["file"], "artifact file",
-                                        folder / "manifest.json")), "parent": source,
+                                        folder / MANIFEST)), "parent": source,
                      "architecture": manifest.get("architecture"),
                      "accuracy": check.get("accuracy"), "images": check.get("images"),
                      "agreement": check.get("top1_agreement"),

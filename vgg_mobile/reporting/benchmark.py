@@ -32,6 +32,7 @@ import numpy as np
 
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import gzip_size, write_json, write_text
+from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.pipeline.config import load_pipeline_config
 from vgg_mobile.pipeline.sections import BenchmarkConfig
@@ -99,7 +100,7 @@ def benchmark_pipeline(
     out = Path(out_dir)
     if not is_pipeline_out(out):
         raise RunDirError(f"{out}: not a pipeline output folder (no {STATE_FILE})")
-    if not (out / REFERENCE / "manifest.json").is_file():
+    if not (out / REFERENCE / MANIFEST).is_file():
         raise RunDirError(f"{out}: has no finished teacher run to measure against")
     pipeline_config = load_pipeline_config(out)
     config = config or pipeline_config.benchmark

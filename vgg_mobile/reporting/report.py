@@ -22,7 +22,7 @@ import numpy as np
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import VggMobileError
 from vgg_mobile.core.io import write_text
-from vgg_mobile.core.outputs import inside
+from vgg_mobile.core.outputs import MANIFEST, inside
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
@@ -105,7 +105,7 @@ def format_summary(rows) -> str:
 
 
 def _manifest(path: Path) -> dict:
-    file = path / "manifest.json"
+    file = path / MANIFEST
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
@@ -270,7 +270,7 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
     if not found:
         return f"{folder / 'manifest.json'}: no int8 TFLite file recorded"
     try:
-        path = inside(folder, found[0]["file"], "artifact file", folder / "manifest.json")
+        path = inside(folder, found[0]["file"], "artifact file", folder / MANIFEST)
         data = path.read_bytes()
         teacher, examples, split = benchmark_images(out, None, config.benchmark.images)
         runtime = runtimes.load(data, "tflite")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import write_guard, write_json
+from vgg_mobile.core.outputs import CHECKPOINT_STATE
 
-STATE = "state.json"
+STATE = CHECKPOINT_STATE[-1]
 
 # The parts of a run's identity, and how a refusal names each.
 IDENTITY = {
