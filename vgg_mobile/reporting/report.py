@@ -268,7 +268,7 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
     found = [a for a in manifest.get("artifacts", [])
              if a.get("format") == "tflite" and a.get("flavour") == "int8"]
     if not found:
-        return f"{folder / 'manifest.json'}: no int8 TFLite file recorded"
+        return f"{folder / MANIFEST}: no int8 TFLite file recorded"
     try:
         path = inside(folder, found[0]["file"], "artifact file", folder / MANIFEST)
         data = path.read_bytes()
