@@ -444,10 +444,12 @@ def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
         "site": SiteConfig()}
     parents = {"export": teacher_run.run_dir, "web_export": teacher_run.run_dir,
                "site": out / "web_export"}
-    for name, section in settings.items():
+    for index, (name, section) in enumerate(settings.items()):
+        # The folders of the stages it reads, as the runner hands them over.
+        reads = get_stage(name).inputs_of(section, ["student_qat", *list(settings)[:index]])
         job = StageJob(name=name, data_dir=sample_dir, out=out, path=out / name,
                        parent=parents[name], resume=False, command=["test"], log=lambda _: None,
-                       verbose=0)
+                       verbose=0, inputs={read: out / read for read in reads})
         get_stage(name).run(job, section)
     server, url = serve_in_background(out / "site")
     yield out, url
