@@ -440,7 +440,6 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         raise BadInputError(f"{path}: {err}") from None
     runner = loaded[0] if runtime.thread_safe else _Pool(loaded)
     input_shape, output_shape = loaded[0].input_shape, loaded[0].output_shape
-    info = metadata
     if declared_size is None:
         declared_size = metadata_size
     classes = _folder_classes(path.parent, manifest) if manifest else (
@@ -464,10 +463,10 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
                             f"({type(err).__name__}: {detail})") from None
     check_outputs(probs, len(classes), path)
     options = (manifest or {}).get("options") or {}
-    version = info.get("version") or options.get("version") or "unknown"
+    version = metadata.get("version") or options.get("version") or "unknown"
     return ServedModel(
         source=source, path=path, format=fmt, flavour=artifact.get("flavour") if artifact else None,
-        name=str(info.get("name") or path.stem), version=str(version), sha256=sha256,
+        name=str(metadata.get("name") or path.stem), version=str(version), sha256=sha256,
         classes=classes, input_size=size, manifest=manifest, metadata=metadata,
         loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         runner=runner)
