@@ -30,7 +30,7 @@ def write_assets(export_dir: Path, manifest: dict, android_dir: str | Path) -> P
 
     Args:
         export_dir: A folder holding the exported `.tflite` files named in `manifest`.
-        manifest: The export manifest (see `converters.convert.convert_run`).
+        manifest: The export manifest (see `vgg_mobile.converters.convert.convert_run`).
         android_dir: An empty folder claimed for the assets (`convert_run` claims it, with
             `core.outputs.claim_output`, and renames it into place).
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters import tflite
+from vgg_mobile.converters import tflite
 from vgg_mobile import runtimes
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.data.dataset import load_images
@@ -57,7 +57,7 @@ class ConvertOptions:
     """What to export and which budgets it must meet.
 
     Attributes:
-        flavours: TFLite flavours to write (names from `converters.tflite.FLAVOURS`).
+        flavours: TFLite flavours to write (names from `vgg_mobile.converters.tflite.FLAVOURS`).
         io_dtype: Input/output type of the `int8` model: `uint8`, `int8` or `float32`.
         sparse: Sparse weight encoding: `auto` keeps whichever file is smaller (tried only when
             at least half the weights are zero), `always`, or `never`.
@@ -182,7 +182,7 @@ def convert_run(
         options: Flavours, encodings and budgets. Defaults to `ConvertOptions()`.
         data_dir: Image folder for calibration and verification. Defaults to the folder the run
             was trained on, as recorded in its manifest.
-        android_dir: Also write Android assets there (see `converters.android`).
+        android_dir: Also write Android assets there (see `vgg_mobile.converters.android`).
         force: Replace existing `out_dir` / `android_dir`. Defaults to `False`.
         command: The command line, recorded in the manifest.
         log: Receives one-line progress messages.
@@ -224,7 +224,7 @@ def convert_run(
 
 def _convert(run, folder, options, staging: Path, android_dir: Path | None, command, log,
              stage) -> dict:
-    from converters import metadata
+    from vgg_mobile.converters import metadata
 
     held_out, split_name = splits.held_out(run.manifest, folder, "auto")
     pool = splits.choose_split(folder, run.manifest,
@@ -292,7 +292,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
     write_text(staging / "labels.txt", "".join(f"{c}\n" for c in run.classes))
     write_json(staging / MANIFEST, manifest)
     if android_dir is not None:
-        from converters import android
+        from vgg_mobile.converters import android
 
         android.write_assets(staging, manifest, android_dir)
     return manifest
@@ -300,7 +300,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
 
 def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, x_val, y_val,
                     misses, log) -> list[dict]:
-    from converters import onnx
+    from vgg_mobile.converters import onnx
     from vgg_mobile.core.version import __version__
 
     props = {"name": info.name, "version": info.version, "author": info.author,
@@ -336,7 +336,7 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
 
 
 def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses, log) -> dict:
-    from converters import tfjs
+    from vgg_mobile.converters import tfjs
 
     started = time.perf_counter()
     bundle = staging / "tfjs"

@@ -2,13 +2,14 @@
 
 A damaged `.tflite` can crash the native readers (LiteRT's interpreter, tflite-support's
 metadata reader) instead of raising, so the file is read in a child process
-(`python -m converters.inspection`, the bytes on stdin, a JSON answer on stdout): a crash
+(`python -m vgg_mobile.converters.inspection`, the bytes on stdin, a JSON answer on stdout): a crash
 there becomes a `BadInputError` naming the file. The child runs without TensorFlow, which
 neither reader needs, so it starts in about a second.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,8 +25,8 @@ from vgg_mobile.core.errors import BadInputError, VggMobileError
 # Seconds the child may take; a file that keeps a reader busy longer counts as damaged.
 READ_TIMEOUT = 120
 FILE_IDENTIFIER = b"TFL3"
-# The folder holding the `converters` package: site-packages, or the checkout.
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the `vgg_mobile` package: site-packages, or the checkout.
+_PACKAGE_ROOT = Path(importlib.util.find_spec("vgg_mobile").origin).resolve().parents[1]
 
 
 def inspect_tflite(path: str | Path) -> dict:
@@ -72,7 +73,7 @@ def check_structure(content: bytes, path: str | Path) -> None:
 
 
 def _child_env() -> dict[str, str]:
-    """The child's environment, with the folder holding `converters` on its PYTHONPATH.
+    """The child's environment, with the folder holding `vgg_mobile` on its PYTHONPATH.
 
     That folder is added only when the interpreter's own path lacks it (the checkout, run
     from elsewhere): an installed wheel's site-packages is already there, and put on PYTHONPATH
@@ -89,7 +90,7 @@ def _child_env() -> dict[str, str]:
 def _read_in_child(content: bytes, path: Path, timeout: float) -> dict:
     """Runs `_read` in a fresh interpreter; its crash, hang or garbage is the file's fault."""
     try:
-        done = subprocess.run([sys.executable, "-m", "converters.inspection"], input=content,
+        done = subprocess.run([sys.executable, "-m", "vgg_mobile.converters.inspection"], input=content,
                               capture_output=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired:
         raise BadInputError(f"{path}: damaged TFLite file: the reader did not finish in "
@@ -132,7 +133,7 @@ def _read(content: bytes) -> dict:
         BadInputError: The interpreter, the flatbuffer parser or the metadata reader refused
             the bytes.
     """
-    from converters import metadata, tflite
+    from vgg_mobile.converters import metadata, tflite
     from vgg_mobile.runtimes.litert import interpreter
 
     try:

@@ -17,7 +17,7 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.runtimes.tfjs_node import TFJSNode
 
-from converters.tflite import variables_of
+from vgg_mobile.converters.tflite import variables_of
 
 WEIGHT_QUANTIZATIONS = ("none", "uint8", "float16")
 

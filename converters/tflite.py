@@ -155,7 +155,7 @@ def weight_sparsity(model_content: bytes, min_elements: int = 1024) -> dict:
     """Counts zero weights in the constant tensors of a `.tflite` model.
 
     Tensors stored in the sparse encoding count their implicit zeros. Parsed with LiteRT's copy
-    of the flatbuffer schema, so it runs without TensorFlow (as `converters.inspection`'s
+    of the flatbuffer schema, so it runs without TensorFlow (as `vgg_mobile.converters.inspection`'s
     reader does).
 
     Args:

@@ -62,7 +62,7 @@ def main() -> None:
         finally:
             server.shutdown()
 
-        from converters.tflite import latency_ms
+        from vgg_mobile.converters.tflite import latency_ms
 
         image = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
         for artifact in manifest["artifacts"]:
@@ -81,7 +81,7 @@ def main() -> None:
 
 def _random_export(out: Path, architecture: str, size: int) -> Path:
     """An export folder (TF.js bundle + int8 TFLite) of an untrained classifier."""
-    from converters import tflite, tfjs
+    from vgg_mobile.converters import tflite, tfjs
     from vgg_mobile.models.architectures import ModelOptions, build_classifier
     from vgg_mobile.core.io import write_json
 

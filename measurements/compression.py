@@ -51,7 +51,7 @@ def _predict_without_delegates(content: bytes, x):
     """Runs a .tflite with the built-in kernels only.
 
     The XNNPACK delegate that LiteRT applies by default refuses the sparse-encoded
-    FULLY_CONNECTED weights ("failed to prepare"), and `converters.tflite.predict_tflite`
+    FULLY_CONNECTED weights ("failed to prepare"), and `vgg_mobile.converters.tflite.predict_tflite`
     uses the default delegates; the reference kernels run them.
     """
     import numpy as np
@@ -71,7 +71,7 @@ def _predict_without_delegates(content: bytes, x):
 
 
 def _row(name, content: bytes, x, y, note: str = "") -> dict:
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.core.errors import BadInputError
 
     try:
@@ -122,7 +122,7 @@ def main() -> None:
                         help="Reuse finished runs already in --work instead of recomputing them.")
     args = parser.parse_args()
 
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.compression.qat import QATConfig, qat_run
     from vgg_mobile.compression.prune import PruneConfig, prune_run
     from vgg_mobile.training.hyperparameters import TrainConfig

@@ -20,8 +20,8 @@ import vgg_mobile  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 
 def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[dict]:
-    from converters.convert import compare
-    from converters import tflite
+    from vgg_mobile.converters.convert import compare
+    from vgg_mobile.converters import tflite
     from vgg_mobile.data import dataset
     from vgg_mobile.data import splits
     from vgg_mobile.data.dataset import load_images

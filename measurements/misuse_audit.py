@@ -611,7 +611,7 @@ def _plain_onnx() -> bytes:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from converters import onnx as onnx_converter
+    from vgg_mobile.converters import onnx as onnx_converter
     from serving_models import CLASSES, SIZE
 
     pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])

@@ -88,7 +88,7 @@ def student_run(teacher_run, sample_dir, tmp_path_factory):
 def teacher_export(teacher_run, sample_dir, tmp_path_factory):
     """The teacher converted by `convert_run`: float32 and int8 TFLite, a float TF.js bundle
     (so browser and Keras can be compared tightly), and Android assets."""
-    from converters.convert import ConvertOptions, convert_run
+    from vgg_mobile.converters.convert import ConvertOptions, convert_run
 
     base = tmp_path_factory.mktemp("export")
     options = ConvertOptions(flavours=("float32", "int8"), max_size=None, verify_images=48,

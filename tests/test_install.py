@@ -108,13 +108,20 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert documented and 0.8 <= wheel.stat().st_size / (int(documented[1]) * 1000) <= 1.2, (
         wheel.stat().st_size)
     names = set(zipfile.ZipFile(wheel).namelist())
+    # One top-level package: `converters/` installs as `vgg_mobile.converters`, a name no other
+    # project can collide with in site-packages.
+    top_level, = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["vgg_mobile"]
+    assert not [n for n in names if not n.startswith(("vgg_mobile/", "vgg_mobile-"))], names
     for shipped in ("vgg_mobile/py.typed", "vgg_mobile/web_demo/index.html",
                     "vgg_mobile/web_demo/app.js", "vgg_mobile/web_demo/style.css",
-                    "vgg_mobile/android_assets/README.template.md", "converters/js/predict.mjs",
-                    "converters/js/package.json", "converters/js/package-lock.json"):
+                    "vgg_mobile/android_assets/README.template.md", "vgg_mobile/converters/js/predict.mjs",
+                    "vgg_mobile/converters/js/package.json",
+                    "vgg_mobile/converters/js/package-lock.json"):
         assert shipped in names
-    modules = {p.relative_to(ROOT).as_posix() for top in ("vgg_mobile", "converters")
-               for p in (ROOT / top).rglob("*.py")}
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vgg_mobile").rglob("*.py")}
+    modules |= {"vgg_mobile/" + p.relative_to(ROOT).as_posix()
+                for p in (ROOT / "converters").rglob("*.py")}
     assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
 
     run(uv, "tool", "install", wheel, *INSTALL_ARGS)
@@ -147,8 +154,8 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     # No checkout to `uv sync` in: the GPU hint names the wheel's own install.
     assert "uv sync" not in doctor["hint"]
     python = tmp_path / "tools" / "vgg-mobile" / "bin" / "python"
-    paths = json.loads(run(python, "-c", "import json, sys, converters, vgg_mobile; print(json.dumps("
-                           "[vgg_mobile.__file__, converters.__file__, *sys.path]))").stdout)
+    paths = json.loads(run(python, "-c", "import json, sys, vgg_mobile.converters; print(json.dumps("
+                           "[vgg_mobile.__file__, vgg_mobile.converters.__file__, *sys.path]))").stdout)
     assert not [p for p in paths if p and Path(p).resolve().is_relative_to(ROOT)]
 
     run(uv, "tool", "uninstall", "vgg-mobile")

@@ -30,7 +30,10 @@ def _modules() -> dict[str, Path]:
     found = {}
     for top in ("vgg_mobile", "converters"):
         for path in (ROOT / top).rglob("*.py"):
+            # `converters/` installs as `vgg_mobile.converters` (pyproject's package-dir).
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if top == "converters":
+                parts.insert(0, "vgg_mobile")
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join(parts)] = path
@@ -42,8 +45,6 @@ MODULES = _modules()
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    if parts[0] == "converters":
-        return "converters"
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "api"
 
 
@@ -158,11 +159,11 @@ def test_no_import_circle():
 
 def test_the_checks_find_a_planted_circle_and_upward_import(tmp_path):
     fake = {"vgg_mobile.core.a": tmp_path / "a.py", "vgg_mobile.core.b": tmp_path / "b.py",
-            "vgg_mobile.cli.main": tmp_path / "main.py", "converters.x": tmp_path / "x.py"}
+            "vgg_mobile.cli.main": tmp_path / "main.py", "vgg_mobile.converters.x": tmp_path / "x.py"}
     fake["vgg_mobile.core.a"].write_text("from vgg_mobile.core import b\n")
     fake["vgg_mobile.core.b"].write_text("import vgg_mobile.core.a\n\ndef f():\n    import vgg_mobile.cli.main\n")
     fake["vgg_mobile.cli.main"].write_text("from vgg_mobile.core.a import thing\n")
-    fake["converters.x"].write_text("from vgg_mobile.cli import main\n")
+    fake["vgg_mobile.converters.x"].write_text("from vgg_mobile.cli import main\n")
     fake["vgg_mobile.runtimes.r"] = tmp_path / "r.py"
     fake["vgg_mobile.runtimes.r"].write_text("import onnxruntime\nfrom vgg_mobile.data import dataset\n")
     fake["vgg_mobile.serving.s"] = tmp_path / "s.py"
@@ -174,7 +175,7 @@ def test_the_checks_find_a_planted_circle_and_upward_import(tmp_path):
     assert circles(_graph(fake, module_level_only=True)) == [
         "vgg_mobile.core.a -> vgg_mobile.core.b -> vgg_mobile.core.a"]
     assert upward_imports(_graph(fake, module_level_only=False)) == [
-        "converters.x (converters) imports vgg_mobile.cli.main (cli)",
+        "vgg_mobile.converters.x (converters) imports vgg_mobile.cli.main (cli)",
         "vgg_mobile.core.b (core) imports vgg_mobile.cli.main (cli)",
         "vgg_mobile.runtimes.r (runtimes) imports vgg_mobile.data.dataset (data)"]
     assert misplaced_runtime_imports(fake) == [

@@ -59,7 +59,7 @@ _API = {
     "DistillConfig": "vgg_mobile.distillation.distill", "distill": "vgg_mobile.distillation.distill",
     "build_distiller": "vgg_mobile.distillation.distiller",
     # exports
-    "ConvertOptions": "converters.convert", "convert_run": "converters.convert",
+    "ConvertOptions": "vgg_mobile.converters.convert", "convert_run": "vgg_mobile.converters.convert",
     # the web demo
     "assemble_demo": "vgg_mobile.site",
     # the pipeline, its summary, benchmark and report

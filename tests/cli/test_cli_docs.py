@@ -176,7 +176,7 @@ CONFIGS = {
     "distill": ("vgg_mobile.distillation.distill:DistillConfig",),
     "prune": ("vgg_mobile.compression.prune:PruneConfig",),
     "qat": ("vgg_mobile.compression.qat:QATConfig",),
-    "convert": ("converters.convert:ConvertOptions",),
+    "convert": ("vgg_mobile.converters.convert:ConvertOptions",),
     "explain": ("vgg_mobile.evaluation.gradcam:ExplainOptions",),
     "serve-model": ("vgg_mobile.serving.app:ServeConfig",),
 }
@@ -196,7 +196,7 @@ def _load(path: str):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_flag_defaults_are_the_config_defaults(name):
-    from converters.convert import parse_size
+    from vgg_mobile.converters.convert import parse_size
 
     fields = {}
     for path in CONFIGS[name]:
@@ -248,7 +248,7 @@ def test_default_reads_dataclass_fields_and_function_parameters():
                                        (3_000_000_000, "3GB"), (1234, "1234"), (None, "none"),
                                        (0, "0")])
 def test_size_text_reads_back(size, text):
-    from converters.convert import parse_size
+    from vgg_mobile.converters.convert import parse_size
 
     assert _size_text(size) == text
     assert parse_size(text) == size

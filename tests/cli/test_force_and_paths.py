@@ -145,7 +145,7 @@ def test_a_distillation_that_fails_before_its_first_epoch_leaves_nothing(teacher
 
 @pytest.mark.parametrize("name", ["../../evil", "/abs/path/important", "sub/model", ".."])
 def test_convert_names_stay_inside_out(name):
-    from converters.convert import ConvertOptions
+    from vgg_mobile.converters.convert import ConvertOptions
 
     with pytest.raises(BadInputError, match="name must be"):
         ConvertOptions(name=name)

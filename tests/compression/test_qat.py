@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.slow
 def test_sparsity_preserving_qat_keeps_zeros_in_int8_tflite(pruned_qat, pruned, teacher_run,
                                                             sample_images):
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.core.run_dir import load_run
 
     run = load_run(pruned_qat.run_dir)
@@ -41,7 +41,7 @@ def test_sparsity_preserving_qat_keeps_zeros_in_int8_tflite(pruned_qat, pruned, 
 @pytest.mark.slow
 def test_qat_cli_converts_to_int8_close_to_float_and_evaluates(cli, teacher_run, sample_dir,
                                                                sample_images, tmp_path):
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.evaluation.metrics import evaluate_run
     from vgg_mobile.core.run_dir import load_run
 
@@ -65,7 +65,7 @@ def test_qat_cli_converts_to_int8_close_to_float_and_evaluates(cli, teacher_run,
 
 def test_convert_exports_the_pruned_qat_run_with_its_zeros(pruned_qat, sample_dir, tmp_path):
     """The compressed run goes through `convert` like any run: verified, zeros kept."""
-    from converters.convert import ConvertOptions, convert_run
+    from vgg_mobile.converters.convert import ConvertOptions, convert_run
 
     manifest = convert_run(pruned_qat.run_dir, tmp_path / "export",
                            ConvertOptions(flavours=("int8",), tfjs=False, max_size=None),
@@ -78,7 +78,7 @@ def test_convert_exports_the_pruned_qat_run_with_its_zeros(pruned_qat, sample_di
 
 def test_convert_refuses_a_tfjs_bundle_of_a_qat_run_before_any_work(pruned_qat, sample_dir, tmp_path):
     """TF.js has no fake-quantization kernels: a one-line reason, exit 2, nothing written."""
-    from converters.convert import ConvertOptions, convert_run
+    from vgg_mobile.converters.convert import ConvertOptions, convert_run
     from vgg_mobile.core.errors import BadInputError
 
     with pytest.raises(BadInputError, match="quantization-aware run cannot become a TF.js bundle.*--no-tfjs"):

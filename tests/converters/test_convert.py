@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from converters import metadata, tflite
-from converters.convert import ConvertOptions, convert_run, parse_size
+from vgg_mobile.converters import metadata, tflite
+from vgg_mobile.converters.convert import ConvertOptions, convert_run, parse_size
 from vgg_mobile.core.errors import BadInputError, BudgetError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def test_the_distilled_student_exports_to_an_int8_model_that_agrees_with_keras(s
                                                                              tmp_path):
     """The shared student through `convert`: the int8 file, run in LiteRT, against Keras."""
     import harness
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.core.run_dir import load_run
 
     manifest = convert_run(student_run.run_dir, tmp_path / "export",

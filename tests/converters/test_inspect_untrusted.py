@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from converters import inspection, metadata, tflite
+from vgg_mobile.converters import inspection, metadata, tflite
 from vgg_mobile.core.errors import BadInputError
 
 NAME = "inspect-me"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters import metadata, tflite
+from vgg_mobile.converters import metadata, tflite
 from vgg_mobile.core.errors import BadInputError
 
 

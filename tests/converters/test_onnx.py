@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import harness
-from converters import onnx
-from converters.convert import ConvertOptions, convert_run
+from vgg_mobile.converters import onnx
+from vgg_mobile.converters.convert import ConvertOptions, convert_run
 from vgg_mobile.core.errors import BadInputError, BudgetError
 from vgg_mobile.runtimes import onnxruntime, openvino
 

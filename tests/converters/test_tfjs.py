@@ -7,7 +7,7 @@ import json
 import pytest
 
 import harness
-from converters import tfjs
+from vgg_mobile.converters import tfjs
 from vgg_mobile.core.errors import BadInputError
 
 
@@ -63,7 +63,7 @@ def test_tfjs_import_shim_leaves_no_stand_in_modules_behind():
     import subprocess
     import sys
 
-    code = ("import sys, vgg_mobile; from converters import tfjs; tfjs._import_tensorflowjs(); "
+    code = ("import sys, vgg_mobile; from vgg_mobile.converters import tfjs; tfjs._import_tensorflowjs(); "
             "assert 'jax' not in sys.modules and 'tensorflow_decision_forests' not in sys.modules; "
             "import tensorflow_model_optimization as tfmot; "
             "from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper; "

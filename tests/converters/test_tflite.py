@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import harness
-from converters import tflite
+from vgg_mobile.converters import tflite
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.runtimes.litert import interpreter

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from converters.convert import ConvertOptions
+from vgg_mobile.converters.convert import ConvertOptions
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.pipeline import config as pipeline_config
 from vgg_mobile.pipeline.config import (PRESETS, build_config, config_toml, default_config_toml,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from converters.convert import ConvertOptions
+from vgg_mobile.converters.convert import ConvertOptions
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.pipeline.sections import BenchmarkConfig, ExportConfig, WebExportConfig
 

@@ -40,7 +40,7 @@ def pipeline_folder(teacher_run, teacher_export, tmp_path_factory):
 
 
 def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_run, sample_dir):
-    from converters import tflite
+    from vgg_mobile.converters import tflite
     from vgg_mobile.data.dataset import load_images
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.data import dataset, splits
@@ -107,7 +107,7 @@ def test_cli_benchmark_json_and_bad_folders(cli, pipeline_folder, tmp_path):
 def onnx_pipeline_folder(student_run, sample_dir, tmp_path_factory):
     """A pipeline folder whose reference run is the session's small student, exported with its
     ONNX models (a MobileNetV2 converts to ONNX in seconds; the VGG16 teacher would not)."""
-    from converters.convert import ConvertOptions, convert_run
+    from vgg_mobile.converters.convert import ConvertOptions, convert_run
 
     base = tmp_path_factory.mktemp("bench_onnx")
     convert_run(student_run.run_dir, base / "export",
@@ -124,7 +124,7 @@ def onnx_pipeline_folder(student_run, sample_dir, tmp_path_factory):
 
 def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder, student_run,
                                                             sample_dir):
-    from converters import onnx
+    from vgg_mobile.converters import onnx
     from vgg_mobile.data.dataset import load_images
     from vgg_mobile.runtimes import OpenVINO
     from vgg_mobile.core.run_dir import load_run

@@ -35,7 +35,7 @@ def _model(classes: int, seed: int):
 @pytest.fixture(scope="module")
 def pipeline_out(tmp_path_factory):
     from vgg_mobile.data.dataset import load_images
-    from converters.tflite import convert_keras_model
+    from vgg_mobile.converters.tflite import convert_keras_model
     from vgg_mobile.core.run_dir import Manifest, finish_run
     from vgg_mobile.data import dataset, splits
     from vgg_mobile.data.sample import write_sample_data
@@ -84,7 +84,7 @@ def report(pipeline_out):
 
 def _shipped_probs(pipeline_out):
     from vgg_mobile.data.dataset import load_images
-    from converters.tflite import predict_tflite
+    from vgg_mobile.converters.tflite import predict_tflite
 
     _, val, classes, tflite = pipeline_out
     # `[benchmark] images` is unset: every held-out image, in the split's order.

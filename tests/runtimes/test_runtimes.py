@@ -44,7 +44,7 @@ def inputs(teacher_images):
 def artifacts(teacher_run, teacher_export, teacher_images, tmp_path_factory):
     """One artifact of each format in the table, as the project writes them: the teacher's
     run, its export's float32 TFLite file and (float) TF.js bundle, and its float ONNX model."""
-    from converters import onnx
+    from vgg_mobile.converters import onnx
 
     base, manifest = teacher_export
     by_format = {(a["format"], a["flavour"]): a["file"] for a in manifest["artifacts"]}

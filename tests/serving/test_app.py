@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import harness
 from serving_models import CLASSES, SIZE, colour_images, png_bytes, replace_file
-from converters import onnx, tflite
+from vgg_mobile.converters import onnx, tflite
 from vgg_mobile.data import dataset
 from vgg_mobile.serving.app import TITLE, ServeConfig, create_app, sniff_image
 from vgg_mobile.serving.models import ModelChoice

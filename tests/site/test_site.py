@@ -358,7 +358,7 @@ def test_phone_layout_results_first_no_keyboard_hints(browser, demo, sample_dir,
 @pytest.mark.slow
 def test_mediapipe_runs_the_int8_tflite_and_agrees_with_litert(browser, demo, teacher_export,
                                                                sample_dir):
-    from converters.tflite import predict_tflite
+    from vgg_mobile.converters.tflite import predict_tflite
 
     base, _ = teacher_export
     folder, url = demo
@@ -427,7 +427,7 @@ def test_mediapipe_runs_the_int8_tflite_of_another_export_folder(teacher_export,
 def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
     """OUT/site as `vgg-mobile pipeline` builds it: its export, web_export and site stages run
     one after the other into one OUT folder (the export stage writes no TF.js bundle)."""
-    from converters.convert import ConvertOptions
+    from vgg_mobile.converters.convert import ConvertOptions
     from vgg_mobile.pipeline.sections import ExportConfig, SiteConfig, WebExportConfig
     from vgg_mobile.pipeline.stages import StageJob, get_stage
 
@@ -459,7 +459,7 @@ def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_the_pipelines_page_runs_mediapipe_on_the_shipped_int8_tflite(browser, pipeline_site,
                                                                       sample_dir):
-    from converters.tflite import predict_tflite
+    from vgg_mobile.converters.tflite import predict_tflite
 
     out, url = pipeline_site
     assert not (out / "export" / "tfjs").exists()

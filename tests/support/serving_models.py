@@ -72,7 +72,7 @@ def _train(seed: int):
 
 
 def _tflite(model, flavour: str, version: str) -> bytes:
-    from converters import metadata, tflite
+    from vgg_mobile.converters import metadata, tflite
 
     calibration = colour_images(30, seed=7)[0].astype(np.float32)
     data = tflite.convert_keras_model(model, flavour, calibration if flavour == "int8" else None,
@@ -82,7 +82,7 @@ def _tflite(model, flavour: str, version: str) -> bytes:
 
 
 def _onnx(model, flavour: str, version: str) -> bytes:
-    from converters import onnx
+    from vgg_mobile.converters import onnx
 
     data = onnx.convert_keras_model(model)
     if flavour == "int8":
@@ -185,7 +185,7 @@ def onnx_failing_when_run() -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from converters import onnx as onnx_converter
+    from vgg_mobile.converters import onnx as onnx_converter
 
     pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])
     probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)])

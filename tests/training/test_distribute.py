@@ -111,7 +111,7 @@ def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli,
 def test_mixed_precision_and_xla_train_a_model_that_converts(tiny_data, tmp_path):
     import tf_keras as keras
 
-    from converters.tflite import convert_keras_model, predict_tflite
+    from vgg_mobile.converters.tflite import convert_keras_model, predict_tflite
     from vgg_mobile.data import dataset
     from vgg_mobile.training.hyperparameters import TrainConfig
     from vgg_mobile.models.architectures import ModelOptions

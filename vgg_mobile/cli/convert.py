@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from converters.convert import ConvertOptions
+from vgg_mobile.converters.convert import ConvertOptions
 from vgg_mobile.cli.common import COUNT, default, fraction, log
 
 
@@ -77,7 +77,7 @@ def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quan
     Every artifact is run on held-out images and compared with the Keras model before anything
     is written. A missed budget exits with code 3 and writes nothing.
     """
-    from converters.convert import convert_run, parse_size
+    from vgg_mobile.converters.convert import convert_run, parse_size
 
     ctx.meta["json"] = as_json
 
@@ -108,7 +108,7 @@ def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quan
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON on stdout.")
 def inspect_cmd(model, as_json):
     """Show a .tflite file's metadata, input/output tensors, size and weight sparsity."""
-    from converters.inspection import inspect_tflite
+    from vgg_mobile.converters.inspection import inspect_tflite
 
     report = inspect_tflite(model)
     if as_json:

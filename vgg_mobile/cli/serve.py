@@ -18,7 +18,7 @@ SECONDS = click.FloatRange(min=0, min_open=True, max=86400)
 
 
 def _size(ctx, param, value):
-    from converters.convert import parse_size
+    from vgg_mobile.converters.convert import parse_size
     from vgg_mobile.core.errors import BadInputError
 
     try:

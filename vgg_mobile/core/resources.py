@@ -44,7 +44,7 @@ def android_template() -> Path:
 
 def js_dir() -> Path:
     """`converters/js/`: the Node script that runs TF.js bundles, and its npm lock."""
-    return resource("converters", "js")
+    return resource("vgg_mobile.converters", "js")
 
 
 def node_executable() -> str | None:

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Callable
 
-from converters.convert import ConvertOptions, parse_size
+from vgg_mobile.converters.convert import ConvertOptions, parse_size
 from vgg_mobile.core.errors import BadInputError, clip
 from vgg_mobile.pipeline.stages import RUN_STAGES, STAGES
 

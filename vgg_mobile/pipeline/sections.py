@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from converters.convert import ConvertOptions
+from vgg_mobile.converters.convert import ConvertOptions
 from vgg_mobile.core.errors import BadInputError, require
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.training.hyperparameters import TrainConfig

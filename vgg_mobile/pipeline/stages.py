@@ -9,8 +9,8 @@ its manifest records, and its rows of the summary. Everything else that needs th
     pruned_qat   `compression.qat.qat_run`         its sparsity-preserving QAT
     student      `distillation.distill`            MobileNet student taught by the teacher
     student_qat  `compression.qat.qat_run`         quantization-aware student
-    export       `converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
-    web_export   `converters.convert.convert_run`  verified TF.js bundle, float16 TFLite
+    export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
+    web_export   `vgg_mobile.converters.convert.convert_run`  verified TF.js bundle, float16 TFLite
     site         `site.assemble_demo`              static web demo folder
     benchmark    `vgg-mobile benchmark`            every artifact measured in one process
 """
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from converters.convert import convert_run
+from vgg_mobile.converters.convert import convert_run
 from vgg_mobile.compression.prune import PruneConfig, prune_run
 from vgg_mobile.compression.qat import QATConfig, qat_run
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require

@@ -14,7 +14,7 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError, clip
 from vgg_mobile.runtimes.base import Runtime, read_bytes
 
-# The input and output every vgg-mobile ONNX model has (`converters.onnx` writes them).
+# The input and output every vgg-mobile ONNX model has (`vgg_mobile.converters.onnx` writes them).
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probs"
 

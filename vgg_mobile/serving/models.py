@@ -287,9 +287,9 @@ def _folder_classes(folder: Path, manifest: dict) -> tuple[str, ...]:
 
 def _inspect_tflite(content: bytes, path: Path) -> dict:
     """Tensors and metadata of `.tflite` bytes, read in a child process
-    (`converters.inspection`): a damaged file may crash the native readers, and a crash there
+    (`vgg_mobile.converters.inspection`): a damaged file may crash the native readers, and a crash there
     must not take the serving process down with it."""
-    from converters import inspection
+    from vgg_mobile.converters import inspection
 
     with tempfile.TemporaryDirectory() as tmp:
         # The very bytes that will be served are the ones checked, whatever happens to `path`.
@@ -313,7 +313,7 @@ def _tflite_details(content: bytes, path: Path) -> tuple[dict, list[str] | None,
 def _onnx_details(content: bytes, path: Path) -> tuple[dict, list[str] | None, object]:
     """The `metadata_props` of an `.onnx` model, the labels they hold, and the input size they
     declare (for a model whose input shape leaves it open)."""
-    from converters import onnx
+    from vgg_mobile.converters import onnx
 
     try:
         props = onnx.read_metadata(content)
