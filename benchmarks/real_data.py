@@ -431,7 +431,7 @@ def _scores(scores: np.ndarray, labels: np.ndarray) -> dict:
             "classes_predicted": int(len(set(predicted.tolist())))}
 
 
-def _keras_scores(run_dir: Path, val, n_classes: int) -> tuple[dict, dict]:
+def _keras_scores(run_dir: Path, val, n_classes: int):
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.evaluation.metrics import predict
 
@@ -455,13 +455,13 @@ def _split(data_dir: Path, teacher_dir: Path):
     from vgg_mobile.data import dataset, splits
 
     try:
-        manifest = load_run(teacher_dir).manifest
+        recorded = load_run(teacher_dir).manifest.data
     except RunDirError:
-        manifest = None  # no teacher: the split a first stage would make
+        recorded = None  # no teacher: the split a first stage would make
     folder = dataset.scan_folder(data_dir)
-    seed = int(((manifest or {}).get("data") or {}).get("seed", 0))
-    parts = splits.choose_split(folder, manifest, seed=seed).parts
-    val, _ = splits.held_out(manifest, folder, "auto") if manifest else (parts.val, "val")
+    seed = int((recorded or {}).get("seed", 0))
+    parts = splits.choose_split(folder, recorded, seed=seed).parts
+    val, _ = splits.held_out(recorded, folder, "auto") if recorded is not None else (parts.val, "val")
     return folder, parts.train, val
 
 
@@ -552,6 +552,8 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
     import tf_keras as keras
 
     from vgg_mobile import runtimes
+    from vgg_mobile.core.export_dir import find_export, load_export
+    from vgg_mobile.core.run_dir import read_manifest
 
     pipeline = out / "pipeline"
     folder, train, val = _split(data_dir, pipeline / "teacher")
@@ -573,24 +575,22 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
                          "size_bytes": None, "seconds": None, "note": "not run"})
             return None
         scores, manifest = _keras_scores(run_dir, val, n_classes)
-        recorded = (manifest.get("metrics") or {})
+        recorded = manifest.metrics
         if (recorded.get("num_images") == scores["images"]
                 and abs(recorded.get("accuracy", -1) - scores["accuracy"]) > 1e-3):
             notes.append(f"{stage}: its manifest records accuracy {recorded['accuracy']:.4f} on "
                          f"{scores['images']} images, recomputed here {scores['accuracy']:.4f}")
-        model_file = run_dir / manifest.get("model_file", "model.keras")
+        model_file = run_dir / manifest.model_file
         add({"model": model_name, **scores, "size_bytes": model_file.stat().st_size,
              "seconds": seconds_, "note": note})
         return manifest
 
     distill_s, baseline_s = student_times(out, log, ran)
-    teacher_manifest = pipeline / "teacher" / "manifest.json"
-    teacher_arch = (json.loads(teacher_manifest.read_text(encoding="utf-8")).get("architecture")
-                    if teacher_manifest.is_file() else None) or "VGG16"
+    teacher_manifest = read_manifest(pipeline / "teacher")
+    teacher_arch = (teacher_manifest.architecture if teacher_manifest else None) or "VGG16"
     keras_row(f"{teacher_arch} teacher", "teacher", seconds.get("teacher"))
-    student_manifest = pipeline / "student" / "manifest.json"
-    recorded = (json.loads(student_manifest.read_text(encoding="utf-8")).get("baseline") or {}
-                if student_manifest.is_file() else {})
+    student_manifest = read_manifest(pipeline / "student")
+    recorded = student_manifest.section("baseline") if student_manifest else {}
     # With a baseline the student stage keeps the more accurate of its two students: that one
     # is measured here from its model, the other has only its manifest's figure (on the very
     # validation images the kept one is measured on).
@@ -617,24 +617,23 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
         notes.append(f"student stage: {recorded['reason']}")
     del student
 
-    export = pipeline / "export"
-    manifest_file = export / "manifest.json"
+    export = find_export(pipeline / "export")
     int8 = None
-    if manifest_file.is_file():
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        int8 = next((a for a in manifest.get("artifacts", []) if a.get("flavour") == "int8"), None)
-        source = Path(manifest.get("parent") or config.export.source).name
+    if export is not None:
+        export = load_export(export)
+        int8 = next(iter(export.find("tflite", "int8")), None)
+        source = Path(export.manifest.parent or config.export.source).name
     if int8 is not None:
-        content = (export / int8["file"]).read_bytes()
+        content = export.file(int8).read_bytes()
         scores = _tflite_scores(content, val, n_classes)
         images = scores["images"]
         made = [seconds.get(source), seconds.get("export")]
         add({"model": "int8 TFLite of the shipped student", **scores, "size_bytes": len(content),
              "seconds": None if None in made else sum(made),
              "note": f"from {source}; time: {source} + export"})
-        check = int8.get("verification", {})
+        check = int8.verification
         if check.get("images") is not None and check["images"] != images:
-            notes.append(f"the export verified {int8['file']} on {check['images']} of the "
+            notes.append(f"the export verified {int8.file} on {check['images']} of the "
                          f"{images} held-out images (accuracy {check.get('accuracy')}); the "
                          "table's figure is on all of them")
     else:

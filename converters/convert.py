@@ -24,6 +24,7 @@ from vgg_mobile.data.dataset import load_images
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
+from vgg_mobile.core.export_dir import export_from_json
 from vgg_mobile.core.run_dir import Manifest, load_run
 from vgg_mobile.core.io import gzip_size, write_json, write_text
 from vgg_mobile.core.outputs import MANIFEST, check_no_overlap, claim_output, safe_name
@@ -203,7 +204,7 @@ def convert_run(
     if android_dir is not None:
         check_no_overlap(Path(android_dir), (run.path, data_dir, out_dir), "--android")
     if data_dir is None:
-        recorded = (run.manifest.get("data") or {}).get("path")
+        recorded = run.manifest.data.get("path")
         if not recorded or not Path(recorded).is_dir():
             raise DataError(f"{run.path}: no --data given and the training folder recorded in "
                             f"the manifest ({recorded!r}) is not available")
@@ -226,9 +227,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
              stage) -> dict:
     from vgg_mobile.converters import metadata
 
-    held_out, split_name = splits.held_out(run.manifest, folder, "auto")
-    pool = splits.choose_split(folder, run.manifest,
-                               seed=int((run.manifest.get("data") or {}).get("seed", 0))).parts
+    held_out, split_name = splits.held_out(run.manifest.data, folder, "auto")
+    pool = splits.choose_split(folder, run.manifest.data, seed=run.manifest.seed).parts
     # Seeded and drawn from every class in turn: a plain prefix would hold the first classes only.
     calibration_examples = splits.stratified_sample(pool.train or held_out, options.calibration_images)
     model = run.load_model()
@@ -246,12 +246,12 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
         log("warning: the model gives the same output for every image; the comparisons below "
             "cannot tell a good conversion from a broken one")
 
-    stem = safe_name(options.name or f"{run.manifest.get('architecture', 'model')}_"
-                                      f"{run.manifest.get('stage', 'run')}", "name")
+    stem = safe_name(options.name or f"{run.manifest.architecture or 'model'}_"
+                                      f"{run.manifest.stage}", "name")
     info = metadata.ModelInfo(
         name=stem, version=options.version, author=options.author, license=options.license,
         description=f"Image classifier ({', '.join(run.classes)}), {size}x{size} RGB input, "
-                    f"exported by vgg-mobile from a {run.manifest.get('stage')} run.")
+                    f"exported by vgg-mobile from a {run.manifest.stage} run.")
     artifacts, misses = [], []
     for flavour in options.flavours:
         started = time.perf_counter()
@@ -277,8 +277,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
                                         misses, log))
     manifest = Manifest(
         stage=stage, classes=run.classes, model_file=None,
-        architecture=run.manifest.get("architecture"), input=run.manifest["input"],
-        preprocessing=run.manifest.get("preprocessing"), output=run.manifest.get("output"),
+        architecture=run.manifest.architecture, input=run.manifest.input,
+        preprocessing=run.manifest.preprocessing, output=run.manifest.output,
         parent=str(run.path.resolve()), command=command,
         data={"path": str(folder.root.resolve()), "verification_split": split_name,
               "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
@@ -294,7 +294,7 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
     if android_dir is not None:
         from vgg_mobile.converters import android
 
-        android.write_assets(staging, manifest, android_dir)
+        android.write_assets(export_from_json(staging, manifest), android_dir)
     return manifest
 
 
@@ -305,8 +305,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
 
     props = {"name": info.name, "version": info.version, "author": info.author,
              "license": info.license, "description": info.description,
-             "labels": list(run.classes), "input": run.manifest["input"],
-             "preprocessing": run.manifest.get("preprocessing"),
+             "labels": list(run.classes), "input": run.manifest.input,
+             "preprocessing": run.manifest.preprocessing,
              "producer": f"vgg-mobile {__version__}"}
     started = time.perf_counter()
     converted = {"float32": onnx.convert_keras_model(model)}
@@ -344,9 +344,9 @@ def _tfjs_artifact(model, run, staging, options, reference, x_val, y_val, misses
     seconds = time.perf_counter() - started
     write_json(bundle / "labels.json", list(run.classes))
     write_json(bundle / MANIFEST, {
-        "classes": list(run.classes), "input": run.manifest["input"],
-        "preprocessing": run.manifest.get("preprocessing"), "output": run.manifest.get("output"),
-        "architecture": run.manifest.get("architecture"), "weight_quantization": options.tfjs_quantization})
+        "classes": list(run.classes), "input": run.manifest.input,
+        "preprocessing": run.manifest.preprocessing, "output": run.manifest.output,
+        "architecture": run.manifest.architecture, "weight_quantization": options.tfjs_quantization})
     files = sorted(p for p in bundle.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
     runtime = runtimes.load(bundle, "tfjs")

@@ -35,7 +35,7 @@ def _val_images(run, data_dir, limit_train: int):
     from vgg_mobile.data import splits
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    val, _ = splits.held_out(run.manifest, folder, "auto")
+    val, _ = splits.held_out(run.manifest.data, folder, "auto")
     train_part = splits.stratified_sample([e for e in folder.train if e not in set(val)], limit_train)
 
     def load(examples):
@@ -90,7 +90,7 @@ def _fine_tuned(run, data_dir, epochs: int):
     from vgg_mobile.data import dataset
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    parent = run.manifest.get("data", {})
+    parent = run.manifest.data
     parts = dataset.split(folder, parent.get("val_fraction", 0.2), parent.get("seed", 0))
     model = run.load_model()
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
@@ -205,7 +205,7 @@ def main() -> None:
 
     base = rows[0]["accuracy"]
     print(f"\nData: {data} ({len(y)} validation images), run: {teacher} "
-          f"({run.manifest.get('architecture')}, {run.image_size} px); "
+          f"({run.manifest.architecture}, {run.image_size} px); "
           f"{time.perf_counter() - t_start:.0f} s in all.\n")
     print("| model | val accuracy | vs float (points) | zero weights | .tflite MB | gzip MB | note |")
     print("|---|---|---|---|---|---|---|")

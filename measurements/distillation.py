@@ -15,7 +15,6 @@ machine and its load, and with 48 validation images one image is about 2 points.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -66,6 +65,7 @@ def main() -> None:
 
     import tf_keras as keras
 
+    from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.distillation.distill import DistillConfig, distill
     from vgg_mobile.training.hyperparameters import TrainConfig
     from vgg_mobile.models.architectures import ModelOptions
@@ -82,7 +82,7 @@ def main() -> None:
                                batch_size=16, learning_rate=args.learning_rate,
                                augment=not args.no_augment, baseline=True)
         result = distill(teacher.run_dir, data, tmp / "student", config)
-        manifest = json.loads((result.run_dir / "manifest.json").read_text())
+        recorded = load_run(result.run_dir).manifest.data
 
         teacher_file = teacher.run_dir / "model.keras"
         student_file = result.run_dir / "model.keras"
@@ -101,7 +101,7 @@ def main() -> None:
              result.metrics["accuracy"], result.student_parameters,
              student_file.stat().st_size, student_ms),
         ]
-        n_train, n_val = manifest["data"]["train_images"], manifest["data"]["val_images"]
+        n_train, n_val = recorded["train_images"], recorded["val_images"]
         print(f"Sample data: {args.images_per_class} images per class, 4 classes, "
               f"{n_train} training / {n_val} validation images. Teacher: {args.teacher_epochs} epochs "
               f"from scratch. Students: {args.epochs} epochs, T={args.temperature}, alpha={args.alpha}, "

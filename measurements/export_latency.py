@@ -29,15 +29,15 @@ def benchmark_run(run_dir: Path, data_dir: Path | None, repeats: int) -> list[di
     from vgg_mobile.runtimes import Keras, LiteRT
 
     run = load_run(run_dir)
-    folder = dataset.scan_folder(data_dir or run.manifest["data"]["path"], classes=run.classes)
-    held_out, _ = splits.held_out(run.manifest, folder, "auto")
-    parts = splits.choose_split(folder, run.manifest, seed=run.manifest["data"].get("seed", 0)).parts
+    folder = dataset.scan_folder(data_dir or run.manifest.data["path"], classes=run.classes)
+    held_out, _ = splits.held_out(run.manifest.data, folder, "auto")
+    parts = splits.choose_split(folder, run.manifest.data, seed=run.manifest.seed).parts
     x, y = load_images(held_out, run.image_size, len(run.classes))
     x_cal, _ = load_images(splits.stratified_sample(parts.train, 100), run.image_size, len(run.classes))
     model = run.load_model()
     reference = model(x, training=False).numpy()
     keras_ms = Keras(model).latency_ms(x[0], repeats)
-    name = f"{run.manifest.get('architecture')} ({run.manifest.get('stage')})"
+    name = f"{run.manifest.architecture} ({run.manifest.stage})"
     rows = [{"model": name, "artifact": "Keras float32", "size": run.model_path.stat().st_size,
              "accuracy": float((reference.argmax(1) == y).mean()), "agreement": 1.0,
              "ms1": keras_ms, "ms2": None, "ratio1": 1.0, "ratio2": None}]

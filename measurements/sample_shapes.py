@@ -201,7 +201,7 @@ def main() -> None:
     held_out = None
     if args.data:
         folder = dataset.scan_folder(args.data)
-        examples, _ = splits.held_out(load_run(args.pipeline_out / "teacher").manifest, folder)
+        examples, _ = splits.held_out(load_run(args.pipeline_out / "teacher").manifest.data, folder)
         held_out = ([load_rgb(e.path) for e in examples], np.array([e.label for e in examples]))
     rows = []
     for name, size, classes, predict in _models(args.pipeline_out):

@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.export_dir import load_export
 from vgg_mobile.core.resources import node_modules_dir, web_demo_dir
 from vgg_mobile.core.io import write_json
 from vgg_mobile.core.outputs import MANIFEST, claim_output, inside, marker
@@ -55,19 +56,18 @@ def find_int8_tflite(bundle: str | Path) -> tuple[Path | None, str]:
     """
     bundle = Path(bundle)
     # A bundle holds model.json; an export folder holds its artifacts and manifest.json.
-    export = bundle.parent if (bundle / "model.json").is_file() else bundle
-    manifest = export / MANIFEST
+    folder = bundle.parent if (bundle / "model.json").is_file() else bundle
+    if not (folder / MANIFEST).is_file():
+        return None, f"no export manifest at {folder / MANIFEST}"
     try:
-        artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None, f"no export manifest at {manifest}"
-    for artifact in artifacts if isinstance(artifacts, list) else []:
-        if (isinstance(artifact, dict) and artifact.get("format") == "tflite"
-                and artifact.get("flavour") == "int8" and isinstance(artifact.get("file"), str)):
-            path = inside(export, artifact["file"], "TFLite file", manifest)
-            if path.is_file():
-                return path, ""
-            return None, f"{path}: listed in the export manifest but missing"
+        export = load_export(folder)
+    except BadInputError as err:
+        return None, str(err)
+    for artifact in export.find("tflite", "int8"):
+        path = export.file(artifact)
+        if path.is_file():
+            return path, ""
+        return None, f"{path}: listed in the export manifest but missing"
     return None, "the export folder has no int8 .tflite (convert with the int8 flavour)"
 
 

@@ -49,8 +49,8 @@ def test_refuses_nested_models_unpruned_preserve_and_writing_over_the_input(
     probs = keras.layers.Dense(4, activation="softmax", name="probs")(inner(pixels))
     nested_dir = tmp_path / "nested"
     finish_run(nested_dir, keras.Model(pixels, probs),
-               Manifest(stage="teacher", classes=parent.classes, input=parent.manifest["input"],
-                        architecture=parent.manifest["architecture"]))
+               Manifest(stage="teacher", classes=parent.classes, input=parent.manifest.input,
+                        architecture=parent.manifest.architecture))
     before = folder_digest(nested_dir)
     with pytest.raises(BadInputError, match="nested model layer"):
         prune_run(nested_dir, sample_dir, tmp_path / "out")

@@ -16,15 +16,15 @@ def test_pruning_reaches_the_target_in_the_saved_kernels(pruned, teacher_run):
 
     run = load_run(pruned.run_dir)
     manifest = run.manifest
-    assert manifest["stage"] == "pruned"
-    assert manifest["parent"] == str(teacher_run.run_dir.resolve())
+    assert manifest.stage == "pruned"
+    assert manifest.parent == str(teacher_run.run_dir.resolve())
     parent = load_run(teacher_run.run_dir).manifest
     for key in ("input", "preprocessing", "output", "architecture"):
-        assert manifest[key] == parent[key]
-    assert manifest["data"]["split_from"] == "parent"
+        assert getattr(manifest, key) == getattr(parent, key)
+    assert manifest.data["split_from"] == "parent"
     model = run.load_model()
     layers = {layer.name: layer for layer in model.layers}
-    pruned_names = manifest["compression"]["pruned_layers"]
+    pruned_names = manifest.section("compression")["pruned_layers"]
     assert "block1_conv1" not in pruned_names and "logits" not in pruned_names
     assert len(pruned_names) == 13  # 12 convolutions after the first, and the hidden dense
     for name in pruned_names:
@@ -32,10 +32,10 @@ def test_pruning_reaches_the_target_in_the_saved_kernels(pruned, teacher_run):
         assert (kernel == 0).mean() == pytest.approx(PRUNE_TARGET, abs=0.01), name
     for name in ("block1_conv1", "logits"):
         assert (layers[name].kernel.numpy() == 0).mean() < 0.01, name
-    assert manifest["compression"]["sparsity"]["pruned_layers"] == pytest.approx(PRUNE_TARGET, abs=0.01)
-    sizes = manifest["compression"]["sizes"]
+    assert manifest.section("compression")["sparsity"]["pruned_layers"] == pytest.approx(PRUNE_TARGET, abs=0.01)
+    sizes = manifest.section("compression")["sizes"]
     assert sizes["gzip_bytes_after"] < 0.8 * sizes["gzip_bytes_before"]
-    assert manifest["metrics"]["accuracy"] == pruned.metrics["accuracy"]
+    assert manifest.metrics["accuracy"] == pruned.metrics["accuracy"]
 
 
 @pytest.mark.slow

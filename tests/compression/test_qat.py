@@ -16,8 +16,8 @@ def test_sparsity_preserving_qat_keeps_zeros_in_int8_tflite(pruned_qat, pruned, 
     from vgg_mobile.core.run_dir import load_run
 
     run = load_run(pruned_qat.run_dir)
-    assert run.manifest["stage"] == "pruned_qat" and run.manifest["model_file"] == "model.h5"
-    assert run.manifest["compression"]["scheme"] == "prune_preserve_default_8bit"
+    assert run.manifest.stage == "pruned_qat" and run.manifest.model_file == "model.h5"
+    assert run.manifest.section("compression")["scheme"] == "prune_preserve_default_8bit"
     x, y = sample_images
     model = run.load_model()  # a reload round-trip: the same outputs as before saving
     np.testing.assert_allclose(model(x, training=False).numpy(),

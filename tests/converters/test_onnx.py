@@ -160,7 +160,7 @@ def test_cli_convert_onnx_of_a_vgg_run(architecture, run_fixture, request, cli, 
     from vgg_mobile.core.run_dir import load_run
 
     run = load_run(request.getfixturevalue(run_fixture).run_dir)
-    assert run.manifest["architecture"] == architecture
+    assert run.manifest.architecture == architecture
     assert type(run.load_model().get_layer("preprocess")).__name__ == "Normalization"
     result = cli("convert", run.path, "--out", tmp_path / "export", "--data", sample_dir,
                  "--flavour", "float32", "--no-tfjs", "--onnx", "--max-size", "none", "--json")

@@ -85,6 +85,32 @@ def test_a_manifest_is_built_one_way_and_validated():
         run_dir.Manifest(stage="teacher", classes=("a",), input={}, sections={"stage": "x"})
 
 
+def test_a_manifest_read_back_is_the_record_that_was_written(tmp_path):
+    manifest = run_dir.Manifest(stage="pruned", classes=("a", "b"), input={"size": [32, 32]},
+                                architecture="vgg16", parent="/runs/teacher",
+                                data={"path": "/d", "seed": 3}, metrics={"accuracy": 0.5},
+                                quantization_aware=True,
+                                sections={"compression": {"method": "m"}})
+    written = manifest.to_json()
+    read = run_dir.Manifest.from_json(json.loads(json.dumps(written)), tmp_path / "m.json")
+    assert read.to_json() == written
+    assert (read.stage, read.classes, read.image_size, read.seed) == ("pruned", ("a", "b"), 32, 3)
+    assert read.quantization_aware and read.section("compression") == {"method": "m"}
+    assert read.section("teacher") == {} and read.created == written["created"]
+    # A manifest without `kind` is a classifier's, for every reader alike.
+    legacy = {key: value for key, value in written.items() if key != "kind"}
+    assert run_dir.Manifest.from_json(legacy, tmp_path / "m.json").kind == "image_classifier"
+    with pytest.raises(RunDirError, match=r"m.json: missing required field 'input'"):
+        run_dir.Manifest.from_json({"stage": "x", "classes": ["a"]}, tmp_path / "m.json")
+
+
+def test_read_manifest_is_none_for_a_folder_without_one_and_names_a_damaged_one(tmp_path):
+    assert run_dir.read_manifest(tmp_path) is None
+    (tmp_path / "manifest.json").write_text('{"schema_version": 1, "stage": 3}')
+    with pytest.raises(RunDirError, match=r"manifest.json: missing required field"):
+        run_dir.read_manifest(tmp_path)
+
+
 def _bare_run(folder, manifest_text: str, labels: bytes = b"a\nb\n"):
     """A run folder holding only a manifest and labels: `load_run` reads nothing else."""
     folder.mkdir()

@@ -17,7 +17,7 @@ def folder(tmp_path):
 
 
 def _parent(folder, val_fraction=0.25, seed=7) -> dict:
-    return {"data": {"path": str(folder.root), "val_fraction": val_fraction, "seed": seed}}
+    return {"path": str(folder.root), "val_fraction": val_fraction, "seed": seed}
 
 
 def test_on_the_parents_folder_its_split_is_reused(folder):
@@ -31,7 +31,7 @@ def test_on_the_parents_folder_its_split_is_reused(folder):
 
 
 def test_another_folder_gets_its_own_split_with_the_parents_fraction(folder, tmp_path):
-    parent = {"data": {"path": str(tmp_path / "elsewhere"), "val_fraction": 0.5, "seed": 7}}
+    parent = {"path": str(tmp_path / "elsewhere"), "val_fraction": 0.5, "seed": 7}
     choice = splits.choose_split(folder, parent, val_fraction=None, seed=1)
     assert choice.source == "own" and choice.parts == dataset.split(folder, 0.5, 1)
     assert splits.choose_split(folder).parts == dataset.split(folder, 0.2, 0)
@@ -59,7 +59,7 @@ def test_held_out_images_are_the_parents_validation_split_on_its_folder(folder, 
     parent = _parent(folder)
     examples, name = splits.held_out(parent, folder, "auto")
     assert name == "val" and examples == dataset.split(folder, 0.25, 7).val
-    elsewhere = {"data": {"path": str(tmp_path / "x"), "val_fraction": 0.25, "seed": 7}}
+    elsewhere = {"path": str(tmp_path / "x"), "val_fraction": 0.25, "seed": 7}
     assert splits.held_out(elsewhere, folder, "auto")[1] == "all"
     with pytest.raises(DataError, match="split must be one of auto, val, train, all. Received: split='test'"):
         splits.held_out(parent, folder, "test")
@@ -97,7 +97,7 @@ def test_train_without_val_is_split_like_an_unsplit_folder(tmp_path, empty_val):
     assert record["val_from_train"] and record["val_images"] == len(choice.parts.val)
     # Later commands (evaluate, convert) rescan the folder and re-derive the same held-out
     # images from the manifest, whatever val_fraction they are given.
-    manifest = {"data": record}
+    manifest = record
     again = dataset.scan_folder(root, classes=folder.classes)
     examples, name = splits.held_out(manifest, again, "auto")
     assert name == "val" and examples == choice.parts.val

@@ -10,7 +10,12 @@ from vgg_mobile.pipeline.summary import findings, summary_rows, table_notes
 
 
 def _json(path, data):
+    """Writes `data`; a manifest gets the fields every manifest has (`core.run_dir.Manifest`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name == "manifest.json":
+        data = {"schema_version": 1, "stage": path.parent.name, "classes": ["a", "b"],
+                "input": {"size": [32, 32]}, **({"model_file": None} if "artifacts" in data else {}),
+                **data}
     path.write_text(json.dumps(data))
 
 

@@ -55,7 +55,7 @@ def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_
     # The same numbers, computed here without the harness, on a model whose outputs vary.
     run = load_run(teacher_run.run_dir)
     folder = dataset.scan_folder(sample_dir, classes=run.classes)
-    examples, split = splits.held_out(run.manifest, folder, "auto")
+    examples, split = splits.held_out(run.manifest.data, folder, "auto")
     assert split == "val" and result.info["images"] == 24
     x, y = load_images(splits.stratified_sample(examples, 24), run.image_size, len(run.classes))
     assert len(set(y.tolist())) == len(run.classes)  # every class measured, not the first ones
@@ -136,7 +136,7 @@ def test_onnx_models_are_timed_in_onnx_runtime_and_openvino(onnx_pipeline_folder
                          "ONNX int8 (teacher)"}
     run = load_run(student_run.run_dir)
     folder = dataset.scan_folder(sample_dir, classes=run.classes)
-    examples, _ = splits.held_out(run.manifest, folder, "auto")
+    examples, _ = splits.held_out(run.manifest.data, folder, "auto")
     x, y = load_images(splits.stratified_sample(examples, 24), run.image_size, len(run.classes))
     reference = run.load_model().predict(x, verbose=0)
     assert len(set(reference.argmax(1).tolist())) >= 3

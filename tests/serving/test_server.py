@@ -174,9 +174,10 @@ def test_an_export_folder_without_the_chosen_artifact_lists_what_it_has(tiny, ch
     with pytest.raises(BadInputError, match=message):
         resolve_artifact(tiny.export_dir, ModelChoice(**choice))
     pipeline = tiny.export_dir.parent
-    path, artifact = resolve_artifact(pipeline)
-    assert path.name == "colours_int8.tflite" and artifact["flavour"] == "int8"
-    path, _ = resolve_artifact(tiny.export_dir, ModelChoice(flavour="float32"))
+    path, export, artifact = resolve_artifact(pipeline)
+    assert path.name == "colours_int8.tflite" and artifact.flavour == "int8"
+    assert export.path == tiny.export_dir
+    path, _, _ = resolve_artifact(tiny.export_dir, ModelChoice(flavour="float32"))
     assert path.name == "colours_float32.tflite"
 
 

@@ -29,7 +29,7 @@ def held_out_images(run, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     from vgg_mobile.data import dataset, splits
 
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    examples, _ = splits.held_out(run.manifest, folder, "auto")
+    examples, _ = splits.held_out(run.manifest.data, folder, "auto")
     batches = list(dataset.make_dataset(examples, run.image_size, 64, len(run.classes), one_hot=False))
     return (np.concatenate([x.numpy() for x, _ in batches]),
             np.concatenate([y.numpy() for _, y in batches]))

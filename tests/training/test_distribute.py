@@ -100,7 +100,7 @@ def test_mirrored_on_two_logical_cpus_trains_and_distills_with_two_replicas(cli,
                   env=env)
     assert student.returncode == 0, student.stderr[-3000:]
     run = load_run(tmp_path / "student")
-    record = run.manifest["distribution"]
+    record = run.manifest.section("distribution")
     assert (record["replicas"], record["global_batch"], record["mixed_precision"]) == (2, 8, True)
     assert record["scaled_learning_rate"] == pytest.approx(2 * record["learning_rate"])
     model = run.load_model()

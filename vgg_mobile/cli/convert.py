@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from vgg_mobile.converters.convert import ConvertOptions
+from vgg_mobile.core.export_dir import export_from_json
 from vgg_mobile.cli.common import COUNT, default, fraction, log
 
 
@@ -93,12 +94,13 @@ def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quan
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
-    width = max(len(a["file"]) for a in manifest["artifacts"])
+    artifacts = export_from_json(out, manifest).artifacts
+    width = max(len(a.file) for a in artifacts)
     click.echo(f"{'artifact':<{width}} {'MB':>7} {'gzip MB':>8} {'agree':>6} {'acc':>6} {'keras':>6}")
-    for artifact in manifest["artifacts"]:
-        check = artifact["verification"]
-        click.echo(f"{artifact['file']:<{width}} {artifact['size_bytes'] / 1e6:>7.2f} "
-                   f"{artifact['gzip_bytes'] / 1e6:>8.2f} {check['top1_agreement']:>6.3f} "
+    for artifact in artifacts:
+        check = artifact.verification
+        click.echo(f"{artifact.file:<{width}} {artifact.size_bytes / 1e6:>7.2f} "
+                   f"{artifact.get('gzip_bytes') / 1e6:>8.2f} {check['top1_agreement']:>6.3f} "
                    f"{check['accuracy']:>6.3f} {check['keras_accuracy']:>6.3f}")
     click.echo(f"wrote {out}" + (f" and {android_dir}" if android_dir else ""))
 

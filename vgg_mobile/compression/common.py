@@ -76,11 +76,11 @@ def load_parent(run_dir, out_dir, step: str) -> tuple[Run, object]:
     from vgg_mobile.models import architectures as models
 
     run = load_run(run_dir)
-    if run.manifest.get("kind", "image_classifier") != "image_classifier":
-        raise RunDirError(f"{run.path}: holds a {run.manifest.get('kind')!r} model; "
+    if run.manifest.kind != "image_classifier":
+        raise RunDirError(f"{run.path}: holds a {run.manifest.kind!r} model; "
                           "compression needs an image_classifier run")
-    if run.manifest.get("architecture") in models.ARCHITECTURES:
-        models.require_tfmot_compatible(run.manifest["architecture"], step)
+    if run.manifest.architecture in models.ARCHITECTURES:
+        models.require_tfmot_compatible(run.manifest.architecture, step)
     if Path(out_dir).resolve() == run.path.resolve():
         raise BadInputError(f"{out_dir}: the output must be a new run directory, not the input run")
     model = run.load_model()
@@ -102,7 +102,7 @@ def fine_tune_split(run: Run, data_dir, val_fraction: float, seed: int):
         BadInputError: One side of the split is empty.
     """
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    choice = splits.choose_split(folder, run.manifest, val_fraction, seed)
+    choice = splits.choose_split(folder, run.manifest.data, val_fraction, seed)
     parts = choice.parts
     if not parts.train or not parts.val:
         raise BadInputError(f"{folder.root}: needs images for both fine-tuning and validation "
@@ -162,5 +162,5 @@ def kernel_sparsity(model, pruned: tuple[str, ...] = ()) -> dict:
 
 def parent_fields(run: Run) -> dict:
     parent = run.manifest
-    return {key: parent[key] for key in ("architecture", "input", "preprocessing", "output")
-            if key in parent}
+    return {"architecture": parent.architecture, "input": parent.input,
+            "preprocessing": parent.preprocessing, "output": parent.output}

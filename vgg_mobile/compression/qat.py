@@ -15,7 +15,7 @@ from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult, 
                                            kernel_sparsity, load_parent, parent_fields,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
-from vgg_mobile.core.errors import BadInputError, require, require_number
+from vgg_mobile.core.errors import BadInputError, require_number
 from vgg_mobile.core.outputs import claim_output
 from vgg_mobile.core.run_dir import Manifest, Run, finish_run
 from vgg_mobile.data import dataset, splits
@@ -236,7 +236,7 @@ def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_s
     sparsity = kernel_sparsity(qat_model, tuple(n for n, f in parent_sparsity["layers"].items()
                                                 if f >= MIN_PRUNED_SPARSITY))
     manifest = Manifest(
-        stage=stage or f"{run.manifest['stage']}_qat", classes=run.classes, **parent_fields(run),
+        stage=stage or f"{run.manifest.stage}_qat", classes=run.classes, **parent_fields(run),
         model_file=QAT_MODEL_FILE,
         quantization_aware=True,
         config={"qat": dataclasses.asdict(config)},

@@ -18,16 +18,16 @@ def is_quantization_aware(model) -> bool:
     return any(type(layer).__name__ in QUANTIZE_LAYERS for layer in model.layers)
 
 
-def load_scope(manifest: dict):
+def load_scope(manifest):
     """The Keras custom-object scope that a run's model file needs to load.
 
     Args:
-        manifest: The run's manifest; `quantization_aware: true` marks a QAT model.
+        manifest: The run's `Manifest`; `quantization_aware` marks a QAT model.
 
     Returns:
         tfmot's `quantize_scope()` for quantization-aware models, else a no-op context.
     """
-    if manifest.get("quantization_aware"):
+    if manifest.quantization_aware:
         # Only tfmot's own scope can rebuild its layers; the import is here, not at the top,
         # so that loading a float run never imports tfmot.
         import tensorflow_model_optimization as tfmot
@@ -36,7 +36,7 @@ def load_scope(manifest: dict):
     return contextlib.nullcontext()
 
 
-def scope_class_names(manifest: dict) -> frozenset[str]:
+def scope_class_names(manifest) -> frozenset[str]:
     """The class names that `load_scope(manifest)` lets Keras build beyond its own.
 
     Args:

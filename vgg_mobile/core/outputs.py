@@ -42,6 +42,8 @@ DATA_MARKER = ".vgg-mobile.json"
 CHECKPOINT_STATE = ("checkpoints", "state.json")
 PIPELINE_STATE = "pipeline_state.json"
 REPLACING = ".replacing"
+# The `kind` of the outputs that hold no model and are not an export, and what each is called.
+MODEL_LESS_KINDS = {"web_demo": "demo", "android_assets": "android", "explanations": "explanations"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -84,12 +86,12 @@ def output_kind(path: str | Path) -> str | None:
     marker = _read_json(path / DATA_MARKER)
     if _is_own_manifest(marker):
         return "sample_data"
-    manifest = _read_json(path / MANIFEST)
-    if _is_own_manifest(manifest):
-        if manifest.get("kind") in ("web_demo", "android_assets", "explanations"):
-            return {"web_demo": "demo", "android_assets": "android",
-                    "explanations": "explanations"}[manifest["kind"]]
-        return "run" if manifest.get("model_file") else "export"
+    record = _read_json(path / MANIFEST)
+    if _is_own_manifest(record):
+        kind = record.get("kind")
+        if kind in MODEL_LESS_KINDS:
+            return MODEL_LESS_KINDS[kind]
+        return "run" if record.get("model_file") else "export"
     state = _read_json(path.joinpath(*CHECKPOINT_STATE))
     if isinstance(state, dict) and "config" in state:
         return "interrupted_run"

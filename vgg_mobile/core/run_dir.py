@@ -7,7 +7,8 @@ A finished run directory holds:
                   metrics, parent run, versions
 
 `manifest.json` is written last and atomically: a directory without it is unfinished, whatever
-else it holds. Later stages read a run only through `load_run`.
+else it holds. Later stages read a run only through `load_run`, and any manifest only through
+`read_manifest`: a typed `Manifest`, validated once, never raw JSON.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Manifest:
         metrics: Held-out metrics of the model.
         sections: The stage's own records (`training`, `compression`, `teacher`, `artifacts`,
             ...), written as top-level keys beside the fields above.
-        kind: What the model is. Defaults to `"image_classifier"`.
+        kind: What the model is. Defaults to `"image_classifier"`, also when a manifest read
+            back has no `kind`.
+        created: When it was written (ISO 8601, UTC); `None` until then (`to_json` stamps it).
+        versions: The versions it was written with; `None` until then.
     """
 
     stage: str
@@ -98,6 +102,8 @@ class Manifest:
     metrics: dict = dataclasses.field(default_factory=dict)
     sections: dict = dataclasses.field(default_factory=dict)
     kind: str = "image_classifier"
+    created: str | None = None
+    versions: dict | None = None
 
     def __post_init__(self):
         if not _is_name(self.stage):
@@ -111,7 +117,8 @@ class Manifest:
     def to_json(self) -> dict:
         """The manifest as written: the fields, the stage's sections, then the versions."""
         data = {"schema_version": SCHEMA_VERSION, "stage": self.stage, "kind": self.kind,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "created": self.created or datetime.datetime.now(
+                    datetime.timezone.utc).isoformat(timespec="seconds"),
                 "model_file": self.model_file, "classes": list(self.classes),
                 "num_classes": len(self.classes)}
         for name in ("architecture", "input", "preprocessing", "output", "config", "command",
@@ -120,8 +127,46 @@ class Manifest:
         if self.quantization_aware:
             data["quantization_aware"] = True
         data.update(self.sections)
-        data["versions"] = versions()
+        data["versions"] = self.versions or versions()
         return data
+
+    def section(self, name: str) -> dict:
+        """A stage's own record (`training`, `teacher`, `baseline`, ...), `{}` when absent."""
+        value = self.sections.get(name)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input["size"][0])
+
+    @property
+    def seed(self) -> int:
+        """The seed its data split was drawn with (0 when none was recorded)."""
+        return int(self.data.get("seed", 0))
+
+    @classmethod
+    def from_json(cls, data: dict, source: Path) -> "Manifest":
+        """The record of a manifest read back, its fields checked (see `read_manifest`).
+
+        Keys beyond the fields become `sections`.
+
+        Raises:
+            RunDirError: A missing required field or one of the wrong type, naming `source`.
+        """
+        for key in ("classes", "input", "stage"):
+            if key not in data:
+                raise RunDirError(f"{source}: missing required field {key!r}")
+        _check_fields(source, data)
+        return cls(stage=data["stage"], classes=tuple(data["classes"]), input=data["input"],
+                   architecture=data.get("architecture"), preprocessing=data.get("preprocessing"),
+                   output=data.get("output"), model_file=data.get("model_file", MODEL),
+                   quantization_aware=bool(data.get("quantization_aware", False)),
+                   config=data.get("config") or {}, command=data.get("command"),
+                   data=data.get("data") or {}, parent=data.get("parent"),
+                   metrics=data.get("metrics") or {},
+                   sections={k: v for k, v in data.items() if k not in _FIELDS},
+                   kind=data.get("kind") or "image_classifier", created=data.get("created"),
+                   versions=data.get("versions"))
 
 
 def finish_run(out_dir: str | Path, model, manifest: Manifest) -> dict:
@@ -141,15 +186,15 @@ class Run:
     """A finished run directory, as read by `load_run`."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.manifest["classes"])
+        return self.manifest.classes
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["input"]["size"][0])
+        return self.manifest.image_size
 
     @property
     def model_path(self) -> Path:
@@ -159,7 +204,7 @@ class Run:
             RunDirError: The manifest names no model (`model_file: null`, an export folder)
                 or one outside the run folder.
         """
-        name = self.manifest.get("model_file", MODEL)
+        name = self.manifest.model_file
         if name is None:
             raise RunDirError(f"{self.path / MANIFEST}: model_file is null, so this folder holds "
                               "no Keras model (an export folder?)")
@@ -193,7 +238,7 @@ class Run:
                 f"{path}: cannot load the model; the file is damaged or not a Keras model "
                 f"({type(err).__name__}: {one_line(err)})"
             ) from None
-        _check_fits(path, model, self.classes, self.manifest["input"]["size"])
+        _check_fits(path, model, self.classes, self.manifest.input["size"])
         return model
 
 
@@ -326,25 +371,9 @@ def load_run(path: str | Path) -> Run:
         hint = (" (an interrupted training run: resume it with `vgg-mobile train ... --resume`)"
                 if (path / CHECKPOINTS).exists() else "")
         raise RunDirError(f"{manifest_path}: missing, so {path} is not a finished run{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a huge or deep value
-        raise RunDirError(f"{manifest_path}: not valid JSON ({one_line(err)})") from None
-    if not isinstance(manifest, dict):
-        raise RunDirError(f"{manifest_path}: expected a JSON object")
-    version = manifest.get("schema_version")
-    if not _is_int(version) or not 1 <= version <= SCHEMA_VERSION:
-        raise RunDirError(
-            f"{manifest_path}: schema_version {short_repr(version)} is not supported "
-            f"(this vgg-mobile reads up to {SCHEMA_VERSION})"
-        )
-    for key in ("classes", "input", "stage"):
-        if key not in manifest:
-            raise RunDirError(f"{manifest_path}: missing required field {key!r}")
-    _check_fields(manifest_path, manifest)
-    model_file = manifest.get("model_file", MODEL)
-    if model_file is not None:
-        _model_path(path, model_file)
+    manifest = Manifest.from_json(read_json_object(manifest_path), manifest_path)
+    if manifest.model_file is not None:
+        _model_path(path, manifest.model_file)
     labels_path = path / LABELS
     if not labels_path.is_file():
         raise RunDirError(f"{labels_path}: missing from run directory")
@@ -353,12 +382,49 @@ def load_run(path: str | Path) -> Run:
     except UnicodeDecodeError as err:
         raise RunDirError(f"{labels_path}: not UTF-8 text ({one_line(err)})") from None
     labels = [line for line in text.splitlines() if line]
-    if labels != list(manifest["classes"]):
+    if labels != list(manifest.classes):
         raise RunDirError(
             f"{labels_path}: labels {short_repr(labels, 300)} disagree with the manifest's "
-            f"classes {short_repr(manifest['classes'], 300)}"
+            f"classes {short_repr(list(manifest.classes), 300)}"
         )
     return Run(path, manifest)
+
+
+def read_json_object(path: Path) -> dict:
+    """A vgg-mobile manifest file as JSON: an object of a schema this version reads.
+
+    Raises:
+        RunDirError: Unreadable, not JSON, not an object, or a `schema_version` this version
+            does not read.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise RunDirError(f"{path}: cannot be read ({one_line(err)})") from None
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a huge or deep value
+        raise RunDirError(f"{path}: not valid JSON ({one_line(err)})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    version = data.get("schema_version")
+    if not _is_int(version) or not 1 <= version <= SCHEMA_VERSION:
+        raise RunDirError(
+            f"{path}: schema_version {short_repr(version)} is not supported "
+            f"(this vgg-mobile reads up to {SCHEMA_VERSION})"
+        )
+    return data
+
+
+def read_manifest(folder: str | Path) -> Manifest | None:
+    """The typed manifest of `folder` (a run, an export, the Android assets), or `None` when
+    it has none yet.
+
+    Raises:
+        RunDirError: The manifest is damaged or has a field of the wrong type.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    return Manifest.from_json(read_json_object(path), path)
 
 
 def manifest_digest(run_path: str | Path) -> str | None:

@@ -41,13 +41,14 @@ class SplitChoice:
     note: str = ""
 
 
-def trained_on(parent_manifest: dict | None, folder: ImageFolder) -> bool:
-    """Whether `folder` is the very folder the parent run was trained on."""
-    recorded = (parent_manifest or {}).get("data") or {}
+def trained_on(parent_data: dict | None, folder: ImageFolder) -> bool:
+    """Whether `folder` is the very folder the parent run was trained on (`parent_data`: its
+    manifest's `data` record)."""
+    recorded = parent_data or {}
     return bool(recorded.get("path")) and Path(recorded["path"]).resolve() == folder.root.resolve()
 
 
-def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
+def choose_split(folder: ImageFolder, parent_data: dict | None = None,
                  val_fraction: float | None = None, seed: int = 0,
                  require_val: bool = True) -> SplitChoice:
     """Splits `folder` for a stage, reusing the parent's split on the parent's own folder.
@@ -57,7 +58,8 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
 
     Args:
         folder: A checked folder from `dataset.scan_folder`.
-        parent_manifest: The parent run's manifest, or `None` for a first stage.
+        parent_data: The parent run's `data` record (`Manifest.data`), or `None` for a first
+            stage.
         val_fraction: Share held out on a new split. Defaults to the parent's, else `0.2`.
         seed: Seed of a new split. Defaults to `0`.
         require_val: Refuse a split without validation images (a stage that trains and
@@ -74,12 +76,12 @@ def choose_split(folder: ImageFolder, parent_manifest: dict | None = None,
         DataError: A `train/` without images in `val/`, and a `val_fraction` of 0; a split
             that holds out no image (every class has a single image).
     """
-    recorded = (parent_manifest or {}).get("data") or {}
+    recorded = parent_data or {}
     if folder.val:
         fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         parts = split(folder, fraction, seed)
         return SplitChoice(parts, fraction, seed, "presplit", unmeasured_note(folder, parts))
-    if parent_manifest is not None and trained_on(parent_manifest, folder):
+    if parent_data is not None and trained_on(parent_data, folder):
         fraction = float(recorded.get("val_fraction", DEFAULT_VAL_FRACTION))
         source, chosen_seed, note = "parent", int(recorded.get("seed", 0)), ""
         if val_fraction is not None and val_fraction != fraction:
@@ -149,8 +151,9 @@ def data_record(folder: ImageFolder, choice: SplitChoice) -> dict:
             "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad]}
 
 
-def held_out(run_manifest: dict, folder: ImageFolder, which: str = "auto") -> tuple[tuple[Example, ...], str]:
-    """The images to evaluate (or verify) a run on, and the name of that split.
+def held_out(run_data: dict, folder: ImageFolder, which: str = "auto") -> tuple[tuple[Example, ...], str]:
+    """The images to evaluate (or verify) a run on, and the name of that split (`run_data`: the
+    run manifest's `data` record).
 
     `auto` picks the held-out images: a pre-split folder's `val/`; on the folder the run was
     trained on, its validation split (of `train/`, for a folder without images in `val/`);
@@ -162,11 +165,11 @@ def held_out(run_manifest: dict, folder: ImageFolder, which: str = "auto") -> tu
     if which not in EVALUATION_SPLITS:
         raise DataError(f"split must be one of {', '.join(EVALUATION_SPLITS)}. Received: split={which!r}")
     if which == "auto":
-        which = "val" if folder.val or trained_on(run_manifest, folder) else "all"
+        which = "val" if folder.val or trained_on(run_data, folder) else "all"
     if which == "all":
         return folder.train + (folder.val or ()), "all"
-    recorded_seed = int(((run_manifest or {}).get("data") or {}).get("seed", 0))
-    parts = choose_split(folder, run_manifest, seed=recorded_seed).parts
+    recorded_seed = int((run_data or {}).get("seed", 0))
+    parts = choose_split(folder, run_data or {}, seed=recorded_seed).parts
     chosen = parts.val if which == "val" else parts.train
     if not chosen:
         raise DataError(f"{folder.root}: the {which!r} split is empty")

@@ -179,12 +179,12 @@ class DistillResult:
 
 def _check_teacher(run: Run) -> None:
     manifest = run.manifest
-    if manifest.get("kind") != "image_classifier":
-        raise RunDirError(f"{run.path}: not a classifier run (kind={manifest.get('kind')!r}); "
+    if manifest.kind != "image_classifier":
+        raise RunDirError(f"{run.path}: not a classifier run (kind={manifest.kind!r}); "
                           "the teacher must be a run of `vgg-mobile train` or a later stage")
-    if (manifest.get("output") or {}).get("logits_layer") != "logits":
+    if (manifest.output or {}).get("logits_layer") != "logits":
         raise RunDirError(f"{run.path}: its manifest names no 'logits' layer "
-                          f"(output={manifest.get('output')!r}), so it cannot teach")
+                          f"(output={manifest.output!r}), so it cannot teach")
 
 
 def _summary(metrics: dict) -> dict:
@@ -259,7 +259,7 @@ def distill(
     for check in folder.bad:
         log(f"skipped {check.path}: {check.problem}")
 
-    choice = splits.choose_split(folder, teacher_run.manifest, config.val_fraction, config.seed)
+    choice = splits.choose_split(folder, teacher_run.manifest.data, config.val_fraction, config.seed)
     if choice.note:
         log(f"warning: {choice.note}")
     n_classes = len(folder.classes)
@@ -469,7 +469,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         {"loss": history.get("student_loss", []), "accuracy": history.get("accuracy", []),
          "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
         out / "training_curves.png")
-    teacher_input = dict(teacher_run.manifest.get("input") or {})
+    teacher_input = dict(teacher_run.manifest.input)
     manifest = Manifest(
         stage=stage, classes=folder.classes,
         architecture=config.student,
@@ -485,7 +485,7 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         sections=dict(
             tfmot_compatible=spec.tfmot_compatible,
         teacher={"run": str(teacher_run.path.resolve()),
-                 "architecture": teacher_run.manifest.get("architecture"),
+                 "architecture": teacher_run.manifest.architecture,
                  "image_size": teacher_size, "parameters": teacher_parameters,
                  "metrics": _summary(teacher_metrics)},
         baseline=None if baseline_metrics is None else {

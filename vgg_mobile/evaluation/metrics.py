@@ -107,7 +107,7 @@ def evaluate_run(
 
     run = load_run(run_dir)
     folder = dataset.scan_folder(data_dir, classes=run.classes)
-    examples, used_split = splits.held_out(run.manifest, folder, split)
+    examples, used_split = splits.held_out(run.manifest.data, folder, split)
     model = run.load_model()
     probs, labels = predict(model, examples, run.image_size, len(run.classes), batch_size)
     metrics = classification_metrics(probs, labels, run.classes)

@@ -18,7 +18,6 @@ finished folder (the `vgg-mobile pipeline` command calls it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable
 from vgg_mobile.core.errors import RunDirError
 from vgg_mobile.core.io import gzip_size, write_text
 from vgg_mobile.core.outputs import CHECKPOINT_STATE, MANIFEST, inside, lock
-from vgg_mobile.core.run_dir import manifest_digest
+from vgg_mobile.core.run_dir import manifest_digest, read_manifest
 from vgg_mobile.data import dataset
 from vgg_mobile.models.architectures import resolve_weights
 from vgg_mobile.pipeline.config import CONFIG_FILE, PipelineConfig, build_config, config_toml
@@ -260,12 +259,10 @@ def _discard_stale(out: Path, config: PipelineConfig, plan, ran: set[str], state
 
 def _model_gzip_bytes(run_path: Path) -> int | None:
     """Bytes of the run's model file after gzip: what pruning's zeros save in a download."""
-    manifest_path = run_path / MANIFEST
-    if not manifest_path.is_file():
+    manifest = read_manifest(run_path)
+    if manifest is None or manifest.model_file is None:
         return None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return gzip_size(inside(run_path, manifest.get("model_file", "model.keras"), "model_file",
-                            manifest_path))
+    return gzip_size(inside(run_path, manifest.model_file, "model_file", run_path / MANIFEST))
 
 
 def _clock(seconds: float) -> str:

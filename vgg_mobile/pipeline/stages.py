@@ -18,8 +18,6 @@ its manifest records, and its rows of the summary. Everything else that needs th
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +25,7 @@ from vgg_mobile.converters.convert import convert_run
 from vgg_mobile.compression.prune import PruneConfig, prune_run
 from vgg_mobile.compression.qat import QATConfig, qat_run
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
-from vgg_mobile.core.processes import child_environment
+from vgg_mobile.core.processes import call_in_child
 from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.distillation.distill import DistillConfig, distill
 from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, SiteConfig, TeacherConfig,
@@ -183,19 +181,11 @@ def _site(job: StageJob, settings: SiteConfig) -> None:
 def _benchmark(job: StageJob, settings: BenchmarkConfig) -> None:
     # A fresh process: every runtime gets the configured thread count (TensorFlow fixes its
     # thread pools when it starts, and this process has been training), and the training
-    # stages' memory does not weigh on the timings. It reads its settings from
-    # OUT/pipeline.toml, which the runner wrote before any stage.
-    # It dies with this process: a killed pipeline leaves no benchmark writing into OUT.
-    result = subprocess.run([sys.executable, "-m", "vgg_mobile", "benchmark", str(job.out),
-                             "--output", str(job.path), "--quiet"],
-                            capture_output=True, text=True, env=child_environment())
-    for line in result.stderr.splitlines():
-        if line.startswith(("benchmark:", "error", "internal error")):
-            job.log(line)
-    if result.returncode != 0:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-        raise VggMobileError(f"the benchmark stage failed (exit {result.returncode}): "
-                             + (errors[-1] if errors else result.stderr.strip()[-500:]))
+    # stages' memory does not weigh on the timings. It dies with this process: a killed
+    # pipeline leaves no benchmark writing into OUT. Named by its import path: the reporting
+    # layer sits above this one, and only the child imports it.
+    call_in_child("vgg_mobile.reporting.benchmark:benchmark_pipeline", job.out, settings,
+                  output_dir=job.path, what="the benchmark stage")
 
 
 STAGES: tuple[Stage, ...] = (

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vgg_mobile.core.export_dir import load_export
 from vgg_mobile.core.outputs import MANIFEST, inside
+from vgg_mobile.core.run_dir import MODEL, read_manifest
 from vgg_mobile.distillation.distill import gain_verdict
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
@@ -20,11 +22,6 @@ from vgg_mobile.pipeline.state import read_state
 # artifact on the same images, and a quantization-aware model's fake-quantization rounding
 # can answer a borderline image differently between two such passes (one table, one answer).
 MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
-
-
-def _manifest(path: Path) -> dict | None:
-    file = path / MANIFEST
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
 def summary_rows(out: str | Path, config) -> list[dict]:
@@ -149,18 +146,18 @@ def table_notes(rows: list[dict]) -> list[str]:
 
 
 def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
-    manifest = _manifest(path)
+    manifest = read_manifest(path)
     if manifest is None:
         return None
-    model = inside(path, manifest.get("model_file", "model.keras"), "model_file", path / MANIFEST)
+    model = inside(path, manifest.model_file or MODEL, "model_file", path / MANIFEST)
     # A student stage that kept the student trained alone (distillation did not pay) says so.
-    shipped_alone = (manifest.get("baseline") or {}).get("shipped") == "baseline"
+    shipped_alone = manifest.section("baseline").get("shipped") == "baseline"
     title = ("student trained alone (kept: distillation did not pay)" if shipped_alone
              else stage.artifact)
     return {"artifact": title, "stage": stage.name, "format": "keras", "path": str(model),
-            "parent": stage.parent_of(settings), "architecture": manifest.get("architecture"),
-            "accuracy": (manifest.get("metrics") or {}).get("accuracy"),
-            "images": _images(manifest.get("metrics") or {}), "agreement": None,
+            "parent": stage.parent_of(settings), "architecture": manifest.architecture,
+            "accuracy": manifest.metrics.get("accuracy"),
+            "images": _images(manifest.metrics), "agreement": None,
             "size_bytes": model.stat().st_size if model.is_file() else 0,
             "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
             "budget": "-", "misses": [], "measured_by": "stage"}
@@ -184,8 +181,10 @@ def findings(out: str | Path, config) -> list[str]:
         The sentences; empty when the student stage has not run or had no baseline.
     """
     del config  # the sentences come from the student's manifest alone
-    manifest = _manifest(Path(out) / get_stage("student").name) or {}
-    baseline, teacher = manifest.get("baseline"), manifest.get("teacher") or {}
+    manifest = read_manifest(Path(out) / get_stage("student").name)
+    if manifest is None:
+        return []
+    baseline, teacher = manifest.section("baseline"), manifest.section("teacher")
     if not baseline or "shipped" not in baseline:
         return []
     t = (teacher.get("metrics") or {}).get("accuracy")
@@ -214,25 +213,24 @@ def findings(out: str | Path, config) -> list[str]:
 
 
 def _export_rows(folder: Path, stage, settings) -> list[dict]:
-    manifest = _manifest(folder)
-    if manifest is None:
+    if not (folder / MANIFEST).is_file():
         return []
+    export = load_export(folder)
     source = stage.parent_of(settings)
     budgets = settings.options.budgets
     rows = []
-    for artifact in manifest.get("artifacts", []):
-        check = artifact.get("verification", {})
-        misses = budgets.misses(f"{stage.name}/{artifact['file']}", artifact["size_bytes"], check)
-        fmt = "tfjs" if artifact["format"] == "tfjs_graph_model" else artifact["format"]
-        kind = {"tflite": f"TFLite {artifact['flavour']}", "onnx": f"ONNX {artifact['flavour']}",
+    for artifact in export.artifacts:
+        check = artifact.verification
+        misses = budgets.misses(f"{stage.name}/{artifact.file}", artifact.size_bytes, check)
+        fmt = "tfjs" if artifact.format == "tfjs_graph_model" else artifact.format
+        kind = {"tflite": f"TFLite {artifact.flavour}", "onnx": f"ONNX {artifact.flavour}",
                 "tfjs": "TF.js"}[fmt]
         rows.append({"artifact": f"{kind} ({source})", "stage": stage.name, "format": fmt,
-                     "path": str(inside(folder, artifact["file"], "artifact file",
-                                        folder / MANIFEST)), "parent": source,
-                     "architecture": manifest.get("architecture"),
+                     "path": str(export.file(artifact)), "parent": source,
+                     "architecture": export.manifest.architecture,
                      "accuracy": check.get("accuracy"), "images": check.get("images"),
                      "agreement": check.get("top1_agreement"),
-                     "size_bytes": artifact["size_bytes"], "gzip_bytes": artifact.get("gzip_bytes"),
+                     "size_bytes": artifact.size_bytes, "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
                      "budget": "fail" if misses else "pass", "misses": misses,
                      "measured_by": "stage"})

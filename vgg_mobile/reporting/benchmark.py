@@ -62,11 +62,11 @@ def benchmark_images(out: Path, data_dir: Path | None, limit: int | None):
     from vgg_mobile.core.run_dir import load_run
 
     teacher = load_run(out / REFERENCE)
-    recorded = (teacher.manifest.get("data") or {}).get("path")
+    recorded = teacher.manifest.data.get("path")
     if data_dir is None and not recorded:
         raise RunDirError(f"{teacher.path}: the manifest records no data folder; pass --data")
     folder = dataset.scan_folder(data_dir or recorded, classes=teacher.classes)
-    examples, split = splits.held_out(teacher.manifest, folder, "auto")
+    examples, split = splits.held_out(teacher.manifest.data, folder, "auto")
     # Drawn from every class in turn: a plain prefix of the held-out images (sorted by
     # class) would measure the first classes only.
     return teacher, list(splits.stratified_sample(examples, limit) if limit else examples), split

@@ -22,7 +22,8 @@ import numpy as np
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.errors import VggMobileError
 from vgg_mobile.core.io import write_text
-from vgg_mobile.core.outputs import MANIFEST, inside
+from vgg_mobile.core.export_dir import load_export
+from vgg_mobile.core.run_dir import read_manifest
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
@@ -102,11 +103,6 @@ def format_summary(rows) -> str:
     """The summary rows as a Markdown table, then its notes (`pipeline.summary.table_notes`):
     what `vgg-mobile pipeline` prints."""
     return "\n\n".join([markdown_table(SUMMARY_COLUMNS, rows), *table_notes(rows)])
-
-
-def _manifest(path: Path) -> dict:
-    file = path / MANIFEST
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
 # Marker per format; a Keras model is drawn hollow: it is measured, never shipped.
@@ -264,13 +260,15 @@ def shipped_predictions(out: Path, config: PipelineConfig) -> dict | str:
     from vgg_mobile.reporting.benchmark import benchmark_images
 
     folder = out / get_stage("export").name
-    manifest = _manifest(folder)
-    found = [a for a in manifest.get("artifacts", [])
-             if a.get("format") == "tflite" and a.get("flavour") == "int8"]
-    if not found:
-        return f"{folder / MANIFEST}: no int8 TFLite file recorded"
     try:
-        path = inside(folder, found[0]["file"], "artifact file", folder / MANIFEST)
+        export = load_export(folder)
+    except VggMobileError as err:
+        return str(err)
+    found = export.find("tflite", "int8")
+    if not found:
+        return f"{export.manifest_path}: no int8 TFLite file recorded"
+    try:
+        path = export.file(found[0])
         data = path.read_bytes()
         teacher, examples, split = benchmark_images(out, None, config.benchmark.images)
         runtime = runtimes.load(data, "tflite")
@@ -291,9 +289,14 @@ def shipped_label(shipped: dict) -> str:
 def _float_parent(out: Path, config: PipelineConfig, stage: str) -> str:
     """The first run from `stage` up its parent chain that is not quantization-aware."""
     seen = stage
-    while stage and _manifest(out / stage).get("quantization_aware"):
+    while stage and _quantization_aware(out / stage):
         stage = get_stage(stage).parent_of(getattr(config, stage))
     return stage or seen
+
+
+def _quantization_aware(run_path: Path) -> bool:
+    manifest = read_manifest(run_path)
+    return bool(manifest and manifest.quantization_aware)
 
 
 def _choose(examples, picked: list[int], limit: int) -> list[int]:
@@ -393,7 +396,8 @@ def _count(metrics: dict) -> int:
 def _history(path: Path) -> dict[str, list[float]]:
     """A run's per-epoch metrics: a compression run's manifest has them, the teacher's and the
     student's `history.json` (the student's under `distillation`)."""
-    history = (_manifest(path).get("compression") or {}).get("history")
+    manifest = read_manifest(path)
+    history = manifest.section("compression").get("history") if manifest else None
     file = path / "history.json"
     if not history and file.is_file():
         history = json.loads(file.read_text(encoding="utf-8"))
@@ -441,13 +445,13 @@ def _figures(out: Path, source: str, shipped: dict | str
     # The teacher and the shipped model: where the class errors start, and where they end up.
     evaluated = []
     teacher = get_stage("teacher").name
-    manifest = _manifest(out / teacher)
-    metrics = manifest.get("metrics") or {}
+    manifest = read_manifest(out / teacher)
+    metrics = manifest.metrics if manifest else {}
     if metrics.get("confusion_matrix"):
         label = f"{teacher} (Keras run, {_count(metrics)} validation images)"
         png = assets / f"{teacher}_confusion_matrix.png"
-        plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png, label)
-        evaluated.append((label, png, metrics, manifest["classes"]))
+        plots.confusion_matrix_png(metrics["confusion_matrix"], list(manifest.classes), png, label)
+        evaluated.append((label, png, metrics, list(manifest.classes)))
     if isinstance(shipped, dict):
         label = f"{source}, exported as the {shipped_label(shipped)}"
         png = assets / "shipped_int8_confusion_matrix.png"
@@ -456,16 +460,16 @@ def _figures(out: Path, source: str, shipped: dict | str
                                    shipped_label(shipped))
         evaluated.append((label, png, metrics, shipped["classes"]))
     elif source != teacher:
-        manifest = _manifest(out / source)
-        metrics = manifest.get("metrics") or {}
+        manifest = read_manifest(out / source)
+        metrics = manifest.metrics if manifest else {}
         if metrics.get("confusion_matrix"):
             # Not the shipped file's: said so in the heading.
             label = (f"{source} (Keras run, {_count(metrics)} validation images; not the "
                      f"shipped int8 TFLite, which could not be run: {shipped})")
             png = assets / f"{source}_confusion_matrix.png"
-            plots.confusion_matrix_png(metrics["confusion_matrix"], manifest["classes"], png,
+            plots.confusion_matrix_png(metrics["confusion_matrix"], list(manifest.classes), png,
                                        f"Keras {source} run")
-            evaluated.append((label, png, metrics, manifest["classes"]))
+            evaluated.append((label, png, metrics, list(manifest.classes)))
     return curves, evaluated
 
 
@@ -499,7 +503,7 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
             # The rest of the report does not depend on it: say why it is missing.
             not_explained = f"Grad-CAM not drawn: {type(err).__name__}: {err}"
     qat_timed = any(row["format"] == "keras" and row.get("latency_ms")
-                    and _manifest(out / row["stage"]).get("quantization_aware") for row in rows)
+                    and _quantization_aware(out / row["stage"]) for row in rows)
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, budgets, chart)
     gaps = chart_gaps(rows)

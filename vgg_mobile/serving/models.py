@@ -20,8 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vgg_mobile.core.errors import BadInputError, clip, require
-from vgg_mobile.core.outputs import inside
+from vgg_mobile.core.errors import BadInputError, require
+from vgg_mobile.core.export_dir import Artifact, Export, find_export, load_export
 from vgg_mobile.core.run_dir import LABELS, MANIFEST
 from vgg_mobile.runtimes import Runtime, runtime_for
 
@@ -192,29 +192,8 @@ class _Pool:
             self._free.put(runtime)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        # RecursionError: JSON nested deeper than Python's parser goes (a crafted file).
-        raise BadInputError(f"{path}: cannot be read as JSON ({type(err).__name__}: "
-                            f"{clip(err)})") from None
-    if not isinstance(data, dict):
-        raise BadInputError(f"{path}: expected a JSON object")
-    return data
-
-
-def _export_folder(folder: Path) -> Path | None:
-    """The export folder at `folder`: itself, or a pipeline output's `export/`, or `None`."""
-    for candidate in (folder, folder / "export"):
-        if (candidate / MANIFEST).is_file() and isinstance(
-                _read_json(candidate / MANIFEST).get("artifacts"), list):
-            return candidate
-    return None
-
-
-def resolve_artifact(source: str | Path,
-                     choice: ModelChoice = ModelChoice()) -> tuple[Path, dict | None]:
+def resolve_artifact(source: str | Path, choice: ModelChoice = ModelChoice(),
+                     ) -> tuple[Path, Export | None, Artifact | None]:
     """Finds the model file to serve.
 
     Args:
@@ -223,8 +202,8 @@ def resolve_artifact(source: str | Path,
         choice: Which artifact of a folder. Defaults to `ModelChoice()`.
 
     Returns:
-        The model file, and the export manifest's artifact entry with the manifest itself
-        under `"manifest"` (or `None` for a bare file).
+        The model file, the export folder and the artifact chosen in it (`None` and `None`
+        for a bare file).
 
     Raises:
         BadInputError: No such file or folder, an unknown suffix, or no artifact of the
@@ -238,10 +217,10 @@ def resolve_artifact(source: str | Path,
                                 f"expected {', '.join(SUFFIXES)})")
         if choice.format not in (None, kind):
             raise BadInputError(f"{source}: a {kind} file, but --format {choice.format} was asked")
-        return source, None
+        return source, None, None
     if not source.is_dir():
         raise BadInputError(f"{source}: no such file or folder")
-    folder = _export_folder(source)
+    folder = find_export(source)
     if folder is None:
         if (source / MANIFEST).is_file():
             # A training run: its Keras model is not served; its verified exports are.
@@ -251,37 +230,34 @@ def resolve_artifact(source: str | Path,
         raise BadInputError(f"{source}: not an export folder (no {MANIFEST} with artifacts, "
                             "here or in export/); give a .tflite or .onnx file, or a folder "
                             "written by `vgg-mobile convert`")
-    manifest = _read_json(folder / MANIFEST)
+    export = load_export(folder)
     fmt = choice.format or "tflite"
-    offered = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("format") in FORMATS]
-    found = [a for a in offered if a["format"] == fmt
-             and (choice.flavour is None or a.get("flavour") == choice.flavour)]
+    offered = [a for a in export.artifacts if a.format in FORMATS]
+    found = [a for a in offered if a.format == fmt
+             and (choice.flavour is None or a.flavour == choice.flavour)]
     if not found:
-        listed = ", ".join(f"{a['format']} {a.get('flavour')}" for a in offered) or "none"
-        raise BadInputError(f"{folder / MANIFEST}: no {fmt} artifact"
+        listed = ", ".join(f"{a.format} {a.flavour}" for a in offered) or "none"
+        raise BadInputError(f"{export.manifest_path}: no {fmt} artifact"
                             f"{f' of flavour {choice.flavour}' if choice.flavour else ''}; "
                             f"the folder has: {listed}")
     if choice.flavour is None:
-        found.sort(key=lambda a: a.get("flavour") != DEFAULT_FLAVOUR)
+        found.sort(key=lambda a: a.flavour != DEFAULT_FLAVOUR)
     artifact = found[0]
-    path = inside(folder, artifact.get("file"), "artifact file", folder / MANIFEST)
+    path = export.file(artifact)
     if not path.is_file():
-        raise BadInputError(f"{path}: listed in {folder / MANIFEST} but missing")
-    return path, {**artifact, "manifest": manifest}
+        raise BadInputError(f"{path}: listed in {export.manifest_path} but missing")
+    return path, export, artifact
 
 
-def _folder_classes(folder: Path, manifest: dict) -> tuple[str, ...]:
+def _folder_classes(export: Export) -> tuple[str, ...]:
     """The export folder's labels.txt, checked against the manifest's classes."""
-    classes = manifest.get("classes")
-    labels_path = folder / LABELS
+    classes = export.classes
+    labels_path = export.path / LABELS
     if labels_path.is_file():
         labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line]
-        if classes is not None and labels != list(classes):
+        if labels != list(classes):
             raise BadInputError(f"{labels_path}: labels {labels[:20]} disagree with the "
                                 f"manifest's classes {list(classes)[:20]}")
-        classes = labels
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise BadInputError(f"{folder}: no labels (labels.txt or the manifest's classes)")
     return tuple(classes)
 
 
@@ -421,16 +397,14 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
     require(threads >= 1, "threads must be at least 1", str(threads))
     require(pool_size >= 1, "pool_size must be at least 1", str(pool_size))
     source = Path(source)
-    path, artifact = resolve_artifact(source, choice)
-    manifest = artifact["manifest"] if artifact else None
+    path, export, artifact = resolve_artifact(source, choice)
     try:
         content = path.read_bytes()
     except OSError as err:
         raise BadInputError(f"{path}: cannot read the model ({err.strerror or err})") from None
     sha256 = hashlib.sha256(content).hexdigest()
-    fmt = artifact["format"] if artifact else SUFFIXES[path.suffix.lower()]
-    declared = (manifest or {}).get("input")
-    declared_size = declared.get("size") if isinstance(declared, dict) else None
+    fmt = artifact.format if artifact else SUFFIXES[path.suffix.lower()]
+    declared_size = export.manifest.input.get("size") if export else None
     metadata, labels, metadata_size = _DETAILS[fmt](content, path)
     runtime = runtime_for(fmt)
     try:
@@ -442,8 +416,7 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
     input_shape, output_shape = loaded[0].input_shape, loaded[0].output_shape
     if declared_size is None:
         declared_size = metadata_size
-    classes = _folder_classes(path.parent, manifest) if manifest else (
-        tuple(labels) if labels else None)
+    classes = _folder_classes(export) if export else (tuple(labels) if labels else None)
     if not classes:
         raise BadInputError(f"{path}: no labels: the model's metadata holds none, and a bare "
                             "model file has no labels.txt beside it to use; serve the export "
@@ -462,11 +435,12 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         raise BadInputError(f"{path}: the model fails when run on probe images "
                             f"({type(err).__name__}: {detail})") from None
     check_outputs(probs, len(classes), path)
-    options = (manifest or {}).get("options") or {}
+    options = export.manifest.section("options") if export else {}
     version = metadata.get("version") or options.get("version") or "unknown"
     return ServedModel(
-        source=source, path=path, format=fmt, flavour=artifact.get("flavour") if artifact else None,
+        source=source, path=path, format=fmt, flavour=artifact.flavour if artifact else None,
         name=str(metadata.get("name") or path.stem), version=str(version), sha256=sha256,
-        classes=classes, input_size=size, manifest=manifest, metadata=metadata,
+        classes=classes, input_size=size, manifest=export.record if export else None,
+        metadata=metadata,
         loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         runner=runner)
