@@ -354,6 +354,79 @@ def _epoch_recorder(state_path: Path | None, key: str, history: dict):
     return EpochRecorder()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """What the distilled student and its baseline are both trained with."""
+
+    config: DistillConfig
+    options: ModelOptions
+    parts: dataset.Split
+    n_classes: int
+    student_size: int
+    teacher_size: int
+    teacher: object  # the teacher under the strategy
+    distribution: dist.Distribution
+    augmentation: object
+    recorded: dict
+    out: Path
+    write_dir: Path
+    verbose: int | str
+    offline: bool
+    log: Callable[[str], None]
+
+    @property
+    def global_batch(self) -> int:
+        return self.distribution.global_batch(self.config.batch_size)
+
+
+def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
+    """Trains one student (distilled from the teacher, or alone: the baseline); returns it as
+    a plain float32 model, and its per-epoch history."""
+    import tf_keras as keras
+
+    config, distribution, parts = t.config, t.distribution, t.parts
+    steps_per_epoch = -(-len(parts.train) // t.global_batch)
+    learning_rate = distribution.scaled_learning_rate(config.learning_rate)
+    keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
+    with distribution.strategy.scope():
+        student = models.build_classifier(t.options, t.n_classes, offline=t.offline)
+        if distribution.config.mixed_precision:
+            student = dist.to_mixed_precision(student)
+        distiller = build_distiller(student, t.teacher if with_teacher else None,
+                                    config.temperature, config.alpha if with_teacher else 1.0,
+                                    mixup=config.mixup if with_teacher else 0.0)
+        distiller.compile(
+            optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
+                                          distribution.config),
+            jit_compile=distribution.config.jit_compile)
+    train_ds = dataset.make_multi_view_dataset(
+        parts.train, (t.student_size, t.teacher_size) if with_teacher else (t.student_size,),
+        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed)
+    if not with_teacher:
+        train_ds = train_ds.map(lambda x, y: (x[0], y))
+    val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, t.student_size, t.global_batch,
+                                                      t.n_classes))
+              if parts.val else None)
+    key = "distillation" if with_teacher else "baseline"
+    history = {k: list(v) for k, v in t.recorded.get(key, {}).items()}
+    done = len(next(iter(history.values()), []))
+    # The record first, then the backup: a kill between the two redoes an epoch rather
+    # than skip one. The backup is kept at the end of training (delete_checkpoint=False),
+    # so a run resumed after this fit finished restores it whole instead of redoing it.
+    backup = dist.backup_callback(t.out / CHECKPOINTS / "backup" / key,
+                                  t.write_dir / CHECKPOINTS / "backup" / key, distribution,
+                                  delete_checkpoint=False)
+    if done:
+        t.log(f"{key}: {min(done, config.epochs)} of {config.epochs} epochs recorded; resuming "
+              "from the last backup (Keras BackupAndRestore)")
+    state_path = t.out / CHECKPOINTS / STATE if t.write_dir == t.out else None
+    distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds, epochs=config.epochs,
+                  verbose=t.verbose, callbacks=[_epoch_recorder(state_path, key, history), backup,
+                                                *fit_callbacks])
+    # Evaluation, conversion and tfmot take a plain float32 model outside the strategy.
+    return dist.to_float32(student), history
+
+
 def _distill(teacher_run, teacher, folder, choice, out, write_dir,
              config, command, log, verbose, callbacks, distribution, recorded, stage,
              offline) -> DistillResult:
@@ -363,9 +436,6 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     student_size = config.image_size or teacher_size
     options = config.student_options(student_size)
     options = models.settle_auto_weights(options, log, "student: ", "--student-weights")
-    spec = models.get_architecture(config.student)
-    global_batch = distribution.global_batch(config.batch_size)
-    learning_rate = distribution.scaled_learning_rate(config.learning_rate)
     # The copy used in training lives under the strategy; `teacher` stays a plain model for
     # measuring it afterwards.
     if distribution.name == "default":
@@ -374,54 +444,15 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         with distribution.strategy.scope():
             teacher_in_strategy = teacher_run.load_model()
 
-    import tf_keras as keras
-
     from vgg_mobile.evaluation import metrics as evaluation
-    from vgg_mobile.evaluation import plots
 
-    augmentation = dataset.augmentation_for(config.augment, max(student_size, teacher_size))
-    steps_per_epoch = -(-len(parts.train) // global_batch)
-
-    state_path = out / CHECKPOINTS / STATE if write_dir == out else None
-
-    def train_student(with_teacher: bool, fit_callbacks=()):
-        keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
-        with distribution.strategy.scope():
-            student = models.build_classifier(options, n_classes, offline=offline)
-            if distribution.config.mixed_precision:
-                student = dist.to_mixed_precision(student)
-            distiller = build_distiller(student, teacher_in_strategy if with_teacher else None,
-                                        config.temperature, config.alpha if with_teacher else 1.0,
-                                        mixup=config.mixup if with_teacher else 0.0)
-            distiller.compile(
-                optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
-                                              distribution.config),
-                jit_compile=distribution.config.jit_compile)
-        train_ds = dataset.make_multi_view_dataset(
-            parts.train, (student_size, teacher_size) if with_teacher else (student_size,),
-            global_batch, n_classes, training=True, augmentation=augmentation, seed=config.seed)
-        if not with_teacher:
-            train_ds = train_ds.map(lambda x, y: (x[0], y))
-        val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, student_size, global_batch,
-                                                          n_classes))
-                  if parts.val else None)
-        key = "distillation" if with_teacher else "baseline"
-        history = {k: list(v) for k, v in recorded.get(key, {}).items()}
-        done = len(next(iter(history.values()), []))
-        # The record first, then the backup: a kill between the two redoes an epoch rather
-        # than skip one. The backup is kept at the end of training (delete_checkpoint=False),
-        # so a run resumed after this fit finished restores it whole instead of redoing it.
-        backup = dist.backup_callback(out / CHECKPOINTS / "backup" / key,
-                                      write_dir / CHECKPOINTS / "backup" / key, distribution,
-                                      delete_checkpoint=False)
-        if done:
-            log(f"{key}: {min(done, config.epochs)} of {config.epochs} epochs recorded; resuming "
-                "from the last backup (Keras BackupAndRestore)")
-        distiller.fit(dist.shard_by_data(train_ds), validation_data=val_ds, epochs=config.epochs,
-                      verbose=verbose, callbacks=[_epoch_recorder(state_path, key, history), backup,
-                                                  *fit_callbacks])
-        # Evaluation, conversion and tfmot take a plain float32 model outside the strategy.
-        return dist.to_float32(student), history
+    training = _Training(
+        config=config, options=options, parts=parts, n_classes=n_classes,
+        student_size=student_size, teacher_size=teacher_size, teacher=teacher_in_strategy,
+        distribution=distribution,
+        augmentation=dataset.augmentation_for(config.augment, max(student_size, teacher_size)),
+        recorded=recorded, out=out, write_dir=write_dir, verbose=verbose, offline=offline,
+        log=log)
 
     def val_metrics(model, size):
         return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
@@ -432,11 +463,11 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     if distribution.is_special:
         log(distribution.describe(config.batch_size, config.learning_rate))
     t0 = time.perf_counter()
-    student, history = train_student(True, callbacks)
+    student, history = _train_student(training, True, callbacks)
     baseline_metrics = baseline_history = None
     if config.baseline:
         log(f"baseline: the same {config.student} trained without the teacher, same budget")
-        baseline, baseline_history = train_student(False)
+        baseline, baseline_history = _train_student(training, False)
         baseline_metrics = val_metrics(baseline, student_size)
     seconds = time.perf_counter() - t0
 
@@ -453,59 +484,71 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     # training: a large gap means BatchNormalization's moving statistics did not keep up.
     probs, labels = evaluation.predict(student, parts.train, student_size, n_classes, config.batch_size)
     train_accuracy_inference = float((probs.argmax(axis=1) == labels).mean())
-    student_parameters = int(student.count_params())
-    teacher_parameters = int(teacher.count_params())
-    distribution_record = {**distribution.record(config.batch_size, config.learning_rate),
-                           "weights_sha256": dist.weights_digest(student)}
+    result = DistillResult(
+        out, metrics, teacher_metrics, baseline_metrics, history, int(student.count_params()),
+        int(teacher.count_params()), seconds, wrote_run=write_dir == out,
+        distribution={**distribution.record(config.batch_size, config.learning_rate),
+                      "weights_sha256": dist.weights_digest(student)},
+        verdict=verdict)
     if write_dir != out:
         log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
             f"this worker's own files went to {write_dir} (deleted on exit)")
-        return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
-                             student_parameters, teacher_parameters, seconds,
-                             wrote_run=False, distribution=distribution_record, verdict=verdict)
+        return result
+
+    from vgg_mobile.evaluation import plots
 
     write_json(out / "history.json", {"distillation": history, "baseline": baseline_history})
     plots.training_curves_png(
         {"loss": history.get("student_loss", []), "accuracy": history.get("accuracy", []),
          "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
         out / "training_curves.png")
-    teacher_input = dict(teacher_run.manifest.input)
-    manifest = Manifest(
+    manifest = _student_manifest(result, teacher_run, folder, choice, training, command, stage,
+                                 distilled_metrics, train_accuracy_inference)
+    finish_run(out, student, manifest)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return result
+
+
+def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t: _Training,
+                      command, stage: str, distilled_metrics: dict,
+                      train_accuracy_inference: float) -> Manifest:
+    """The student run's manifest: its input (the teacher's, at the student's size), what
+    taught it and how, and the baseline's verdict."""
+    config, student_size = t.config, t.student_size
+    spec = models.get_architecture(config.student)
+    return Manifest(
         stage=stage, classes=folder.classes,
         architecture=config.student,
-        input={**teacher_input, "size": [student_size, student_size], "channels": 3,
+        input={**teacher_run.manifest.input, "size": [student_size, student_size], "channels": 3,
                "dtype": "float32", "range": [0, 255], "color": "RGB", "layout": "NHWC"},
         preprocessing=spec.preprocessing["scratch"],
         output={"layer": "probs", "activation": "softmax", "logits_layer": "logits"},
-        config={"model": dataclasses.asdict(options), "distill": dataclasses.asdict(config)},
+        config={"model": dataclasses.asdict(t.options), "distill": dataclasses.asdict(config)},
         command=command,
         data=splits.data_record(folder, choice),
         parent=str(teacher_run.path.resolve()),
-        metrics=metrics,
+        metrics=result.metrics,
         sections=dict(
             tfmot_compatible=spec.tfmot_compatible,
-        teacher={"run": str(teacher_run.path.resolve()),
-                 "architecture": teacher_run.manifest.architecture,
-                 "image_size": teacher_size, "parameters": teacher_parameters,
-                 "metrics": _summary(teacher_metrics)},
-        baseline=None if baseline_metrics is None else {
-            "description": "the same student, same initialisation and budget, without the teacher",
-            "metrics": _summary(baseline_metrics),
-            "distilled_metrics": _summary(distilled_metrics),
-            **verdict,
-        },
-        distillation={"temperature": config.temperature, "alpha": config.alpha,
-                      "mixup": config.mixup,
-                      "epochs": config.epochs, "consistent_teaching": True,
-                      "student_parameters": student_parameters,
-                      "parameter_ratio": round(student_parameters / teacher_parameters, 4),
-                      "train_accuracy_last_epoch": history.get("accuracy", [None])[-1],
-                      "train_accuracy_inference": round(train_accuracy_inference, 4),
-                      "seconds": round(seconds, 1)},
-        distribution=distribution_record),
+            teacher={"run": str(teacher_run.path.resolve()),
+                     "architecture": teacher_run.manifest.architecture,
+                     "image_size": t.teacher_size, "parameters": result.teacher_parameters,
+                     "metrics": _summary(result.teacher_metrics)},
+            baseline=None if result.baseline_metrics is None else {
+                "description": "the same student, same initialisation and budget, without the "
+                               "teacher",
+                "metrics": _summary(result.baseline_metrics),
+                "distilled_metrics": _summary(distilled_metrics),
+                **result.verdict,
+            },
+            distillation={"temperature": config.temperature, "alpha": config.alpha,
+                          "mixup": config.mixup,
+                          "epochs": config.epochs, "consistent_teaching": True,
+                          "student_parameters": result.student_parameters,
+                          "parameter_ratio": round(result.student_parameters
+                                                   / result.teacher_parameters, 4),
+                          "train_accuracy_last_epoch": result.history.get("accuracy", [None])[-1],
+                          "train_accuracy_inference": round(train_accuracy_inference, 4),
+                          "seconds": round(result.seconds, 1)},
+            distribution=result.distribution),
     )
-    finish_run(out, student, manifest)
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    return DistillResult(out, metrics, teacher_metrics, baseline_metrics, history,
-                         student_parameters, teacher_parameters, seconds,
-                         distribution=distribution_record, verdict=verdict)

@@ -754,6 +754,19 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     app.state.service, app.state.metrics, app.state.config = service, metrics, config
     app.state.budget = budget
 
+    disconnected = _add_error_handling(app, metrics, config)
+    _add_predict_route(app, service, config, metrics, disconnected,
+                       (executor, large_executor), budget)
+    _add_information_routes(app, service, metrics)
+    _add_admin_routes(app, service, config)
+    return app
+
+
+def _add_error_handling(app, metrics: ServingMetrics, config: ServeConfig):
+    """Every refusal answers `{"error", "detail"}` and is counted; so is every request (the
+    middleware), and an unexpected exception becomes a counted 500. Returns `disconnected`:
+    the refusal for a request whose client went away."""
+
     def refuse(exc: Refusal):
         metrics.errors.labels(reason=exc.reason).inc()
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status,
@@ -799,18 +812,29 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
         metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response
 
-    def authorize(request: Request) -> None:
-        if config.admin_token:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, f"Bearer {config.admin_token}".encode()):
-                raise Refusal(401, "unauthorized", "admin endpoints need the header "
-                              "'Authorization: Bearer <token>' with the --admin-token")
-            return
-        host = request.client.host if request.client else None
-        proxied = "x-forwarded-for" in request.headers or "forwarded" in request.headers
-        if not _is_loopback(host) or proxied:
-            raise Refusal(403, "forbidden", "without --admin-token, admin endpoints answer only "
-                          "clients on this machine, not through a proxy")
+    return disconnected
+
+
+def _authorize(request: Request, config: ServeConfig) -> None:
+    """Admin endpoints: the bearer token when one is set, else clients on this machine only."""
+    if config.admin_token:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {config.admin_token}".encode()):
+            raise Refusal(401, "unauthorized", "admin endpoints need the header "
+                          "'Authorization: Bearer <token>' with the --admin-token")
+        return
+    host = request.client.host if request.client else None
+    proxied = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+    if not _is_loopback(host) or proxied:
+        raise Refusal(403, "forbidden", "without --admin-token, admin endpoints answer only "
+                      "clients on this machine, not through a proxy")
+
+
+def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics: ServingMetrics,
+                       disconnected, executors, budget: DecodeBudget) -> None:
+    """`POST /predict`: the upload's headers are checked against the limits before any pixel
+    is decoded; a large image decodes on its own executor (`executors`: normal, large)."""
+    executor, large_executor = executors
 
     @app.post("/predict", summary="Classify one image, or several in multipart file parts",
               description=PREDICT_DESCRIPTION, response_model=None,
@@ -864,6 +888,9 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
                  "format": model.format}
         return {"images": results, **about} if several else {**results[0], **about}
 
+
+def _add_information_routes(app, service: ModelService, metrics: ServingMetrics) -> None:
+    """`/`, `/docs`, `/health` (GET and HEAD), `/model`, `/metrics`."""
     @app.get("/", summary="The service, the model it serves and its endpoints")
     async def root():
         model = service.current
@@ -908,20 +935,21 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     async def metrics_text():
         return Response(metrics.render(), media_type=metrics.content_type)
 
+
+def _add_admin_routes(app, service: ModelService, config: ServeConfig) -> None:
+    """`POST /admin/reload` and `/admin/rollback`, behind `_authorize`."""
     @app.post("/admin/reload", summary="Read the ARTIFACT again and serve it once it passed "
               "its check", responses={**ADMIN_RESPONSES, 422: _errors(
                   "`model_refused`: the new model failed its check; the old one serves.")})
     async def reload(request: Request):
-        authorize(request)
+        _authorize(request, config)
         return await asyncio.get_running_loop().run_in_executor(None, service.reload)
 
     @app.post("/admin/rollback", summary="Serve the previous model again",
               responses=ADMIN_RESPONSES)
     async def rollback(request: Request):
-        authorize(request)
+        _authorize(request, config)
         return service.rollback()
-
-    return app
 
 
 def app_from_environment():

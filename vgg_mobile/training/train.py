@@ -209,21 +209,8 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
     replicas = distribution.replicas
     global_batch = distribution.global_batch(config.batch_size)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)
-    if resume:
-        # Every worker reads the chief's record, so that all of them skip the same phases.
-        state = read_resume_state(out / CHECKPOINTS / STATE, out, {"config": run_config,
-                                  "data_fingerprint": fingerprint, "replicas": replicas})
-        if write_dir != out:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-        # Resuming without a checkpoint yet (killed during epoch 1) restarts from scratch.
-        build_options = dataclasses.replace(options, weights="none") if state.get("checkpoint") else options
-    else:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {"config": run_config, "data_fingerprint": fingerprint, "epochs_done": 0,
-                 "checkpoint": None, "history": {}, "command": command, "replicas": replicas}
-        write_json(ckpt_dir / STATE, state)
-        build_options = options
-    state["replicas"] = replicas
+    state, build_options = _start_state(out, ckpt_dir, run_config, fingerprint, command,
+                                        replicas, resume, options)
     import tf_keras as keras
 
     from vgg_mobile.evaluation import metrics as evaluation
@@ -308,7 +295,46 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
                            wrote_run=False, weights_sha256=digest, distribution=distribution_record)
     write_json(out / "history.json", history)
     plots.training_curves_png(history, out / "training_curves.png")
-    manifest = Manifest(
+    training = {"epochs": config.epochs, "phases": [dataclasses.asdict(p) for p in phases],
+                "resumed_from_epoch": start_epoch,
+                "restored_from_backup_epoch": restored_from_backup,
+                "images_per_second": round(throughput, 1),
+                "parameters": int(final.count_params())}
+    finish_run(out, final, _teacher_manifest(
+        stage, folder, choice, options, run_config, command, metrics,
+        sections=dict(training=training, distribution=distribution_record)))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return TrainResult(out, metrics, history, config.epochs, throughput, start_epoch,
+                       weights_sha256=digest, distribution=distribution_record)
+
+
+def _start_state(out: Path, ckpt_dir: Path, run_config: dict, fingerprint: str, command,
+                 replicas: int, resume: bool, options) -> tuple[dict, object]:
+    """The checkpoint record to train from (the chief's, on a resume; a new one written to
+    `ckpt_dir` otherwise), and the options to build the model with."""
+    if resume:
+        # Every worker reads the chief's record, so that all of them skip the same phases.
+        state = read_resume_state(out / CHECKPOINTS / STATE, out, {"config": run_config,
+                                  "data_fingerprint": fingerprint, "replicas": replicas})
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # Resuming without a checkpoint yet (killed during epoch 1) restarts from scratch.
+        build_options = dataclasses.replace(options, weights="none") if state.get("checkpoint") else options
+    else:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {"config": run_config, "data_fingerprint": fingerprint, "epochs_done": 0,
+                 "checkpoint": None, "history": {}, "command": command, "replicas": replicas}
+        write_json(ckpt_dir / STATE, state)
+        build_options = options
+    state["replicas"] = replicas
+    return state, build_options
+
+
+def _teacher_manifest(stage: str, folder, choice, options, run_config: dict, command,
+                      metrics: dict, sections: dict) -> Manifest:
+    """A trained run's manifest: its input contract (the resize rule that Android and the
+    browser follow), preprocessing and output layers."""
+    spec = models.get_architecture(options.architecture)
+    return Manifest(
         stage=stage, classes=folder.classes,
         architecture=options.architecture,
         input={"size": [options.image_size, options.image_size], "channels": 3,
@@ -322,14 +348,5 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
         data=splits.data_record(folder, choice),
         parent=None,
         metrics=metrics,
-        sections=dict(training={"epochs": config.epochs, "phases": [dataclasses.asdict(p) for p in phases],
-                  "resumed_from_epoch": start_epoch,
-                  "restored_from_backup_epoch": restored_from_backup,
-                  "images_per_second": round(throughput, 1),
-                  "parameters": int(final.count_params())},
-        distribution=distribution_record),
+        sections=sections,
     )
-    finish_run(out, final, manifest)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainResult(out, metrics, history, config.epochs, throughput, start_epoch,
-                       weights_sha256=digest, distribution=distribution_record)
