@@ -113,8 +113,8 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     top_level, = [n for n in names if n.endswith(".dist-info/top_level.txt")]
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["vgg_mobile"]
     assert not [n for n in names if not n.startswith(("vgg_mobile/", "vgg_mobile-"))], names
-    for shipped in ("vgg_mobile/py.typed", "vgg_mobile/web_demo/index.html",
-                    "vgg_mobile/web_demo/app.js", "vgg_mobile/web_demo/style.css",
+    for shipped in ("vgg_mobile/py.typed", "vgg_mobile/web_demo/page/index.html",
+                    "vgg_mobile/web_demo/page/app.js", "vgg_mobile/web_demo/page/style.css",
                     "vgg_mobile/android_assets/README.template.md", "vgg_mobile/converters/js/predict.mjs",
                     "vgg_mobile/converters/js/package.json",
                     "vgg_mobile/converters/js/package-lock.json"):
@@ -141,7 +141,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     int8 = work / "E" / artifacts["tflite"]["file"]
     report = json.loads(run(tool, "inspect", int8, "--json").stdout)
     assert report["size_bytes"] == int8.stat().st_size and report["metadata"]
-    run(tool, "demo", "S", "--model", "E")
+    run(tool, "web-demo", "S", "--model", "E")
     assert (work / "S" / "vendor" / "tf.min.js").is_file()
 
     assert_serves_demo([str(tool), "serve", "S", "--port", "0"], work, env)

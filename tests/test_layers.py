@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS = ("core", "data", "runtimes", "models", "evaluation", "training", "compression",
-          "distillation", "converters", "serving", "site", "pipeline", "reporting", "cli")
+          "distillation", "converters", "serving", "web_demo", "pipeline", "reporting", "cli")
 # What a package may import, where the order above allows more (a reason beside each).
 # The converters verify every artifact in its runtime; they know nothing of training.
 CONVERTERS_MAY_IMPORT = ("core", "data", "runtimes")

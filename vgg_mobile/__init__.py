@@ -61,7 +61,7 @@ _API = {
     # exports
     "ConvertOptions": "vgg_mobile.converters.convert", "convert_run": "vgg_mobile.converters.convert",
     # the web demo
-    "assemble_demo": "vgg_mobile.site",
+    "assemble_demo": "vgg_mobile.web_demo.build",
     # the pipeline, its summary, benchmark and report
     "PipelineConfig": "vgg_mobile.pipeline.config", "build_config": "vgg_mobile.pipeline.config",
     "load_config": "vgg_mobile.pipeline.config", "run_pipeline": "vgg_mobile.pipeline.runner",

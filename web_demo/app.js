@@ -390,7 +390,7 @@ window.vggDemo = {
     (err) => {
       document.body.dataset.state = "error";
       showError(`Could not load the model bundle from ${MODEL_DIR}: ${err.message}. ` +
-                "Build the demo folder with `vgg-mobile demo OUT --model EXPORT`.");
+                "Build the demo folder with `vgg-mobile web-demo OUT --model EXPORT`.");
     }),
   benchmark,
   switchTo,

@@ -199,9 +199,9 @@ def test_the_results_table_puts_every_accuracy_on_the_same_images():
 
 def test_the_stage_table_adds_up():
     table = real_data.format_stages([{"stage": "teacher", "status": "ran", "seconds": 10.5},
-                                     {"stage": "site", "status": "not run", "seconds": None}])
+                                     {"stage": "web_demo", "status": "not run", "seconds": None}])
     assert table.splitlines()[-1] == "| **total** | | **10.5** |"
-    assert "| site | not run | - |" in table
+    assert "| web_demo | not run | - |" in table
 
 
 def test_the_student_stage_is_split_at_its_baseline_by_its_log_lines():

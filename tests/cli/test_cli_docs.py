@@ -20,6 +20,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 UNTABLED = {"doctor": "a paragraph under 'Training the teacher' (its only flag is --json)",
             "inspect": "a paragraph under 'Converting' (its only flag is --json)",
             "serve-model": "docs/serving.md#options"}
+# Commands kept under a former name, hidden from --help: documented under their new name.
+HIDDEN = {name for name, command in main.commands.items() if command.hidden}
 
 
 @dataclasses.dataclass
@@ -105,7 +107,7 @@ DOCUMENTED = sorted({row.command for row in ROWS})
 def test_the_tables_are_found_and_name_real_commands():
     assert len(DOCUMENTED) >= 12 and len(ROWS) > 100
     assert set(DOCUMENTED) <= set(main.commands), set(DOCUMENTED) - set(main.commands)
-    untabled = set(main.commands) - set(DOCUMENTED)
+    untabled = set(main.commands) - set(DOCUMENTED) - HIDDEN
     assert untabled == set(UNTABLED), f"commands with no flag table in docs/cli.md: {untabled}"
 
 

@@ -123,6 +123,16 @@ def test_debug_works_after_the_subcommand_and_the_hint_says_where_it_goes():
     assert "Traceback" in result.output and "RuntimeError: a bug (x)" in result.output
 
 
+def test_demo_is_web_demo_under_its_old_name_and_says_so(cli, tmp_path):
+    top = cli("--help")
+    assert "web-demo" in top.stdout and not re.search(r"^  demo ", top.stdout, re.MULTILINE)
+    result = cli("demo", tmp_path / "out", "--model", tmp_path / "absent")
+    assert result.returncode == 2, result.stderr
+    note, error = result.stderr.splitlines()[:2]
+    assert note == "note: vgg-mobile demo is now vgg-mobile web-demo"
+    assert error.startswith(f"error: {tmp_path / 'absent' / 'model.json'}: missing"), error
+
+
 def test_global_flags_after_the_subcommand_reach_the_real_command(cli, tmp_path):
     result = cli("sample-data", tmp_path / "d", "--images-per-class", "2", "--image-size", "32",
                  "--verbose", "--debug")
@@ -151,12 +161,12 @@ def test_the_printed_serve_hint_runs_as_printed_from_the_users_shell(teacher_exp
     shell["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                     if p and Path(p).resolve() != venv_bin)
     assert shutil.which("vgg-mobile", path=shell["PATH"]) is None
-    done = subprocess.run([uv, "run", "--frozen", "vgg-mobile", "demo", str(tmp_path / "site"),
+    done = subprocess.run([uv, "run", "--frozen", "vgg-mobile", "web-demo", str(tmp_path / "web_demo"),
                            "--model", str(base / "out")], cwd=root, env=shell,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     hint = done.stdout.split("open it with: ", 1)[1].strip()
-    assert hint.endswith(f"serve {tmp_path / 'site'}"), hint
+    assert hint.endswith(f"serve {tmp_path / 'web_demo'}"), hint
     assert_serves_demo(["bash", "-c", f"exec {hint} --port 0"], root, shell)
 
 

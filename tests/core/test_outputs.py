@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vgg_mobile.core.errors import BadInputError, OutputBusyError, RunDirError
-from vgg_mobile.core.outputs import (claim_output, inside, lock, output_kind, replacing_path,
-                                     safe_name)
+from vgg_mobile.core.outputs import (claim_output, inside, lock, marker, output_kind,
+                                     replacing_path, safe_name)
 
 
 def own_run(path: Path, stage: str = "teacher", model_file: str | None = "model.keras") -> Path:
@@ -66,6 +66,13 @@ def test_force_replaces_only_the_same_kind_of_output(tmp_path):
         with claim_output(export, ("run",), force=True):
             pass
     assert (export / "manifest.json").exists()
+    page = tmp_path / "web_demo"
+    page.mkdir()
+    (page / "manifest.json").write_text(json.dumps(marker("web_demo", "web_demo")))
+    assert output_kind(page) == "web_demo"
+    with pytest.raises(RunDirError, match="web demo output, not a run"):
+        with claim_output(page, ("run",), force=True):
+            pass
 
 
 def test_a_finished_output_needs_force(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from vgg_mobile.core import resources
 from vgg_mobile.core.errors import BadInputError, VggMobileError
-from vgg_mobile.site import PAGE_FILES
+from vgg_mobile.web_demo.build import PAGE_FILES
 
 
 def test_package_data_is_found_through_the_packages():

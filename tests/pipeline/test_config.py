@@ -58,7 +58,7 @@ def test_presets_keep_their_values_under_the_new_names():
         assert config.web_export.source == "student" and config.web_export.enabled
         assert config.web_export.options == dataclasses.replace(
             config.export.options, flavours=("float16",), tfjs=True, onnx=False)
-        assert config.site.enabled and config.benchmark.enabled
+        assert config.web_demo.enabled and config.benchmark.enabled
     assert (real.benchmark.repeats, real.benchmark.images) == (20, 200)
 
 
@@ -106,7 +106,7 @@ def test_export_sections_fix_what_their_stage_decides():
     ("[pruned]\ntarget_sparsity = 1.5\n", ("[pruned]", "target_sparsity=1.5")),
     ("[export]\nmax_accuracy_drop = 2\n", ("[export]", "max_accuracy_drop=2")),
     ("[export]\nsource = 'nope'\n", ("[export] source", "student_qat", "source='nope'")),
-    ("[web_export]\nsource = 'site'\n", ("[web_export] source", "source='site'")),
+    ("[web_export]\nsource = 'web_demo'\n", ("[web_export] source", "source='web_demo'")),
     ("[benchmark]\nrepeats = 0\n", ("[benchmark]", "repeats=0")),
 ])
 def test_bad_values_name_the_file_section_key_and_value(text, words):
@@ -119,7 +119,8 @@ def test_bad_values_name_the_file_section_key_and_value(text, words):
 
 
 @pytest.mark.parametrize("old, new", [("prune", "[pruned]"), ("qat", "[pruned_qat]"),
-                                      ("distill", "[student]"), ("demo", "[site]"),
+                                      ("distill", "[student]"), ("demo", "[web_demo]"),
+                                      ("site", "[web_demo]"),
                                       ("convert", "[export] and [web_export]")])
 def test_old_section_names_say_what_they_were_renamed(old, new):
     with pytest.raises(BadInputError) as err:
@@ -143,7 +144,7 @@ def test_unreadable_or_invalid_files_are_named(tmp_path):
 
 def test_config_of_an_out_folder(tmp_path):
     assert load_pipeline_config(tmp_path) == build_config({})
-    config = load_config(text="[student_qat]\nepochs = 3\n[site]\nenabled = false\n")
+    config = load_config(text="[student_qat]\nepochs = 3\n[web_demo]\nenabled = false\n")
     (tmp_path / pipeline_config.CONFIG_FILE).write_text(config_toml(config, "a test's"))
     assert load_pipeline_config(tmp_path) == config
 

@@ -125,7 +125,7 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     statuses = {s["name"]: s["status"] for s in summary["stages"]}
     assert statuses == {"teacher": "skipped", "pruned": "skipped", "pruned_qat": "ran",
                         "student": "ran", "student_qat": "ran", "export": "ran",
-                        "web_export": "ran", "site": "ran", "benchmark": "ran"}
+                        "web_export": "ran", "web_demo": "ran", "benchmark": "ran"}
     # One name per stage: its section, its folder, its manifest's `stage`, its summary rows.
     for name in STAGE_NAMES:
         assert (out / name).is_dir(), name
@@ -147,11 +147,11 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     check = artifact["verification"]
     assert check["images"] == export["data"]["verification_images"] > 0
     assert 0 <= check["top1_agreement"] <= 1 and check["max_probability_difference"] < 0.5
-    assert (out / "android").is_dir() and (out / "site" / "index.html").is_file()
+    assert (out / "android").is_dir() and (out / "web_demo" / "index.html").is_file()
     # The page offers MediaPipe on the int8 TFLite that ships (the export stage's).
-    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
+    runtimes = json.loads((out / "web_demo" / "runtimes.json").read_text())
     assert runtimes["mediapipe"]["source"] == artifact["file"], runtimes
-    assert ((out / "site" / runtimes["mediapipe"]["model"]).read_bytes()
+    assert ((out / "web_demo" / runtimes["mediapipe"]["model"]).read_bytes()
             == (out / "export" / artifact["file"]).read_bytes())
     web = json.loads((out / "web_export" / "manifest.json").read_text())
     assert any(a["format"] == "tfjs_graph_model" for a in web["artifacts"])
@@ -218,10 +218,10 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     # The page reads the export stage's int8 TFLite: a redone export redoes the page, whose
     # MediaPipe runtime then runs the new file, not the one the failed runs discarded.
     assert [name for name, status in statuses.items() if status == "ran"] == [
-        "student_qat", "export", "site"]
+        "student_qat", "export", "web_demo"]
     export = json.loads((out / "export" / "manifest.json").read_text())
-    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
-    assert ((out / "site" / runtimes["mediapipe"]["model"]).read_bytes()
+    runtimes = json.loads((out / "web_demo" / "runtimes.json").read_text())
+    assert ((out / "web_demo" / runtimes["mediapipe"]["model"]).read_bytes()
             == (out / "export" / export["artifacts"][0]["file"]).read_bytes())
     # The earlier benchmark measured artifacts since redone: it is gone, not shown as theirs.
     assert not (out / "benchmark").exists()
@@ -245,7 +245,7 @@ def test_a_redone_stage_discards_the_report_and_what_was_built_from_it(tmp_path)
     # do not read it.
     _discard_dependents(out, plan, names.index("export"))
     left = sorted(p.name for p in out.iterdir())
-    assert left == sorted(set(names) - {"benchmark", "site"}), left
+    assert left == sorted(set(names) - {"benchmark", "web_demo"}), left
     # The teacher is redone: everything after it was built from it.
     _discard_dependents(out, plan, names.index("teacher"))
     assert sorted(p.name for p in out.iterdir()) == ["teacher"]
@@ -260,9 +260,9 @@ def test_every_stage_declares_the_stages_it_reads():
     names = [stage.name for stage, _ in stage_plan(config)]
     reads = {name: get_stage(name).inputs_of(getattr(config, name), names[:names.index(name)])
              for name in names}
-    assert reads["site"] == ("export", "web_export")
+    assert reads["web_demo"] == ("export", "web_export")
     assert reads["export"] == ("student_qat",) and reads["student"] == ("teacher",)
     assert reads["benchmark"] == tuple(names[:-1])
     # An export made from the float student instead: the page still reads the export stage.
     config = build_config({"export": {"source": "student"}}, "sample")
-    assert get_stage("site").inputs_of(config.site, names) == ("export", "web_export")
+    assert get_stage("web_demo").inputs_of(config.web_demo, names) == ("export", "web_export")

@@ -15,7 +15,7 @@ from vgg_mobile.pipeline.stages import KINDS, RUN_STAGES, STAGE_NAMES, STAGES, S
 
 def test_names_are_unique_and_in_the_documented_order():
     assert STAGE_NAMES == ("teacher", "pruned", "pruned_qat", "student", "student_qat", "export",
-                           "web_export", "site", "benchmark")
+                           "web_export", "web_demo", "benchmark")
     assert RUN_STAGES == ("teacher", "pruned", "pruned_qat", "student", "student_qat")
 
 
@@ -58,7 +58,8 @@ def test_titles_resumes_and_sources():
 def test_former_names_are_no_current_names():
     assert set(RENAMED).isdisjoint(STAGE_NAMES)
     assert RENAMED == {"prune": ("pruned",), "qat": ("pruned_qat",), "distill": ("student",),
-                       "convert": ("export", "web_export"), "demo": ("site",)}
+                       "convert": ("export", "web_export"), "demo": ("web_demo",),
+                       "site": ("web_demo",)}
 
 
 def test_the_plan_follows_enabled_and_parents():
@@ -66,13 +67,13 @@ def test_the_plan_follows_enabled_and_parents():
     config = build_config({"web_export": {"enabled": False}, "benchmark": {"enabled": False}})
     # No web demo without the TF.js bundle it is built on.
     assert [s.name for s, _ in stage_plan(config)] == list(RUN_STAGES) + ["export"]
-    config = build_config({"site": {"enabled": False}, "export": {"source": "pruned_qat"}})
+    config = build_config({"web_demo": {"enabled": False}, "export": {"source": "pruned_qat"}})
     plan = dict((s.name, settings) for s, settings in stage_plan(config))
-    assert "site" not in plan and get_stage("export").parent_of(plan["export"]) == "pruned_qat"
+    assert "web_demo" not in plan and get_stage("export").parent_of(plan["export"]) == "pruned_qat"
 
 
 def test_get_stage_and_a_bad_stage():
-    assert get_stage("site").finished_file == "index.html"
+    assert get_stage("web_demo").finished_file == "index.html"
     with pytest.raises(BadInputError, match=r"valid stages: teacher, .*Received: stage='pqat'"):
         get_stage("pqat")
     with pytest.raises(BadInputError, match="kind='model'"):

@@ -120,7 +120,7 @@ def test_rows_that_feed_no_export_say_so(tmp_path):
     # Exporting the pruned + QAT teacher makes both feed it; the student's chain then feeds
     # only the web export, and with that off, nothing.
     config = load_config(text='[export]\nsource = "pruned_qat"\n[web_export]\nenabled = false\n'
-                              "[site]\nenabled = false\n")
+                              "[web_demo]\nenabled = false\n")
     rows = summary_rows(out, config)
     assert {r["stage"] for r in rows if not r["feeds_export"]} == {"student_qat"}
     assert table_notes(rows)[-1].endswith("the QAT student row; it feeds nothing downstream.")

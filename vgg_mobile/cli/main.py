@@ -17,7 +17,8 @@ import traceback
 import click
 
 
-from vgg_mobile.cli import compress, convert, data, distill, explain, pipeline, serve, site, train
+from vgg_mobile.cli import (compress, convert, data, distill, explain, pipeline, serve, train,
+                            web_demo)
 from vgg_mobile.cli.common import invocation, log
 from vgg_mobile.core import quiet
 from vgg_mobile.core.processes import follow_parent
@@ -99,6 +100,6 @@ def main(ctx, debug, verbose):
 for command in (data.sample_data_cmd, train.doctor_cmd, train.train_cmd, train.evaluate_cmd,
                 explain.explain_cmd,
                 convert.convert_cmd, convert.inspect_cmd, compress.prune_cmd, compress.qat_cmd,
-                distill.distill_cmd, site.demo_cmd, site.serve_cmd, serve.serve_model_cmd,
-                pipeline.pipeline_cmd, pipeline.benchmark_cmd):
+                distill.distill_cmd, web_demo.web_demo_cmd, web_demo.demo_cmd, web_demo.serve_cmd,
+                serve.serve_model_cmd, pipeline.pipeline_cmd, pipeline.benchmark_cmd):
     main.add_command(command)

@@ -31,7 +31,7 @@ from vgg_mobile.pipeline.config import load_config
 def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet,
                  offline):
     """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
-    (TFLite, Android), web_export (TF.js), site, benchmark; then write the report.
+    (TFLite, Android), web_export (TF.js), web_demo, benchmark; then write the report.
     Re-running resumes after the last finished stage."""
     from vgg_mobile.pipeline.config import default_config_toml
     from vgg_mobile.pipeline.runner import run_pipeline
@@ -66,8 +66,8 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
     click.echo(f"\nartifacts: {out / 'export'} (TFLite), {out / 'android'} (Android), "
                f"{out / 'web_export'} (TF.js)")
     click.echo(f"report: {report['html']}")
-    if (out / "site").is_dir():
-        click.echo(f"open the web demo with: {invocation()} serve {out / 'site'}")
+    if (out / "web_demo").is_dir():
+        click.echo(f"open the web demo with: {invocation()} serve {out / 'web_demo'}")
 
 
 # --- benchmark command ---

@@ -43,7 +43,8 @@ CHECKPOINT_STATE = ("checkpoints", "state.json")
 PIPELINE_STATE = "pipeline_state.json"
 REPLACING = ".replacing"
 # The `kind` of the outputs that hold no model and are not an export, and what each is called.
-MODEL_LESS_KINDS = {"web_demo": "demo", "android_assets": "android", "explanations": "explanations"}
+MODEL_LESS_KINDS = {"web_demo": "web_demo", "android_assets": "android",
+                    "explanations": "explanations"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -75,7 +76,7 @@ def output_kind(path: str | Path) -> str | None:
 
     Returns:
         `"run"` (a finished run with a model), `"interrupted_run"` (epoch checkpoints, no
-        manifest yet), `"export"`, `"demo"`, `"android"`, `"explanations"`, `"sample_data"`,
+        manifest yet), `"export"`, `"web_demo"`, `"android"`, `"explanations"`, `"sample_data"`,
         `"pipeline"`, or `None`.
     """
     path = Path(path)

@@ -34,7 +34,7 @@ def resource(package: str, *parts: str) -> Path:
 
 def web_demo_dir() -> Path:
     """The web demo's static page (`web_demo/` in the project)."""
-    return resource("vgg_mobile.web_demo")
+    return resource("vgg_mobile.web_demo.page")
 
 
 def android_template() -> Path:

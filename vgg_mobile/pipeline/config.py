@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
                    "min_agreement": 0.9, "verify_images": 0},
         "web_export": {"source": "student", "max_size": "10MB", "min_agreement": 0.9,
                        "verify_images": 0},
-        "site": {"enabled": True},
+        "web_demo": {"enabled": True},
         "benchmark": {"enabled": True, "repeats": 30, "threads": 1},
     },
     # Real photos: the library's training defaults, asking outright for ImageNet weights for
@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
                    "min_agreement": 0.9, "verify_images": 0},
         "web_export": {"source": "student", "max_size": "10MB", "min_agreement": 0.9,
                        "verify_images": 0},
-        "site": {"enabled": True},
+        "web_demo": {"enabled": True},
         "benchmark": {"enabled": True, "repeats": 20, "threads": 1, "images": 200},
     },
 }

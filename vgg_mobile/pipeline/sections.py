@@ -88,11 +88,11 @@ class WebExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SiteConfig:
+class WebDemoConfig:
     """The web demo.
 
     Attributes:
-        enabled: Assemble the static web demo folder `OUT/site` (needs `[web_export]`).
+        enabled: Assemble the static web demo folder `OUT/web_demo` (needs `[web_export]`).
     """
 
     enabled: bool = True

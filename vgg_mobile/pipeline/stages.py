@@ -11,7 +11,7 @@ its manifest records, and its rows of the summary. Everything else that needs th
     student_qat  `compression.qat.qat_run`         quantization-aware student
     export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
     web_export   `vgg_mobile.converters.convert.convert_run`  verified TF.js bundle, float16 TFLite
-    site         `site.assemble_demo`              static web demo folder
+    web_demo     `web_demo.assemble_demo`          static web demo folder
     benchmark    `vgg-mobile benchmark`            every artifact measured in one process
 """
 
@@ -28,14 +28,14 @@ from vgg_mobile.core.errors import BadInputError, VggMobileError, require
 from vgg_mobile.core.processes import call_in_child
 from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.distillation.distill import DistillConfig, distill
-from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, SiteConfig, TeacherConfig,
-                                          WebExportConfig)
-from vgg_mobile.site import assemble_demo
+from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, TeacherConfig,
+                                          WebDemoConfig, WebExportConfig)
 from vgg_mobile.training.train import train
+from vgg_mobile.web_demo import assemble_demo
 
 BENCHMARK_JSON = "benchmark.json"
 # What a stage's folder holds: a run directory with a Keras model, an export folder (its
-# manifest lists the converted artifacts), or something else (the site, the benchmark).
+# manifest lists the converted artifacts), or something else (the web demo, the benchmark).
 KINDS = ("run", "export", "other")
 
 
@@ -170,7 +170,7 @@ def _web_export(job: StageJob, settings: WebExportConfig) -> None:
                 command=job.command, log=job.log, stage=job.name)
 
 
-def _site(job: StageJob, settings: SiteConfig) -> None:
+def _web_demo(job: StageJob, settings: WebDemoConfig) -> None:
     # MediaPipe in the page runs the int8 TFLite that ships to Android: the export stage's
     # (declared in `reads`, so a redone export redoes the page).
     shipped = job.inputs.get("export")
@@ -214,10 +214,10 @@ STAGES: tuple[Stage, ...] = (
           "The browser's model: a verified TF.js bundle and a TFLite beside it, budgets "
           "(ConvertOptions).",
           kind="export", parent="student", parent_from_source=True, formerly=("convert",)),
-    # The site folder is written atomically: it exists only when complete.
-    Stage("site", SiteConfig, _site, "The static web demo folder OUT/site.", kind="other",
-          parent="web_export", reads=("export",), finished_file="index.html",
-          formerly=("demo",)),
+    # The web demo's folder is written atomically: it exists only when complete.
+    Stage("web_demo", WebDemoConfig, _web_demo, "The static web demo folder OUT/web_demo.",
+          kind="other", parent="web_export", reads=("export",), finished_file="index.html",
+          formerly=("demo", "site")),
     # The benchmark writes its JSON last.
     Stage("benchmark", BenchmarkConfig, _benchmark,
           "Every artifact measured in one process: accuracy, agreement, latency (BenchmarkConfig).",

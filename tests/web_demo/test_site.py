@@ -13,7 +13,7 @@ import pytest
 
 from vgg_mobile.data import dataset
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.site import assemble_demo, find_bundle, serve_in_background
+from vgg_mobile.web_demo import assemble_demo, find_bundle, serve_in_background
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "web_demo.png"
@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture(scope="module")
 def demo(teacher_export, tmp_path_factory):
     base, _ = teacher_export
-    folder = assemble_demo(tmp_path_factory.mktemp("demo") / "site", base / "out")
+    folder = assemble_demo(tmp_path_factory.mktemp("demo") / "web_demo", base / "out")
     server, url = serve_in_background(folder)
     yield folder, url
     server.shutdown()
@@ -87,7 +87,7 @@ def test_browser_predictions_match_keras(browser, demo, teacher_run, sample_dir)
         assert "ms on wasm" in page.text_content("#timing")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
-    # Nothing but the site's own files was requested: images never leave the page.
+    # Nothing but the demo folder's own files was requested: images never leave the page.
     assert requests and all(r.startswith(url) or r.startswith(("blob:", "data:")) for r in requests)
     page.close()
 
@@ -213,29 +213,29 @@ def test_demo_folder_needs_a_complete_bundle(teacher_export, tmp_path):
     base, _ = teacher_export
     assert find_bundle(base / "out") == base / "out" / "tfjs"
     with pytest.raises(BadInputError, match="model.json: missing"):
-        assemble_demo(tmp_path / "site", tmp_path)
+        assemble_demo(tmp_path / "web_demo", tmp_path)
     partial = tmp_path / "partial"
     shutil.copytree(base / "out" / "tfjs", partial)
     next(partial.glob("*.bin")).unlink()
     with pytest.raises(BadInputError, match="weight file missing"):
-        assemble_demo(tmp_path / "site", partial)
-    site = assemble_demo(tmp_path / "site", base / "out")
-    versions = json.loads((site / "vendor" / "VERSIONS.json").read_text())
+        assemble_demo(tmp_path / "web_demo", partial)
+    web_demo = assemble_demo(tmp_path / "web_demo", base / "out")
+    versions = json.loads((web_demo / "vendor" / "VERSIONS.json").read_text())
     assert versions == {"@tensorflow/tfjs": "4.22.0", "@tensorflow/tfjs-backend-wasm": "4.22.0",
                         "@mediapipe/tasks-vision": "1.1.0"}
-    runtimes = json.loads((site / "runtimes.json").read_text())
+    runtimes = json.loads((web_demo / "runtimes.json").read_text())
     assert runtimes["mediapipe"]["model"] == "model/model_int8.tflite"
-    assert (site / "model" / "model_int8.tflite").read_bytes() == next(
+    assert (web_demo / "model" / "model_int8.tflite").read_bytes() == next(
         (base / "out").glob("*_int8.tflite")).read_bytes()
     for name in ("vision_bundle.mjs", "wasm/vision_wasm_internal.wasm",
                  "wasm/vision_wasm_nosimd_internal.js"):
-        assert (site / "vendor" / "mediapipe" / name).is_file(), name
-    with pytest.raises(BadInputError, match="already holds a finished vgg-mobile demo"):
-        assemble_demo(site, base / "out")
-    assert assemble_demo(site, base / "out", force=True) == site
+        assert (web_demo / "vendor" / "mediapipe" / name).is_file(), name
+    with pytest.raises(BadInputError, match="already holds a finished vgg-mobile web demo"):
+        assemble_demo(web_demo, base / "out")
+    assert assemble_demo(web_demo, base / "out", force=True) == web_demo
     # The bundle's own folder is an input: --force never replaces it.
     export_before = sorted(p.name for p in (base / "out").iterdir())
-    for out in (base / "out", base / "out" / "tfjs", base / "out" / "site"):
+    for out in (base / "out", base / "out" / "tfjs", base / "out" / "web_demo"):
         with pytest.raises(BadInputError, match="input"):
             assemble_demo(out, base / "out", force=True)
     assert sorted(p.name for p in (base / "out").iterdir()) == export_before
@@ -395,11 +395,11 @@ def test_mediapipe_is_disabled_with_a_reason_without_an_int8_tflite(browser, tea
     base, _ = teacher_export
     bundle = tmp_path / "bundle"
     shutil.copytree(base / "out" / "tfjs", bundle)
-    site = assemble_demo(tmp_path / "site", bundle)
-    runtimes = json.loads((site / "runtimes.json").read_text())
+    web_demo = assemble_demo(tmp_path / "web_demo", bundle)
+    runtimes = json.loads((web_demo / "runtimes.json").read_text())
     assert "model" not in runtimes["mediapipe"] and runtimes["mediapipe"]["disabled"]
-    assert not (site / "model" / "model_int8.tflite").exists()
-    server, url = serve_in_background(site)
+    assert not (web_demo / "model" / "model_int8.tflite").exists()
+    server, url = serve_in_background(web_demo)
     try:
         page, _ = _open(browser, url)
         assert page.evaluate("document.body.dataset.state") == "ready"
@@ -416,19 +416,19 @@ def test_mediapipe_runs_the_int8_tflite_of_another_export_folder(teacher_export,
     base, manifest = teacher_export
     bundle = tmp_path / "bundle"
     shutil.copytree(base / "out" / "tfjs", bundle)
-    site = assemble_demo(tmp_path / "site", bundle, tflite_from=base / "out")
+    web_demo = assemble_demo(tmp_path / "web_demo", bundle, tflite_from=base / "out")
     int8 = next(a for a in manifest["artifacts"] if a["format"] == "tflite" and a["flavour"] == "int8")
-    runtimes = json.loads((site / "runtimes.json").read_text())
+    runtimes = json.loads((web_demo / "runtimes.json").read_text())
     assert runtimes["mediapipe"] == {"model": "model/model_int8.tflite", "source": int8["file"]}
-    assert (site / "model" / "model_int8.tflite").read_bytes() == (base / "out" / int8["file"]).read_bytes()
+    assert (web_demo / "model" / "model_int8.tflite").read_bytes() == (base / "out" / int8["file"]).read_bytes()
 
 
 @pytest.fixture(scope="module")
-def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
-    """OUT/site as `vgg-mobile pipeline` builds it: its export, web_export and site stages run
-    one after the other into one OUT folder (the export stage writes no TF.js bundle)."""
+def pipeline_web_demo(teacher_run, sample_dir, tmp_path_factory):
+    """OUT/web_demo as `vgg-mobile pipeline` builds it: its export, web_export and web_demo
+    stages run one after the other into one OUT folder (the export stage writes no TF.js bundle)."""
     from vgg_mobile.converters.convert import ConvertOptions
-    from vgg_mobile.pipeline.sections import ExportConfig, SiteConfig, WebExportConfig
+    from vgg_mobile.pipeline.sections import ExportConfig, WebDemoConfig, WebExportConfig
     from vgg_mobile.pipeline.stages import StageJob, get_stage
 
     out = tmp_path_factory.mktemp("pipeline") / "out"
@@ -441,9 +441,9 @@ def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
             flavours=("int8",), tfjs=False, **options)),
         "web_export": WebExportConfig(options=ConvertOptions(
             flavours=("float16",), tfjs=True, tfjs_quantization="none", **options)),
-        "site": SiteConfig()}
+        "web_demo": WebDemoConfig()}
     parents = {"export": teacher_run.run_dir, "web_export": teacher_run.run_dir,
-               "site": out / "web_export"}
+               "web_demo": out / "web_export"}
     for index, (name, section) in enumerate(settings.items()):
         # The folders of the stages it reads, as the runner hands them over.
         reads = get_stage(name).inputs_of(section, ["student_qat", *list(settings)[:index]])
@@ -451,29 +451,29 @@ def pipeline_site(teacher_run, sample_dir, tmp_path_factory):
                        parent=parents[name], resume=False, command=["test"], log=lambda _: None,
                        verbose=0, inputs={read: out / read for read in reads})
         get_stage(name).run(job, section)
-    server, url = serve_in_background(out / "site")
+    server, url = serve_in_background(out / "web_demo")
     yield out, url
     server.shutdown()
 
 
 @pytest.mark.slow
-def test_the_pipelines_page_runs_mediapipe_on_the_shipped_int8_tflite(browser, pipeline_site,
+def test_the_pipelines_page_runs_mediapipe_on_the_shipped_int8_tflite(browser, pipeline_web_demo,
                                                                       sample_dir):
     from vgg_mobile.converters.tflite import predict_tflite
 
-    out, url = pipeline_site
+    out, url = pipeline_web_demo
     assert not (out / "export" / "tfjs").exists()
     shipped = json.loads((out / "export" / "manifest.json").read_text())
     (int8,) = [a for a in shipped["artifacts"] if a["flavour"] == "int8"]
-    runtimes = json.loads((out / "site" / "runtimes.json").read_text())
+    runtimes = json.loads((out / "web_demo" / "runtimes.json").read_text())
     assert runtimes["mediapipe"] == {"model": "model/model_int8.tflite", "source": int8["file"]}
-    tflite = (out / "site" / "model" / "model_int8.tflite").read_bytes()
+    tflite = (out / "web_demo" / "model" / "model_int8.tflite").read_bytes()
     assert tflite == (out / "export" / int8["file"]).read_bytes()
     files = _files(sample_dir)
     images = np.concatenate([x.numpy() for x, _ in dataset.make_dataset(
         tuple(dataset.Example(f, 0) for f in files), 32, 16, 4)])
     expected = predict_tflite(tflite, images)
-    labels = json.loads((out / "site" / "model" / "labels.json").read_text())
+    labels = json.loads((out / "web_demo" / "model" / "labels.json").read_text())
     page, _ = _open(browser, url)
     assert not page.is_disabled("#runtime option[value=mediapipe]")
     page.select_option("#runtime", "mediapipe")

@@ -1,4 +1,4 @@
-"""`vgg-mobile demo` and `serve`: the static web demo."""
+"""`vgg-mobile web-demo` and `serve`: the static web demo."""
 
 from __future__ import annotations
 
@@ -7,20 +7,34 @@ from pathlib import Path
 import click
 
 from vgg_mobile.cli.common import default, invocation, log
-from vgg_mobile.site import make_server
+from vgg_mobile.web_demo import make_server
 
 
-@click.command("demo")
+@click.command("web-demo")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--model", "bundle", required=True, type=click.Path(path_type=Path),
               help="Export folder from `vgg-mobile convert` (or its tfjs/ bundle).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def demo_cmd(out, bundle, force):
+def web_demo_cmd(out, bundle, force):
     """Assemble a static in-browser demo folder OUT: page, vendored TensorFlow.js, model."""
-    from vgg_mobile.site import assemble_demo
+    from vgg_mobile.web_demo import assemble_demo
 
     assemble_demo(out, bundle, force=force)
     click.echo(f"wrote {out}; open it with: {invocation()} serve {out}")
+
+
+def _old_name(name: str, command: click.Command) -> click.Command:
+    """`command` under the name it had before, hidden from --help: scripts still call it."""
+
+    def callback(**params):
+        log(f"note: vgg-mobile {name} is now vgg-mobile {command.name}")
+        return command.callback(**params)
+
+    return click.Command(name, params=command.params, callback=callback, help=command.help,
+                         hidden=True)
+
+
+demo_cmd = _old_name("demo", web_demo_cmd)
 
 
 @click.command("serve")
@@ -33,7 +47,7 @@ def demo_cmd(out, bundle, force):
               help="0 picks a free port.")
 def serve_cmd(directory, host, port):
     """Serve a demo folder (only its files), cross-origin isolated for the WASM backend."""
-    from vgg_mobile.site import exposure_warning
+    from vgg_mobile.web_demo import exposure_warning
 
     server = make_server(directory, host, port)
     bound_host, bound_port = server.server_address[:2]

@@ -16,26 +16,26 @@ from click.testing import CliRunner
 
 from vgg_mobile.cli.main import main
 from vgg_mobile.core.errors import BadInputError
-from vgg_mobile.site import make_server
+from vgg_mobile.web_demo import make_server
 
 
 @pytest.fixture()
 def folder(tmp_path):
     """A demo-like folder with hidden files, a symbolic-link loop and links out and in."""
-    site = tmp_path / "site"
-    (site / "model").mkdir(parents=True)
-    (site / "index.html").write_text("<h1>demo</h1>")
-    (site / "model" / "labels.json").write_text('["a", "b"]')
-    (site / "model" / ".hidden").write_text("hidden")
-    (site / ".env").write_text("SECRET=1")
-    (site / ".git").mkdir()
-    (site / ".git" / "config").write_text("[core]")
-    (site / "loop_a").symlink_to("loop_b")
-    (site / "loop_b").symlink_to("loop_a")
-    (site / "env_link").symlink_to(".env")
+    web_demo = tmp_path / "web_demo"
+    (web_demo / "model").mkdir(parents=True)
+    (web_demo / "index.html").write_text("<h1>demo</h1>")
+    (web_demo / "model" / "labels.json").write_text('["a", "b"]')
+    (web_demo / "model" / ".hidden").write_text("hidden")
+    (web_demo / ".env").write_text("SECRET=1")
+    (web_demo / ".git").mkdir()
+    (web_demo / ".git" / "config").write_text("[core]")
+    (web_demo / "loop_a").symlink_to("loop_b")
+    (web_demo / "loop_b").symlink_to("loop_a")
+    (web_demo / "env_link").symlink_to(".env")
     (tmp_path / "secret.txt").write_text("private")
-    (site / "out_link").symlink_to(tmp_path / "secret.txt")
-    return site
+    (web_demo / "out_link").symlink_to(tmp_path / "secret.txt")
+    return web_demo
 
 
 @pytest.fixture()
@@ -120,15 +120,15 @@ def test_malformed_requests_are_answered(server, capsys):
 
 
 def test_exposure_warning_only_beyond_loopback():
-    from vgg_mobile.site import exposure_warning
+    from vgg_mobile.web_demo import exposure_warning
 
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
-        assert exposure_warning(host, 8000, "site") is None, host
+        assert exposure_warning(host, 8000, "web_demo") is None, host
     for host in ("0.0.0.0", "::"):
-        warning = exposure_warning(host, 8000, "site")
+        warning = exposure_warning(host, 8000, "web_demo")
         assert "every network interface" in warning and "beyond this machine" in warning
-        assert "anyone who can reach port 8000 can fetch the files of site" in warning
-    assert "192.168.1.7" in exposure_warning("192.168.1.7", 8000, "site")
+        assert "anyone who can reach port 8000 can fetch the files of web_demo" in warning
+    assert "192.168.1.7" in exposure_warning("192.168.1.7", 8000, "web_demo")
 
 
 def test_serve_on_every_interface_warns_and_still_serves(folder):
@@ -173,7 +173,7 @@ def test_a_port_out_of_range_exits_2(folder, port):
 
 
 def test_a_bundle_naming_weights_outside_itself_is_refused(tmp_path):
-    from vgg_mobile.site import find_bundle
+    from vgg_mobile.web_demo import find_bundle
 
     bundle = tmp_path / "tfjs"
     bundle.mkdir()
