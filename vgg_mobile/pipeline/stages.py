@@ -12,7 +12,8 @@ its manifest records, and its rows of the summary. Everything else that needs th
     export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
     web_export   `vgg_mobile.converters.convert.convert_run`  verified TF.js bundle, float16 TFLite
     web_demo     `web_demo.assemble_demo`          static web demo folder
-    benchmark    `vgg-mobile benchmark`            every artifact measured in one process
+    benchmark    `reporting.benchmark.benchmark_pipeline`, in a fresh child process: every
+                 artifact measured in one process
 """
 
 from __future__ import annotations
