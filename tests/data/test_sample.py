@@ -99,7 +99,7 @@ def test_the_largest_shapes_fit_small_images(size):
 def test_the_sample_presets_teacher_names_shapes_drawn_unlike_its_data(tmp_path):
     """What `make demo` teaches: its teacher (the sample preset's recipe on the default sample
     data) names shapes a person would draw, of sizes, colours, positions, outlines, backgrounds
-    and file sizes the generator never made (`measurements/sample_shapes.py`). On the sample
+    and file sizes the generator never made (`benchmarks/sample_shapes.py`). On the sample
     data whose classes had typical hues it scored 0.26 to 0.28 on these (chance 0.25); on this
     data 0.80 in three runs."""
     import importlib.util
@@ -108,7 +108,7 @@ def test_the_sample_presets_teacher_names_shapes_drawn_unlike_its_data(tmp_path)
     from vgg_mobile.pipeline.config import load_config
     from vgg_mobile.training.train import train
 
-    script = Path(__file__).resolve().parents[2] / "measurements" / "sample_shapes.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sample_shapes.py"
     spec = importlib.util.spec_from_file_location("sample_shapes", script)
     shapes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shapes)

@@ -1,6 +1,6 @@
 """Teacher training and inference throughput on this machine, as a Markdown table.
 
-    uv run python measurements/teacher_throughput.py [--sizes 32 64] [--epochs 3]
+    uv run python benchmarks/teacher_throughput.py [--sizes 32 64] [--epochs 3]
 
 Trains the VGG16 teacher from scratch on the built-in sample data at each input size and
 times Keras inference on the validation images. The first epoch (graph tracing, cache fill)

@@ -1,6 +1,6 @@
 """Size, agreement and single-image latency of every TFLite flavour of one or more runs.
 
-    uv run python measurements/export_latency.py [TEACHER_RUN [STUDENT_RUN ...]] [--data DATA]
+    uv run python benchmarks/export_latency.py [TEACHER_RUN [STUDENT_RUN ...]] [--data DATA]
 
 Without a run directory, a VGG16 teacher is trained from scratch on the built-in sample data
 (32 px, 8 epochs). Latency is the median of `--repeats` single-image calls after warm-up:

@@ -1,7 +1,7 @@
 """`vgg-mobile serve-model` under two attacks on loopback, measured: idle connections, and
 images that are small on the wire and huge once decoded.
 
-    uv run python measurements/serving_limits.py EXPORT [--seconds 60] [--idle 2000]
+    uv run python benchmarks/serving_limits.py EXPORT [--seconds 60] [--idle 2000]
         [--clients 16] [--bombs 8] [--hard-limit 1024]
 
 EXPORT is an export folder from `vgg-mobile convert`. Each scenario starts a real

@@ -1,6 +1,6 @@
 """Do the sample-data models know shapes? Accuracy on drawn shapes unlike the training images.
 
-    uv run python measurements/sample_shapes.py PIPELINE_OUT [--data DATA] [--per-class 100]
+    uv run python benchmarks/sample_shapes.py PIPELINE_OUT [--data DATA] [--per-class 100]
         [--seed 1] [--save-images DIR]
 
 Draws a seeded, stratified test set of the four sample classes (circle, cross, square,

@@ -1,6 +1,6 @@
 """Misuse audit: each case run as a user would, through the real `vgg-mobile` command.
 
-    uv run python measurements/misuse_audit.py [--keep DIR] [--only-hostile]
+    uv run python benchmarks/misuse_audit.py [--keep DIR] [--only-hostile]
 
 `--only-hostile` runs only the files and values crafted to break the readers (a manifest
 nested 100,000 deep, labels that are not UTF-8, a TOML nested 10,000 deep, `inf` and 10^20
@@ -131,7 +131,7 @@ def main() -> None:
     vgg("convert", run, "--out", export, "--flavour", "dynamic", "--tfjs-quantization", "none",
         check=True)
     site = base / "site"
-    vgg("demo", site, "--model", export, check=True)
+    vgg("web-demo", site, "--model", export, check=True)
 
     # --force on folders vgg-mobile did not write.
     work, repo = user_folder(base / "vA"), dot_folder(base / "repo")
@@ -194,7 +194,8 @@ def main() -> None:
     case("convert --android app/src/main/assets --force (other assets there)",
          ["convert", run, "--out", base / "o3", "--android", assets, "--force", "--no-tfjs"], 2,
          [assets])
-    case("demo wx --model wx --force", ["demo", export, "--model", export, "--force"], 2, [export])
+    case("web-demo wx --model wx --force", ["web-demo", export, "--model", export, "--force"], 2,
+         [export])
     case("train D --out D/run", ["train", data, "--out", data / "run", *tiny, "--epochs", "1"], 2,
          [data])
 

@@ -1,6 +1,6 @@
 """Training throughput with 1 and 2 replicas, and the input pipeline's, as a Markdown table.
 
-    uv run python measurements/distributed_throughput.py [--replicas 1 2] [--epochs 3]
+    uv run python benchmarks/distributed_throughput.py [--replicas 1 2] [--epochs 3]
         [--mixed-precision] [--jit-compile]
 
 Measures on the built-in sample data:

@@ -1,6 +1,6 @@
 """Training and inference speed with TensorFlow's oneDNN CPU kernels on and off, as a table.
 
-    uv run python measurements/onednn.py [--models vgg16_bn:32 mobilenet_v2_0.35:64] [--steps 20]
+    uv run python benchmarks/onednn.py [--models vgg16_bn:32 mobilenet_v2_0.35:64] [--steps 20]
 
 TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported, so each setting runs in
 its own process: `vgg_mobile` turns the kernels on unless the variable says `0`. Each process

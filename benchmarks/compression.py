@@ -1,6 +1,6 @@
 """Pruning, QAT and both, against the float model and post-training int8, as a Markdown table.
 
-    uv run python measurements/compression.py [--data DIR] [--teacher RUN] [--stretch]
+    uv run python benchmarks/compression.py [--data DIR] [--teacher RUN] [--stretch]
 
 For one data folder and one trained run (by default: the built-in sample data, 100 images per
 class at 32 px, and a VGG16 teacher trained here from scratch), it writes a pruned, a QAT and

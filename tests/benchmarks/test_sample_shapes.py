@@ -1,4 +1,4 @@
-"""measurements/sample_shapes.py: the drawn test set and its per-factor accuracy (no training)."""
+"""benchmarks/sample_shapes.py: the drawn test set and its per-factor accuracy (no training)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from vgg_mobile.data.sample import SAMPLE_CLASSES
 
-SCRIPT = Path(__file__).resolve().parents[2] / "measurements" / "sample_shapes.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sample_shapes.py"
 
 
 def _module():

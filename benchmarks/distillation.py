@@ -1,6 +1,6 @@
 """Distillation on the sample data: teacher, student alone and distilled student, as Markdown.
 
-    uv run python measurements/distillation.py [--images-per-class 60] [--teacher-epochs 10]
+    uv run python benchmarks/distillation.py [--images-per-class 60] [--teacher-epochs 10]
         [--epochs 15] [--student mobilenet_v2_0.35] [--student-size 64]
 
 Trains a VGG16 teacher from scratch on the built-in sample data, distils it into the student
