@@ -65,9 +65,12 @@ def pipeline_out(tmp_path_factory):
     tflite = convert_keras_model(models["student_qat"], "int8", representative=x_train)
     (out / "export").mkdir()
     (out / "export" / "student_int8.tflite").write_bytes(tflite)
-    (out / "export" / "manifest.json").write_text(json.dumps({"stage": "export", "artifacts": [
-        {"file": "student_int8.tflite", "format": "tflite", "flavour": "int8",
-         "size_bytes": len(tflite), "verification": {"top1_agreement": 0.9, "accuracy": 0.3}}]}))
+    (out / "export" / "manifest.json").write_text(json.dumps(Manifest(
+        stage="export", classes=classes, input={"size": [SIZE, SIZE], "channels": 3},
+        model_file=None, sections={"artifacts": [
+            {"file": "student_int8.tflite", "format": "tflite", "flavour": "int8",
+             "size_bytes": len(tflite), "verification": {"top1_agreement": 0.9,
+                                                         "accuracy": 0.3}}]}).to_json()))
     (out / "pipeline_state.json").write_text(json.dumps({"stages": {}}))
     (out / CONFIG_FILE).write_text(config_toml(load_config(text="[web_export]\nenabled = false\n")))
     return out, choice.parts.val, classes, tflite
