@@ -156,7 +156,8 @@ def test_the_command_refuses_a_bad_artifact_with_exit_code_2(tmp_path):
         assert result.exit_code == 2 and message in result.output, result.output
     run = tmp_path / "run"
     run.mkdir()
-    (run / "manifest.json").write_text('{"stage": "student", "model_file": "model.keras"}')
+    (run / "manifest.json").write_text('{"schema_version": 1, "stage": "student", '
+                                       '"model_file": "model.keras"}')
     result = CliRunner().invoke(main, ["serve-model", str(run), "--port", "0"])
     assert result.exit_code == 2 and "a training run, not an export folder; convert it first" in result.output
     result = CliRunner().invoke(main, ["serve-model", str(tmp_path), "--max-upload-bytes", "lots"])
