@@ -330,6 +330,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             },
         },
         blocks=("block1", "block2", "block3", "block4", "block5"),
+        family="vgg16",
     ),
     **{spec.name: spec for spec in _vgg16_bn_architectures()},
     **{spec.name: spec for spec in _mobilenet_architectures()},
