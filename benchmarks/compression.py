@@ -160,7 +160,7 @@ def main() -> None:
         return make(work / name).model
 
     pruned = stage("pruned", lambda out: prune_run(
-        teacher, data, out, PruneConfig(target_sparsity=args.sparsity, epochs=args.prune_epochs,
+        teacher, data, out, PruneConfig(method="magnitude", target_sparsity=args.sparsity, epochs=args.prune_epochs,
                                         batch_size=16), force=True, log=_log))
     qat = stage("qat", lambda out: qat_run(
         teacher, data, out, QATConfig(epochs=args.qat_epochs, batch_size=16), force=True, log=_log))
@@ -190,7 +190,7 @@ def main() -> None:
     ]
     if args.stretch:
         stage("pruned-stretch", lambda out: prune_run(
-            teacher, data, out, PruneConfig(target_sparsity=args.stretch_sparsity,
+            teacher, data, out, PruneConfig(method="magnitude", target_sparsity=args.stretch_sparsity,
                                             epochs=args.stretch_epochs, batch_size=16),
             force=True, log=_log))
         stretch = stage("pruned_qat-stretch", lambda out: qat_run(

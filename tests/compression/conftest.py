@@ -22,7 +22,8 @@ def sample_images(sample_dir, teacher_run):
 def pruned(teacher_run, sample_dir, tmp_path_factory):
     before = folder_digest(teacher_run.run_dir)
     result = prune_run(teacher_run.run_dir, sample_dir, tmp_path_factory.mktemp("c") / "pruned",
-                       PruneConfig(target_sparsity=PRUNE_TARGET, epochs=2, batch_size=16))
+                       PruneConfig(method="magnitude", target_sparsity=PRUNE_TARGET, epochs=2,
+                                   batch_size=16))
     assert folder_digest(teacher_run.run_dir) == before, "the input run was modified"
     return result
 

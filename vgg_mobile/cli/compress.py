@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from vgg_mobile.cli.common import COUNT, default, log
-from vgg_mobile.compression.prune import PruneConfig
+from vgg_mobile.compression.channels import SCOPES
+from vgg_mobile.compression.prune import METHODS, PruneConfig
 from vgg_mobile.compression.qat import QATConfig
 
 
@@ -31,7 +32,16 @@ def _compression_summary(result) -> dict:
             "parent_val_accuracy": result.parent_metrics.get("accuracy"),
             "sparsity": result.sparsity.get("total"),
             "pruned_layers_sparsity": result.sparsity.get("pruned_layers"),
-            "layer_sparsity": result.sparsity.get("layers"), **sizes}
+            "layer_sparsity": result.sparsity.get("layers"), **sizes, **_channels(result)}
+
+
+def _channels(result) -> dict:
+    """A channel-pruned run's filters and parameters, before and after; `{}` for others."""
+    from vgg_mobile.core.run_dir import load_run
+
+    record = load_run(result.run_dir).manifest.section("compression")
+    return ({"channels": record["channels"], "parameters": record["parameters"]}
+            if "channels" in record else {})
 
 
 @click.command("prune")
@@ -40,9 +50,19 @@ def _compression_summary(result) -> dict:
               help="Image folder to fine-tune on (the run's own folder reuses its split).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="New run directory to write.")
+@click.option("--method", type=click.Choice(METHODS), default=default(PruneConfig, "method"),
+              show_default=True,
+              help="channels: remove the weakest filters and rebuild the VGG narrower (smaller "
+                   "and faster files); magnitude: zero the smallest weights in place (tfmot).")
+@click.option("--ratio", default=default(PruneConfig, "ratio"), show_default=True, type=float,
+              help="channels: share of filters removed, in (0, 1).")
+@click.option("--scope", type=click.Choice(SCOPES), default=default(PruneConfig, "scope"),
+              show_default=True,
+              help="channels: remove --ratio of every convolution's filters (layer), or of all "
+                   "filters ranked together (global).")
 @click.option("--target-sparsity", default=default(PruneConfig, "target_sparsity"),
               show_default=True, type=float,
-              help="Share of zero weights in each pruned kernel, in (0, 1).")
+              help="magnitude: share of zero weights in each pruned kernel, in (0, 1).")
 @click.option("--epochs", default=default(PruneConfig, "epochs"), show_default=True, type=COUNT,
               help="Fine-tuning epochs.")
 @click.option("--end-epoch", default=default(PruneConfig, "end_epoch"), type=float,
@@ -62,12 +82,12 @@ def _compression_summary(result) -> dict:
 @click.option("--seed", default=default(PruneConfig, "seed"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, learning_rate,
+def prune_cmd(run, data, out, method, ratio, scope, target_sparsity, epochs, end_epoch, frequency, learning_rate,
               batch_size, skip_first_conv, skip_classifier, seed, force, as_json):
-    """Prune the model of run directory RUN by weight magnitude while fine-tuning on DATA."""
+    """Prune the model of run directory RUN and fine-tune it on DATA, into a new run."""
     from vgg_mobile.compression.prune import prune_run
 
-    config = PruneConfig(target_sparsity=target_sparsity, epochs=epochs, end_epoch=end_epoch,
+    config = PruneConfig(method=method, ratio=ratio, scope=scope, target_sparsity=target_sparsity, epochs=epochs, end_epoch=end_epoch,
                          frequency=frequency, learning_rate=learning_rate, batch_size=batch_size,
                          skip_first_conv=skip_first_conv, skip_classifier=skip_classifier,
                          seed=seed)
@@ -75,6 +95,14 @@ def prune_cmd(run, data, out, target_sparsity, epochs, end_epoch, frequency, lea
                        log=log, verbose=0 if as_json else 2)
     summary = _print_result(result, as_json)
     if summary is None:
+        return
+    if method == "channels":
+        before, after = summary["parameters"]
+        click.echo(f"parameters: {before:,} -> {after:,} ({after / before:.0%})")
+        for name, (was, kept) in summary["channels"].items():
+            click.echo(f"  {name:<24} {was} -> {kept} filters")
+        click.echo(f"model file: {summary['model_bytes_before'] / 1e6:.2f} MB -> "
+                   f"{summary['model_bytes_after'] / 1e6:.2f} MB")
         return
     click.echo(f"sparsity: {summary['pruned_layers_sparsity']:.1%} of the pruned layers, "
                f"{summary['sparsity']:.1%} of all conv/dense kernels")
