@@ -75,8 +75,11 @@ def chain(model) -> list:
         BadInputError: A layer fed by anything but the layer before it, or of a kind whose
             channels this module cannot follow (e.g. `Flatten`, `Add`, a depthwise convolution).
     """
-    nodes = {entry["name"]: entry.get("inbound_nodes") or []
-             for entry in model.get_config()["layers"]}
+    config = model.get_config()
+    if "input_layers" not in config:
+        raise BadInputError(f"channel pruning rebuilds a Functional model; {model.name!r} is a "
+                            f"{type(model).__name__}")
+    nodes = {entry["name"]: entry.get("inbound_nodes") or [] for entry in config["layers"]}
     layers = list(model.layers)
     for before, layer in zip(layers, layers[1:]):
         inbound = nodes.get(layer.name, [])
