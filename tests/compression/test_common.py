@@ -64,7 +64,7 @@ def test_refuses_nested_models_unpruned_preserve_and_writing_over_the_input(
         manifest = json.loads((other / "manifest.json").read_text())
         (other / "manifest.json").write_text(json.dumps({**manifest, field: value}))
         with pytest.raises(BadInputError, match=message):
-            prune_run(other, sample_dir, tmp_path / "out")
+            prune_run(other, sample_dir, tmp_path / "out", PruneConfig(method="magnitude"))
     with pytest.raises(BadInputError, match="not pruned"):
         qat_run(teacher_run.run_dir, sample_dir, tmp_path / "out", QATConfig(preserve_sparsity=True))
     with pytest.raises(BadInputError, match="not the input run"):

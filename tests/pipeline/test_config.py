@@ -43,7 +43,8 @@ def test_presets_keep_their_values_under_the_new_names():
     assert (sample.teacher.model.image_size, real.teacher.model.image_size) == (32, 224)
     assert real.teacher.model.weights == "imagenet" and sample.teacher.train.epochs == 24
     assert sample.pruned.target_sparsity == 0.5 and sample.pruned.epochs == 2
-    assert sample.pruned_qat.preserve_sparsity and sample.pruned_qat.epochs == 1
+    assert sample.pruned.method == "channels" and sample.pruned.ratio == 0.3
+    assert not sample.pruned_qat.preserve_sparsity and sample.pruned_qat.epochs == 1
     assert not sample.student_qat.preserve_sparsity
     assert sample.student.student == "mobilenet_v2_1.0" and sample.student.image_size == 64
     # Without pretrained weights the teacher is VGG16 with batch normalisation, at half width.
@@ -104,6 +105,10 @@ def test_export_sections_fix_what_their_stage_decides():
     ("[stages]\na = 1\n", ("stages", "valid sections", "pruned_qat")),
     ("pruned = 3\n", ("[pruned] must be a table", "pruned=3")),
     ("[pruned]\ntarget_sparsity = 1.5\n", ("[pruned]", "target_sparsity=1.5")),
+    ("[pruned]\nratio = 1.0\n", ("[pruned]", "ratio=1.0")),
+    ("[pruned]\nmethod = 'filters'\n", ("[pruned]", "method='filters'", "channels, magnitude")),
+    ("[pruned_qat]\npreserve_sparsity = true\n", ("[pruned_qat] preserve_sparsity", "'channels'",
+                                                  "method = \"magnitude\"")),
     ("[export]\nmax_accuracy_drop = 2\n", ("[export]", "max_accuracy_drop=2")),
     ("[export]\nsource = 'nope'\n", ("[export] source", "student_qat", "source='nope'")),
     ("[web_export]\nsource = 'web_demo'\n", ("[web_export] source", "source='web_demo'")),

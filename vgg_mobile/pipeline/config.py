@@ -34,8 +34,9 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "teacher": {"architecture": "vgg16_bn_0.5", "image_size": 32, "weights": "none",
                     "epochs": 24, "batch_size": 32, "learning_rate": 1e-3,
                     "label_smoothing": 0.0},
-        "pruned": {"target_sparsity": 0.5, "epochs": 2, "batch_size": 32, "learning_rate": 1e-4},
-        "pruned_qat": {"preserve_sparsity": True, "epochs": 1, "batch_size": 32},
+        "pruned": {"method": "channels", "ratio": 0.3, "epochs": 2, "batch_size": 32,
+                   "learning_rate": 1e-4},
+        "pruned_qat": {"preserve_sparsity": False, "epochs": 1, "batch_size": 32},
         "student": {"student": "mobilenet_v2_1.0", "image_size": 64, "epochs": 15,
                     "batch_size": 32, "temperature": 4.0, "alpha": 0.1},
         "student_qat": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4},
@@ -52,8 +53,8 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "real": {
         "teacher": {"architecture": "vgg16", "image_size": 224, "weights": "imagenet",
                     "epochs": 10, "batch_size": 32, "learning_rate": 1e-4},
-        "pruned": {"target_sparsity": 0.5, "epochs": 4, "batch_size": 32},
-        "pruned_qat": {"preserve_sparsity": True, "epochs": 2, "batch_size": 32},
+        "pruned": {"method": "channels", "ratio": 0.3, "epochs": 4, "batch_size": 32},
+        "pruned_qat": {"preserve_sparsity": False, "epochs": 2, "batch_size": 32},
         "student": {"student": "mobilenet_v2_0.35", "image_size": 224, "epochs": 20,
                     "batch_size": 32, "student_weights": "imagenet"},
         "student_qat": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-5},
@@ -90,6 +91,11 @@ def _names(names: list[str]) -> str:
 
 
 def _check_sources(config) -> None:
+    if config.pruned.method != "magnitude" and config.pruned_qat.preserve_sparsity:
+        raise BadInputError(
+            "[pruned_qat] preserve_sparsity = true keeps the zeros of magnitude pruning; "
+            f"[pruned] method = {config.pruned.method!r} leaves none: set preserve_sparsity = "
+            "false, or method = \"magnitude\"")
     for stage in STAGES:
         if stage.parent_from_source:
             source = getattr(config, stage.name).source

@@ -5,8 +5,8 @@ its manifest records, and its rows of the summary. Everything else that needs th
 (the config, the plan, the resume rules, the summary, the report) reads `STAGES`.
 
     teacher      `training.train`                  VGG16 (or any registered) teacher
-    pruned       `compression.prune.prune_run`     magnitude-pruned teacher
-    pruned_qat   `compression.qat.qat_run`         its sparsity-preserving QAT
+    pruned       `compression.prune.prune_run`     channel-pruned (or magnitude-pruned) teacher
+    pruned_qat   `compression.qat.qat_run`         its quantization-aware training
     student      `distillation.distill`            MobileNet student taught by the teacher
     student_qat  `compression.qat.qat_run`         quantization-aware student
     export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
@@ -193,7 +193,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", TeacherConfig, _teacher,
           "Teacher: architecture (ModelOptions) and training (TrainConfig).",
           artifact="float teacher", curves="teacher training", resumes=True),
-    Stage("pruned", PruneConfig, _prune, "Magnitude pruning of the teacher (PruneConfig).",
+    Stage("pruned", PruneConfig, _prune, "Pruning of the teacher: by channel or by magnitude (PruneConfig).",
           parent="teacher", artifact="pruned teacher", curves="pruning fine-tuning",
           formerly=("prune",)),
     Stage("pruned_qat", QATConfig, _qat,
