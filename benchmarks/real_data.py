@@ -617,28 +617,32 @@ def measure(data_dir: Path, out: Path, config, ran: dict[str, str], log: _Log) -
         notes.append(f"student stage: {recorded['reason']}")
     del student
 
-    export = find_export(pipeline / "export")
-    int8 = None
-    if export is not None:
-        export = load_export(export)
-        int8 = next(iter(export.find("tflite", "int8")), None)
-        source = Path(export.manifest.parent or config.export.source).name
-    if int8 is not None:
+    keras_row(f"pruned {teacher_arch} teacher (float Keras)", "pruned", seconds.get("pruned"),
+              "time: pruning and its fine-tuning")
+    # Both shipped models: the student's export and the compressed VGG16's.
+    for stage, title in (("export", "int8 TFLite of the shipped student"),
+                         ("teacher_export", f"int8 TFLite of the compressed {teacher_arch}")):
+        export = find_export(pipeline / stage)
+        int8 = None
+        if export is not None:
+            export = load_export(export)
+            int8 = next(iter(export.find("tflite", "int8")), None)
+        if int8 is None:
+            rows.append({"model": title, "accuracy": None, "images": None, "size_bytes": None,
+                         "seconds": None, "note": "not run"})
+            continue
+        source = Path(export.manifest.parent or getattr(config, stage).source).name
         content = export.file(int8).read_bytes()
         scores = _tflite_scores(content, val, n_classes)
-        images = scores["images"]
-        made = [seconds.get(source), seconds.get("export")]
-        add({"model": "int8 TFLite of the shipped student", **scores, "size_bytes": len(content),
+        made = [seconds.get(source), seconds.get(stage)]
+        add({"model": title, **scores, "size_bytes": len(content),
              "seconds": None if None in made else sum(made),
-             "note": f"from {source}; time: {source} + export"})
+             "note": f"from {source}; time: {source} + {stage}"})
         check = int8.verification
-        if check.get("images") is not None and check["images"] != images:
-            notes.append(f"the export verified {int8.file} on {check['images']} of the "
-                         f"{images} held-out images (accuracy {check.get('accuracy')}); the "
-                         "table's figure is on all of them")
-    else:
-        rows.append({"model": "int8 TFLite of the shipped student", "accuracy": None,
-                     "images": None, "size_bytes": None, "seconds": None, "note": "not run"})
+        if check.get("images") is not None and check["images"] != scores["images"]:
+            notes.append(f"the {stage} stage verified {int8.file} on {check['images']} of the "
+                         f"{scores['images']} held-out images (accuracy {check.get('accuracy')}); "
+                         "the table's figure is on all of them")
 
     log("cnn: training the two-conv CNN by hand (plain tf_keras)")
     train_x, train_y = _load(train, CNN_SIZE, n_classes)
