@@ -358,8 +358,8 @@ def what_to_ship(rows: list[dict]) -> ShipChoice:
     sentences = []
     if len(winners) == 1:
         row = best[CRITERIA[0]]
-        sentences.append(f"Best on {' and '.join(best) if len(best) < 3 else 'accuracy, size and latency'}: "
-                         f"{ship_name(row)}, with no trade-off to make.")
+        criteria = " and ".join(best) if len(best) < 3 else "accuracy, size and latency"
+        sentences.append(f"Best on {criteria}: {ship_name(row)}, with no trade-off to make.")
     for key, criteria in winners.items() if len(winners) > 1 else ():
         row = by_id[key]
         others = [by_id[other] for other in winners if other != key]

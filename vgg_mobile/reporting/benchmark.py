@@ -152,7 +152,8 @@ def benchmark_pipeline(
                 "max_probability_difference": round(float(np.abs(other["probs"] - probs).max()), 5),
                 "latency_ms": round(other["latency_ms"], 3),
                 "speedup": round(teacher_ms / other["latency_ms"], 2) if teacher_ms else None}
-        timing = f"{latency:.2f} ms/image" if latency is not None else "not timed (quantization-aware)"
+        timing = (f"{latency:.2f} ms/image" if latency is not None
+                  else "not timed (quantization-aware)")
         log(f"benchmark: {row['artifact']}: {timing}, accuracy "
             f"{measured[row['path']]['accuracy']:.3f}")
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

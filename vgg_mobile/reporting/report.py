@@ -27,7 +27,8 @@ from vgg_mobile.core.run_dir import read_manifest
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
-from vgg_mobile.pipeline.summary import ShipChoice, findings, ship_name, summary_rows, table_notes, what_to_ship
+from vgg_mobile.pipeline.summary import (ShipChoice, findings, ship_name, summary_rows,
+                                         table_notes, what_to_ship)
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = REPORT_FILES[2]
