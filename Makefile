@@ -29,9 +29,10 @@ $(NODE_MODULES)/.installed: converters/js/package.json converters/js/package-loc
 
 # The main job, end to end, on the built-in sample data: `vgg-mobile pipeline` with its sample
 # preset (VGG16 teacher -> pruned + QAT teacher -> distilled MobileNetV2 student -> QAT student ->
-# verified TFLite + TF.js + Android assets -> web demo -> benchmark -> report). Re-running it
-# skips the finished stages. It writes under $(BUILD)/ only (the Android assets are in
-# $(BUILD)/pipeline/android/), so the work tree stays clean.
+# verified TFLite + TF.js + Android assets -> the compressed teacher's TFLite + ONNX -> web demo
+# -> benchmark -> report, ending with what to ship). Re-running it skips the finished stages.
+# It writes under $(BUILD)/ only (the Android assets are in $(BUILD)/pipeline/android/, the
+# teacher's in $(BUILD)/pipeline/teacher_android/), so the work tree stays clean.
 demo: install
 	@# A sample folder from before the shapes lost their class colours is written again.
 	@grep -qs '"colour_cue": false' $(BUILD)/sample-data/.vgg-mobile.json \

@@ -67,6 +67,11 @@ max_size = "none"
 min_agreement = "none"
 verify_images = 16
 calibration_images = 16
+[teacher_export]
+max_size = "none"
+min_agreement = "none"
+verify_images = 16
+calibration_images = 16
 [web_export]
 max_size = "none"
 min_agreement = "none"
@@ -125,7 +130,8 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     statuses = {s["name"]: s["status"] for s in summary["stages"]}
     assert statuses == {"teacher": "skipped", "pruned": "skipped", "pruned_qat": "ran",
                         "student": "ran", "student_qat": "ran", "export": "ran",
-                        "web_export": "ran", "web_demo": "ran", "benchmark": "ran"}
+                        "teacher_export": "ran", "web_export": "ran", "web_demo": "ran",
+                        "benchmark": "ran"}
     # One name per stage: its section, its folder, its manifest's `stage`, its summary rows.
     for name in STAGE_NAMES:
         assert (out / name).is_dir(), name
@@ -153,6 +159,17 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert runtimes["mediapipe"]["source"] == artifact["file"], runtimes
     assert ((out / "web_demo" / runtimes["mediapipe"]["model"]).read_bytes()
             == (out / "export" / artifact["file"]).read_bytes())
+    # The compressed teacher ships too, the same way, its Android assets in a folder of its own.
+    from vgg_mobile.core.export_dir import load_export
+
+    teacher = load_export(out / "teacher_export")
+    assert teacher.manifest.parent == str((out / "pruned_qat").resolve())
+    assert {(a.format, a.flavour) for a in teacher.artifacts} == {
+        ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")}
+    assert all(teacher.file(a).is_file() and a.verification["images"] > 0
+               for a in teacher.artifacts)
+    assert (out / "teacher_android").is_dir()
+    assert sorted(p.name for p in (out / "android").rglob("*.tflite")) == [artifact["file"]]
     web = json.loads((out / "web_export" / "manifest.json").read_text())
     assert any(a["format"] == "tfjs_graph_model" for a in web["artifacts"])
     rows = {row["artifact"]: row for row in summary["summary"]}
@@ -160,15 +177,26 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert int8["budget"] == "pass" and rows["float teacher"]["size_bytes"] > int8["size_bytes"]
     # Pruning's zeros do not shrink the saved file, but they do shrink its download.
     assert rows["pruned teacher"]["gzip_bytes"] < 0.8 * rows["float teacher"]["gzip_bytes"]
-    # The benchmark stage timed every artifact, in one process, against the float teacher.
-    assert len(rows) == 10 and all(row["latency_ms"] > 0 for row in rows.values())
+    # The benchmark stage timed every artifact, in one process, against the float teacher;
+    # a quantization-aware Keras run is not timed: its fake quantization is no product's.
+    assert len(rows) == 13
+    qat = {"pruned + QAT teacher", "QAT student"}
+    assert all(rows[name]["latency_ms"] is None and rows[name]["speedup"] is None for name in qat)
+    assert all(row["latency_ms"] > 0 for name, row in rows.items() if name not in qat)
+    assert rows["TFLite int8 (pruned_qat)"]["budget"] == "pass"
+    assert rows["ONNX float32 (pruned_qat)"]["latency_ms"] > 0
+    assert "Quantization-aware Keras models run fake quantization" in " ".join(summary["notes"])
+    # It ends with the choice among the shipped files, naming them.
+    assert summary["what_to_ship"] and re.search(
+        r"the (VGG16|student) (int8|float32|float16) (TFLite|ONNX)", summary["what_to_ship"][0])
     assert rows["ONNX int8 (student_qat)"]["budget"] == "pass"
     assert rows["float teacher"]["speedup"] == 1.0 and rows["TF.js (student)"]["speedup"] > 0
     assert all(0 <= row["agreement"] <= 1 for name, row in rows.items() if name != "float teacher")
     table = (out / "benchmark" / "benchmark.md").read_text()
     assert "TF.js wasm (Node)" in table and "ONNX Runtime (CPU)" in table
     assert {row["stage"] for row in summary["summary"]} == {
-        "teacher", "pruned", "pruned_qat", "student", "student_qat", "export", "web_export"}
+        "teacher", "pruned", "pruned_qat", "student", "student_qat", "export", "teacher_export",
+        "web_export"}
     assert load_config(out / CONFIG_FILE) == load_config(config)
     assert summary["report"]["html"] == str(out / "report.html")
 
@@ -179,6 +207,7 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert "<th>latency</th>" in page
     assert "per-class metrics: teacher" in page and "per-class metrics: student_qat" in page
     assert "size_accuracy.png" in (out / "report.md").read_text()
+    assert (out / "report.md").read_text().rstrip().endswith(summary["what_to_ship"][-1])
 
     # Nothing changed: nothing is redone.
     finished = {stage: _created(out, stage) for stage in ("student_qat", "export")}
@@ -186,6 +215,15 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert {s["status"] for s in json.loads(result.stdout)["stages"]} == {"skipped"}
     assert {stage: _created(out, stage) for stage in finished} == finished
+
+    # The compressed teacher misses its size budget: the pipeline fails as for [export], and
+    # leaves neither its export nor its Android assets.
+    config.write_text(CHANGED_QAT.replace('[teacher_export]\nmax_size = "none"',
+                                          '[teacher_export]\nmax_size = "1kB"'))
+    result = cli("pipeline", data, "--out", out, "--config", config, "--quiet")
+    assert result.returncode == 3 and "budget missed" in result.stderr, result.stderr[-2000:]
+    assert not (out / "teacher_export").exists() and not (out / "teacher_android").exists()
+    assert (out / "export" / "manifest.json").is_file() and (out / "android").is_dir()
 
     # A stage that fails: error and exit code of the stage, its folder gone, earlier ones kept.
     config.write_text(CHANGED_QAT.replace("[student_qat]\nepochs = 1",
@@ -218,7 +256,7 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     # The page reads the export stage's int8 TFLite: a redone export redoes the page, whose
     # MediaPipe runtime then runs the new file, not the one the failed runs discarded.
     assert [name for name, status in statuses.items() if status == "ran"] == [
-        "student_qat", "export", "web_demo"]
+        "student_qat", "export", "teacher_export", "web_demo"]
     export = json.loads((out / "export" / "manifest.json").read_text())
     runtimes = json.loads((out / "web_demo" / "runtimes.json").read_text())
     assert ((out / "web_demo" / runtimes["mediapipe"]["model"]).read_bytes()

@@ -15,7 +15,7 @@ from vgg_mobile.pipeline.stages import KINDS, RUN_STAGES, STAGE_NAMES, STAGES, S
 
 def test_names_are_unique_and_in_the_documented_order():
     assert STAGE_NAMES == ("teacher", "pruned", "pruned_qat", "student", "student_qat", "export",
-                           "web_export", "web_demo", "benchmark")
+                           "teacher_export", "web_export", "web_demo", "benchmark")
     assert RUN_STAGES == ("teacher", "pruned", "pruned_qat", "student", "student_qat")
 
 
@@ -66,7 +66,12 @@ def test_the_plan_follows_enabled_and_parents():
     assert [s.name for s, _ in stage_plan(build_config({}))] == list(STAGE_NAMES)
     config = build_config({"web_export": {"enabled": False}, "benchmark": {"enabled": False}})
     # No web demo without the TF.js bundle it is built on.
-    assert [s.name for s, _ in stage_plan(config)] == list(RUN_STAGES) + ["export"]
+    assert [s.name for s, _ in stage_plan(config)] == list(RUN_STAGES) + ["export",
+                                                                           "teacher_export"]
+    # The compressed teacher's export can be switched off; the student's still ships.
+    config = build_config({"teacher_export": {"enabled": False}})
+    assert "teacher_export" not in [s.name for s, _ in stage_plan(config)]
+    assert "export" in [s.name for s, _ in stage_plan(config)]
     config = build_config({"web_demo": {"enabled": False}, "export": {"source": "pruned_qat"}})
     plan = dict((s.name, settings) for s, settings in stage_plan(config))
     assert "web_demo" not in plan and get_stage("export").parent_of(plan["export"]) == "pruned_qat"
@@ -78,3 +83,15 @@ def test_get_stage_and_a_bad_stage():
         get_stage("pqat")
     with pytest.raises(BadInputError, match="kind='model'"):
         Stage("x", dict, lambda job, settings: None, "x", kind="model")
+
+
+def test_each_export_writes_its_android_assets_to_a_folder_of_its_own():
+    assert get_stage("export").extra_outputs == ("android",)
+    teacher = get_stage("teacher_export")
+    assert teacher.kind == "export" and teacher.extra_outputs == ("teacher_android",)
+    for preset in PRESETS:
+        config = build_config({}, preset)
+        assert teacher.parent_of(config.teacher_export) == "pruned_qat"
+        assert config.teacher_export.enabled and config.teacher_export.options.onnx
+        assert config.teacher_export.options.flavours == config.export.options.flavours
+        assert config.teacher_export.options.min_agreement == config.export.options.min_agreement

@@ -111,7 +111,9 @@ def test_rows_that_feed_no_export_say_so(tmp_path):
         (out / stage / "model.keras").write_bytes(b"\0" * 10)
         _json(out / stage / "manifest.json", {"stage": stage, "model_file": "model.keras",
                                              "metrics": {"accuracy": 0.8}})
-    rows = summary_rows(out, load_config(text=""))
+    # The compressed teacher ships by default ([teacher_export]): both rows feed it.
+    assert all(r["feeds_export"] for r in summary_rows(out, load_config(text="")))
+    rows = summary_rows(out, load_config(text="[teacher_export]\nenabled = false\n"))
     idle = [r["artifact"] for r in rows if not r["feeds_export"]]
     assert idle == ["pruned teacher", "pruned + QAT teacher"]
     assert table_notes(rows)[-1] == (
@@ -120,7 +122,7 @@ def test_rows_that_feed_no_export_say_so(tmp_path):
     # Exporting the pruned + QAT teacher makes both feed it; the student's chain then feeds
     # only the web export, and with that off, nothing.
     config = load_config(text='[export]\nsource = "pruned_qat"\n[web_export]\nenabled = false\n'
-                              "[web_demo]\nenabled = false\n")
+                              "[web_demo]\nenabled = false\n[teacher_export]\nenabled = false\n")
     rows = summary_rows(out, config)
     assert {r["stage"] for r in rows if not r["feeds_export"]} == {"student_qat"}
     assert table_notes(rows)[-1].endswith("the QAT student row; it feeds nothing downstream.")
@@ -188,3 +190,68 @@ def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
         manifest["teacher"]["architecture"] = architecture
         _json(out / "student" / "manifest.json", manifest)
         assert f"train a stronger teacher (more epochs, {advice}," in findings(out, config)[1]
+
+
+def _shipped(artifact, model, fmt, flavour, accuracy, size_mb, latency_ms, budget="pass"):
+    """A summary row of an exported file, by hand."""
+    return {"artifact": artifact, "stage": "x", "model": model, "format": fmt,
+            "flavour": flavour, "accuracy": accuracy, "size_bytes": int(size_mb * 1e6),
+            "latency_ms": latency_ms, "budget": budget}
+
+
+def test_what_to_ship_is_the_pareto_front_with_one_sentence_per_best_file():
+    from vgg_mobile.pipeline.summary import what_to_ship
+
+    vgg = _shipped("v", "VGG16", "tflite", "int8", 0.899, 3.8, 1.4)
+    student = _shipped("s", "student", "tflite", "int8", 0.880, 2.7, 1.0)
+    # Less accurate, larger and slower than the student's TFLite: dominated.
+    onnx = _shipped("o", "student", "onnx", "int8", 0.870, 2.8, 1.2)
+    # Smallest, but misses a budget: not a candidate.
+    failed = _shipped("f", "student", "tfjs", "uint8", 0.95, 0.5, 0.1, budget="fail")
+    keras = {**student, "format": "keras", "accuracy": 0.99}  # a Keras run ships nothing
+    choice = what_to_ship([keras, vgg, student, onnx, failed])
+    assert choice.latency_measured and choice.front == (vgg, student)
+    assert choice.best == {"accuracy": vgg, "size": student, "latency": student}
+    assert choice.sentences == (
+        "Best on accuracy: the VGG16 int8 TFLite is 1.9 points more accurate, 1.4x slower and "
+        "1.1 MB larger than the student int8 TFLite.",
+        "Best on size and latency: the student int8 TFLite is 1.9 points less accurate, 1.4x "
+        "faster and 1.1 MB smaller than the VGG16 int8 TFLite.")
+
+
+def test_what_to_ship_ties_and_a_single_winner():
+    from vgg_mobile.pipeline.summary import what_to_ship
+
+    a = _shipped("a", "student", "tflite", "int8", 0.9, 1.0, 1.0)
+    twin = _shipped("b", "student", "onnx", "int8", 0.9, 1.0, 1.0)
+    # Equal on every criterion: neither dominates, both stay; the earlier row is named.
+    choice = what_to_ship([a, twin])
+    assert choice.front == (a, twin) and set(map(id, choice.best.values())) == {id(a)}
+    assert choice.sentences == ("Best on accuracy, size and latency: the student int8 TFLite, "
+                                "with no trade-off to make.",)
+    # Equal accuracy, one smaller: the larger one is dominated.
+    big = _shipped("c", "student", "onnx", "float32", 0.9, 4.0, 1.0)
+    assert what_to_ship([big, a]).front == (a,)
+    assert what_to_ship([]).sentences == ()
+
+
+def test_what_to_ship_without_latency_uses_accuracy_and_size_and_says_so():
+    from vgg_mobile.pipeline.summary import what_to_ship
+
+    vgg = _shipped("v", "VGG16", "onnx", "float32", 0.95, 15.0, None)
+    student = _shipped("s", "student", "tflite", "int8", 0.95, 2.7, None)
+    fast = _shipped("f", "VGG16", "tflite", "int8", 0.96, 3.8, None)
+    choice = what_to_ship([vgg, student, fast])
+    assert not choice.latency_measured and choice.front == (student, fast)
+    assert set(choice.best) == {"accuracy", "size"}
+    assert choice.sentences == (
+        "Best on accuracy: the VGG16 int8 TFLite is 1.0 points more accurate and 1.1 MB larger "
+        "than the student int8 TFLite.",
+        "Best on size: the student int8 TFLite is 1.0 points less accurate and 1.1 MB smaller "
+        "than the VGG16 int8 TFLite.",
+        "Latency was not measured (the benchmark did not run): the choice is on accuracy and "
+        "size only.")
+    # One file timed and not the others: latency takes no part, and the sentence says why.
+    choice = what_to_ship([vgg, {**student, "latency_ms": 1.0}, fast])
+    assert not choice.latency_measured
+    assert choice.sentences[-1].startswith("Latency was not measured for every exported file")

@@ -81,20 +81,36 @@ def test_report_without_budget_misses(tmp_path):
     assert "Missed budgets" not in md and "| pass |" in md and "`web_export/`" in md
 
 
-def test_report_explains_why_the_qat_run_is_slow_in_keras(tmp_path):
-    from vgg_mobile.reporting.report import QAT_KERAS_NOTE
+def test_a_quantization_aware_run_shows_no_latency_and_the_report_says_why(tmp_path):
+    from vgg_mobile.pipeline.summary import QAT_LATENCY_NOTE
 
     out = _out(tmp_path, "")
     write_report(out)
-    assert QAT_KERAS_NOTE not in (out / "report.md").read_text()  # no QAT run timed
+    assert QAT_LATENCY_NOTE not in (out / "report.md").read_text()  # no QAT run here
     manifest = json.loads((out / "student_qat" / "manifest.json").read_text())
     _json(out / "student_qat" / "manifest.json", {**manifest, "quantization_aware": True})
+    # A benchmark that timed it (an older one): its fake-quantization latency is not shown.
     _json(out / "benchmark" / "benchmark.json", {"rows": [
         {"path": str(out / "student_qat" / "model.keras"), "stage": "student_qat",
-         "latency_ms": 80.0, "speedup": 0.1}]})
+         "latency_ms": 80.0, "speedup": 0.1},
+        {"path": str(out / "export" / "s_int8.tflite"), "stage": "export",
+         "latency_ms": 2.0, "speedup": 4.0}]})
     write_report(out)
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    assert "fake-quantization ops around every layer" in md and QAT_KERAS_NOTE in md
-    assert "its int8 TFLite is the fast one" in page
-    # Beside the table that shows the latency.
-    assert md.index("| 80.00 ms |") < md.index(QAT_KERAS_NOTE) < md.index("## Size, latency")
+    assert "80.00 ms" not in md and "| 2.00 ms |" in md
+    assert "| QAT student | 0.750 | 8 | - | 0.00 MB | - | - | - | - |" in md
+    assert QAT_LATENCY_NOTE in md and QAT_LATENCY_NOTE in page
+    # Under the table that would show the latency.
+    assert md.index("| QAT student |") < md.index(QAT_LATENCY_NOTE) < md.index("## Training")
+
+
+def test_the_report_ends_with_what_to_ship(tmp_path):
+    out = _out(tmp_path, "")
+    write_report(out)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    tail = md[md.index("## What to ship"):]
+    assert tail.splitlines()[2] == ("No exported file beats these on accuracy and size at "
+                                    "once: the student int8 TFLite.")
+    assert "Best on accuracy and size: the student int8 TFLite, with no trade-off" in tail
+    assert "Latency was not measured (the benchmark did not run)" in tail
+    assert page.index('<h2 id="ship">What to ship</h2>') > page.index("per-class metrics")

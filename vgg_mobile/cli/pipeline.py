@@ -31,12 +31,13 @@ from vgg_mobile.pipeline.config import load_config
 def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet,
                  offline):
     """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
-    (TFLite, Android), web_export (TF.js), web_demo, benchmark; then write the report.
-    Re-running resumes after the last finished stage."""
+    (TFLite, ONNX, Android), teacher_export (the compressed teacher the same way),
+    web_export (TF.js), web_demo, benchmark; then write the report, which ends with what to
+    ship. Re-running resumes after the last finished stage."""
     from vgg_mobile.pipeline.config import default_config_toml
     from vgg_mobile.pipeline.runner import run_pipeline
-    from vgg_mobile.reporting.report import format_summary, write_report
-    from vgg_mobile.pipeline.summary import findings, table_notes
+    from vgg_mobile.reporting.report import format_ship, format_summary, write_report
+    from vgg_mobile.pipeline.summary import findings, table_notes, what_to_ship
 
     config = load_config(config_path, preset)
     if print_config:
@@ -58,16 +59,25 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
                                "stages": [{"name": s.name, "status": s.status,
                                            "seconds": round(s.seconds, 1)} for s in result.stages],
                                "notes": table_notes(list(result.summary)),
-                               "findings": findings(out, config), "report": report}, indent=2))
+                               "findings": findings(out, config),
+                               "what_to_ship": list(what_to_ship(list(result.summary)).sentences),
+                               "report": report}, indent=2))
         return
     click.echo(format_summary(result.summary))
     for line in findings(out, config):
         click.echo(line)
-    click.echo(f"\nartifacts: {out / 'export'} (TFLite), {out / 'android'} (Android), "
-               f"{out / 'web_export'} (TF.js)")
+    teacher = (f", {out / 'teacher_export'} (the compressed teacher: TFLite, ONNX), "
+               f"{out / 'teacher_android'} (its Android assets)"
+               if (out / "teacher_export").is_dir() else "")
+    click.echo(f"\nartifacts: {out / 'export'} (TFLite, ONNX), {out / 'android'} (Android)"
+               f"{teacher}, {out / 'web_export'} (TF.js)")
     click.echo(f"report: {report['html']}")
     if (out / "web_demo").is_dir():
         click.echo(f"open the web demo with: {invocation()} serve {out / 'web_demo'}")
+    # Last: the choice the developer has to make.
+    ship = format_ship(result.summary)
+    if ship:
+        click.echo("\n" + ship)
 
 
 # --- benchmark command ---

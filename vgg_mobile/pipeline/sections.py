@@ -60,8 +60,27 @@ class ExportConfig:
         default_factory=_export_options, metadata={"fixed": ("tfjs", "tfjs_quantization")})
 
     def __post_init__(self):
-        require(not self.options.tfjs, "[export] never writes TF.js ([web_export] does)",
+        require(not self.options.tfjs, "an export section never writes TF.js ([web_export] does)",
                 f"tfjs={self.options.tfjs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherExportConfig(ExportConfig):
+    """The compressed teacher, shipped beside the student: the same conversion as `[export]`.
+
+    Its other keys are `ConvertOptions`' (budgets included; `onnx = false` leaves ONNX out).
+
+    Attributes:
+        source: The stage whose run is converted (a stage with a Keras model).
+        android: Also write its Android assets to `OUT/teacher_android` (the student's stay
+            in `OUT/android`).
+        options: The conversion and its budgets.
+        enabled: Export the compressed teacher (`OUT/teacher_export`); false ships the
+            student alone.
+    """
+
+    source: str = "pruned_qat"
+    enabled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,8 @@ its manifest records, and its rows of the summary. Everything else that needs th
     student      `distillation.distill`            MobileNet student taught by the teacher
     student_qat  `compression.qat.qat_run`         quantization-aware student
     export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
+    teacher_export  `vgg_mobile.converters.convert.convert_run`  the compressed teacher
+                 (`pruned_qat`) the same way (+ OUT/teacher_android)
     web_export   `vgg_mobile.converters.convert.convert_run`  verified TF.js bundle, float16 TFLite
     web_demo     `web_demo.assemble_demo`          static web demo folder
     benchmark    `reporting.benchmark.benchmark_pipeline`, in a fresh child process: every
@@ -30,7 +32,7 @@ from vgg_mobile.core.processes import call_in_child
 from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.distillation.distill import DistillConfig, distill
 from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, TeacherConfig,
-                                          WebDemoConfig, WebExportConfig)
+                                          TeacherExportConfig, WebDemoConfig, WebExportConfig)
 from vgg_mobile.training.train import train
 from vgg_mobile.web_demo import assemble_demo
 
@@ -160,10 +162,15 @@ def _distill(job: StageJob, settings: DistillConfig) -> None:
             log=job.log, verbose=job.verbose, stage=job.name, offline=job.offline)
 
 
-def _export(job: StageJob, settings: ExportConfig) -> None:
-    convert_run(job.parent, job.path, settings.options, data_dir=job.data_dir,
-                android_dir=job.out / "android" if settings.android else None,
-                command=job.command, log=job.log, stage=job.name)
+def _exporter(android: str) -> Callable[[StageJob, ExportConfig], None]:
+    """An export stage's runner, writing its Android assets to `OUT/<android>` (which the
+    stage declares in `extra_outputs`): each export has a folder of its own."""
+    def export(job: StageJob, settings: ExportConfig) -> None:
+        convert_run(job.parent, job.path, settings.options, data_dir=job.data_dir,
+                    android_dir=job.out / android if settings.android else None,
+                    command=job.command, log=job.log, stage=job.name)
+
+    return export
 
 
 def _web_export(job: StageJob, settings: WebExportConfig) -> None:
@@ -207,10 +214,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("student_qat", QATConfig, _qat,
           "Quantization-aware training of the student (QATConfig).",
           parent="student", artifact="QAT student", curves="student QAT"),
-    Stage("export", ExportConfig, _export,
+    Stage("export", ExportConfig, _exporter("android"),
           "The exported model: verified TFLite files and Android assets, budgets (ConvertOptions).",
           kind="export", parent="student_qat", parent_from_source=True,
           extra_outputs=("android",), formerly=("convert",)),
+    Stage("teacher_export", TeacherExportConfig, _exporter("teacher_android"),
+          "The compressed teacher shipped beside the student: verified TFLite files, ONNX models "
+          "and Android assets in OUT/teacher_android, budgets (ConvertOptions).",
+          kind="export", parent="pruned_qat", parent_from_source=True,
+          extra_outputs=("teacher_android",)),
     Stage("web_export", WebExportConfig, _web_export,
           "The browser's model: a verified TF.js bundle and a TFLite beside it, budgets "
           "(ConvertOptions).",

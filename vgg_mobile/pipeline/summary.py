@@ -7,6 +7,7 @@ measurements. `vgg_mobile.reporting` turns the rows into tables and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from vgg_mobile.pipeline.state import read_state
 # can answer a borderline image differently between two such passes (one table, one answer).
 MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
 
+# Under any table where a quantization-aware Keras run has no latency.
+QAT_LATENCY_NOTE = ("Quantization-aware Keras models run fake quantization: their latency is "
+                    "that of no shipped product; see their int8 TFLite rows.")
+
 
 def summary_rows(out: str | Path, config) -> list[dict]:
     """One row per artifact under OUT: every run's Keras model, then every exported file.
@@ -35,7 +40,10 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     `Budgets.misses`, the rule `convert` enforces on its own verification; `-` for runs),
     `misses` (what an exported file misses, one sentence each), `feeds_export` (an exported
     file is made from it, or from a run made from it; `False` for a run that is measured but
-    ships nothing, such as the pruned teacher) and `measured_by` (`benchmark` or `stage`).
+    ships nothing, such as the pruned teacher), `measured_by` (`benchmark` or `stage`),
+    `quantization_aware` (a Keras run with fake-quantization ops: its latency is always
+    `None`, being that of no shipped product) and `model` (what an exported file is of, for
+    sentences: `student`, or the teacher's family, e.g. `VGG16`; `None` for runs).
     When the benchmark stage ran, its accuracy, agreement, latency and speed-up replace what
     the stages recorded, and `images` is its number of images, so that the table gives one
     figure per model; missing values are `None`.
@@ -56,7 +64,8 @@ def summary_rows(out: str | Path, config) -> list[dict]:
             row = _run_row(out / stage.name, stage, settings, recorded.get(stage.name, {}))
             rows += [row] if row else []
         elif stage.kind == "export":
-            rows += _export_rows(out / stage.name, stage, settings)
+            rows += _export_rows(out / stage.name, stage, settings,
+                                 _model_name(stage.parent_of(settings), config))
     benchmark = get_stage("benchmark")
     measured = out / benchmark.name / benchmark.finished_file
     if measured.is_file():
@@ -78,7 +87,30 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     shipped = _feeding_exports(config)
     for row in rows:
         row["feeds_export"] = row["format"] != "keras" or row["stage"] in shipped
+        if row["quantization_aware"]:
+            row["latency_ms"] = row["speedup"] = None
     return rows
+
+
+def _lineage(name: str | None, config) -> list[str]:
+    """`name` and the run stages it was made from, nearest first."""
+    chain = []
+    while name and name not in chain:
+        chain.append(name)
+        name = get_stage(name).parent_of(getattr(config, name))
+    return chain
+
+
+def _model_name(source: str | None, config) -> str:
+    """What an export of run `source` ships, in a sentence: the student, or the teacher named
+    by its family (`VGG16`)."""
+    chain = _lineage(source, config)
+    if get_stage("student").name in chain:
+        return "student"
+    from vgg_mobile.models.architectures import ARCHITECTURES
+
+    teacher = ARCHITECTURES.get(config.teacher.model.architecture)
+    return teacher.family.upper() if teacher and teacher.family else "teacher"
 
 
 def _in_stage(row: dict) -> str:
@@ -95,13 +127,8 @@ def _feeding_exports(config) -> set[str]:
     feeding = set()
     for stage in STAGES:
         settings = getattr(config, stage.name)
-        if stage.kind != "export" or not stage.enabled(settings):
-            continue
-        name = stage.parent_of(settings)
-        while name and name not in feeding:
-            feeding.add(name)
-            parent = get_stage(name)
-            name = parent.parent_of(getattr(config, name))
+        if stage.kind == "export" and stage.enabled(settings):
+            feeding.update(_lineage(stage.parent_of(settings), config))
     return feeding
 
 
@@ -133,6 +160,8 @@ def table_notes(rows: list[dict]) -> list[str]:
         notes.append("Accuracies on different numbers of held-out images: " + "; ".join(
             f"{n} ({points_per_image(n)}): {', '.join(names)}"
             for n, names in sorted(counts.items(), reverse=True)) + ".")
+    if any(row.get("quantization_aware") for row in rows):
+        notes.append(QAT_LATENCY_NOTE)
     if any(row.get("measured_by") == "benchmark" for row in rows):
         notes.append("Accuracy, agreement and latency are the benchmark's (`benchmark/`): every "
                      "artifact run on the same images in one process.")
@@ -160,7 +189,8 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
             "images": _images(manifest.metrics), "agreement": None,
             "size_bytes": model.stat().st_size if model.is_file() else 0,
             "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
-            "budget": "-", "misses": [], "measured_by": "stage"}
+            "budget": "-", "misses": [], "measured_by": "stage",
+            "quantization_aware": manifest.quantization_aware, "model": None, "flavour": None}
 
 
 def _images(metrics: dict) -> int | None:
@@ -212,7 +242,7 @@ def findings(out: str | Path, config) -> list[str]:
     return lines
 
 
-def _export_rows(folder: Path, stage, settings) -> list[dict]:
+def _export_rows(folder: Path, stage, settings, model: str) -> list[dict]:
     if not (folder / MANIFEST).is_file():
         return []
     export = load_export(folder)
@@ -233,5 +263,112 @@ def _export_rows(folder: Path, stage, settings) -> list[dict]:
                      "size_bytes": artifact.size_bytes, "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
                      "budget": "fail" if misses else "pass", "misses": misses,
-                     "measured_by": "stage"})
+                     "measured_by": "stage", "quantization_aware": False, "model": model,
+                     "flavour": artifact.flavour})
     return rows
+
+
+# The criteria of the choice, in the order the sentences name them.
+CRITERIA = ("accuracy", "size", "latency")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShipChoice:
+    """What to ship: the exported files no other one beats on every criterion at once.
+
+    Attributes:
+        front: The Pareto front over accuracy (up), size (down) and latency (down), or
+            accuracy and size alone when latency was not measured for every file; in the
+            order of the rows.
+        best: The best file on each criterion (`accuracy`, `size`, `latency` when measured).
+        sentences: One per file that is best on something, comparing it with the other best
+            ones; the last one says when latency was not measured.
+        latency_measured: Whether latency took part.
+    """
+
+    front: tuple[dict, ...]
+    best: dict[str, dict]
+    sentences: tuple[str, ...]
+    latency_measured: bool
+
+
+def ship_name(row: dict) -> str:
+    """An exported file as a sentence names it: `the VGG16 int8 TFLite`, `the student TF.js`."""
+    kind = {"tflite": f"{row.get('flavour')} TFLite", "onnx": f"{row.get('flavour')} ONNX",
+            "tfjs": "TF.js"}.get(row["format"], row["format"])
+    return f"the {row.get('model') or row['stage']} {kind}"
+
+
+def _axes(row: dict, latency: bool) -> tuple[float, ...]:
+    """A row's criteria as numbers where smaller is better."""
+    return (-row["accuracy"], row["size_bytes"], *((row["latency_ms"],) if latency else ()))
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and a != b
+
+
+def _compare(a: dict, b: dict, latency: bool) -> str:
+    """`a` against `b`: "1.9 points more accurate, 1.4x slower and 1.1 MB larger"."""
+    points = round((a["accuracy"] - b["accuracy"]) * 100, 1)
+    parts = [f"{abs(points):.1f} points {'more' if points > 0 else 'less'} accurate"
+             if points else "as accurate"]
+    if latency:
+        ratio = a["latency_ms"] / b["latency_ms"]
+        parts.append(f"{ratio:.1f}x slower" if round(ratio, 1) > 1 else
+                     f"{1 / ratio:.1f}x faster" if round(1 / ratio, 1) > 1 else "as fast")
+    change = (a["size_bytes"] - b["size_bytes"]) / 1e6
+    amount = f"{abs(change):.1f} MB" if abs(change) >= 0.1 else f"{abs(change) * 1000:.0f} kB"
+    parts.append(f"{amount} {'larger' if change > 0 else 'smaller'}"
+                 if round(abs(change) * 1000) else "the same size")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def what_to_ship(rows: list[dict]) -> ShipChoice:
+    """The choice among the shipped files: the best on accuracy, on size and on latency.
+
+    Candidates are the exported files (TFLite, ONNX, TF.js) with an accuracy and a size
+    that meet their budgets; latency is the runtime that ships them (the benchmark's LiteRT,
+    ONNX Runtime or TF.js figure) and counts only when every candidate has one. Ties go to
+    the earlier row (stage order).
+
+    Args:
+        rows: `summary_rows`, or rows with the same keys.
+
+    Returns:
+        A `ShipChoice`; empty when no exported file has an accuracy.
+    """
+    candidates = [row for row in rows if row["format"] != "keras" and row.get("budget") != "fail"
+                  and row.get("accuracy") is not None and row.get("size_bytes")]
+    latency = bool(candidates) and all(row.get("latency_ms") for row in candidates)
+    axes = [_axes(row, latency) for row in candidates]
+    front = tuple(row for row, mine in zip(candidates, axes)
+                  if not any(_dominates(other, mine) for other in axes))
+    if not front:
+        return ShipChoice((), {}, (), latency)
+    best = {}
+    for k, criterion in enumerate(CRITERIA[:3 if latency else 2]):
+        # The criterion first, then the others in order: the best is on the front.
+        order = (k, *(j for j in range(len(axes[0])) if j != k))
+        best[criterion] = min(front, key=lambda row: tuple(_axes(row, latency)[j] for j in order))
+    winners: dict[int, list[str]] = {}
+    for criterion, row in best.items():
+        winners.setdefault(id(row), []).append(criterion)
+    by_id = {id(row): row for row in front}
+    sentences = []
+    if len(winners) == 1:
+        row = best[CRITERIA[0]]
+        criteria = " and ".join(best) if len(best) < 3 else "accuracy, size and latency"
+        sentences.append(f"Best on {criteria}: {ship_name(row)}, with no trade-off to make.")
+    for key, criteria in winners.items() if len(winners) > 1 else ():
+        row = by_id[key]
+        others = [by_id[other] for other in winners if other != key]
+        sentence = "; ".join(f"{_compare(row, other, latency)} than {ship_name(other)}"
+                             for other in others)
+        sentences.append(f"Best on {' and '.join(criteria)}: {ship_name(row)} is {sentence}.")
+    if not latency:
+        why = ("for every exported file" if any(row.get("latency_ms") for row in candidates)
+               else "(the benchmark did not run)")
+        sentences.append(f"Latency was not measured {why}: the choice is on accuracy and size "
+                         "only.")
+    return ShipChoice(front, best, tuple(sentences), latency)

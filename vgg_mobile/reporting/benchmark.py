@@ -13,6 +13,10 @@ between them mean something on a shared, noisy machine where absolute times do n
                 (single-threaded SIMD)
     speedup     the float teacher's Keras latency divided by the artifact's
 
+A quantization-aware Keras run is not timed (its latency is `None`): Keras runs its
+fake-quantization ops, a simulation of int8 that no shipped product runs; its exported int8
+files are timed instead.
+
 Each ONNX model also runs in OpenVINO (CPU) when it is installed (`vgg-mobile[openvino]`, in
 the development environment): accuracy, agreement with ONNX Runtime and latency, in a second
 table.
@@ -38,7 +42,7 @@ from vgg_mobile.pipeline.config import load_pipeline_config
 from vgg_mobile.pipeline.sections import BenchmarkConfig
 from vgg_mobile.pipeline.stages import BENCHMARK_JSON, get_stage
 from vgg_mobile.pipeline.state import STATE_FILE, is_pipeline_out
-from vgg_mobile.pipeline.summary import summary_rows
+from vgg_mobile.pipeline.summary import QAT_LATENCY_NOTE, summary_rows
 from vgg_mobile.reporting.tables import Column, markdown_table, megabytes, number
 
 # Every artifact runs on the held-out images of the teacher's split, and every speed-up is
@@ -116,13 +120,15 @@ def benchmark_pipeline(
     teacher_ms = None
     started = time.perf_counter()
     for row in rows:
-        result = _measure(row, examples, len(teacher.classes), config, images)
+        result = _measure(row, examples, len(teacher.classes), config, images,
+                          timed=not row["quantization_aware"])
         labels = images[result.pop("image_size")][1]
         probs = result.pop("probs")
         if row["format"] == "keras":
             probs_of[row["stage"]] = probs
         if row["stage"] == REFERENCE:
             teacher_ms = result["latency_ms"]
+        latency = result["latency_ms"]
         parent = probs_of.get(row["parent"]) if row["parent"] else None
         measured[row["path"]] = {
             "artifact": row["artifact"], "stage": row["stage"], "format": row["format"],
@@ -133,9 +139,9 @@ def benchmark_pipeline(
             "size_bytes": row["size_bytes"],
             "gzip_bytes": row["gzip_bytes"] if row["gzip_bytes"] is not None
             else gzip_size(Path(row["path"])),
-            "latency_ms": round(result["latency_ms"], 3),
-            "speedup": round(teacher_ms / result["latency_ms"], 2) if teacher_ms else None,
-            "budget": row["budget"],
+            "latency_ms": round(latency, 3) if latency is not None else None,
+            "speedup": round(teacher_ms / latency, 2) if teacher_ms and latency else None,
+            "budget": row["budget"], "quantization_aware": row["quantization_aware"],
         }
         for key, other in result.pop("others").items():
             # The same file in a second runtime, on the same images.
@@ -146,7 +152,9 @@ def benchmark_pipeline(
                 "max_probability_difference": round(float(np.abs(other["probs"] - probs).max()), 5),
                 "latency_ms": round(other["latency_ms"], 3),
                 "speedup": round(teacher_ms / other["latency_ms"], 2) if teacher_ms else None}
-        log(f"benchmark: {row['artifact']}: {result['latency_ms']:.2f} ms/image, accuracy "
+        timing = (f"{latency:.2f} ms/image" if latency is not None
+                  else "not timed (quantization-aware)")
+        log(f"benchmark: {row['artifact']}: {timing}, accuracy "
             f"{measured[row['path']]['accuracy']:.3f}")
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "out": str(out.resolve()), "images": len(examples), "split": split,
@@ -165,9 +173,11 @@ def benchmark_pipeline(
     return BenchmarkResult(tuple(measured.values()), json_path, markdown, info)
 
 
-def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, images: dict) -> dict:
+def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, images: dict,
+             timed: bool = True) -> dict:
     """Runs one artifact on the held-out images and times it on the first one, in its format's
-    reference runtime and in every other installed runtime of the format."""
+    reference runtime and in every other installed runtime of the format; untimed (latency
+    `None`, no other runtime) unless `timed`."""
     from vgg_mobile import runtimes
     from vgg_mobile.data.dataset import load_images
 
@@ -177,6 +187,9 @@ def _measure(row: dict, examples, num_classes: int, config: BenchmarkConfig, ima
     if size not in images:
         images[size] = load_images(examples, size, num_classes)
     x = images[size][0]
+    if not timed:
+        return {"probs": np.asarray(runtime.predict(x)), "latency_ms": None, "image_size": size,
+                "runtime": runtime.label, "runtime_key": runtime.key, "others": {}}
     probs, latency = runtime.measure(x, config.repeats)
     measured_others = {}
     for other in others:
@@ -244,6 +257,8 @@ def format_benchmark(rows: list[dict], info: dict) -> str:
                f"{info['threads'].get('onnxruntime', info['threads']['litert'])}, TF.js 1; "
                "speed-up against the float teacher in the same process.")
     text = heading + "\n\n" + markdown_table(BENCHMARK_COLUMNS, rows)
+    if any(row.get("quantization_aware") for row in rows):
+        text += "\n\n" + QAT_LATENCY_NOTE
     in_openvino = [row for row in rows if row.get("openvino")]
     if in_openvino:
         text += ("\n\nThe ONNX models in OpenVINO (CPU, same images, same threads), against ONNX "

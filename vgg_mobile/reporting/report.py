@@ -27,7 +27,8 @@ from vgg_mobile.core.run_dir import read_manifest
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
-from vgg_mobile.pipeline.summary import findings, summary_rows, table_notes
+from vgg_mobile.pipeline.summary import (ShipChoice, findings, ship_name, summary_rows,
+                                         table_notes, what_to_ship)
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = REPORT_FILES[2]
@@ -76,14 +77,10 @@ _COLUMNS_NOTE = (
     "is measured on all of them); agreement: top-1 agreement with the artifact it was made "
     "from; latency: median single-image time with one thread, and the speed-up against the float "
     "teacher measured in the same process (benchmark/benchmark.md); budget: the budgets of the "
-    "export's section ([export] or [web_export]: max_size, min_agreement, max_accuracy_drop).")
+    "export's section ([export], [teacher_export] or [web_export]: max_size, min_agreement, "
+    "max_accuracy_drop).")
 
 
-# Why a QAT run's Keras row is the slowest of all: shown when one was timed.
-QAT_KERAS_NOTE = (
-    "Why the QAT runs are slow in Keras: Keras runs a quantization-aware model with "
-    "fake-quantization ops around every layer, a simulation of int8 in float rather than int8 "
-    "kernels; its int8 TFLite is the fast one.")
 # Grad-CAM examples: at most this many the shipped model gets wrong, and as many it gets right.
 GRADCAM_IMAGES = 3
 GRADCAM_SEED = 0
@@ -103,6 +100,26 @@ def format_summary(rows) -> str:
     """The summary rows as a Markdown table, then its notes (`pipeline.summary.table_notes`):
     what `vgg-mobile pipeline` prints."""
     return "\n\n".join([markdown_table(SUMMARY_COLUMNS, rows), *table_notes(rows)])
+
+
+SHIP_TITLE = "What to ship"
+
+
+def ship_lines(choice: ShipChoice) -> list[str]:
+    """The choice among the shipped files (`pipeline.summary.what_to_ship`) as plain lines:
+    the Pareto front, then one sentence per best file. Empty when nothing was exported."""
+    if not choice.front:
+        return []
+    axes = "accuracy, size and latency" if choice.latency_measured else "accuracy and size"
+    return [f"No exported file beats these on {axes} at once: "
+            + ", ".join(ship_name(row) for row in choice.front) + ".", *choice.sentences]
+
+
+def format_ship(rows) -> str:
+    """The what-to-ship section as Markdown (a heading, then `ship_lines`); `""` when nothing
+    was exported: what `vgg-mobile pipeline` prints last."""
+    lines = ship_lines(what_to_ship(list(rows)))
+    return "\n\n".join([f"## {SHIP_TITLE}", *lines]) if lines else ""
 
 
 # Marker per format; a Keras model is drawn hollow: it is measured, never shipped.
@@ -502,21 +519,22 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
         except (VggMobileError, OSError, ValueError) as err:
             # The rest of the report does not depend on it: say why it is missing.
             not_explained = f"Grad-CAM not drawn: {type(err).__name__}: {err}"
-    qat_timed = any(row["format"] == "keras" and row.get("latency_ms")
-                    and _quantization_aware(out / row["stage"]) for row in rows)
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, budgets, chart)
     gaps = chart_gaps(rows)
     misses = [miss for row in rows for miss in row["misses"]]
     web = (f" the web demo's TF.js bundle, from the `{config.web_export.source}` run, is in "
            "`web_export/`." if config.web_export.enabled else "")
-    intro = f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;{web}"
+    teacher_source = config.teacher_export.source
+    beside = (f" the `{teacher_source}` run, converted into `teacher_export/`, ships beside it;"
+              if config.teacher_export.enabled else "")
+    intro = (f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;"
+             f"{beside}{web}")
 
     said = findings(out, config)
     notes = table_notes(rows)
     md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
-          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), "",
-          *([QAT_KERAS_NOTE, ""] if qat_timed else [])]
+          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
     if misses:
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
     if has_chart or gaps:
@@ -541,6 +559,10 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                markdown_table(_GRADCAM_COLUMNS, explained), ""]
     elif not_explained:
         md += [not_explained, ""]
+    # Last: the choice the developer has to make.
+    ship = ship_lines(what_to_ship(rows))
+    if ship:
+        md += [f"## {SHIP_TITLE}", "", *(f"{line}\n" for line in ship)]
     md_path = out / REPORT_FILES[0]
     write_text(md_path, "\n".join(md))
 
@@ -555,12 +577,15 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     esc = html.escape
     web_html = (f" the web demo's TF.js bundle, from the <code>{esc(config.web_export.source)}</code> "
                 "run, is in <code>web_export/</code>." if config.web_export.enabled else "")
+    beside_html = (f" the <code>{esc(teacher_source)}</code> run, converted into "
+                   "<code>teacher_export/</code>, ships beside it;"
+                   if config.teacher_export.enabled else "")
     body = [f"<h1>{esc(TITLE)}</h1>",
             f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
-            f"<code>export/</code>;{web_html}</p>", *(f"<p>{esc(line)}</p>" for line in said),
+            f"<code>export/</code>;{beside_html}{web_html}</p>",
+            *(f"<p>{esc(line)}</p>" for line in said),
             "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
-            table(SUMMARY_COLUMNS, rows), *(f'<p class="note">{esc(n)}</p>' for n in notes),
-            *([f'<p class="note">{esc(QAT_KERAS_NOTE)}</p>'] if qat_timed else [])]
+            table(SUMMARY_COLUMNS, rows), *(f'<p class="note">{esc(n)}</p>' for n in notes)]
     if misses:
         body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
                  "</ul>"]
@@ -586,6 +611,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                  table(_GRADCAM_COLUMNS, explained)]
     elif not_explained:
         body.append(f"<p>{esc(not_explained)}</p>")
+    if ship:
+        body += [f'<h2 id="ship">{esc(SHIP_TITLE)}</h2>', *(f"<p>{esc(line)}</p>" for line in ship)]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(TITLE)}</title>"
