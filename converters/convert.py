@@ -53,6 +53,10 @@ def parse_size(text: str | None) -> int | None:
     return int(size * units[unit])
 
 
+# The ONNX models `convert --onnx` can write.
+ONNX_FLAVOURS = ("float32", "int8")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvertOptions:
     """What to export and which budgets it must meet.
@@ -66,6 +70,8 @@ class ConvertOptions:
         tfjs_quantization: TF.js weight quantization: `uint8`, `float16` or `none`.
         onnx: Also write ONNX models for ONNX Runtime: `float32` (tf2onnx) and `int8`
             (ONNX Runtime static quantization, QDQ form, calibrated like the TFLite `int8`).
+        onnx_flavours: Which of the two ONNX models `onnx` writes (the int8 one is always made
+            from the float32 one, which is then only written if asked for).
         max_size: Largest allowed size in bytes of each artifact (`None`: no limit).
         min_agreement: Smallest allowed top-1 agreement with the Keras model (`None`: no check).
         max_accuracy_drop: Largest allowed accuracy loss against Keras, in points of accuracy
@@ -83,6 +89,7 @@ class ConvertOptions:
     tfjs: bool = True
     tfjs_quantization: str = "uint8"
     onnx: bool = False
+    onnx_flavours: tuple[str, ...] = ONNX_FLAVOURS
     max_size: int | None = 10_000_000
     min_agreement: float | None = None
     max_accuracy_drop: float | None = None
@@ -105,6 +112,11 @@ class ConvertOptions:
             tflite.get_flavour(flavour)
         if len(set(self.flavours)) != len(self.flavours):
             raise BadInputError(f"flavours repeat. Received: {self.flavours}")
+        if (not self.onnx_flavours or len(set(self.onnx_flavours)) != len(self.onnx_flavours)
+                or not set(self.onnx_flavours) <= set(ONNX_FLAVOURS)):
+            raise BadInputError(f"onnx_flavours must be distinct names among "
+                                f"{', '.join(ONNX_FLAVOURS)}, at least one. "
+                                f"Received: onnx_flavours={self.onnx_flavours!r}")
         if self.io_dtype not in tflite.IO_DTYPES:
             raise BadInputError(f"io_dtype must be one of {', '.join(tflite.IO_DTYPES)}. "
                                 f"Received: io_dtype={self.io_dtype!r}")
@@ -318,6 +330,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
     graph = "QDQ (quantization-aware model)" if is_quantization_aware(model) else "float"
     artifacts = []
     for flavour, data in converted.items():
+        if flavour not in options.onnx_flavours:
+            continue
         data = onnx.add_metadata(data, {**props, "flavour": flavour})
         runtime = runtimes.load(data, "onnx")
         check = compare(reference, runtime.predict(x_val), y_val)

@@ -44,6 +44,9 @@ def _size_text(size: int | None) -> str:
               type=click.Choice(["uint8", "float16", "none"]))
 @click.option("--onnx/--no-onnx", default=default(ConvertOptions, "onnx"), show_default=True,
               help="Also write ONNX models for ONNX Runtime: float32 (tf2onnx) and int8 (QDQ).")
+@click.option("--onnx-flavour", "onnx_flavours", multiple=True, type=click.Choice(ONNX_FLAVOURS),
+              help="With --onnx, the ONNX model to write; repeat for both. Default: "
+                   f"{' and '.join(default(ConvertOptions, 'onnx_flavours'))}.")
 @click.option("--android", "android_dir", type=click.Path(path_type=Path), default=None,
               help="Also write Android assets (model, labels, README) to this folder.")
 @click.option("--max-size", default=_size_text(default(ConvertOptions, "max_size")),
@@ -70,7 +73,7 @@ def _size_text(size: int | None) -> str:
               help="Print the export manifest as JSON on stdout; on a missed budget (exit 3), "
                    "the same figures with \"budget\": {\"passed\": false, ...}.")
 @click.pass_context
-def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, onnx, android_dir,
+def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quantization, onnx, onnx_flavours, android_dir,
                 max_size, min_agreement, max_accuracy_drop, verify_images, name, model_version,
                 author, license_, force, as_json):
     """Convert run RUN to verified TFLite models (with metadata), a TF.js bundle and ONNX models.
@@ -85,7 +88,9 @@ def convert_cmd(ctx, run, out, data, flavours, io_dtype, sparse, tfjs, tfjs_quan
     chosen = ("float32", "float16", "dynamic", "int8") if "all" in flavours else tuple(flavours)
     options = ConvertOptions(
         **({"flavours": chosen} if chosen else {}), io_dtype=io_dtype, sparse=sparse, tfjs=tfjs,
-        tfjs_quantization=tfjs_quantization, onnx=onnx, max_size=parse_size(max_size),
+        tfjs_quantization=tfjs_quantization, onnx=onnx,
+        **({"onnx_flavours": tuple(onnx_flavours)} if onnx_flavours else {}),
+        max_size=parse_size(max_size),
         min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
         verify_images=verify_images, name=name, version=model_version, author=author,
         license=license_)
