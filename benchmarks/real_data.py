@@ -72,6 +72,7 @@ QUICK = {
     "student": {"epochs": 1, "image_size": 32},
     "student_qat": {"epochs": 1},
     "export": {"min_agreement": "none"},
+    "teacher_export": {"min_agreement": "none"},
     "web_export": {"min_agreement": "none"},
     "benchmark": {"repeats": 3},
 }

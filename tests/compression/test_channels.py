@@ -199,3 +199,25 @@ def test_prune_refuses_another_architecture_and_bad_ratios_writing_nothing(stude
                      "--ratio", ratio)
         assert result.returncode == 2 and f"ratio={ratio}" in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_batch_norm_recalibration_takes_the_statistics_the_narrow_model_computes():
+    import tf_keras as keras
+
+    model = _model("vgg16_bn_0.5")
+    narrow = channels.rebuild(model, channels.plan_channels(model, 0.3))
+    images = _images(16)
+    stale = narrow(images, training=False).numpy()
+    assert channels.recalibrate_batch_norm(narrow, [images[:8], images[8:]]) == 16
+    first = narrow.get_layer("block1_bn1")
+    conv = keras.Model(narrow.input, narrow.get_layer("block1_conv1").output)
+    np.testing.assert_allclose(first.moving_mean.numpy(),
+                               conv(images).numpy().mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+    assert first.momentum == model.get_layer("block1_bn1").momentum
+    # With the statistics of this very batch, inference answers (nearly: the moving variance
+    # is the unbiased one) as training mode does, the stale statistics far from it.
+    channels.recalibrate_batch_norm(narrow, [images])
+    inference = narrow(images, training=False).numpy()
+    batch = narrow(images, training=True).numpy()
+    assert np.abs(inference - batch).max() < 0.1 * np.abs(stale - batch).max()
+    assert channels.recalibrate_batch_norm(_model("vgg16"), [images]) == 0

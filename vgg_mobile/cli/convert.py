@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.converters.convert import ConvertOptions
+from vgg_mobile.converters.convert import ONNX_FLAVOURS, ConvertOptions
 from vgg_mobile.core.export_dir import export_from_json
 from vgg_mobile.cli.common import COUNT, default, fraction, log
 

@@ -30,11 +30,15 @@ from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.core.io import gzip_size, write_json
 from vgg_mobile.core.outputs import MANIFEST, claim_output
 from vgg_mobile.core.run_dir import Manifest, Run, finish_run, load_run
+from vgg_mobile.data import dataset, splits
 from vgg_mobile.models.architectures import ARCHITECTURES
 from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 
 
 METHODS = ("channels", "magnitude")
+# Training images (stratified, seeded) whose statistics a channel-pruned model's batch norms
+# take before fine-tuning (`channels.recalibrate_batch_norm`).
+RECALIBRATION_IMAGES = 512
 # What channel pruning can rebuild: the VGG16 family (`compression.channels` follows its chain
 # of convolutions, batch norms and pools into the head).
 CHANNEL_ARCHITECTURES = tuple(name for name, spec in ARCHITECTURES.items() if spec.family == "vgg16")
@@ -263,10 +267,16 @@ def _prune_channels(out, shown, run, model, config, parts, data_record, command,
     parent_metrics = validation_metrics(model, parts.val, run, config.batch_size)
     narrow = channels.rebuild(model, plan)
     before, after = int(model.count_params()), int(narrow.count_params())
+    uncalibrated = validation_metrics(narrow, parts.val, run, config.batch_size)
+    sample = splits.stratified_sample(parts.train, RECALIBRATION_IMAGES, seed=config.seed)
+    pixels = dataset.make_dataset(sample, run.image_size, config.batch_size,
+                                  len(run.classes)).map(lambda x, y: x)
+    recalibrated = channels.recalibrate_batch_norm(narrow, pixels)
     rebuilt_metrics = validation_metrics(narrow, parts.val, run, config.batch_size)
     log(f"removed {config.ratio:.0%} of the filters ({config.scope} scope) of {run.path}: "
         f"{before:,} -> {after:,} parameters; val accuracy {parent_metrics['accuracy']:.3f} -> "
-        f"{rebuilt_metrics['accuracy']:.3f} before fine-tuning")
+        f"{uncalibrated['accuracy']:.3f}, {rebuilt_metrics['accuracy']:.3f} with batch-norm "
+        f"statistics from {recalibrated} training images, before fine-tuning")
     history = _fine_tune(narrow, parts, run, config, verbose)
     metrics = validation_metrics(narrow, parts.val, run, config.batch_size)
     step = {"method": "channels", **plan.record(), "parameters": [before, after]}
@@ -284,6 +294,8 @@ def _prune_channels(out, shown, run, model, config, parts, data_record, command,
             "steps": _steps(run, step),
             "parent_metrics": {"accuracy": parent_metrics["accuracy"],
                                "macro_f1": parent_metrics["macro_f1"]},
+            "uncalibrated_metrics": {"accuracy": uncalibrated["accuracy"]},
+            "recalibrated_images": recalibrated,
             "rebuilt_metrics": {"accuracy": rebuilt_metrics["accuracy"]},
             "history": _history(history),
         }},
