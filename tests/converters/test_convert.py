@@ -98,6 +98,9 @@ def test_options_and_sizes_are_validated():
         ConvertOptions(flavours=("int4",))
     with pytest.raises(BadInputError, match="min_agreement"):
         ConvertOptions(min_agreement=1.5)
+    for bad in ((), ("int8", "int8"), ("int4",)):
+        with pytest.raises(BadInputError, match="onnx_flavours"):
+            ConvertOptions(onnx_flavours=bad)
 
 
 def test_cli_exit_codes(cli, export, teacher_run, sample_dir, tmp_path):

@@ -164,8 +164,8 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
 
     teacher = load_export(out / "teacher_export")
     assert teacher.manifest.parent == str((out / "pruned_qat").resolve())
-    assert {(a.format, a.flavour) for a in teacher.artifacts} == {
-        ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")}
+    # int8 only: a full VGG16's float32 ONNX is no file for a phone (`onnx_flavours`).
+    assert {(a.format, a.flavour) for a in teacher.artifacts} == {("tflite", "int8"), ("onnx", "int8")}
     assert all(teacher.file(a).is_file() and a.verification["images"] > 0
                for a in teacher.artifacts)
     assert (out / "teacher_android").is_dir()
