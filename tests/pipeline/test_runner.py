@@ -175,16 +175,16 @@ def test_pipeline_killed_during_distillation_resumes_and_exports(cli, tmp_path):
     rows = {row["artifact"]: row for row in summary["summary"]}
     int8 = rows["TFLite int8 (student_qat)"]
     assert int8["budget"] == "pass" and rows["float teacher"]["size_bytes"] > int8["size_bytes"]
-    # Pruning's zeros do not shrink the saved file, but they do shrink its download.
-    assert rows["pruned teacher"]["gzip_bytes"] < 0.8 * rows["float teacher"]["gzip_bytes"]
+    # Channel pruning removed filters: the saved file itself is about half the size.
+    assert rows["pruned teacher"]["size_bytes"] < 0.6 * rows["float teacher"]["size_bytes"]
     # The benchmark stage timed every artifact, in one process, against the float teacher;
     # a quantization-aware Keras run is not timed: its fake quantization is no product's.
-    assert len(rows) == 13
+    assert len(rows) == 12
     qat = {"pruned + QAT teacher", "QAT student"}
     assert all(rows[name]["latency_ms"] is None and rows[name]["speedup"] is None for name in qat)
     assert all(row["latency_ms"] > 0 for name, row in rows.items() if name not in qat)
     assert rows["TFLite int8 (pruned_qat)"]["budget"] == "pass"
-    assert rows["ONNX float32 (pruned_qat)"]["latency_ms"] > 0
+    assert rows["ONNX int8 (pruned_qat)"]["latency_ms"] > 0
     assert "Quantization-aware Keras models run fake quantization" in " ".join(summary["notes"])
     # It ends with the choice among the shipped files, naming them.
     assert summary["what_to_ship"] and re.search(
