@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_mobile.core.errors import BadInputError, RunDirError
-from vgg_mobile.core.run_dir import Run, load_run
+from vgg_mobile.core.run_dir import Manifest, Run, load_run
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.evaluation import metrics as evaluation
 
@@ -164,3 +164,20 @@ def parent_fields(run: Run) -> dict:
     parent = run.manifest
     return {"architecture": parent.architecture, "input": parent.input,
             "preprocessing": parent.preprocessing, "output": parent.output}
+
+
+def compression_manifest(run: Run, stage: str, config: dict, command, data_record: dict,
+                         metrics: dict, parent_metrics: dict, history, record: dict,
+                         **fields) -> Manifest:
+    """The manifest of a run compressed from `run`: the parent's model contract and path, and
+    the `compression` record (`record`, then the parent's metrics on the same images and the
+    fine-tuning's history). `fields` are further `Manifest` fields (e.g. `model_file`)."""
+    return Manifest(
+        stage=stage, classes=run.classes, **parent_fields(run), config=config, command=command,
+        data=data_record, parent=str(run.path.resolve()), metrics=metrics,
+        sections={"compression": {
+            **record,
+            "parent_metrics": {"accuracy": parent_metrics["accuracy"],
+                               "macro_f1": parent_metrics["macro_f1"]},
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        }}, **fields)

@@ -22,8 +22,9 @@ from typing import Callable
 
 
 from vgg_mobile.compression import channels
-from vgg_mobile.compression.common import (PRUNABLE_KERNELS, CompressResult, fine_tune_split,
-                                           kernel_sparsity, load_parent, parent_fields,
+from vgg_mobile.compression.common import (PRUNABLE_KERNELS, CompressResult,
+                                           compression_manifest, fine_tune_split,
+                                           kernel_sparsity, load_parent,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, require, require_number
@@ -255,10 +256,6 @@ def _fine_tune(model, parts, run, config, verbose):
     return model.fit(train_ds, epochs=config.epochs, verbose=verbose)
 
 
-def _history(history) -> dict:
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
-
-
 def _prune_channels(out, shown, run, model, config, parts, data_record, command, log, verbose,
                     stage, *, plan: channels.ChannelPlan) -> CompressResult:
     import tf_keras as keras
@@ -280,26 +277,17 @@ def _prune_channels(out, shown, run, model, config, parts, data_record, command,
     history = _fine_tune(narrow, parts, run, config, verbose)
     metrics = validation_metrics(narrow, parts.val, run, config.batch_size)
     step = {"method": "channels", **plan.record(), "parameters": [before, after]}
-    manifest = Manifest(
-        stage=stage, classes=run.classes, **parent_fields(run),
-        config={"prune": dataclasses.asdict(config)},
-        command=command,
-        data=data_record,
-        parent=str(run.path.resolve()),
-        metrics=metrics,
-        sections={"compression": {
+    manifest = compression_manifest(
+        run, stage, {"prune": dataclasses.asdict(config)}, command, data_record, metrics,
+        parent_metrics, history, {
             "method": "channel pruning (filters ranked by L1 norm, removed, model rebuilt "
                       "narrower), fine-tuned",
             **step,
             "steps": _steps(run, step),
-            "parent_metrics": {"accuracy": parent_metrics["accuracy"],
-                               "macro_f1": parent_metrics["macro_f1"]},
             "uncalibrated_metrics": {"accuracy": uncalibrated["accuracy"]},
             "recalibrated_images": recalibrated,
             "rebuilt_metrics": {"accuracy": rebuilt_metrics["accuracy"]},
-            "history": _history(history),
-        }},
-    )
+        })
     sizes = _finish(out, narrow, manifest, run)
     log(f"wrote {shown}: {after / before:.0%} of the parameters, val accuracy "
         f"{metrics['accuracy']:.3f} (parent {parent_metrics['accuracy']:.3f}), model file "
@@ -347,14 +335,9 @@ def _prune(out, shown, run, model, config, parts, data_record, command, log, ver
 
     metrics = validation_metrics(stripped, parts.val, run, config.batch_size)
     sparsity = kernel_sparsity(stripped, tuple(chosen))
-    manifest = Manifest(
-        stage=stage, classes=run.classes, **parent_fields(run),
-        config={"prune": dataclasses.asdict(config)},
-        command=command,
-        data=data_record,
-        parent=str(run.path.resolve()),
-        metrics=metrics,
-        sections={"compression": {
+    manifest = compression_manifest(
+        run, stage, {"prune": dataclasses.asdict(config)}, command, data_record, metrics,
+        parent_metrics, history, {
             "method": "magnitude pruning (tfmot prune_low_magnitude, polynomial decay), stripped",
             "steps": _steps(run, {"method": "magnitude", "target_sparsity": config.target_sparsity,
                                   "sparsity": sparsity["total"]}),
@@ -362,11 +345,7 @@ def _prune(out, shown, run, model, config, parts, data_record, command, log, ver
             "pruned_layers": chosen,
             "skipped_layers": skipped,
             "sparsity": sparsity,
-            "parent_metrics": {"accuracy": parent_metrics["accuracy"],
-                               "macro_f1": parent_metrics["macro_f1"]},
-            "history": _history(history),
-        }},
-    )
+        })
     sizes = _finish(out, stripped, manifest, run)
     log(f"wrote {shown}: sparsity {sparsity['pruned_layers']:.1%} of pruned layers "
         f"({sparsity['total']:.1%} of all kernels), val accuracy {metrics['accuracy']:.3f}, "

@@ -11,13 +11,14 @@ from typing import Callable
 
 import numpy as np
 
-from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult, fine_tune_split,
-                                           kernel_sparsity, load_parent, parent_fields,
+from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult,
+                                           compression_manifest, fine_tune_split,
+                                           kernel_sparsity, load_parent,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, require_number
 from vgg_mobile.core.outputs import claim_output
-from vgg_mobile.core.run_dir import Manifest, Run, finish_run
+from vgg_mobile.core.run_dir import Run, finish_run
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 
@@ -235,26 +236,15 @@ def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_s
     metrics = validation_metrics(qat_model, parts.val, run, config.batch_size)
     sparsity = kernel_sparsity(qat_model, tuple(n for n, f in parent_sparsity["layers"].items()
                                                 if f >= MIN_PRUNED_SPARSITY))
-    manifest = Manifest(
-        stage=stage or f"{run.manifest.stage}_qat", classes=run.classes, **parent_fields(run),
-        model_file=QAT_MODEL_FILE,
-        quantization_aware=True,
-        config={"qat": dataclasses.asdict(config)},
-        command=command,
-        data=data_record,
-        parent=str(run.path.resolve()),
-        metrics=metrics,
-        sections={"compression": {
+    manifest = compression_manifest(
+        run, stage or f"{run.manifest.stage}_qat", {"qat": dataclasses.asdict(config)}, command,
+        data_record, metrics, parent_metrics, history, {
             "method": "quantization-aware training (tfmot quantize_apply, 8-bit)",
             "scheme": scheme_name,
             "sparsity": sparsity,
             "parent_sparsity": parent_sparsity["total"],
             "activation_ranges": ranges,
-            "parent_metrics": {"accuracy": parent_metrics["accuracy"],
-                               "macro_f1": parent_metrics["macro_f1"]},
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        }},
-    )
+        }, model_file=QAT_MODEL_FILE, quantization_aware=True)
     with warnings.catch_warnings():
         # HDF5 is chosen on purpose (see the docstring); tf_keras warns that it is legacy.
         warnings.filterwarnings("ignore", message=".*HDF5 file.*")
