@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from harness import benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "channel_pruning.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("channel_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-channel_pruning = _module()
+channel_pruning = benchmark_script("channel_pruning")
 
 
 def _size_row(ratio, scope, megabytes, speedup):

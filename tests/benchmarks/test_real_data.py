@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from harness import benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_data.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-real_data = _module()
+real_data = benchmark_script("real_data")
 
 
 @pytest.fixture(scope="module")

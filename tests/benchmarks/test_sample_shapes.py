@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from harness import benchmark_script
 
 from vgg_mobile.data.sample import SAMPLE_CLASSES
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sample_shapes.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sample_shapes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_shapes = _module()
+sample_shapes = benchmark_script("sample_shapes")
 
 
 def test_drawn_set_is_seeded_stratified_and_varied():

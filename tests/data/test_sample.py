@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,16 +101,13 @@ def test_the_sample_presets_teacher_names_shapes_drawn_unlike_its_data(tmp_path)
     and file sizes the generator never made (`benchmarks/sample_shapes.py`). On the sample
     data whose classes had typical hues it scored 0.26 to 0.28 on these (chance 0.25); on this
     data 0.80 in three runs."""
-    import importlib.util
+    from harness import benchmark_script
 
     from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.pipeline.config import load_config
     from vgg_mobile.training.train import train
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sample_shapes.py"
-    spec = importlib.util.spec_from_file_location("sample_shapes", script)
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
+    shapes = benchmark_script("sample_shapes")
 
     data = write_sample_data(tmp_path / "data")
     teacher = load_config(preset="sample").teacher

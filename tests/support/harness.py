@@ -7,10 +7,23 @@ checks that first, so no test can pass by comparing two constant outputs.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def benchmark_script(name: str):
+    """`benchmarks/<name>.py` imported as the module `name` (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def image_folder(root: Path, counts: dict[str, int], size: int = 24, seed: int = 1) -> Path:
