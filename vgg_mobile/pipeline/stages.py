@@ -162,15 +162,12 @@ def _distill(job: StageJob, settings: DistillConfig) -> None:
             log=job.log, verbose=job.verbose, stage=job.name, offline=job.offline)
 
 
-def _exporter(android: str) -> Callable[[StageJob, ExportConfig], None]:
-    """An export stage's runner, writing its Android assets to `OUT/<android>` (which the
-    stage declares in `extra_outputs`): each export has a folder of its own."""
-    def export(job: StageJob, settings: ExportConfig) -> None:
-        convert_run(job.parent, job.path, settings.options, data_dir=job.data_dir,
-                    android_dir=job.out / android if settings.android else None,
-                    command=job.command, log=job.log, stage=job.name)
-
-    return export
+def _export(job: StageJob, settings: ExportConfig) -> None:
+    # Each export's Android assets go to the one folder its stage declares in `extra_outputs`.
+    (android,) = get_stage(job.name).extra_outputs
+    convert_run(job.parent, job.path, settings.options, data_dir=job.data_dir,
+                android_dir=job.out / android if settings.android else None,
+                command=job.command, log=job.log, stage=job.name)
 
 
 def _web_export(job: StageJob, settings: WebExportConfig) -> None:
@@ -200,7 +197,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", TeacherConfig, _teacher,
           "Teacher: architecture (ModelOptions) and training (TrainConfig).",
           artifact="float teacher", curves="teacher training", resumes=True),
-    Stage("pruned", PruneConfig, _prune, "Pruning of the teacher: by channel or by magnitude (PruneConfig).",
+    Stage("pruned", PruneConfig, _prune,
+          "Pruning of the teacher: by channel or by magnitude (PruneConfig).",
           parent="teacher", artifact="pruned teacher", curves="pruning fine-tuning",
           formerly=("prune",)),
     Stage("pruned_qat", QATConfig, _qat,
@@ -214,11 +212,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("student_qat", QATConfig, _qat,
           "Quantization-aware training of the student (QATConfig).",
           parent="student", artifact="QAT student", curves="student QAT"),
-    Stage("export", ExportConfig, _exporter("android"),
+    Stage("export", ExportConfig, _export,
           "The exported model: verified TFLite files and Android assets, budgets (ConvertOptions).",
           kind="export", parent="student_qat", parent_from_source=True,
           extra_outputs=("android",), formerly=("convert",)),
-    Stage("teacher_export", TeacherExportConfig, _exporter("teacher_android"),
+    Stage("teacher_export", TeacherExportConfig, _export,
           "The compressed teacher shipped beside the student: verified TFLite files, ONNX models "
           "and Android assets in OUT/teacher_android, budgets (ConvertOptions).",
           kind="export", parent="pruned_qat", parent_from_source=True,
