@@ -42,7 +42,7 @@ def test_presets_keep_their_values_under_the_new_names():
     sample, real = build_config({}, "sample"), build_config({}, "real")
     assert (sample.teacher.model.image_size, real.teacher.model.image_size) == (32, 224)
     assert real.teacher.model.weights == "imagenet" and sample.teacher.train.epochs == 24
-    assert sample.pruned.target_sparsity == 0.5 and sample.pruned.epochs == 2
+    assert sample.pruned.target_sparsity == 0.5 and sample.pruned.epochs == 4
     assert sample.pruned.method == "channels" and sample.pruned.ratio == 0.3
     assert not sample.pruned_qat.preserve_sparsity and sample.pruned_qat.epochs == 1
     assert not sample.student_qat.preserve_sparsity
@@ -69,7 +69,7 @@ def test_overrides_reach_the_stage_configs():
                               'max_accuracy_drop = 0.02\n'
                               '[web_export]\nsource = "student_qat"\nmin_agreement = "none"\n'
                               '[student]\nimage_size = "none"\nlearning_rate = 1\n')
-    assert config.pruned.target_sparsity == 0.7 and config.pruned.epochs == 2  # rest: preset
+    assert config.pruned.target_sparsity == 0.7 and config.pruned.epochs == 4  # rest: preset
     assert config.export.options.max_size == 2_000_000
     assert config.export.options.flavours == ("int8", "float16")
     assert config.export.options.budgets.max_accuracy_drop == 0.02

@@ -34,6 +34,7 @@ from vgg_mobile.core.run_dir import Manifest, Run, finish_run, load_run
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.models.architectures import ARCHITECTURES
 from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
+from vgg_mobile.training.schedules import warmup_cosine
 
 
 METHODS = ("channels", "magnitude")
@@ -72,7 +73,8 @@ class PruneConfig:
         skip_first_conv: Leave the first convolution dense (it has few weights and sees raw
             pixels).
         skip_classifier: Leave the `logits` layer dense.
-        learning_rate: Adam learning rate of the fine-tuning.
+        learning_rate: Peak Adam learning rate of the fine-tuning, decayed to 0 along a cosine
+            (give the teacher's peak rate).
         batch_size: Images per step.
         augment: Augment training images (as training does).
         val_fraction: Share held out per class, for a folder that is not the parent's own
@@ -247,13 +249,21 @@ def _steps(run: Run, step: dict) -> list[dict]:
     return [*run.manifest.section("compression").get("steps", []), step]
 
 
-def _fine_tune(model, parts, run, config, verbose):
+def _fine_tune(model, parts, run, config, verbose, callbacks=()):
+    """Fine-tunes a pruned model: Adam from `learning_rate` down a cosine to 0.
+
+    A channel-pruned model starts far below its parent, so it is retrained at the teacher's
+    own peak rate and left to settle as the rate decays, rather than nudged at a small
+    constant rate (docs/measurements.md#channel-pruning compares the two). Magnitude pruning
+    fine-tunes the same way while its sparsity ramps up.
+    """
     import tf_keras as keras
 
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    steps = -(-len(parts.train) // config.batch_size) * config.epochs
+    model.compile(optimizer=keras.optimizers.Adam(warmup_cosine(config.learning_rate, steps, 0)),
                   loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed)
-    return model.fit(train_ds, epochs=config.epochs, verbose=verbose)
+    return model.fit(train_ds, epochs=config.epochs, verbose=verbose, callbacks=list(callbacks))
 
 
 def _prune_channels(out, shown, run, model, config, parts, data_record, command, log, verbose,
@@ -326,11 +336,8 @@ def _prune(out, shown, run, model, config, parts, data_record, command, log, ver
         wrapped = keras.models.clone_model(model, clone_function=wrap)
     except (ValueError, TypeError, AttributeError) as err:
         raise BadInputError(f"{run.model_path}: tfmot cannot wrap this model for pruning ({err})") from None
-    wrapped.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                    loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed)
-    history = wrapped.fit(train_ds, epochs=config.epochs, verbose=verbose,
-                          callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    history = _fine_tune(wrapped, parts, run, config, verbose,
+                         [tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
 
     metrics = validation_metrics(stripped, parts.val, run, config.batch_size)
