@@ -173,21 +173,30 @@ def _check_distinct(dirs: list[Path]) -> None:
 NOT_UTF8 = "file name is not valid UTF-8 (bytes shown as \\xNN); rename the file to use it"
 
 
-def _candidate_files(class_dir: Path) -> tuple[list[Path], list[ImageCheck]]:
-    """The files of a class folder, at any depth, except hidden and ignored ones; and those
+def candidate_files(folder: Path, holds: str | None = None,
+                    within: str = "the data folder") -> tuple[list[Path], list[ImageCheck]]:
+    """The files of a folder of images, at any depth, except hidden and ignored ones; and those
     skipped for a name that is not UTF-8 (under a printable form of their path).
 
+    Args:
+        folder: A class folder, or a folder of unlabelled images.
+        holds: What the folder's files are, for the message refusing an output folder inside it.
+            Defaults to "images of the class NAME" (`folder`'s name).
+        within: The folder to move such an output out of, for the same message. Defaults to
+            `"the data folder"`.
+
     Raises:
-        DataError: A subfolder is a vgg-mobile output, whose files are not images of the class.
+        DataError: A subfolder is a vgg-mobile output, whose files are not the folder's images.
     """
+    holds = holds or f"images of the class {folder.name!r}"
     files, skipped = [], []
-    for p in sorted(class_dir.rglob("*")):
-        relative = p.relative_to(class_dir)
+    for p in sorted(folder.rglob("*")):
+        relative = p.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
         if p.is_dir() and _is_output(p):
-            raise DataError(f"{printable(p)}: a vgg-mobile output folder, not images of the class "
-                            f"{class_dir.name!r}; move it out of the data folder")
+            raise DataError(f"{printable(p)}: a vgg-mobile output folder, not {holds}; "
+                            f"move it out of {within}")
         if p.is_file() and p.name.lower() not in _IGNORED_NAMES:
             if _is_utf8(str(relative)):
                 files.append(p)
@@ -204,7 +213,7 @@ def _check_pools(pools: list[Path]) -> None:
     _check_distinct([d for dirs in found.values() for d in dirs])
 
 
-def _check_all(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
+def check_files(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
     """Checks files 8 at a time, fewer when their decoded pixels would not fit `CHECK_MEMORY`."""
     budget = DecodeBudget(CHECK_MEMORY)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -231,10 +240,10 @@ def _scan_pool(
     bad = [ImageCheck(Path(printable(p)), problem="not inside a class folder") for p in stray]
     examples, converted = [], []
     empty = []
-    candidates = {class_dir: _candidate_files(class_dir) for class_dir in dirs}
+    candidates = {class_dir: candidate_files(class_dir) for class_dir in dirs}
     for class_dir in dirs:
         files, skipped = candidates[class_dir]
-        checks = _check_all(files, max_pixels) + skipped
+        checks = check_files(files, max_pixels) + skipped
         good = [c for c in checks if c.ok]
         bad.extend(c for c in checks if not c.ok)
         converted.extend(c for c in good if c.notes)
