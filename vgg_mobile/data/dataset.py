@@ -535,6 +535,7 @@ def make_multi_view_dataset(
     training: bool = False,
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
+    unlabeled: tuple[Path, ...] = (),
 ):
     """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
 
@@ -552,10 +553,15 @@ def make_multi_view_dataset(
         training: Shuffle every epoch and augment. Defaults to `False`.
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
+        unlabeled: Images without a label, read, augmented and shuffled together with
+            `examples` (one pass over both is an epoch); their label vector is all zeros.
+            Defaults to none.
 
     Returns:
         A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
-        float32 pixels in [0, 255].
+        float32 pixels in [0, 255]; with `unlabeled`, of `(views, one_hot_labels, labelled)`
+        batches, where `labelled` is 1.0 for a labelled image and 0.0 for an unlabelled one
+        (Keras passes it as the sample weight).
     """
     import tensorflow as tf
 
@@ -566,8 +572,9 @@ def make_multi_view_dataset(
     sizes = tuple(int(s) for s in image_sizes)
     largest = max(sizes)
     augmenting = training and augmentation != NO_AUGMENTATION
-    paths = [str(e.path) for e in examples]
-    labels = [e.label for e in examples]
+    paths = [str(e.path) for e in examples] + [str(p) for p in unlabeled]
+    # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
+    labels = [e.label for e in examples] + [-1] * len(unlabeled)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if augmenting:
         ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
@@ -589,5 +596,8 @@ def make_multi_view_dataset(
         ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (tuple(tf.cast(v, tf.float32) for v in x), y))
-    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    if unlabeled:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes), tf.cast(y >= 0, tf.float32)))
+    else:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
