@@ -1,5 +1,5 @@
 """Folders of unlabelled images: the file walk and check, copies of labelled images left out,
-and the folders refused."""
+and the folders refused (with `vgg-mobile distill --unlabeled` exiting 2 before writing)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from harness import image_folder
 from vgg_mobile.core.errors import DataError
@@ -71,8 +72,8 @@ def _only_labelled_copies(tmp_path, labelled) -> Path:
     ("data", "is the data folder itself"),
     ("inside", "lies inside the data folder"),
     ("contains", "contains the data folder"),
-    ("classes", "holds folders named like the data folder's classes (copy/test/cat, "
-                "copy/train/cat, copy/train/dog, copy/val/cat, copy/val/dog)"),
+    ("classes", ("holds folders named like the data folder's classes (copy/test/cat, "
+                 "copy/train/cat, copy/train/dog, copy/val/cat, copy/val/dog)")),
     ("empty", "the unlabelled folder is empty"),
     ("unreadable", "no usable unlabelled image: of 1 files, 1 unreadable and 0 copies"),
     ("copies", "no usable unlabelled image: of 2 files, 0 unreadable and 2 copies"),
@@ -109,3 +110,30 @@ def test_an_output_folder_inside_is_refused(tmp_path, labelled):
     with pytest.raises(DataError, match=r"run: a vgg-mobile output folder, not unlabelled "
                                         r"images; move it out of the unlabelled folder"):
         scan_unlabeled(root, labelled)
+
+
+def _teacher_run(folder: Path, classes: list[str]) -> Path:
+    """A finished run's manifest and labels: enough for `distill`'s checks before training."""
+    folder.mkdir()
+    manifest = {"schema_version": 1, "stage": "teacher", "kind": "image_classifier",
+                "model_file": "model.keras", "classes": classes, "num_classes": len(classes),
+                "input": {"size": [32, 32]}, "output": {"logits_layer": "logits"},
+                "versions": {"vgg_mobile": "0"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    return folder
+
+
+def test_distill_with_unlabelled_images_inside_the_data_folder_exits_2_and_writes_nothing(
+        tmp_path, labelled):
+    from vgg_mobile.cli.main import main
+
+    teacher = _teacher_run(tmp_path / "teacher", list(labelled.classes))
+    out = tmp_path / "student"
+    inside = labelled.root / "val"
+    result = CliRunner().invoke(main, ["distill", "--teacher", str(teacher), "--data",
+                                       str(labelled.root), "--out", str(out),
+                                       "--unlabeled", str(inside)])
+    assert result.exit_code == 2, (result.output, result.stderr)
+    assert f"{inside}: the unlabelled folder lies inside the data folder" in result.stderr
+    assert not out.exists()
