@@ -20,7 +20,7 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               help="Image folder with exactly the teacher's classes (its own folder reuses its split).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory to write the student to.")
-@click.option("--unlabeled", default=default(DistillConfig, "unlabeled"),
+@click.option("--unlabeled", default=default(DistillConfig, "unlabeled"), metavar="DIR",
               type=click.Path(path_type=Path),
               help="Folder of images without labels (no class folders): the student also learns "
                    "the teacher's answers on them. Copies of images of --data are left out.")

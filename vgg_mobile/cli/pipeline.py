@@ -23,7 +23,7 @@ from vgg_mobile.pipeline.config import load_config
               help="sample: 32 px teacher, minutes on 2 cores, no pretrained weights; real: "
                    "224 px, ImageNet weights for teacher and student (from the Keras cache, "
                    "downloaded into it when missing unless --offline).")
-@click.option("--unlabeled", type=click.Path(path_type=Path),
+@click.option("--unlabeled", type=click.Path(path_type=Path), metavar="DIR",
               help="Folder of images without labels that the student also learns from (sets "
                    "[student] unlabeled; a relative path is read from the working directory, "
                    "as DATA is).")
