@@ -110,6 +110,9 @@ def test_an_output_folder_inside_is_refused(tmp_path, labelled):
     with pytest.raises(DataError, match=r"run: a vgg-mobile output folder, not unlabelled "
                                         r"images; move it out of the unlabelled folder"):
         scan_unlabeled(root, labelled)
+    with pytest.raises(DataError, match=r"run: a vgg-mobile output folder \(\w+\), not a folder of "
+                                        r"unlabelled images"):
+        scan_unlabeled(root / "run", labelled)
 
 
 def _teacher_run(folder: Path, classes: list[str]) -> Path:

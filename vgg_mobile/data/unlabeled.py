@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vgg_mobile.core.errors import DataError
+from vgg_mobile.core.outputs import output_kind
 from vgg_mobile.data.dataset import ImageFolder, candidate_files, check_files, printable
 from vgg_mobile.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageCheck
 
@@ -99,6 +100,10 @@ def _check_place(root: Path, data_folder: ImageFolder) -> None:
         raise DataError(f"{root}: the unlabelled folder contains the data folder "
                         f"{data_folder.root}, whose labelled images it would read again without "
                         "their labels; give a folder that holds unlabelled images only")
+    kind = output_kind(root)
+    if kind is not None:
+        raise DataError(f"{root}: a vgg-mobile output folder ({kind}), not a folder of "
+                        "unlabelled images")
     classes = set(data_folder.classes)
     found = []
     for path in sorted(root.rglob("*")):
@@ -140,7 +145,8 @@ def scan_unlabeled(
 
     Raises:
         DataError: The folder is missing, not a folder, the data folder, inside it or holding
-            it; it holds folders named like the data folder's classes or a vgg-mobile output;
+            it; it is a vgg-mobile output or holds one, or folders named like the data folder's
+            classes;
             it is empty or has no usable image that is not a copy of a labelled one; or (with
             `strict`) any bad file.
     """
