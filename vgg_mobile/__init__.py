@@ -40,6 +40,7 @@ _API = {
     "load_run": "vgg_mobile.core.run_dir", "Budgets": "vgg_mobile.core.budgets",
     # data
     "scan_folder": "vgg_mobile.data.dataset", "split": "vgg_mobile.data.dataset",
+    "scan_unlabeled": "vgg_mobile.data.unlabeled",
     "choose_split": "vgg_mobile.data.splits", "stratified_sample": "vgg_mobile.data.splits",
     "write_sample_data": "vgg_mobile.data.sample",
     # models

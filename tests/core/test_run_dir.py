@@ -104,6 +104,22 @@ def test_a_manifest_read_back_is_the_record_that_was_written(tmp_path):
         run_dir.Manifest.from_json({"stage": "x", "classes": ["a"]}, tmp_path / "m.json")
 
 
+def test_a_students_unlabelled_images_are_read_back_and_may_be_absent(tmp_path):
+    record = {"folder": "/photos", "images": 40, "duplicates": 2, "unreadable": 1,
+              "fingerprint": "0123456789abcdef"}
+    manifest = run_dir.Manifest(stage="student", classes=("a", "b"), input={"size": [32, 32]},
+                                data={"path": "/d", "unlabeled": record})
+    written = manifest.to_json()
+    read = run_dir.Manifest.from_json(json.loads(json.dumps(written)), tmp_path / "m.json")
+    assert read.unlabeled == record and read.to_json() == written
+    # Null (distilled without them), or absent (a teacher, or a student from before them).
+    for data in ({"path": "/d", "unlabeled": None}, {"path": "/d"}):
+        assert run_dir.Manifest.from_json({**written, "data": data}, tmp_path / "m.json").unlabeled is None
+    for bad in ("/photos", {"images": 40}, {**record, "images": -1}, {**record, "duplicates": "2"}):
+        with pytest.raises(RunDirError, match=r"m.json: data.unlabeled must be null or an object"):
+            run_dir.Manifest.from_json({**written, "data": {"unlabeled": bad}}, tmp_path / "m.json")
+
+
 def test_read_manifest_is_none_for_a_folder_without_one_and_names_a_damaged_one(tmp_path):
     assert run_dir.read_manifest(tmp_path) is None
     (tmp_path / "manifest.json").write_text('{"schema_version": 1, "stage": 3}')

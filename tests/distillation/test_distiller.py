@@ -98,11 +98,62 @@ def test_mixup_mixes_both_views_and_the_labels_with_one_weight_and_one_order(tea
     teacher_x = student_x * 0.5 + 7.0  # another view, tied to the first
     y = tf.one_hot(np.arange(8) % 4, 4)
     tf.random.set_seed(1)
-    mixed_s, mixed_t, mixed_y = (t.numpy() for t in distiller._mix(student_x, teacher_x, y))
+    mixed_s, mixed_t, mixed_y, mixed_l = (t.numpy() for t in distiller._mix(
+        student_x, teacher_x, y, tf.ones([8])))
     # The same mix of the same images: the tie between the views survives mixing.
     np.testing.assert_allclose(mixed_t, mixed_s * 0.5 + 7.0, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed_l, 1.0, rtol=1e-6)
+    # Unlabelled images (zero label vectors): each mixed label vector sums to the labelled share
+    # of its mix, the `labelled` weight it is mixed with.
+    labelled = tf.constant([1.0, 0.0] * 4)
+    tf.random.set_seed(1)
+    _, _, mixed_y, mixed_l = (t.numpy() for t in distiller._mix(
+        student_x, teacher_x, y * labelled[:, None], labelled))
+    np.testing.assert_allclose(mixed_y.sum(axis=1), mixed_l, rtol=1e-5, atol=1e-6)
+    assert ((mixed_l > 1e-6) & (mixed_l < 1 - 1e-6)).any()  # labelled and unlabelled mixed
     assert not np.allclose(mixed_s, student_x.numpy())  # something was mixed
     assert not np.allclose(mixed_y, y.numpy()) or np.allclose(mixed_s, student_x.numpy())
     with pytest.raises(BadInputError, match="mixup must be >= 0"):
         build_distiller(student, teacher_model, mixup=-1)
+
+
+def test_unlabelled_images_train_through_the_distillation_term_alone():
+    """Cross-entropy over the labelled images of the batch, distillation over all of them;
+    an unlabelled image's label vector is ignored."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    options = ModelOptions(architecture=STUDENT, image_size=32, head_units=0, dropout=0.0)
+    student, teacher = build_classifier(options, 3), build_classifier(options, 3)
+    distiller = build_distiller(student, teacher, temperature=2.0, alpha=0.3)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0))  # measure the losses, move nothing
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32))
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    labelled = np.array([1, 1, 0, 0, 1, 0], np.float32)
+    junk = labels.copy()
+    junk[labelled == 0] = rng.uniform(0, 5, (3, 3))  # whatever an unlabelled vector holds
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    student_logits = distiller.student_logits(x, training=True).numpy()
+    teacher_logits = distiller.teacher_logits(x, training=False).numpy()
+    cross_entropy = -(labels * log_softmax(student_logits)).sum(axis=1)[labelled == 1].mean()
+    p_log, q_log = log_softmax(teacher_logits / 2.0), log_softmax(student_logits / 2.0)
+    kd = 4.0 * np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1))
+    logs = distiller.train_step((x, tf.constant(junk), tf.constant(labelled)))
+    np.testing.assert_allclose(float(logs["student_loss"]), cross_entropy, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["distillation_loss"]), kd, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["total_loss"]), 0.3 * cross_entropy + 0.7 * kd, rtol=1e-4)
+    accuracy = (student_logits.argmax(axis=1) == labels.argmax(axis=1))[labelled == 1].mean()
+    np.testing.assert_allclose(float(logs["accuracy"]), accuracy, rtol=1e-6)
+
+    # A batch of unlabelled images alone: no cross-entropy, the distillation term is the loss.
+    distiller.reset_metrics()
+    logs = distiller.train_step((x, tf.constant(junk), tf.zeros([6])))
+    assert float(logs["distillation_loss"]) == pytest.approx(kd, rel=1e-4)
+    assert float(logs["total_loss"]) == pytest.approx(0.7 * kd, rel=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,14 +23,18 @@ from vgg_mobile.pipeline.config import load_config
               help="sample: 32 px teacher, minutes on 2 cores, no pretrained weights; real: "
                    "224 px, ImageNet weights for teacher and student (from the Keras cache, "
                    "downloaded into it when missing unless --offline).")
+@click.option("--unlabeled", type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder of images without labels that the student also learns from (sets "
+                   "[student] unlabeled; a relative path is read from the working directory, "
+                   "as DATA is).")
 @click.option("--print-config", is_flag=True, help="Print the preset's settings as commented TOML and exit.")
 @click.option("--force", is_flag=True, help="Redo every stage, even finished ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No Keras progress output.")
 @offline_option
 @click.pass_context
-def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_json, quiet,
-                 offline):
+def pipeline_cmd(ctx, data, out, config_path, preset, unlabeled, print_config, force, as_json,
+                 quiet, offline):
     """Run every stage on DATA: teacher, pruned, pruned_qat, student, student_qat, export
     (TFLite, ONNX, Android), teacher_export (the compressed teacher the same way),
     web_export (TF.js), web_demo, benchmark; then write the report, which ends with what to
@@ -40,6 +45,9 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
     from vgg_mobile.pipeline.summary import findings, table_notes, what_to_ship
 
     config = load_config(config_path, preset)
+    if unlabeled is not None:
+        config = dataclasses.replace(
+            config, student=dataclasses.replace(config.student, unlabeled=str(unlabeled)))
     if print_config:
         click.echo(default_config_toml(preset))
         return
@@ -48,7 +56,8 @@ def pipeline_cmd(ctx, data, out, config_path, preset, print_config, force, as_js
     ctx.meta["resume_hint"] = (f"resume with: {invocation()} pipeline {data} --out {out}"
                                + (f" --config {config_path}" if config_path else "")
                                + (f" --preset {preset}" if preset != default(load_config, "preset")
-                                  else ""))
+                                  else "")
+                               + (f" --unlabeled {unlabeled}" if unlabeled is not None else ""))
     result = run_pipeline(data, out, config, force=force, log=log,
                           verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2),
                           offline=offline)

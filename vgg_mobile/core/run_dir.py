@@ -76,7 +76,8 @@ class Manifest:
         quantization_aware: The model holds tfmot quantization layers (loads in tfmot's scope).
         config: The settings the stage ran with.
         command: The command line that asked for it.
-        data: Which folder and split it used (`data.splits.data_record`).
+        data: Which folder and split it used (`data.splits.data_record`); a distilled
+            student's also names the unlabelled images it learnt from (`unlabeled`).
         parent: The parent run's path; `None` for a first stage.
         metrics: Held-out metrics of the model.
         sections: The stage's own records (`training`, `compression`, `teacher`, `artifacts`,
@@ -143,6 +144,13 @@ class Manifest:
     def seed(self) -> int:
         """The seed its data split was drawn with (0 when none was recorded)."""
         return int(self.data.get("seed", 0))
+
+    @property
+    def unlabeled(self) -> dict | None:
+        """The unlabelled images a distilled student also learnt from (`data.unlabeled`:
+        `folder`, `images`, `duplicates`, `unreadable`), or `None`: none were used, or the
+        manifest predates the record."""
+        return self.data.get("unlabeled")
 
     @classmethod
     def from_json(cls, data: dict, source: Path) -> "Manifest":
@@ -353,6 +361,13 @@ def _check_fields(manifest_path: Path, manifest: dict) -> None:
     fraction = data.get("val_fraction", 0)
     require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
             and 0 <= fraction < 1, "data.val_fraction", "a number in [0, 1)", fraction)
+    unlabeled = data.get("unlabeled")
+    require(unlabeled is None or (
+        isinstance(unlabeled, dict) and _is_path(unlabeled.get("folder"))
+        and all(_is_int(unlabeled.get(k)) and unlabeled[k] >= 0
+                for k in ("images", "duplicates", "unreadable"))),
+        "data.unlabeled", "null or an object with the folder and counts of its images, "
+        "duplicates and unreadable files", unlabeled)
 
 
 def load_run(path: str | Path) -> Run:

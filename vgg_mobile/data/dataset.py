@@ -173,21 +173,30 @@ def _check_distinct(dirs: list[Path]) -> None:
 NOT_UTF8 = "file name is not valid UTF-8 (bytes shown as \\xNN); rename the file to use it"
 
 
-def _candidate_files(class_dir: Path) -> tuple[list[Path], list[ImageCheck]]:
-    """The files of a class folder, at any depth, except hidden and ignored ones; and those
+def candidate_files(folder: Path, holds: str | None = None,
+                    within: str = "the data folder") -> tuple[list[Path], list[ImageCheck]]:
+    """The files of a folder of images, at any depth, except hidden and ignored ones; and those
     skipped for a name that is not UTF-8 (under a printable form of their path).
 
+    Args:
+        folder: A class folder, or a folder of unlabelled images.
+        holds: What the folder's files are, for the message refusing an output folder inside it.
+            Defaults to "images of the class NAME" (`folder`'s name).
+        within: The folder to move such an output out of, for the same message. Defaults to
+            `"the data folder"`.
+
     Raises:
-        DataError: A subfolder is a vgg-mobile output, whose files are not images of the class.
+        DataError: A subfolder is a vgg-mobile output, whose files are not the folder's images.
     """
+    holds = holds or f"images of the class {folder.name!r}"
     files, skipped = [], []
-    for p in sorted(class_dir.rglob("*")):
-        relative = p.relative_to(class_dir)
+    for p in sorted(folder.rglob("*")):
+        relative = p.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
         if p.is_dir() and _is_output(p):
-            raise DataError(f"{printable(p)}: a vgg-mobile output folder, not images of the class "
-                            f"{class_dir.name!r}; move it out of the data folder")
+            raise DataError(f"{printable(p)}: a vgg-mobile output folder, not {holds}; "
+                            f"move it out of {within}")
         if p.is_file() and p.name.lower() not in _IGNORED_NAMES:
             if _is_utf8(str(relative)):
                 files.append(p)
@@ -204,7 +213,7 @@ def _check_pools(pools: list[Path]) -> None:
     _check_distinct([d for dirs in found.values() for d in dirs])
 
 
-def _check_all(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
+def check_files(paths: list[Path], max_pixels: int) -> list[ImageCheck]:
     """Checks files 8 at a time, fewer when their decoded pixels would not fit `CHECK_MEMORY`."""
     budget = DecodeBudget(CHECK_MEMORY)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -231,10 +240,10 @@ def _scan_pool(
     bad = [ImageCheck(Path(printable(p)), problem="not inside a class folder") for p in stray]
     examples, converted = [], []
     empty = []
-    candidates = {class_dir: _candidate_files(class_dir) for class_dir in dirs}
+    candidates = {class_dir: candidate_files(class_dir) for class_dir in dirs}
     for class_dir in dirs:
         files, skipped = candidates[class_dir]
-        checks = _check_all(files, max_pixels) + skipped
+        checks = check_files(files, max_pixels) + skipped
         good = [c for c in checks if c.ok]
         bad.extend(c for c in checks if not c.ok)
         converted.extend(c for c in good if c.notes)
@@ -526,6 +535,7 @@ def make_multi_view_dataset(
     training: bool = False,
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
+    unlabeled: tuple[Path, ...] = (),
 ):
     """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
 
@@ -543,10 +553,15 @@ def make_multi_view_dataset(
         training: Shuffle every epoch and augment. Defaults to `False`.
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
+        unlabeled: Images without a label, read, augmented and shuffled together with
+            `examples` (one pass over both is an epoch); their label vector is all zeros.
+            Defaults to none.
 
     Returns:
         A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
-        float32 pixels in [0, 255].
+        float32 pixels in [0, 255]; with `unlabeled`, of `(views, one_hot_labels, labelled)`
+        batches, where `labelled` is 1.0 for a labelled image and 0.0 for an unlabelled one
+        (Keras passes it as the sample weight).
     """
     import tensorflow as tf
 
@@ -557,8 +572,9 @@ def make_multi_view_dataset(
     sizes = tuple(int(s) for s in image_sizes)
     largest = max(sizes)
     augmenting = training and augmentation != NO_AUGMENTATION
-    paths = [str(e.path) for e in examples]
-    labels = [e.label for e in examples]
+    paths = [str(e.path) for e in examples] + [str(p) for p in unlabeled]
+    # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
+    labels = [e.label for e in examples] + [-1] * len(unlabeled)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if augmenting:
         ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
@@ -580,5 +596,8 @@ def make_multi_view_dataset(
         ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (tuple(tf.cast(v, tf.float32) for v in x), y))
-    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    if unlabeled:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes), tf.cast(y >= 0, tf.float32)))
+    else:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -11,6 +11,11 @@ each training image is augmented once and each model gets its own resized view o
 
 Only the student is saved, as a plain flat tf_keras model (no wrapper, no custom objects),
 ready for `evaluate`, pruning, quantization-aware training and conversion.
+
+With a folder of unlabelled images (`DistillConfig.unlabeled`, checked by
+`data.unlabeled.scan_unlabeled`) the student also trains on those, shuffled in with the
+labelled training images, through the distillation term alone: the teacher's answer on each
+is all the student learns from it (see `distiller`). The baseline never sees them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.data.unlabeled import UnlabeledFolder, scan_unlabeled
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
@@ -75,6 +81,11 @@ class DistillConfig:
             the teacher's; `None` uses the teacher run's. On the teacher's own folder the
             teacher's split is always reused (a warning says so when this differs), so the
             validation images are ones the teacher never trained on.
+        unlabeled: A folder of images without labels (any layout without class folders;
+            relative to the working directory) that the student also learns from, through
+            the teacher's answers alone (the distillation term), shuffled in with the labelled
+            training images; a copy of any image of the data folder is left out. `None` uses
+            none. Needs alpha below 1; the baseline never sees them.
         seed: Seeds the student's initialisation, shuffles and augmentation (and the split
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
@@ -100,6 +111,7 @@ class DistillConfig:
     dropout: float = 0.2
     augment: bool = True
     val_fraction: float | None = None
+    unlabeled: str | None = None
     seed: int = 0
     baseline: bool = False
     ship: str = "better"
@@ -127,6 +139,15 @@ class DistillConfig:
              f"ship={self.ship!r}")
         if self.val_fraction is not None:
             require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+        if self.unlabeled is not None:
+            require(isinstance(self.unlabeled, str) and bool(self.unlabeled),
+                    "unlabeled must be a folder's path or None",
+                    f"unlabeled={self.unlabeled!r}")
+            # On unlabelled images the distillation term is the whole loss: at alpha 1 they
+            # would teach nothing.
+            require(self.alpha < 1, "unlabelled images teach through the distillation term "
+                    "alone, weighted 1 - alpha: alpha must be below 1 with unlabeled",
+                    f"alpha={self.alpha}")
         require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
 
     def student_options(self, image_size: int) -> ModelOptions:
@@ -240,7 +261,8 @@ def distill(
     Raises:
         RunDirError: The teacher run is unfinished or not a classifier, or `out_dir` cannot
             be written.
-        DataError: The data folder fails its checks or its classes differ from the teacher's.
+        DataError: The data folder fails its checks or its classes differ from the teacher's;
+            the unlabelled folder (`config.unlabeled`) fails `scan_unlabeled`'s checks.
         BadInputError: Bad settings (e.g. the student's ImageNet weights not in the local
             cache when offline).
         VggMobileError: The student's ImageNet weights could not be downloaded.
@@ -250,7 +272,7 @@ def distill(
     teacher_run = load_run(teacher_run_dir)
     _check_teacher(teacher_run)
     out = Path(out_dir)
-    check_no_overlap(out, (teacher_run.path, data_dir))
+    check_no_overlap(out, (teacher_run.path, data_dir, config.unlabeled))
     folder = dataset.scan_folder(data_dir, strict=config.strict)
     if folder.classes != teacher_run.classes:
         raise DataError(
@@ -258,6 +280,14 @@ def distill(
             f"{list(teacher_run.classes)} (names and order must match) in {teacher_run.path}")
     for check in folder.bad:
         log(f"skipped {check.path}: {check.problem}")
+    unlabeled = None
+    if config.unlabeled is not None:
+        unlabeled = scan_unlabeled(config.unlabeled, folder, strict=config.strict)
+        for check in unlabeled.bad:
+            log(f"skipped {check.path}: {check.problem}")
+        log(f"{len(unlabeled.images)} unlabelled images in {unlabeled.root}"
+            + (f"; {unlabeled.duplicates} left out as copies of images of the data folder"
+               if unlabeled.duplicates else ""))
 
     choice = splits.choose_split(folder, teacher_run.manifest.data, config.val_fraction, config.seed)
     if choice.note:
@@ -277,9 +307,11 @@ def distill(
                           f"{n_classes} outputs (output shape {teacher.output_shape})")
     identity = {"config": json.loads(json.dumps(dataclasses.asdict(config))),
                 "teacher_manifest": manifest_digest(teacher_run.path),
-                "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas}
-    claim = (claim_output(out, ("run",), inputs=(teacher_run.path, folder.root), force=force,
-                          resume=resume)
+                "data_fingerprint": folder.fingerprint(), "replicas": distribution.replicas,
+                "unlabeled_fingerprint": unlabeled.fingerprint if unlabeled else None}
+    claim = (claim_output(out, ("run",),
+                          inputs=(teacher_run.path, folder.root, unlabeled and unlabeled.root),
+                          force=force, resume=resume)
              if distribution.writes_run else worker_output(out, resume, force))
     with claim as output:
         path = output.path
@@ -290,9 +322,9 @@ def distill(
             (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             write_json(path / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})
         with dist.writer_dir(path, distribution) as write_dir:
-            result = _distill(teacher_run, teacher, folder, choice, path, write_dir, config,
-                              command, log, verbose, callbacks, distribution, recorded, stage,
-                              offline)
+            result = _distill(teacher_run, teacher, folder, choice, unlabeled, path, write_dir,
+                              config, command, log, verbose, callbacks, distribution, recorded,
+                              stage, offline)
     if distribution.writes_run:
         log(f"wrote {out} (student val accuracy {_accuracy(result.metrics)}, teacher "
             f"{_accuracy(result.teacher_metrics)}"
@@ -361,6 +393,7 @@ class _Training:
     config: DistillConfig
     options: ModelOptions
     parts: dataset.Split
+    unlabeled: tuple[Path, ...]
     n_classes: int
     student_size: int
     teacher_size: int
@@ -385,7 +418,9 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
     import tf_keras as keras
 
     config, distribution, parts = t.config, t.distribution, t.parts
-    steps_per_epoch = -(-len(parts.train) // t.global_batch)
+    # The teacher labels the unlabelled images: the baseline, trained alone, never sees them.
+    unlabeled = t.unlabeled if with_teacher else ()
+    steps_per_epoch = -(-(len(parts.train) + len(unlabeled)) // t.global_batch)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)
     keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
     with distribution.strategy.scope():
@@ -401,7 +436,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
             jit_compile=distribution.config.jit_compile)
     train_ds = dataset.make_multi_view_dataset(
         parts.train, (t.student_size, t.teacher_size) if with_teacher else (t.student_size,),
-        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed)
+        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed,
+        unlabeled=unlabeled)
     if not with_teacher:
         train_ds = train_ds.map(lambda x, y: (x[0], y))
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, t.student_size, t.global_batch,
@@ -427,8 +463,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
     return dist.to_float32(student), history
 
 
-def _distill(teacher_run, teacher, folder, choice, out, write_dir,
-             config, command, log, verbose, callbacks, distribution, recorded, stage,
+def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | None, out,
+             write_dir, config, command, log, verbose, callbacks, distribution, recorded, stage,
              offline) -> DistillResult:
     parts = choice.parts
     n_classes = len(folder.classes)
@@ -447,7 +483,8 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     from vgg_mobile.evaluation import metrics as evaluation
 
     training = _Training(
-        config=config, options=options, parts=parts, n_classes=n_classes,
+        config=config, options=options, parts=parts,
+        unlabeled=unlabeled.images if unlabeled else (), n_classes=n_classes,
         student_size=student_size, teacher_size=teacher_size, teacher=teacher_in_strategy,
         distribution=distribution,
         augmentation=dataset.augmentation_for(config.augment, max(student_size, teacher_size)),
@@ -457,7 +494,9 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
     def val_metrics(model, size):
         return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
 
-    log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes: "
+    shown_unlabeled = f" + {len(unlabeled.images)} unlabelled" if unlabeled else ""
+    log(f"{len(parts.train)} training{shown_unlabeled} / {len(parts.val)} validation images, "
+        f"{n_classes} classes: "
         f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
         f"T={config.temperature}, alpha={config.alpha}, {config.epochs} epochs")
     if distribution.is_special:
@@ -502,18 +541,19 @@ def _distill(teacher_run, teacher, folder, choice, out, write_dir,
         {"loss": history.get("student_loss", []), "accuracy": history.get("accuracy", []),
          "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
         out / "training_curves.png")
-    manifest = _student_manifest(result, teacher_run, folder, choice, training, command, stage,
-                                 distilled_metrics, train_accuracy_inference)
+    manifest = _student_manifest(result, teacher_run, folder, choice, unlabeled, training,
+                                 command, stage, distilled_metrics, train_accuracy_inference)
     finish_run(out, student, manifest)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return result
 
 
-def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t: _Training,
-                      command, stage: str, distilled_metrics: dict,
-                      train_accuracy_inference: float) -> Manifest:
+def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice,
+                      unlabeled: UnlabeledFolder | None, t: _Training, command, stage: str,
+                      distilled_metrics: dict, train_accuracy_inference: float) -> Manifest:
     """The student run's manifest: its input (the teacher's, at the student's size), what
-    taught it and how, and the baseline's verdict."""
+    taught it and how (with the unlabelled images it also learnt from, `data.unlabeled`), and
+    the baseline's verdict."""
     config, student_size = t.config, t.student_size
     spec = models.get_architecture(config.student)
     return Manifest(
@@ -525,7 +565,8 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t
         output={"layer": "probs", "activation": "softmax", "logits_layer": "logits"},
         config={"model": dataclasses.asdict(t.options), "distill": dataclasses.asdict(config)},
         command=command,
-        data=splits.data_record(folder, choice),
+        data={**splits.data_record(folder, choice),
+              "unlabeled": unlabeled.record() if unlabeled else None},
         parent=str(teacher_run.path.resolve()),
         metrics=result.metrics,
         sections=dict(

@@ -5,10 +5,20 @@
 Both models are read at their `logits` layers. `call()` returns the student's output, and
 the losses are reported apart (`student_loss`, `distillation_loss`, `total_loss`).
 
+Unlabelled images train through the distillation term alone. A batch may carry a per-image
+`labelled` weight (Keras's sample weight: 1 for a labelled image, 0 for an unlabelled one, whose
+label vector is ignored): the cross-entropy is averaged over the labelled images of the batch
+(0 when there are none), the distillation term over every image, so an unlabelled image
+weighs `1 - alpha` times its KL term, as a labelled image's distillation term does.
+
 With `mixup` > 0 each training batch is mixed with a shuffled copy of itself (one weight per
-batch, drawn from Beta(mixup, mixup)), the same mix for the teacher's view, the student's view
-and the labels: the teacher is asked about images between the training images, where its
-answers carry the most that labels do not ("function matching", Beyer et al. 2022).
+batch, drawn from Beta(mixup, mixup)), the same mix for the teacher's view, the student's view,
+the labels and the `labelled` weights: the teacher is asked about images between the training
+images, where its answers carry the most that labels do not ("function matching", Beyer et al.
+2022). A labelled image mixed with an unlabelled one keeps the labelled part of the mixed label
+vector (a weight w of its one-hot vector, zeros for the rest) and a `labelled` weight of w:
+the cross-entropy, linear in the label vector, is then mixup's own loss with the unknown
+label's part left out, and it is averaged over the labelled share of the batch.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ def distiller_class():
         """Trains `student` on labels and on a frozen `teacher`'s softened logits.
 
         `call()` returns the student's output, so `distiller(x)` equals `student(x)`.
-        Training data is `(x, one_hot_labels)` where `x` is the student's input, or a pair
-        `(student_view, teacher_view)` when the two models take different sizes. With
-        `teacher=None` (and alpha 1) it trains the student on labels alone, the baseline.
+        Training data is `(x, one_hot_labels)` or `(x, one_hot_labels, labelled)`, where `x`
+        is the student's input, or a pair `(student_view, teacher_view)` when the two models
+        take different sizes, and `labelled` is 1 for a labelled image and 0 for an unlabelled
+        one (see the module's docstring). With `teacher=None` (and alpha 1) it trains the
+        student on labels alone, the baseline.
         """
 
         def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
@@ -92,11 +104,17 @@ def distiller_class():
             return t * t * tf.reduce_mean(kl)
 
         @staticmethod
-        def student_loss(labels, student_logits):
-            return tf.reduce_mean(keras.losses.categorical_crossentropy(
-                labels, tf.cast(student_logits, tf.float32), from_logits=True))
+        def student_loss(labels, student_logits, labelled=None):
+            """The cross-entropy, averaged over the batch, or over its labelled share when
+            `labelled` weights are given (0 for a batch without a labelled image)."""
+            # Linear in `labels` (no normalisation with logits): an all-zero vector costs 0.
+            losses = keras.losses.categorical_crossentropy(
+                labels, tf.cast(student_logits, tf.float32), from_logits=True)
+            if labelled is None:
+                return tf.reduce_mean(losses)
+            return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(labelled))
 
-        def _mix(self, student_x, teacher_x, y):
+        def _mix(self, student_x, teacher_x, y, labelled):
             """Mixup: every tensor with a shuffled copy of its batch, one weight per batch."""
             a = tf.random.gamma([], self.mixup)
             b = tf.random.gamma([], self.mixup)
@@ -107,19 +125,24 @@ def distiller_class():
                 return weight * t + (1 - weight) * tf.gather(t, order)
 
             y = tf.cast(y, tf.float32)
-            return mix(student_x), (None if teacher_x is None else mix(teacher_x)), mix(y)
+            return (mix(student_x), (None if teacher_x is None else mix(teacher_x)), mix(y),
+                    mix(labelled))
 
         def train_step(self, data):
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            x, y, labelled = keras.utils.unpack_x_y_sample_weight(data)
             student_x, teacher_x = self._views(x)
+            y = tf.cast(y, tf.float32)
+            labelled = (tf.ones_like(y[:, 0]) if labelled is None
+                        else tf.reshape(tf.cast(labelled, tf.float32), [-1]))
+            y = y * labelled[:, None]  # an unlabelled image has no label, whatever its vector
             if self.mixup > 0:
-                student_x, teacher_x, y = self._mix(student_x, teacher_x, y)
+                student_x, teacher_x, y, labelled = self._mix(student_x, teacher_x, y, labelled)
             teacher_logits = (self.teacher_logits(teacher_x, training=False)
                               if self.teacher is not None else None)
             variables = self.student.trainable_variables
             with tf.GradientTape() as tape:
                 logits = self.student_logits(student_x, training=True)
-                student_loss = self.student_loss(y, logits)
+                student_loss = self.student_loss(y, logits, labelled)
                 if teacher_logits is not None:
                     distillation_loss = self.distillation_loss(teacher_logits, logits)
                     total_loss = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
@@ -130,8 +153,11 @@ def distiller_class():
             # `minimize` with the tape applies loss scaling when the optimizer has it (mixed
             # precision); otherwise it is `apply_gradients(tape.gradient(...))`.
             self.optimizer.minimize(objective, variables, tape=tape)
-            self.student_loss_tracker.update_state(student_loss)
-            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
+            # A batch without a labelled image has no cross-entropy to report (not a zero one);
+            # the accuracy counts labelled images only.
+            self.student_loss_tracker.update_state(
+                student_loss, sample_weight=tf.cast(tf.reduce_sum(labelled) > 0, tf.float32))
+            self.accuracy_tracker.update_state(y, tf.nn.softmax(logits), sample_weight=labelled)
             if teacher_logits is not None:
                 self.distillation_loss_tracker.update_state(distillation_loss)
                 self.total_loss_tracker.update_state(total_loss)

@@ -28,6 +28,7 @@ from vgg_mobile.core.io import gzip_size, write_text
 from vgg_mobile.core.outputs import CHECKPOINT_STATE, MANIFEST, inside, lock
 from vgg_mobile.core.run_dir import manifest_digest, read_manifest
 from vgg_mobile.data import dataset
+from vgg_mobile.data.unlabeled import scan_unlabeled
 from vgg_mobile.models.architectures import resolve_weights
 from vgg_mobile.pipeline.config import CONFIG_FILE, PipelineConfig, build_config, config_toml
 from vgg_mobile.pipeline.stages import STAGES, Stage, StageJob
@@ -111,8 +112,10 @@ def run_pipeline(
         A `PipelineResult` with the summary table as data.
 
     Raises:
-        DataError: The data folder fails its checks (before anything is written).
-        RunDirError: `out_dir` is not a pipeline output folder, or overlaps the data.
+        DataError: The data folder, or the student's folder of unlabelled images, fails its
+            checks (before anything is written).
+        RunDirError: `out_dir` is not a pipeline output folder, or overlaps the data or the
+            unlabelled images.
         BadInputError: The teacher's or the student's weights are not on this machine and
             downloads are off (before anything is written).
         VggMobileError: Their download failed (before anything is written).
@@ -121,7 +124,7 @@ def run_pipeline(
     """
     config = config or build_config({}, "sample")
     data_dir, out = Path(data_dir), Path(out_dir)
-    _check_out(out, data_dir)
+    _check_out(out, data_dir, config)
     # One pipeline per OUT: a second one stops here, naming the first.
     with lock(out):
         return _run(data_dir, out, config, force, log, verbose, offline)
@@ -129,8 +132,14 @@ def run_pipeline(
 
 def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, verbose,
          offline: bool) -> PipelineResult:
-    _check_out(out, data_dir)  # again, now that no other pipeline can be writing it
+    _check_out(out, data_dir, config)  # again, now that no other pipeline can be writing it
     folder = dataset.scan_folder(data_dir, strict=config.teacher.train.strict)
+    plan = stage_plan(config)
+    # Checked against the data folder before OUT is made. Their content, not their path,
+    # decides whether the stage is redone, as the data folder's does.
+    unlabeled = {stage.name: scan_unlabeled(stage.unlabeled(settings), folder,
+                                            strict=getattr(settings, "strict", False)).fingerprint
+                 for stage, settings in plan if stage.unlabeled(settings)}
     # Missing ImageNet weights (the real preset) are downloaded, or stop the run, here: not
     # after OUT is made.
     resolve_weights(config.teacher.model.weights, config.teacher.model.architecture,
@@ -144,7 +153,6 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
     if not is_pipeline_out(out):
         write_state(out, state)
     command = ["vgg-mobile", "pipeline", str(data_dir), "--out", str(out)]
-    plan = stage_plan(config)
     results: list[StageResult] = []
     started_all = time.perf_counter()
     for number, (stage, settings) in enumerate(plan, 1):
@@ -155,7 +163,8 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
             parent_digest = {read: manifest_digest(out / read) for read in reads}
         else:  # the parent alone, recorded as it always was: finished stages stay finished
             parent_digest = manifest_digest(out / parent) if parent else None
-        inputs = inputs_digest(name, dataclasses.asdict(settings), data_fingerprint, parent_digest)
+        inputs = inputs_digest(name, _settings_record(settings, unlabeled.get(name)),
+                               data_fingerprint, parent_digest)
         recorded = state["stages"].get(name, {})
         same_inputs = not force and recorded.get("inputs") == inputs
         prefix = f"[{number}/{len(plan)}] {name}"
@@ -197,15 +206,32 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
     return PipelineResult(out, tuple(results), tuple(summary_rows(out, config)))
 
 
-def _check_out(out: Path, data_dir: Path) -> None:
+def _settings_record(settings, unlabeled_fingerprint: str | None) -> dict:
+    """A stage's settings as its inputs digest reads them: a folder of unlabelled images by
+    its fingerprint, and no such key when there is none (as before the key existed, so that
+    finished stages stay finished)."""
+    record = dataclasses.asdict(settings)
+    if "unlabeled" in record:
+        if unlabeled_fingerprint is None:
+            del record["unlabeled"]
+        else:
+            record["unlabeled"] = unlabeled_fingerprint
+    return record
+
+
+def _check_out(out: Path, data_dir: Path, config: PipelineConfig) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not is_pipeline_out(out):
         raise RunDirError(f"{out}: exists and is not a pipeline output folder (no {STATE_FILE}); "
                           "choose another --out")
-    resolved, data = out.resolve(), data_dir.resolve()
-    if resolved == data or resolved in data.parents or data in resolved.parents:
-        raise RunDirError(f"{out}: overlaps the data folder {data_dir}; choose another --out")
+    resolved = out.resolve()
+    unlabeled = [(Path(folder), f"the unlabelled images {folder} ([{stage.name}] unlabeled)")
+                 for stage in STAGES if (folder := stage.unlabeled(getattr(config, stage.name)))]
+    for given, what in [(data_dir, f"the data folder {data_dir}"), *unlabeled]:
+        source = given.resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
+            raise RunDirError(f"{out}: overlaps {what}; choose another --out")
 
 
 def _finished(out: Path, stage: Stage) -> bool:

@@ -140,6 +140,12 @@ class Stage:
         """Whether `settings` switch the stage on: a section may have an `enabled` field."""
         return getattr(settings, "enabled", True)
 
+    @staticmethod
+    def unlabeled(settings) -> str | None:
+        """The folder of unlabelled images `settings` name, or `None`: a section may have an
+        `unlabeled` field (the student's)."""
+        return getattr(settings, "unlabeled", None)
+
 
 def _teacher(job: StageJob, settings: TeacherConfig) -> None:
     train(job.data_dir, job.path, settings.model, settings.train, resume=job.resume,

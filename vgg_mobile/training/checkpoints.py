@@ -1,7 +1,8 @@
 """Per-epoch checkpoints and the state file that makes a training run resumable.
 
 `RUN/checkpoints/state.json` records the run's identity (settings, data fingerprint, replica
-count, and for a student the teacher's manifest), the epochs done and the history so far.
+count, and for a student the teacher's manifest and its unlabelled images' fingerprint), the
+epochs done and the history so far.
 A resume is refused, naming what changed, unless every part of the identity matches: a
 resumed run must be the run that was interrupted.
 """
@@ -25,6 +26,7 @@ IDENTITY = {
     "teacher_manifest": "the teacher run",
     "data_fingerprint": "the data",
     "replicas": "the replica count (and so the global batch)",
+    "unlabeled_fingerprint": "the unlabelled images",
 }
 
 
