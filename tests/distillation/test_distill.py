@@ -162,6 +162,7 @@ def test_distilled_run_records_teacher_baseline_and_provenance(distilled, teache
     assert baseline["accuracy_gain"] == pytest.approx(
         baseline["distilled_metrics"]["accuracy"] - baseline["metrics"]["accuracy"], abs=1e-4)
     assert distilled["summary"]["baseline_val_accuracy"] == baseline["metrics"]["accuracy"]
+    assert manifest["data"]["unlabeled"] is None and distilled["summary"]["unlabeled"] is None
     # The run keeps the better of the two students (the distilled one on a tie), and says why.
     kept = "baseline" if baseline["accuracy_gain"] < 0 else "distilled"
     assert baseline["shipped"] == distilled["summary"]["shipped"] == kept

@@ -190,6 +190,15 @@ def test_findings_say_whether_the_teacher_was_worth_learning_from(tmp_path):
         manifest["teacher"]["architecture"] = architecture
         _json(out / "student" / "manifest.json", manifest)
         assert f"train a stronger teacher (more epochs, {advice}," in findings(out, config)[1]
+    # A student that also learnt from unlabelled images says how many, after the verdict.
+    manifest["data"] = {"unlabeled": {"folder": "photos", "images": 1500, "duplicates": 3,
+                                      "unreadable": 1}}
+    _json(out / "student" / "manifest.json", manifest)
+    said = findings(out, config)
+    assert len(said) == 5 and said[-1] == (
+        "The distilled student also learnt from 1500 unlabelled images, through the teacher's "
+        "answers alone (3 left out as copies of labelled or held-out images, 1 unreadable); "
+        "the student trained alone saw none of them.")
 
 
 def _shipped(artifact, model, fmt, flavour, accuracy, size_mb, latency_ms, budget="pass"):

@@ -68,6 +68,7 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                 baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
                 jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
+    from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.distillation.distill import distill
 
     config = DistillConfig(student=student, image_size=image_size,
@@ -97,6 +98,7 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                "baseline_val_accuracy": (result.baseline_metrics or {}).get("accuracy"),
                "shipped": (result.verdict or {}).get("shipped", "distilled"),
                "reason": (result.verdict or {}).get("reason"),
+               "unlabeled": load_run(result.run_dir).manifest.unlabeled,
                "student_parameters": result.student_parameters,
                "teacher_parameters": result.teacher_parameters,
                "distribution": result.distribution}
@@ -105,6 +107,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
         return
     click.echo(f"run: {result.run_dir}\nstudent ({config.student}) val accuracy: "
                f"{summary['val_accuracy']}\nteacher val accuracy: {summary['teacher_val_accuracy']}")
+    if summary["unlabeled"] is not None:
+        click.echo(f"unlabelled images learnt from: {summary['unlabeled']['images']}")
     if result.baseline_metrics is not None:
         click.echo(f"student trained alone: {summary['baseline_val_accuracy']}\n{summary['reason']}")
     click.echo(f"parameters: {result.student_parameters:,} "

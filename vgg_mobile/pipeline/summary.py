@@ -208,15 +208,22 @@ def findings(out: str | Path, config) -> list[str]:
         config: The `PipelineConfig` it was made with.
 
     Returns:
-        The sentences; empty when the student stage has not run or had no baseline.
+        The sentences; empty when the student stage has not run, or had no baseline and
+        no unlabelled images.
     """
     del config  # the sentences come from the student's manifest alone
     manifest = read_manifest(Path(out) / get_stage("student").name)
     if manifest is None:
         return []
+    unlabeled = manifest.unlabeled
+    extra = [] if unlabeled is None else [
+        f"The distilled student also learnt from {unlabeled['images']} unlabelled images, "
+        f"through the teacher's answers alone ({unlabeled['duplicates']} left out as copies of "
+        f"labelled or held-out images, {unlabeled['unreadable']} unreadable); the student "
+        "trained alone saw none of them."]
     baseline, teacher = manifest.section("baseline"), manifest.section("teacher")
     if not baseline or "shipped" not in baseline:
-        return []
+        return extra
     t = (teacher.get("metrics") or {}).get("accuracy")
     d = (baseline.get("distilled_metrics") or {}).get("accuracy")
     b = (baseline.get("metrics") or {}).get("accuracy")
@@ -239,7 +246,7 @@ def findings(out: str | Path, config) -> list[str]:
     lines.append("The student stage kept the student trained alone, the more accurate one; the "
                  "later stages start from it." if baseline["shipped"] == "baseline" else
                  "The student stage kept the distilled student.")
-    return lines
+    return lines + extra
 
 
 def _export_rows(folder: Path, stage, settings, model: str) -> list[dict]:
