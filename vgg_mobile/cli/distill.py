@@ -68,7 +68,6 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                 baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
                 jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
-    from vgg_mobile.core.run_dir import load_run
     from vgg_mobile.distillation.distill import distill
 
     config = DistillConfig(student=student, image_size=image_size,
@@ -98,7 +97,7 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                "baseline_val_accuracy": (result.baseline_metrics or {}).get("accuracy"),
                "shipped": (result.verdict or {}).get("shipped", "distilled"),
                "reason": (result.verdict or {}).get("reason"),
-               "unlabeled": load_run(result.run_dir).manifest.unlabeled,
+               "unlabeled": result.unlabeled,
                "student_parameters": result.student_parameters,
                "teacher_parameters": result.teacher_parameters,
                "distribution": result.distribution}

@@ -173,6 +173,12 @@ def _check_distinct(dirs: list[Path]) -> None:
 NOT_UTF8 = "file name is not valid UTF-8 (bytes shown as \\xNN); rename the file to use it"
 
 
+def is_hidden(relative: Path) -> bool:
+    """Whether a path, relative to the folder being read, is hidden or inside a hidden folder
+    (a part starting with "."): every walk of a folder of images skips it."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def candidate_files(folder: Path, holds: str | None = None,
                     within: str = "the data folder") -> tuple[list[Path], list[ImageCheck]]:
     """The files of a folder of images, at any depth, except hidden and ignored ones; and those
@@ -192,7 +198,7 @@ def candidate_files(folder: Path, holds: str | None = None,
     files, skipped = [], []
     for p in sorted(folder.rglob("*")):
         relative = p.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
+        if is_hidden(relative):
             continue
         if p.is_dir() and _is_output(p):
             raise DataError(f"{printable(p)}: a vgg-mobile output folder, not {holds}; "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vgg_mobile.core.errors import DataError
 from vgg_mobile.core.outputs import output_kind
-from vgg_mobile.data.dataset import ImageFolder, candidate_files, check_files, printable
+from vgg_mobile.data.dataset import ImageFolder, candidate_files, check_files, is_hidden, printable
 from vgg_mobile.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageCheck
 
 # Class-named folders shown in a refusal, at most.
@@ -77,7 +77,7 @@ def _labelled_files(folder: ImageFolder) -> list[Path]:
     for path in folder.root.rglob("*"):
         relative = path.relative_to(folder.root)
         if (path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-                and not any(part.startswith(".") for part in relative.parts)):
+                and not is_hidden(relative)):
             found.setdefault(path.resolve(), path)
     return sorted(found.values())
 
@@ -109,7 +109,7 @@ def _check_place(root: Path, data_folder: ImageFolder) -> None:
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if (path.name in classes and path.is_dir()
-                and not any(part.startswith(".") for part in relative.parts)):
+                and not is_hidden(relative)):
             found.append(printable(relative))
     if found:
         shown = ", ".join(found[:_SHOWN]) + (f" and {len(found) - _SHOWN} more"

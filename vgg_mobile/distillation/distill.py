@@ -183,6 +183,8 @@ class DistillResult:
         distribution: The manifest's `distribution` entry (strategy, replicas, batch, lr).
         verdict: With a baseline, `compare_with_baseline`'s answer (which student was kept,
             and why); else `None`. `metrics` are the kept student's.
+        unlabeled: The unlabelled images it also learnt from (`UnlabeledFolder.record()`, the
+            manifest's `data.unlabeled`), or `None`.
     """
 
     run_dir: Path
@@ -196,6 +198,7 @@ class DistillResult:
     wrote_run: bool = True
     distribution: dict = dataclasses.field(default_factory=dict)
     verdict: dict | None = None
+    unlabeled: dict | None = None
 
 
 def _check_teacher(run: Run) -> None:
@@ -528,7 +531,7 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         int(teacher.count_params()), seconds, wrote_run=write_dir == out,
         distribution={**distribution.record(config.batch_size, config.learning_rate),
                       "weights_sha256": dist.weights_digest(student)},
-        verdict=verdict)
+        verdict=verdict, unlabeled=unlabeled.record() if unlabeled else None)
     if write_dir != out:
         log(f"{distribution.cluster.name}: trained in step with the chief, which writes {out}; "
             f"this worker's own files went to {write_dir} (deleted on exit)")
@@ -541,16 +544,16 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         {"loss": history.get("student_loss", []), "accuracy": history.get("accuracy", []),
          "val_loss": history.get("val_student_loss", []), "val_accuracy": history.get("val_accuracy", [])},
         out / "training_curves.png")
-    manifest = _student_manifest(result, teacher_run, folder, choice, unlabeled, training,
-                                 command, stage, distilled_metrics, train_accuracy_inference)
+    manifest = _student_manifest(result, teacher_run, folder, choice, training, command, stage,
+                                 distilled_metrics, train_accuracy_inference)
     finish_run(out, student, manifest)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return result
 
 
-def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice,
-                      unlabeled: UnlabeledFolder | None, t: _Training, command, stage: str,
-                      distilled_metrics: dict, train_accuracy_inference: float) -> Manifest:
+def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t: _Training,
+                      command, stage: str, distilled_metrics: dict,
+                      train_accuracy_inference: float) -> Manifest:
     """The student run's manifest: its input (the teacher's, at the student's size), what
     taught it and how (with the unlabelled images it also learnt from, `data.unlabeled`), and
     the baseline's verdict."""
@@ -566,7 +569,7 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice,
         config={"model": dataclasses.asdict(t.options), "distill": dataclasses.asdict(config)},
         command=command,
         data={**splits.data_record(folder, choice),
-              "unlabeled": unlabeled.record() if unlabeled else None},
+              "unlabeled": result.unlabeled},
         parent=str(teacher_run.path.resolve()),
         metrics=result.metrics,
         sections=dict(
