@@ -357,6 +357,37 @@ def split(folder: ImageFolder, val_fraction: float = 0.2, seed: int = 0) -> Spli
     return Split(tuple(train), tuple(val))
 
 
+# A class with fewer images than this share of the largest class's is warned about: at 1:5
+# and beyond, plain cross-entropy trains a model that mostly misses the small class.
+IMBALANCE_RATIO = 0.2
+
+
+def imbalance_warning(classes: tuple[str, ...], examples: tuple[Example, ...],
+                      remedy: str = "") -> str:
+    """A warning naming the smallest and the largest class of `examples` when the smallest
+    has under `IMBALANCE_RATIO` of the largest's images, and what to do; "" otherwise.
+
+    Args:
+        classes: Class names; a label indexes this tuple.
+        examples: The training examples.
+        remedy: What the training already does about it (e.g. "class weights are on"),
+            said instead of the advice. Defaults to none.
+    """
+    counts = np.bincount([e.label for e in examples], minlength=len(classes))
+    if len(counts) < 2 or not counts.max():
+        return ""
+    small, large = int(counts.argmin()), int(counts.argmax())
+    if counts[small] >= IMBALANCE_RATIO * counts[large]:
+        return ""
+    return (f"warning: unbalanced classes: the smallest, {classes[small]!r}, has "
+            f"{counts[small]} training images, under a fifth of the largest, "
+            f"{classes[large]!r}, with {counts[large]}: "
+            + (remedy if remedy else
+               "a model trained on them will miss the small class more often; weight the loss "
+               "by class (`class_weights = true`, --class-weights) or use the focal loss "
+               "(`focal_gamma = 2`, --focal-gamma 2), or add images of the small class"))
+
+
 def class_weights(examples: tuple[Example, ...], num_classes: int) -> dict[int, float]:
     """Balanced class weights `n / (num_classes * n_c)`, for imbalanced folders."""
     counts = np.bincount([e.label for e in examples], minlength=num_classes).astype(float)
