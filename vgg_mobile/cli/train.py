@@ -98,7 +98,12 @@ def doctor_cmd(as_json):
               help="Share of each class held out (folders without train/ and val/).")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
-@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--class-weights", is_flag=True,
+              help="Weight the loss by inverse class frequency (unbalanced classes).")
+@click.option("--focal-gamma", default=default(TrainConfig, "focal_gamma"), show_default=True,
+              type=float,
+              help="Focal loss exponent (unbalanced classes): images the model gets right count "
+                   "less; 0: plain cross-entropy.")
 @click.option("--strict", is_flag=True, help="Fail on any bad image instead of skipping it.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted run in --out.")
@@ -112,7 +117,8 @@ def doctor_cmd(as_json):
 @click.pass_context
 def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
               warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
-              unfreeze_blocks, val_fraction, seed, no_augment, class_weights, strict, resume,
+              unfreeze_blocks, val_fraction, seed, no_augment, class_weights, focal_gamma, strict,
+              resume,
               force, as_json, quiet, strategy, mixed_precision, jit_compile, offline,
               data_benchmark):
     """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
@@ -128,7 +134,8 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                          label_smoothing=label_smoothing, fine_tune=fine_tune,
                          unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
-                         augment=not no_augment, class_weights=class_weights, strict=strict)
+                         augment=not no_augment, class_weights=class_weights,
+                         focal_gamma=focal_gamma, strict=strict)
     distribute = distribute_config(strategy, mixed_precision, jit_compile)
     if data_benchmark:
         report = measure_throughput(data, options, config, distribute, log=log, offline=offline)

@@ -14,6 +14,9 @@ FINE_TUNE_MODES = ("auto", "full", "feature-extraction", "last-blocks", "progres
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 MAX_LEARNING_RATE = 10.0
+# Above this the focal loss's factor (1 - p)^gamma is 0 in float32 for any image the model
+# gets even half right: nothing left to learn from. Lin et al. (2017) found 2 best.
+MAX_FOCAL_GAMMA = 10.0
 # NumPy and TensorFlow seeds: TensorFlow refuses one beyond 64 bits, NumPy a negative one.
 MAX_SEED = 2**31 - 1
 
@@ -56,7 +59,11 @@ class TrainConfig:
         seed: Seeds the split, shuffles, augmentation and initialisation.
         augment: Augment training images (`dataset.augmentation_for`: shift, scale and
             contrast up to 64 px; random resized crop, flip and colour jitter above).
-        class_weights: Weight the loss by inverse class frequency.
+        class_weights: Weight the loss by inverse class frequency (`dataset.class_weights`).
+        focal_gamma: The focal loss's gamma (Lin et al., 2017): each image's cross-entropy is
+            weighted by `(1 - p)^gamma`, `p` the probability given to its class, so images
+            the model already gets right count less; 0 is the plain cross-entropy. Works
+            with `label_smoothing` (applied to the labels first) and `class_weights`.
         strict: Fail on any bad image instead of skipping it.
     """
 
@@ -72,16 +79,31 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     class_weights: bool = False
+    focal_gamma: float = 0.0
     strict: bool = False
 
     def __post_init__(self):
         check_training_knobs(self)
+        require_number(self.focal_gamma, "focal_gamma", 0, MAX_FOCAL_GAMMA)
+        require(isinstance(self.class_weights, bool), "class_weights must be true or false",
+                f"class_weights={self.class_weights!r}")
         require_number(self.label_smoothing, "label_smoothing", 0, 1, high_open=True)
         require(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be one of {', '.join(FINE_TUNE_MODES)}",
              f"fine_tune={self.fine_tune!r}")
         require_number(self.unfreeze_blocks, "unfreeze_blocks", 1, integer=True)
         require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
         require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+
+    def imbalance_remedy(self) -> str:
+        """What this config does about unbalanced classes, as a clause; "" for nothing."""
+        return imbalance_remedy(self.class_weights, self.focal_gamma)
+
+
+def imbalance_remedy(class_weights: bool, focal_gamma: float) -> str:
+    """What a training does about unbalanced classes, for `dataset.imbalance_warning`."""
+    done = [*(["the loss is weighted by class (class_weights)"] if class_weights else []),
+            *([f"the focal loss is on (focal_gamma={focal_gamma:g})"] if focal_gamma else [])]
+    return " and ".join(done)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from vgg_mobile.core.outputs import check_no_overlap, claim_output, worker_outpu
 from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, finish_run
 from vgg_mobile.core.io import write_json
 from vgg_mobile.training.checkpoints import STATE, epoch_checkpoint, read_resume_state, restore_checkpoint
+from vgg_mobile.training.losses import classifier_loss
 from vgg_mobile.training.schedules import warmup_cosine
 
 
@@ -73,7 +74,7 @@ def compile_classifier(model, config: TrainConfig, phase: Phase, steps_per_epoch
         metrics.append(keras.metrics.TopKCategoricalAccuracy(k=3, name="top_3_accuracy"))
     model.compile(
         optimizer=dist.wrap_optimizer(optimizer, distribute),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        loss=classifier_loss(config),
         metrics=metrics,
         jit_compile=distribute.jit_compile,
     )
@@ -154,6 +155,10 @@ def train(
     choice = splits.choose_split(folder, None, config.val_fraction, config.seed)
     if choice.note:
         log(choice.note)
+    unbalanced = dataset.imbalance_warning(folder.classes, choice.parts.train,
+                                           remedy=config.imbalance_remedy())
+    if unbalanced:
+        log(unbalanced)
     run_config = _run_config(options, config)
     fingerprint = folder.fingerprint()
 
