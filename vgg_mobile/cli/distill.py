@@ -42,6 +42,13 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @click.option("--mixup", default=default(DistillConfig, "mixup"), show_default=True,
               type=click.FloatRange(min=0),
               help="Beta parameter of batch mixup in distillation (teacher, student and labels mixed alike); 0: off.")
+@click.option("--class-weights", is_flag=True,
+              help="Weight the hard-label loss by inverse class frequency (unbalanced classes); "
+                   "the distillation term stays unweighted.")
+@click.option("--focal-gamma", default=default(DistillConfig, "focal_gamma"), show_default=True,
+              type=float,
+              help="Focal loss exponent of the hard-label term (unbalanced classes); 0: plain "
+                   "cross-entropy.")
 @click.option("--epochs", default=default(DistillConfig, "epochs"), show_default=True, type=COUNT)
 @click.option("--batch-size", default=default(DistillConfig, "batch_size"), show_default=True,
               type=COUNT)
@@ -64,7 +71,7 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @offline_option
 @click.pass_context
 def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student_weights,
-                temperature, alpha, mixup, epochs, batch_size, learning_rate, seed, no_augment,
+                temperature, alpha, class_weights, focal_gamma, mixup, epochs, batch_size, learning_rate, seed, no_augment,
                 baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
                 jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
@@ -72,7 +79,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
 
     config = DistillConfig(student=student, image_size=image_size,
                            student_weights=student_weights, temperature=temperature,
-                           alpha=alpha, mixup=mixup, epochs=epochs, batch_size=batch_size,
+                           alpha=alpha, class_weights=class_weights,
+                           focal_gamma=focal_gamma, mixup=mixup, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline, ship=ship,
                            unlabeled=None if unlabeled is None else str(unlabeled))

@@ -39,7 +39,8 @@ from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load
 from vgg_mobile.core.io import write_json
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
-from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
+from vgg_mobile.training.hyperparameters import (MAX_FOCAL_GAMMA, MAX_SEED, check_training_knobs,
+                                                  imbalance_remedy)
 from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
@@ -66,6 +67,11 @@ class DistillConfig:
             a path to an .h5 weights file of the backbone.
         temperature: Softens both models' logits before the KL term (T in Hinton's loss).
         alpha: Weight of the hard-label cross-entropy; `1 - alpha` weighs the teacher's term.
+        class_weights: Weight the hard-label cross-entropy by inverse class frequency of the
+            labelled training images (`dataset.class_weights`); the distillation term stays
+            unweighted. The baseline is trained with the same loss.
+        focal_gamma: The hard-label term's focal exponent (see `TrainConfig.focal_gamma`);
+            0 is the plain cross-entropy. The baseline is trained with the same loss.
         mixup: Mixes each distillation batch with a shuffled copy of itself, the same mix for
             both models' views and the labels, with a weight drawn from Beta(mixup, mixup);
             0 turns it off. The baseline (the student trained alone) is trained without it.
@@ -102,6 +108,8 @@ class DistillConfig:
     student_weights: str = "none"
     temperature: float = 2.0
     alpha: float = 0.5
+    class_weights: bool = False
+    focal_gamma: float = 0.0
     mixup: float = 0.0
     epochs: int = 20
     batch_size: int = 32
@@ -133,6 +141,9 @@ class DistillConfig:
         require_number(self.temperature, "temperature", 0, 100, low_open=True)
         require_number(self.alpha, "alpha", 0, 1)
         require_number(self.mixup, "mixup", 0, 100)
+        require(isinstance(self.class_weights, bool), "class_weights must be true or false",
+                f"class_weights={self.class_weights!r}")
+        require_number(self.focal_gamma, "focal_gamma", 0, MAX_FOCAL_GAMMA)
         check_training_knobs(self)
         require_number(self.dropout, "dropout", 0, 1, high_open=True)
         require(self.ship in SHIP_CHOICES, f"ship must be one of {', '.join(SHIP_CHOICES)}",
@@ -295,6 +306,11 @@ def distill(
     choice = splits.choose_split(folder, teacher_run.manifest.data, config.val_fraction, config.seed)
     if choice.note:
         log(f"warning: {choice.note}")
+    unbalanced = dataset.imbalance_warning(
+        folder.classes, choice.parts.train,
+        remedy=imbalance_remedy(config.class_weights, config.focal_gamma))
+    if unbalanced:
+        log(unbalanced)
     n_classes = len(folder.classes)
     # Checked, and missing ImageNet weights downloaded, before any work.
     options = config.student_options(config.image_size or teacher_run.image_size)
@@ -432,7 +448,11 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
             student = dist.to_mixed_precision(student)
         distiller = build_distiller(student, t.teacher if with_teacher else None,
                                     config.temperature, config.alpha if with_teacher else 1.0,
-                                    mixup=config.mixup if with_teacher else 0.0)
+                                    mixup=config.mixup if with_teacher else 0.0,
+                                    class_weights=(tuple(dataset.class_weights(
+                                        parts.train, t.n_classes).values())
+                                        if config.class_weights else None),
+                                    focal_gamma=config.focal_gamma)
         distiller.compile(
             optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
                                           distribution.config),
@@ -586,7 +606,8 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t
                 **result.verdict,
             },
             distillation={"temperature": config.temperature, "alpha": config.alpha,
-                          "mixup": config.mixup,
+                          "mixup": config.mixup, "class_weights": config.class_weights,
+                          "focal_gamma": config.focal_gamma,
                           "epochs": config.epochs, "consistent_teaching": True,
                           "student_parameters": result.student_parameters,
                           "parameter_ratio": round(result.student_parameters

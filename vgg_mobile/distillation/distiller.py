@@ -19,11 +19,19 @@ images, where its answers carry the most that labels do not ("function matching"
 vector (a weight w of its one-hot vector, zeros for the rest) and a `labelled` weight of w:
 the cross-entropy, linear in the label vector, is then mixup's own loss with the unknown
 label's part left out, and it is averaged over the labelled share of the batch.
+
+For unbalanced classes the cross-entropy term can be weighted by class (`class_weights`: one
+weight per class, read from each image's label vector, so a mixed label mixes the weights and
+an unlabelled image, whose vector is zeros, stays at 0) and focused (`focal_gamma`: the focal
+loss, `-sum_c y_c (1 - p_c)^gamma log p_c`). Both act on the hard-label term alone: the
+distillation term stays unweighted. The weighted sum is still divided by the labelled share
+of the batch, as Keras divides a `class_weight`ed loss by the batch size.
 """
 
 from __future__ import annotations
 
-from vgg_mobile.core.errors import BadInputError
+from vgg_mobile.core.errors import BadInputError, require, require_number
+from vgg_mobile.training.hyperparameters import MAX_FOCAL_GAMMA
 
 _DISTILLER_CLASS = None
 
@@ -37,6 +45,8 @@ def distiller_class():
     import tensorflow as tf
     import tf_keras as keras
 
+    from vgg_mobile.training.losses import focal_crossentropy
+
     class Distiller(keras.Model):
         """Trains `student` on labels and on a frozen `teacher`'s softened logits.
 
@@ -49,7 +59,8 @@ def distiller_class():
         """
 
         def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
-                     mixup: float = 0.0, **kwargs):
+                     mixup: float = 0.0, class_weights=None, focal_gamma: float = 0.0,
+                     **kwargs):
             super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
             if teacher is None and alpha != 1:
                 raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
@@ -58,6 +69,9 @@ def distiller_class():
             self.temperature = float(temperature)
             self.alpha = float(alpha)
             self.mixup = float(mixup)
+            self.focal_gamma = float(focal_gamma)
+            self.class_weights = (None if class_weights is None
+                                  else tf.constant(class_weights, tf.float32))
             # Sub-models sharing the layers (and weights) of each model up to its logits.
             self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
                                               name="student_logits")
@@ -103,13 +117,23 @@ def distiller_class():
             kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
             return t * t * tf.reduce_mean(kl)
 
-        @staticmethod
-        def student_loss(labels, student_logits, labelled=None):
-            """The cross-entropy, averaged over the batch, or over its labelled share when
-            `labelled` weights are given (0 for a batch without a labelled image)."""
+        def student_loss(self, labels, student_logits, labelled=None):
+            """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights`),
+            averaged over the batch, or over its labelled share when `labelled` weights are
+            given (0 for a batch without a labelled image)."""
             # Linear in `labels` (no normalisation with logits): an all-zero vector costs 0.
-            losses = keras.losses.categorical_crossentropy(
-                labels, tf.cast(student_logits, tf.float32), from_logits=True)
+            labels = tf.cast(labels, tf.float32)
+            if self.focal_gamma:
+                losses = focal_crossentropy(labels, student_logits, self.focal_gamma)
+            else:
+                losses = keras.losses.categorical_crossentropy(
+                    labels, tf.cast(student_logits, tf.float32), from_logits=True)
+            if self.class_weights is not None:
+                # Each image's class weight, read from its label vector (mixed for a mixed
+                # one; a share w of a label vector already scales its loss by w).
+                losses = losses * tf.math.divide_no_nan(
+                    tf.reduce_sum(labels * self.class_weights, axis=-1),
+                    tf.reduce_sum(labels, axis=-1))
             if labelled is None:
                 return tf.reduce_mean(losses)
             return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(labelled))
@@ -177,7 +201,7 @@ def distiller_class():
 
 
 def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5,
-                    mixup: float = 0.0):
+                    mixup: float = 0.0, class_weights=None, focal_gamma: float = 0.0):
     """Wraps a student and a (frozen) teacher in a `Distiller`.
 
     Args:
@@ -187,6 +211,10 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         temperature: Softening temperature, > 0. Defaults to `2.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.5`.
         mixup: Beta parameter of the batch mixup; 0 turns it off. Defaults to `0.0`.
+        class_weights: One weight per class, >= 0, for the hard-label term (e.g.
+            `dataset.class_weights`); `None` weighs every class 1. Defaults to `None`.
+        focal_gamma: The hard-label term's focal exponent; 0 is the plain cross-entropy.
+            Defaults to `0.0`.
 
     Returns:
         An uncompiled `Distiller` (a `tf_keras.Model`).
@@ -201,6 +229,14 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         raise BadInputError(f"alpha must be in [0, 1]. Received: alpha={alpha}")
     if not mixup >= 0:
         raise BadInputError(f"mixup must be >= 0. Received: mixup={mixup}")
+    require_number(focal_gamma, "focal_gamma", 0, MAX_FOCAL_GAMMA)
+    if class_weights is not None:
+        class_weights = tuple(class_weights)
+        require(len(class_weights) == student.output_shape[-1],
+                f"class_weights needs one weight per class ({student.output_shape[-1]})",
+                f"class_weights={class_weights!r}")
+        for weight in class_weights:
+            require_number(weight, "class_weights", 0)
     for role, model in (("student", student), ("teacher", teacher)):
         if model is not None and "logits" not in {layer.name for layer in model.layers}:
             raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
@@ -208,4 +244,5 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         raise BadInputError(
             f"teacher and student disagree on the number of classes: "
             f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
-    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha, mixup=mixup)
+    return distiller_class()(student, teacher, temperature=temperature, alpha=alpha, mixup=mixup,
+                             class_weights=class_weights, focal_gamma=focal_gamma)
