@@ -42,7 +42,8 @@ def pipeline_cmd(ctx, data, out, config_path, preset, unlabeled, print_config, f
     from vgg_mobile.pipeline.config import default_config_toml
     from vgg_mobile.pipeline.runner import run_pipeline
     from vgg_mobile.reporting.report import format_ship, format_summary, write_report
-    from vgg_mobile.pipeline.summary import findings, table_notes, what_to_ship
+    from vgg_mobile.pipeline.summary import (class_recall_lines, findings, table_notes,
+                                             what_to_ship)
 
     config = load_config(config_path, preset)
     if unlabeled is not None:
@@ -69,11 +70,12 @@ def pipeline_cmd(ctx, data, out, config_path, preset, unlabeled, print_config, f
                                            "seconds": round(s.seconds, 1)} for s in result.stages],
                                "notes": table_notes(list(result.summary)),
                                "findings": findings(out, config),
+                               "class_recall": class_recall_lines(list(result.summary)),
                                "what_to_ship": list(what_to_ship(list(result.summary)).sentences),
                                "report": report}, indent=2))
         return
     click.echo(format_summary(result.summary))
-    for line in findings(out, config):
+    for line in findings(out, config) + class_recall_lines(list(result.summary)):
         click.echo(line)
     teacher = (f", {out / 'teacher_export'} (the compressed teacher: TFLite, ONNX), "
                f"{out / 'teacher_android'} (its Android assets)"

@@ -62,6 +62,15 @@ def classification_metrics(
     }
 
 
+def class_recall(metrics: dict) -> dict[str, dict]:
+    """`{class: {"recall", "support"}}` of `classification_metrics`' answer (or a manifest's
+    `metrics`), for the classes measured (with an image); `{}` when it has no per-class
+    recall."""
+    return {name: {"recall": m["recall"], "support": m["support"]}
+            for name, m in (metrics.get("per_class") or {}).items()
+            if m.get("support") and m.get("recall") is not None}
+
+
 def predict(model, examples, image_size: int, num_classes: int, batch_size: int = 32):
     """Runs a Keras model over examples; returns `(probs, labels)` as numpy arrays."""
     ds = dataset.make_dataset(examples, image_size, batch_size, num_classes, one_hot=False)

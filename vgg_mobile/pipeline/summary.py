@@ -15,6 +15,7 @@ from vgg_mobile.core.export_dir import load_export
 from vgg_mobile.core.outputs import MANIFEST, inside
 from vgg_mobile.core.run_dir import MODEL, read_manifest
 from vgg_mobile.distillation.distill import gain_verdict
+from vgg_mobile.evaluation.metrics import class_recall
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import read_state
 
@@ -22,7 +23,10 @@ from vgg_mobile.pipeline.state import read_state
 # evaluated its model once, in its own process and batches, while the benchmark ran every
 # artifact on the same images, and a quantization-aware model's fake-quantization rounding
 # can answer a borderline image differently between two such passes (one table, one answer).
-MEASURED = ("latency_ms", "speedup", "agreement", "accuracy")
+MEASURED = ("latency_ms", "speedup", "agreement", "accuracy", "per_class")
+
+# The per-class recall lines name this many classes, the worst first.
+WORST_CLASSES = 3
 
 # Under any table where a quantization-aware Keras run has no latency.
 QAT_LATENCY_NOTE = ("Quantization-aware Keras models run fake quantization: their latency is "
@@ -41,6 +45,8 @@ def summary_rows(out: str | Path, config) -> list[dict]:
     `misses` (what an exported file misses, one sentence each), `feeds_export` (an exported
     file is made from it, or from a run made from it; `False` for a run that is measured but
     ships nothing, such as the pruned teacher), `measured_by` (`benchmark` or `stage`),
+    `per_class` (`{class: {"recall", "support"}}` on the same held-out images as `accuracy`:
+    a run's from its manifest, an exported file's from the benchmark; `None` without one),
     `quantization_aware` (a Keras run with fake-quantization ops: its latency is always
     `None`, being that of no shipped product) and `model` (what an exported file is of, for
     sentences: `student`, or the teacher's family, e.g. `VGG16`; `None` for runs).
@@ -82,6 +88,8 @@ def summary_rows(out: str | Path, config) -> list[dict]:
                 if found.get(key) is not None or row[key] is None:
                     row[key] = found.get(key)
             if found.get("accuracy") is not None:
+                # Per-class figures on the same images as the accuracy, or none.
+                row["per_class"] = found.get("per_class") or None
                 row["images"] = result.get("images", row["images"])
                 row["measured_by"] = "benchmark"
     shipped = _feeding_exports(config)
@@ -174,6 +182,50 @@ def table_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+def class_recall_lines(rows: list[dict], worst: int = WORST_CLASSES) -> list[str]:
+    """One sentence per shipped model: its per-class recall on the held-out images, the
+    `worst` classes first, each with its image count, and the range of the others.
+
+    The shipped models are the first exported file of each export stage with per-class
+    figures (the benchmark's); when no exported file has them (the benchmark did not run),
+    the Keras runs the exports are made from, on their own validation images, said so.
+
+    Args:
+        rows: `summary_rows`.
+        worst: How many classes to name. Defaults to `WORST_CLASSES`.
+
+    Returns:
+        The sentences; empty when no row has per-class figures.
+    """
+    chosen, stages = [], set()
+    for row in rows:
+        if row["format"] != "keras" and row.get("per_class") and row["stage"] not in stages:
+            chosen.append(row)
+            stages.add(row["stage"])
+    if not chosen:
+        chosen = [row for row in rows if row["format"] == "keras" and row.get("per_class")
+                  and row.get("feeds_export", True)]
+    lines = []
+    for row in chosen:
+        how = ("measured by the benchmark" if row.get("measured_by") == "benchmark"
+               else "its validation images")
+        if row["format"] == "keras":
+            how += "; the Keras run, not an exported file"
+        per_class = row["per_class"]
+        images = sum(m["support"] for m in per_class.values())
+        # Ties by name, so the same figures give the same sentence.
+        order = sorted(per_class.items(), key=lambda item: (item[1]["recall"], item[0]))
+        named = ", ".join(f"{name!r} {m['recall']:.3f} ({m['support']} images)"
+                          for name, m in order[:worst])
+        rest = order[worst:]
+        others = ("" if not rest else
+                  f"; the other {len(rest)} class{'es' if len(rest) > 1 else ''} "
+                  f"{rest[0][1]['recall']:.3f} to {rest[-1][1]['recall']:.3f}")
+        lines.append(f"Per-class recall of the {row['artifact']} on {images} held-out images "
+                     f"({how}), worst first: {named}{others}.")
+    return lines
+
+
 def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
     manifest = read_manifest(path)
     if manifest is None:
@@ -187,6 +239,7 @@ def _run_row(path: Path, stage, settings, recorded: dict) -> dict | None:
             "parent": stage.parent_of(settings), "architecture": manifest.architecture,
             "accuracy": manifest.metrics.get("accuracy"),
             "images": _images(manifest.metrics), "agreement": None,
+            "per_class": class_recall(manifest.metrics) or None,
             "size_bytes": model.stat().st_size if model.is_file() else 0,
             "gzip_bytes": recorded.get("gzip_bytes"), "latency_ms": None, "speedup": None,
             "budget": "-", "misses": [], "measured_by": "stage",
@@ -266,7 +319,7 @@ def _export_rows(folder: Path, stage, settings, model: str) -> list[dict]:
                      "path": str(export.file(artifact)), "parent": source,
                      "architecture": export.manifest.architecture,
                      "accuracy": check.get("accuracy"), "images": check.get("images"),
-                     "agreement": check.get("top1_agreement"),
+                     "agreement": check.get("top1_agreement"), "per_class": None,
                      "size_bytes": artifact.size_bytes, "gzip_bytes": artifact.get("gzip_bytes"),
                      "latency_ms": None, "speedup": None,
                      "budget": "fail" if misses else "pass", "misses": misses,

@@ -108,6 +108,7 @@ def benchmark_pipeline(
         raise RunDirError(f"{out}: has no finished teacher run to measure against")
     pipeline_config = load_pipeline_config(out)
     config = config or pipeline_config.benchmark
+    from vgg_mobile.evaluation.metrics import class_recall, classification_metrics
     from vgg_mobile.runtimes.keras import set_threads
 
     threads = set_threads(config.threads)
@@ -142,6 +143,7 @@ def benchmark_pipeline(
             "latency_ms": round(latency, 3) if latency is not None else None,
             "speedup": round(teacher_ms / latency, 2) if teacher_ms and latency else None,
             "budget": row["budget"], "quantization_aware": row["quantization_aware"],
+            "per_class": class_recall(classification_metrics(probs, labels, teacher.classes)),
         }
         for key, other in result.pop("others").items():
             # The same file in a second runtime, on the same images.

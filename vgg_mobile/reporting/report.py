@@ -27,8 +27,8 @@ from vgg_mobile.core.run_dir import read_manifest
 from vgg_mobile.pipeline.config import PipelineConfig, load_pipeline_config
 from vgg_mobile.pipeline.stages import STAGES, get_stage
 from vgg_mobile.pipeline.state import REPORT_FILES
-from vgg_mobile.pipeline.summary import (ShipChoice, findings, ship_name, summary_rows,
-                                         table_notes, what_to_ship)
+from vgg_mobile.pipeline.summary import (ShipChoice, class_recall_lines, findings, ship_name,
+                                         summary_rows, table_notes, what_to_ship)
 from vgg_mobile.reporting.tables import Column, html_table, markdown_table, megabytes, number
 
 ASSETS = REPORT_FILES[2]
@@ -103,6 +103,9 @@ def format_summary(rows) -> str:
 
 
 SHIP_TITLE = "What to ship"
+# The per-class recall of the shipped files (`pipeline.summary.class_recall_lines`): the small
+# class an overall accuracy hides.
+RECALL_TITLE = "Per-class recall"
 
 
 def ship_lines(choice: ShipChoice) -> list[str]:
@@ -533,10 +536,13 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
 
     said = findings(out, config)
     notes = table_notes(rows)
+    recalls = class_recall_lines(rows)
     md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
           "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
     if misses:
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
+    if recalls:
+        md += [f"## {RECALL_TITLE}", "", *(f"{line}\n" for line in recalls)]
     if has_chart or gaps:
         md += ["## Size, latency and accuracy", "", *[f"{gap}\n" for gap in gaps]]
     if has_chart:
@@ -589,6 +595,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
     if misses:
         body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
                  "</ul>"]
+    if recalls:
+        body += [f'<h2 id="recall">{esc(RECALL_TITLE)}</h2>', *(f"<p>{esc(line)}</p>" for line in recalls)]
     if has_chart or gaps:
         body += ["<h2>Size, latency and accuracy</h2>", *(f"<p>{esc(gap)}</p>" for gap in gaps)]
     if has_chart:
