@@ -92,3 +92,11 @@ def test_fraction_accepts_shares_and_percentages(text, number):
 def test_fraction_refuses_anything_else_with_bad_parameter(text):
     with pytest.raises(click.BadParameter, match=f"Received: {text}"):
         fraction(None, None, text)
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_negative_focal_gamma_exits_2_naming_the_key_and_value(tmp_path, command):
+    result = _invoke(tmp_path, command, "--focal-gamma", "-1")
+    assert result.exit_code == 2, result.output
+    assert "focal_gamma must be in [0, 10]. Received: focal_gamma=-1.0" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written

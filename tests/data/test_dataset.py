@@ -153,3 +153,16 @@ def test_small_image_augmentation_keeps_left_and_right():
     for _ in range(40):
         out = _augment(tf.constant(image), 32, SMALL_IMAGE_AUGMENTATION).numpy()
         assert out[:, :8].mean() > out[:, -8:].mean()
+
+
+def test_unbalanced_classes_are_warned_about_at_one_to_six_not_one_to_four(tmp_path):
+    six = dataset.scan_folder(image_folder(tmp_path / "six", {"big": 12, "mid": 6, "small": 2}))
+    warning = dataset.imbalance_warning(six.classes, six.train)
+    assert warning.startswith("warning: unbalanced classes")
+    assert "'small', has 2 training images" in warning and "'big', with 12" in warning
+    assert "class_weights = true" in warning and "focal" in warning
+    # Once the training does something about it, the warning says so instead of advising.
+    handled = dataset.imbalance_warning(six.classes, six.train, remedy="class weights are on")
+    assert handled.endswith("class weights are on") and "class_weights = true" not in handled
+    four = dataset.scan_folder(image_folder(tmp_path / "four", {"big": 12, "small": 3}))
+    assert dataset.imbalance_warning(four.classes, four.train) == ""

@@ -157,3 +157,80 @@ def test_unlabelled_images_train_through_the_distillation_term_alone():
     logs = distiller.train_step((x, tf.constant(junk), tf.zeros([6])))
     assert float(logs["distillation_loss"]) == pytest.approx(kd, rel=1e-4)
     assert float(logs["total_loss"]) == pytest.approx(0.7 * kd, rel=1e-4)
+
+
+def test_class_weights_and_focal_gamma_weigh_the_hard_label_term_alone():
+    """Each labelled image's cross-entropy times its class's weight (focal with gamma), summed
+    over the labelled share of the batch; the distillation term stays unweighted."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    options = ModelOptions(architecture=STUDENT, image_size=32, head_units=0, dropout=0.0)
+    student, teacher = build_classifier(options, 3), build_classifier(options, 3)
+    weights = (0.5, 1.0, 4.0)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32))
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    labelled = np.array([1, 1, 0, 1, 1, 1], np.float32)  # one unlabelled image
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def logs_of(**kwargs):
+        distiller = build_distiller(student, teacher, temperature=2.0, alpha=0.3, **kwargs)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0))  # measure, move nothing
+        student_logits = distiller.student_logits(x, training=True).numpy()
+        return distiller.train_step((x, tf.constant(labels), tf.constant(labelled))), student_logits
+
+    plain, student_logits = logs_of()
+    weighted, _ = logs_of(class_weights=weights)
+    focal, _ = logs_of(class_weights=weights, focal_gamma=2.0)
+    log_p = log_softmax(student_logits)
+    per_image = -(labels * log_p).sum(axis=1)
+    image_weight = labels @ np.array(weights, np.float32)
+    expected = (per_image * image_weight * labelled).sum() / labelled.sum()
+    np.testing.assert_allclose(float(weighted["student_loss"]), expected, rtol=1e-4)
+    assert abs(float(weighted["student_loss"]) - float(plain["student_loss"])) > 1e-3
+    focal_per_image = -(labels * (1 - np.exp(log_p)) ** 2 * log_p).sum(axis=1)
+    expected_focal = (focal_per_image * image_weight * labelled).sum() / labelled.sum()
+    np.testing.assert_allclose(float(focal["student_loss"]), expected_focal, rtol=1e-4)
+    # The distillation term is the same whatever weighs the labels.
+    for logs in (weighted, focal):
+        np.testing.assert_allclose(float(logs["distillation_loss"]),
+                                   float(plain["distillation_loss"]), rtol=1e-5)
+        np.testing.assert_allclose(float(logs["total_loss"]), 0.3 * float(logs["student_loss"])
+                                   + 0.7 * float(logs["distillation_loss"]), rtol=1e-4)
+
+
+def test_bad_class_weights_and_focal_gamma_are_refused():
+    options = ModelOptions(architecture=STUDENT, image_size=32, head_units=0)
+    student = build_classifier(options, 3)
+    with pytest.raises(BadInputError, match="focal_gamma=-1"):
+        build_distiller(student, None, alpha=1.0, focal_gamma=-1)
+    with pytest.raises(BadInputError, match="one weight per class"):
+        build_distiller(student, None, alpha=1.0, class_weights=(1.0, 2.0))
+    with pytest.raises(BadInputError, match="class_weights"):
+        build_distiller(student, None, alpha=1.0, class_weights=(1.0, -2.0, 1.0))
+
+
+def test_a_class_weighted_focal_distiller_fits_with_mixup_and_unlabelled_images():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    options = ModelOptions(architecture=STUDENT, image_size=32, head_units=0, dropout=0.0)
+    student, teacher = build_classifier(options, 3), build_classifier(options, 3)
+    distiller = build_distiller(student, teacher, alpha=0.5, mixup=0.4,
+                                class_weights=(0.5, 1.0, 4.0), focal_gamma=2.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (12, 32, 32, 3)).astype(np.float32)
+    labelled = np.array([1, 0] * 6, np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(12) % 3] * labelled[:, None]
+    before = [w.copy() for w in student.get_weights()]
+    history = distiller.fit(tf.data.Dataset.from_tensor_slices((x, y, labelled)).batch(4),
+                            epochs=1, verbose=0).history
+    assert all(np.isfinite(history[key][0]) for key in ("student_loss", "total_loss"))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))

@@ -215,3 +215,14 @@ def test_a_config_nested_10000_deep_exits_2_and_writes_nothing(cli, sample_dir, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(config) in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_the_imbalance_keys_of_teacher_and_student_are_checked():
+    config = load_config(text="[teacher]\nclass_weights = true\nfocal_gamma = 2.0\n"
+                              "[student]\nclass_weights = true\nfocal_gamma = 1.5\n")
+    assert (config.teacher.train.class_weights, config.teacher.train.focal_gamma) == (True, 2.0)
+    assert (config.student.class_weights, config.student.focal_gamma) == (True, 1.5)
+    for section in ("teacher", "student"):
+        with pytest.raises(BadInputError, match=rf"\[{section}\] focal_gamma must be in "
+                                                r"\[0, 10\]. Received: focal_gamma=-1"):
+            load_config(text=f"[{section}]\nfocal_gamma = -1\n")

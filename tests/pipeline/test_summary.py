@@ -264,3 +264,34 @@ def test_what_to_ship_without_latency_uses_accuracy_and_size_and_says_so():
     choice = what_to_ship([vgg, {**student, "latency_ms": 1.0}, fast])
     assert not choice.latency_measured
     assert choice.sentences[-1].startswith("Latency was not measured for every exported file")
+
+
+def test_per_class_recall_of_the_shipped_file_worst_first_on_the_benchmark_s_images(tmp_path):
+    from vgg_mobile.pipeline.summary import class_recall_lines
+
+    out = make_out(tmp_path)
+    # Without the benchmark's per-class figures: the Keras runs the exports are made from.
+    (out / "benchmark" / "benchmark.json").unlink()
+    for stage in ("teacher", "student_qat"):
+        path = out / stage / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["metrics"]["per_class"] = {"a": {"recall": 0.96, "support": 25},
+                                            "b": {"recall": 0.4, "support": 15}}
+        path.write_text(json.dumps(manifest))
+    config = load_config(text="")
+    lines = class_recall_lines(summary_rows(out, config))
+    assert lines[-1] == ("Per-class recall of the QAT student on 40 held-out images (its "
+                         "validation images; the Keras run, not an exported file), worst first: "
+                         "'b' 0.400 (15 images), 'a' 0.960 (25 images).")
+    benchmark = {"images": 36, "rows": [
+        {"path": str(out / "teacher" / "model.keras"), "stage": "teacher", "accuracy": 0.5,
+         "per_class": {"a": {"recall": 0.6, "support": 18}, "b": {"recall": 0.4, "support": 18}}},
+        {"path": str(out / "export" / "x_int8.tflite"), "stage": "export", "accuracy": 0.1,
+         "per_class": {"a": {"recall": 0.2, "support": 18}, "b": {"recall": 0.0, "support": 18}}}]}
+    (out / "benchmark" / "benchmark.json").write_text(json.dumps(benchmark))
+    rows = summary_rows(out, config)
+    # One figure per model: the benchmark's accuracy comes with the benchmark's recall.
+    assert rows[0]["per_class"] == benchmark["rows"][0]["per_class"] and rows[0]["images"] == 36
+    assert class_recall_lines(rows, worst=1) == [
+        "Per-class recall of the TFLite int8 (student_qat) on 36 held-out images (measured by "
+        "the benchmark), worst first: 'b' 0.000 (18 images); the other 1 class 0.200 to 0.200."]

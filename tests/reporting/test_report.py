@@ -114,3 +114,19 @@ def test_the_report_ends_with_what_to_ship(tmp_path):
     assert "Best on accuracy and size: the student int8 TFLite, with no trade-off" in tail
     assert "Latency was not measured (the benchmark did not run)" in tail
     assert page.index('<h2 id="ship">What to ship</h2>') > page.index("per-class metrics")
+
+
+def test_the_report_gives_the_shipped_file_s_per_class_recall(tmp_path):
+    out = _out(tmp_path, "[web_export]\nenabled = false\n")
+    _json(out / "benchmark" / "benchmark.json", {"images": 8, "rows": [
+        {"path": str(out / "export" / "s_int8.tflite"), "stage": "export", "accuracy": 0.625,
+         "per_class": {CLASSES[0]: {"recall": 1.0, "support": 4},
+                       CLASSES[1]: {"recall": 0.25, "support": 4}}}]})
+    write_report(out)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    line = ("Per-class recall of the TFLite int8 (student_qat) on 8 held-out images (measured by "
+            "the benchmark), worst first: '<b>dog|wolf</b>' 0.250 (4 images), 'cat' 1.000 "
+            "(4 images).")
+    assert "## Per-class recall" in md and line in md
+    assert '<h2 id="recall">Per-class recall</h2>' in page and line.replace("<", "&lt;").replace(
+        ">", "&gt;").replace("'", "&#x27;") in page

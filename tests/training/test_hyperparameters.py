@@ -76,3 +76,13 @@ def test_an_echoed_value_is_cut_with_its_length():
         TrainConfig(fine_tune="x" * 50_000_000)
     message = str(err.value)
     assert len(message) < 400 and message.endswith("... (50000012 chars)")
+
+
+@pytest.mark.parametrize("config", [TrainConfig, DistillConfig])
+def test_a_negative_focal_gamma_is_refused_naming_the_key(config):
+    with pytest.raises(BadInputError, match=r"focal_gamma must be in \[0, 10\]. Received: "
+                                            r"focal_gamma=-1"):
+        config(focal_gamma=-1.0)
+    with pytest.raises(BadInputError, match="class_weights must be true or false"):
+        config(class_weights="yes")
+    assert config(focal_gamma=2.0, class_weights=True).focal_gamma == 2.0

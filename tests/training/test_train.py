@@ -170,3 +170,41 @@ def test_a_full_disk_leaves_no_file_that_looks_finished(small_data, tmp_path, cl
     # the new run's folder is removed rather than left to read as an interrupted run.
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def unbalanced_data(tmp_path_factory):
+    """Two classes of 12 and 2 images (1:6), 32 px."""
+    from harness import image_folder
+
+    return image_folder(tmp_path_factory.mktemp("unbalanced") / "data", {"big": 12, "small": 2},
+                        size=32)
+
+
+def test_train_and_the_pipeline_s_teacher_stage_warn_of_unbalanced_classes(unbalanced_data,
+                                                                             tmp_path):
+    from click.testing import CliRunner
+
+    from vgg_mobile.cli.main import main
+    from vgg_mobile.pipeline.config import load_config
+    from vgg_mobile.pipeline.stages import StageJob, get_stage
+
+    result = CliRunner().invoke(main, [
+        "train", str(unbalanced_data), "--out", str(tmp_path / "run"), "--weights", "none",
+        "--architecture", "vgg16_bn_0.5", "--image-size", "32", "--epochs", "1", "--quiet",
+        "--val-fraction", "0.5", "--focal-gamma", "2"])
+    assert result.exit_code == 0, result.output
+    # The folder is cut to a 1:6 split: 6 and 1 training images.
+    assert ("warning: unbalanced classes: the smallest, 'small', has 1 training image, under "
+            "a fifth of the largest, 'big', with 6: the focal loss is on (focal_gamma=2)"
+            in result.stderr), result.stderr
+    # The pipeline's teacher stage logs through the pipeline's log (its terminal output).
+    lines = []
+    config = load_config(text="[teacher]\nepochs = 1\nimage_size = 32\nweights = \"none\"\n"
+                              "architecture = \"vgg16_bn_0.5\"\nval_fraction = 0.5\n")
+    stage = get_stage("teacher")
+    stage.run(StageJob(name="teacher", data_dir=unbalanced_data, out=tmp_path,
+                       path=tmp_path / "teacher", parent=None, resume=False, command=["test"],
+                       log=lines.append, verbose=0), config.teacher)
+    assert any(line.startswith("warning: unbalanced classes") and "class_weights = true" in line
+               for line in lines), lines

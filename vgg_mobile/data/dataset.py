@@ -380,7 +380,8 @@ def imbalance_warning(classes: tuple[str, ...], examples: tuple[Example, ...],
     if counts[small] >= IMBALANCE_RATIO * counts[large]:
         return ""
     return (f"warning: unbalanced classes: the smallest, {classes[small]!r}, has "
-            f"{counts[small]} training images, under a fifth of the largest, "
+            f"{counts[small]} training image{'' if counts[small] == 1 else 's'}, under a fifth "
+            "of the largest, "
             f"{classes[large]!r}, with {counts[large]}: "
             + (remedy if remedy else
                "a model trained on them will miss the small class more often; weight the loss "
