@@ -117,10 +117,10 @@ def distiller_class():
             kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
             return t * t * tf.reduce_mean(kl)
 
-        def student_loss(self, labels, student_logits, labelled=None):
-            """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights`),
-            averaged over the batch, or over its labelled share when `labelled` weights are
-            given (0 for a batch without a labelled image)."""
+        def student_loss(self, labels, student_logits, labelled=None, by_class=True):
+            """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights` when
+            `by_class`), averaged over the batch, or over its labelled share when `labelled`
+            weights are given (0 for a batch without a labelled image)."""
             # Linear in `labels` (no normalisation with logits): an all-zero vector costs 0.
             labels = tf.cast(labels, tf.float32)
             if self.focal_gamma:
@@ -128,7 +128,7 @@ def distiller_class():
             else:
                 losses = keras.losses.categorical_crossentropy(
                     labels, tf.cast(student_logits, tf.float32), from_logits=True)
-            if self.class_weights is not None:
+            if by_class and self.class_weights is not None:
                 # Each image's class weight, read from its label vector (mixed for a mixed
                 # one; a share w of a label vector already scales its loss by w).
                 losses = losses * tf.math.divide_no_nan(
@@ -191,7 +191,8 @@ def distiller_class():
             x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             student_x, _ = self._views(x)
             logits = self.student_logits(student_x, training=False)
-            self.student_loss_tracker.update_state(self.student_loss(y, logits))
+            # Unweighted by class, as Keras leaves a `class_weight`ed model's validation loss.
+            self.student_loss_tracker.update_state(self.student_loss(y, logits, by_class=False))
             self.accuracy_tracker.update_state(y, tf.nn.softmax(logits))
             return {"student_loss": self.student_loss_tracker.result(),
                     "accuracy": self.accuracy_tracker.result()}
