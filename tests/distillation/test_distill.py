@@ -324,3 +324,31 @@ def test_the_kept_student_and_the_reason(teacher, distilled, baseline, ship, kep
     assert verdict["shipped"] == kept and verdict["teacher_weaker"] is weaker
     assert says in verdict["reason"]
     assert verdict["accuracy_gain"] == pytest.approx(distilled - baseline)
+
+
+@pytest.mark.slow
+def test_class_weights_and_focal_gamma_reach_the_distiller_and_the_manifest(
+        teacher_run, sample_dir, tmp_path, monkeypatch):
+    from vgg_mobile.data import splits
+    from vgg_mobile.distillation import distill as distill_module
+
+    seen = []
+    original = distill_module.build_distiller
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("class_weights"), kwargs.get("focal_gamma")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "build_distiller", recording)
+    config = DistillConfig(image_size=32, epochs=1, batch_size=16, class_weights=True,
+                           focal_gamma=2.0, baseline=True)
+    distill_module.distill(teacher_run.run_dir, sample_dir, tmp_path / "s", config)
+    folder = dataset.scan_folder(sample_dir)
+    train = splits.choose_split(folder, json.loads(
+        (teacher_run.run_dir / "manifest.json").read_text())["data"]).parts.train
+    expected = tuple(dataset.class_weights(train, 4).values())
+    # The distilled student and the baseline get the same loss.
+    assert seen == [(expected, 2.0), (expected, 2.0)]
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert (manifest["distillation"]["class_weights"], manifest["distillation"]["focal_gamma"]) \
+        == (True, 2.0)
