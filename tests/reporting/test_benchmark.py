@@ -68,6 +68,12 @@ def test_every_artifact_is_measured_against_its_parent(pipeline_folder, teacher_
         top = tflite.predict_tflite(data, x).argmax(1)
         assert rows[name]["agreement"] == pytest.approx(float((top == reference).mean()), abs=1e-4)
         assert rows[name]["accuracy"] == pytest.approx(float((top == y).mean()), abs=1e-4)
+        # Per-class recall on the same images, with each class's count.
+        for label, class_name in enumerate(run.classes):
+            recall = rows[name]["per_class"][class_name]
+            assert recall["support"] == int((y == label).sum())
+            assert recall["recall"] == pytest.approx(float((top[y == label] == label).mean()),
+                                                     abs=1e-4)
     assert rows["TFLite float32 (teacher)"]["agreement"] == 1.0
     assert rows["float teacher"]["agreement"] is None  # the teacher has no parent
 
