@@ -129,10 +129,13 @@ def mirror_test_arrays(thumbnails: np.ndarray, labels: np.ndarray, colour: bool 
     for c in classes:
         members = rng.permutation(np.flatnonzero(labels == c))
         fold[members[: len(members) // 2]] = True
-    right = right_mirrored = 0
+    right = right_mirrored = scored_images = 0
     for fit in (fold, ~fold):
         scored = ~fit
         present = [c for c in classes if np.any(labels[fit] == c)]
+        if not present:  # one image a class: nothing to fit on this side
+            continue
+        scored_images += int(scored.sum())
         means = np.stack([flat[fit & (labels == c)].mean(axis=0) for c in present])
 
         def hits(x):
@@ -141,8 +144,10 @@ def mirror_test_arrays(thumbnails: np.ndarray, labels: np.ndarray, colour: bool 
 
         right += hits(flat[scored])
         right_mirrored += hits(mirrored[scored])
-    return MirrorTest(images=len(flat), accuracy=right / len(flat),
-                      mirrored_accuracy=right_mirrored / len(flat), chance=1.0 / len(classes),
+    # Without anything scored the accuracies are 0: no margin over chance, so no evidence.
+    scored_images = max(scored_images, 1)
+    return MirrorTest(images=len(flat), accuracy=right / scored_images,
+                      mirrored_accuracy=right_mirrored / scored_images, chance=1.0 / len(classes),
                       colour=colour)
 
 
