@@ -6,8 +6,8 @@ Which kind a folder holds is measured, not guessed from the image size:
 
     A nearest-class-mean classifier is fitted on a seeded, stratified sample of the training
     images (`SAMPLE_PER_CLASS` a class, as `THUMBNAIL` x `THUMBNAIL` grayscale thumbnails,
-    each standardised) and scores accuracy `a` on those images and `m` on the same images
-    mirrored left-right. With `c` the accuracy of chance (1 / classes), mirroring costs the
+    each standardised; two-fold, so that no image is scored by a class mean it helped to fit)
+    and scores accuracy `a` on those images and `m` on the same images mirrored left-right. With `c` the accuracy of chance (1 / classes), mirroring costs the
     share `(a - m) / (a - c)` of the classifier's margin over chance. A cost above
     `MAX_MIRROR_COST` means that a mirrored image looks like something else: no flips.
     Otherwise, or when the margin is under `MIN_MARGIN` (the class means tell nothing), flips.
