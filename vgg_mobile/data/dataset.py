@@ -364,6 +364,13 @@ def class_weights(examples: tuple[Example, ...], num_classes: int) -> dict[int, 
     return {i: float(total / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+# The ready augmentation policies: `standard` is a random resized crop, a flip (when the
+# images may be mirrored) and colour jitter; `trivialaugment` is the same crop and flip, then
+# one TrivialAugment-wide operation per image (`augment_ops.trivial_augment`) instead of the
+# jitter.
+POLICIES = ("standard", "trivialaugment")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Training-time augmentation; validation and evaluation never augment.
@@ -374,6 +381,9 @@ class Augmentation:
         brightness: Maximum brightness change, as a share of 255.
         contrast: Maximum contrast change factor offset (e.g. 0.2 means 0.8 to 1.2).
         saturation: Maximum saturation change factor offset.
+        policy: One of `POLICIES`; `trivialaugment` adds one random operation per image.
+        colour: Whether the images have colour: TrivialAugment changes the saturation of
+            colour images only.
     """
 
     crop_scale: tuple[float, float] = (0.6, 1.0)
@@ -381,6 +391,8 @@ class Augmentation:
     brightness: float = 0.1
     contrast: float = 0.2
     saturation: float = 0.2
+    policy: str = "standard"
+    colour: bool = True
 
     def __post_init__(self):
         low, high = self.crop_scale
@@ -389,34 +401,53 @@ class Augmentation:
         for name in ("brightness", "contrast", "saturation"):
             if not 0 <= getattr(self, name) < 1:
                 raise DataError(f"{name} must be in [0, 1). Received: {getattr(self, name)}")
+        if self.policy not in POLICIES:
+            raise DataError(f"policy must be one of {', '.join(POLICIES)}. "
+                            f"Received: policy={self.policy!r}")
 
 
 NO_AUGMENTATION = Augmentation(crop_scale=(1.0, 1.0), flip=False, brightness=0.0,
                                contrast=0.0, saturation=0.0)
 
-# Inputs up to this side get `SMALL_IMAGE_AUGMENTATION`, larger ones `Augmentation()`.
+# Inputs up to this side get `SMALL_IMAGE_AUGMENTATION`'s crop and colour, larger ones
+# `Augmentation()`'s.
 SMALL_IMAGE_MAX = 64
-# Small inputs are usually digits, letters, icons or thumbnails: a mirror image can be another
-# class (2 and 5, b and d) and a tight crop cuts the object off, so they get a mild shift and
-# scale with brightness and contrast, and no flip.
+# Small inputs are often digits, letters, icons or thumbnails, where a tight crop cuts the
+# object off: they get a mild shift and scale with brightness and contrast. Whether they are
+# mirrored is the data's business (`data.mirror`); without that measurement, they are not
+# (a mirror image of a digit or a letter can be another class: 2 and 5, b and d).
 SMALL_IMAGE_AUGMENTATION = Augmentation(crop_scale=(0.75, 1.0), flip=False, brightness=0.1,
                                         contrast=0.2, saturation=0.0)
 
 
-def augmentation_for(augment: bool, image_size: int) -> Augmentation:
+def augmentation_for(augment: bool, image_size: int, flip: bool | None = None,
+                     policy: str = "standard", colour: bool = True) -> Augmentation:
     """The training augmentation of a model with input side `image_size`.
 
     Args:
         augment: Whether to augment at all (the configs' `augment`).
         image_size: The largest input side the augmented images feed.
+        flip: Mirror images at random; `None` leaves the size's default (none up to
+            `SMALL_IMAGE_MAX` px, flips above). `data.augmentation.choose_augmentation`
+            decides it from the data. Defaults to `None`.
+        policy: One of `POLICIES`. Defaults to `"standard"`.
+        colour: Whether the images have colour (for TrivialAugment). Defaults to `True`.
 
     Returns:
-        `NO_AUGMENTATION`, `SMALL_IMAGE_AUGMENTATION` (up to `SMALL_IMAGE_MAX` px) or
-        `Augmentation()` (photos: random resized crop from 60% of the area, flips, colour).
+        `NO_AUGMENTATION`, or the crop and colour of `SMALL_IMAGE_AUGMENTATION` (up to
+        `SMALL_IMAGE_MAX` px) or of `Augmentation()` (random resized crop from 60% of the area,
+        colour jitter), with `flip`; under `trivialaugment` the colour jitter is left to
+        TrivialAugment's operations.
     """
     if not augment:
         return NO_AUGMENTATION
-    return SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
+    base = SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
+    changes = dict(policy=policy, colour=colour)
+    if flip is not None:
+        changes["flip"] = flip
+    if policy == "trivialaugment":
+        changes.update(brightness=0.0, contrast=0.0, saturation=0.0)
+    return dataclasses.replace(base, **changes)
 
 
 def resize_pixels(image, size: int | tuple[int, int]):
@@ -474,6 +505,12 @@ def _augment(image, image_size: int, aug: Augmentation):
         image = tf.image.random_contrast(image, 1 - aug.contrast, 1 + aug.contrast)
     if aug.saturation:
         image = tf.image.random_saturation(image, 1 - aug.saturation, 1 + aug.saturation)
+    if aug.policy == "trivialaugment":
+        from vgg_mobile.data.augment_ops import trivial_augment
+
+        image = trivial_augment(tf.clip_by_value(image, 0.0, 255.0),
+                                tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32),
+                                colour=aug.colour)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
@@ -486,8 +523,12 @@ def make_dataset(
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
     one_hot: bool = True,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    class_weights: dict[int, float] | None = None,
 ):
-    """Builds the tf.data pipeline: parallel decode, resize, cache, shuffle, augment, prefetch.
+    """Builds the tf.data pipeline: parallel decode, resize, cache, shuffle, augment, batch,
+    mix (MixUp / CutMix), prefetch.
 
     Args:
         examples: The examples to read.
@@ -498,14 +539,27 @@ def make_dataset(
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
         one_hot: Yield one-hot labels (needed for label smoothing). Defaults to `True`.
+        mixup_alpha: With `training`, MixUp's Beta parameter (`augment_ops.mix_batch`): each
+            batch mixed with a shuffled copy of itself, labels alike; 0 turns it off. Defaults
+            to `0.0`.
+        cutmix_alpha: The same for CutMix; with both above 0 each batch gets one of the two,
+            at even odds. Defaults to `0.0`.
+        class_weights: With mixing, each image's loss weight by its class (`class_weights()`),
+            mixed as its label is, yielded as a third element (Keras's `class_weight` would
+            weigh a mixed image by its larger share alone). Defaults to `None`.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 pixels in [0, 255], label)` batches.
+        A `tf.data.Dataset` of `(float32 pixels in [0, 255], label)` batches; of `(pixels,
+        label, weight)` batches when mixing with `class_weights`.
     """
     import tensorflow as tf
 
     if not examples:
         raise DataError("no examples to build a dataset from")
+    mixing = training and (mixup_alpha > 0 or cutmix_alpha > 0)
+    if mixing and not one_hot:
+        raise DataError("MixUp and CutMix mix the labels, which needs one-hot labels "
+                        "(one_hot=True)")
     paths = [str(e.path) for e in examples]
     labels = [e.label for e in examples]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -521,7 +575,22 @@ def make_dataset(
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if one_hot:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if mixing:
+        from vgg_mobile.data.augment_ops import mix_batch
+
+        table = (None if class_weights is None else
+                 tf.constant([class_weights.get(i, 0.0) for i in range(num_classes)], tf.float32))
+        # One seed per batch from a seeded stream that changes every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def mix(batch, seed_pair):
+            x, y = batch
+            weights = None if table is None else tf.gather(table, tf.argmax(y, axis=-1))
+            return mix_batch(x, y, seed_pair, mixup_alpha, cutmix_alpha, weights)
+
+        ds = tf.data.Dataset.zip((ds, seeds)).map(mix)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def load_images(examples, image_size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

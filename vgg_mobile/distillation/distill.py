@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.data.augmentation import AugmentationChoice, choose_augmentation
 from vgg_mobile.data.unlabeled import UnlabeledFolder, scan_unlabeled
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
@@ -40,7 +41,7 @@ from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load
 from vgg_mobile.core.io import write_json
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
-from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
+from vgg_mobile.training.hyperparameters import MAX_SEED, check_augmentation_keys, check_training_knobs
 from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
@@ -76,8 +77,12 @@ class DistillConfig:
         warmup_epochs: Length of the warm-up, in epochs (may be fractional).
         weight_decay: Decoupled weight decay (AdamW).
         dropout: Dropout rate before the student's `logits` layer.
-        augment: Augment training images (`dataset.augmentation_for`: shift, scale and
-            contrast up to 64 px; random resized crop, flip and colour jitter above).
+        augment: Augment training images; `False` turns off `augmentation` and `flip`.
+        augmentation: The policy, as the teacher's (`TrainConfig.augmentation`): `standard`
+            or `trivialaugment`, applied once per image before each model gets its view.
+        flip: Random horizontal flips: `on`, `off`, or `auto`, decided from the training
+            images as for the teacher (`data.mirror`), logged and recorded in the manifest
+            (`distillation.augmentation`).
         val_fraction: Share of each class held out for validation on a folder other than
             the teacher's; `None` uses the teacher run's. On the teacher's own folder the
             teacher's split is always reused (a warning says so when this differs), so the
@@ -115,6 +120,8 @@ class DistillConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.2
     augment: bool = True
+    augmentation: str = "standard"
+    flip: str = "auto"
     val_fraction: float | None = None
     unlabeled: str | None = None
     unlabeled_ratio: float = 1.0
@@ -140,6 +147,7 @@ class DistillConfig:
         require_number(self.alpha, "alpha", 0, 1)
         require_number(self.mixup, "mixup", 0, 100)
         check_training_knobs(self)
+        check_augmentation_keys(self)
         require_number(self.dropout, "dropout", 0, 1, high_open=True)
         require(self.ship in SHIP_CHOICES, f"ship must be one of {', '.join(SHIP_CHOICES)}",
              f"ship={self.ship!r}")
@@ -414,7 +422,7 @@ class _Training:
     teacher_size: int
     teacher: object  # the teacher under the strategy
     distribution: dist.Distribution
-    augmentation: object
+    augmentation: AugmentationChoice
     recorded: dict
     out: Path
     write_dir: Path
@@ -452,8 +460,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
             jit_compile=distribution.config.jit_compile)
     train_ds = dataset.make_multi_view_dataset(
         parts.train, (t.student_size, t.teacher_size) if with_teacher else (t.student_size,),
-        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed,
-        unlabeled=unlabeled, unlabeled_per_epoch=per_epoch)
+        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation.augmentation,
+        seed=config.seed, unlabeled=unlabeled, unlabeled_per_epoch=per_epoch)
     if not with_teacher:
         train_ds = train_ds.map(lambda x, y: (x[0], y))
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, t.student_size, t.global_batch,
@@ -503,13 +511,16 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         unlabeled=unlabeled.images if unlabeled else (), n_classes=n_classes,
         student_size=student_size, teacher_size=teacher_size, teacher=teacher_in_strategy,
         distribution=distribution,
-        augmentation=dataset.augmentation_for(config.augment, max(student_size, teacher_size)),
+        augmentation=choose_augmentation(config.augment, config.augmentation, config.flip,
+                                         max(student_size, teacher_size), parts.train,
+                                         config.seed),
         recorded=recorded, out=out, write_dir=write_dir, verbose=verbose, offline=offline,
         log=log)
 
     def val_metrics(model, size):
         return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
 
+    log(training.augmentation.line)
     shown_unlabeled = "" if not unlabeled else (
         f" + {len(unlabeled.images)} unlabelled ("
         f"{config.unlabeled_per_epoch(len(parts.train), len(unlabeled.images))} an epoch)")
@@ -602,6 +613,7 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t
             },
             distillation={"temperature": config.temperature, "alpha": config.alpha,
                           "mixup": config.mixup,
+                          "augmentation": t.augmentation.record,
                           "epochs": config.epochs, "consistent_teaching": True,
                           "student_parameters": result.student_parameters,
                           "parameter_ratio": round(result.student_parameters
