@@ -78,6 +78,46 @@ def test_an_echoed_value_is_cut_with_its_length():
     assert len(message) < 400 and message.endswith("... (50000012 chars)")
 
 
+@pytest.mark.parametrize("config,field,value", [
+    (TrainConfig, "mixup_alpha", -0.5), (TrainConfig, "cutmix_alpha", -1.0),
+    (TrainConfig, "mixup_alpha", float("nan")), (TrainConfig, "flip", "yes"),
+    (TrainConfig, "flip", True), (TrainConfig, "augmentation", "randaugment"),
+    (DistillConfig, "flip", "sometimes"), (DistillConfig, "augmentation", "auto"),
+])
+def test_augmentation_keys_are_refused_with_the_key_and_value(config, field, value):
+    with pytest.raises(BadInputError, match=f"{field} must be .*Received: {field}={value!r}$"):
+        config(**{field: value})
+
+
+@pytest.mark.parametrize("option,value,key", [("--mixup-alpha", "-0.5", "mixup_alpha"),
+                                              ("--cutmix-alpha", "-2", "cutmix_alpha")])
+def test_a_negative_mix_alpha_exits_2_naming_the_key_and_writes_nothing(tmp_path, option, value,
+                                                                         key):
+    from click.testing import CliRunner
+
+    from vgg_mobile.cli.main import main
+    from vgg_mobile.data.sample import write_sample_data
+
+    data = write_sample_data(tmp_path / "data", images_per_class=2, image_size=32, seed=0)
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
+                                       option, value])
+    assert result.exit_code == 2, result.output
+    assert f"{key} must be in [0, 100]. Received: {key}={float(value)!r}" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_flip_choice_exits_2_while_parsing(tmp_path):
+    from click.testing import CliRunner
+
+    from vgg_mobile.cli.main import main
+
+    for command in (["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                    ["distill", "--teacher", str(tmp_path / "run"), "--data",
+                     str(tmp_path / "data"), "--out", str(tmp_path / "student")]):
+        result = CliRunner().invoke(main, [*command, "--flip", "sideways"])
+        assert result.exit_code == 2 and "Invalid value for '--flip'" in result.stderr
+
+
 @pytest.mark.parametrize("config", [TrainConfig, DistillConfig])
 def test_a_negative_focal_gamma_is_refused_naming_the_key(config):
     with pytest.raises(BadInputError, match=r"focal_gamma must be in \[0, 10\]. Received: "

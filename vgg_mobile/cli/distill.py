@@ -10,6 +10,8 @@ import click
 
 from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
                                    offline_option)
+from vgg_mobile.data.augmentation import FLIP_CHOICES
+from vgg_mobile.data.dataset import POLICIES
 from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 
 
@@ -24,6 +26,10 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               type=click.Path(path_type=Path),
               help="Folder of images without labels (no class folders): the student also learns "
                    "the teacher's answers on them. Copies of images of --data are left out.")
+@click.option("--unlabeled-ratio", default=default(DistillConfig, "unlabeled_ratio"),
+              show_default=True, type=float,
+              help="Unlabelled images per labelled one in an epoch (a fresh draw each epoch; "
+                   "all of them when there are fewer): an epoch costs at most 1 + this.")
 @click.option("--student", default=default(DistillConfig, "student"), show_default=True,
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
 @click.option("--image-size", default=default(DistillConfig, "image_size"), type=COUNT,
@@ -56,7 +62,15 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               default=default(DistillConfig, "learning_rate"), show_default=True, type=float,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", default=default(DistillConfig, "seed"), show_default=True)
-@click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
+@click.option("--no-augment", is_flag=True, help="Turn off augmentation (--augmentation and --flip).")
+@click.option("--augmentation", default=default(DistillConfig, "augmentation"), show_default=True,
+              type=click.Choice(POLICIES),
+              help="standard: random crop and colour jitter; trivialaugment: the same crop, "
+                   "then one random TrivialAugment operation per image.")
+@click.option("--flip", default=default(DistillConfig, "flip"), show_default=True,
+              type=click.Choice(FLIP_CHOICES),
+              help="Random horizontal flips; auto: decided from the training images (off when "
+                   "a mirror image looks like another class, as digits do), logged and recorded.")
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
 @click.option("--ship", type=click.Choice(SHIP_CHOICES),
@@ -70,9 +84,9 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @distribute_options
 @offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student_weights,
+def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size, student_weights,
                 temperature, alpha, class_weights, focal_gamma, mixup, epochs, batch_size, learning_rate, seed, no_augment,
-                baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
+                augmentation, flip, baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
                 jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import distill
@@ -82,8 +96,10 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                            alpha=alpha, class_weights=class_weights,
                            focal_gamma=focal_gamma, mixup=mixup, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
+                           augmentation=augmentation, flip=flip,
                            baseline=baseline, ship=ship,
-                           unlabeled=None if unlabeled is None else str(unlabeled))
+                           unlabeled=None if unlabeled is None else str(unlabeled),
+                           unlabeled_ratio=unlabeled_ratio)
     if force and resume:
         raise click.UsageError("--force and --resume exclude each other")
     ctx.meta["resume_hint"] = "resume with the same command and --resume"

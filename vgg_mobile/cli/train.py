@@ -13,6 +13,8 @@ from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute
                                    invocation, log, offline_option)
 from vgg_mobile.evaluation.metrics import evaluate_run
 from vgg_mobile.models.architectures import ModelOptions
+from vgg_mobile.data.augmentation import FLIP_CHOICES
+from vgg_mobile.data.dataset import POLICIES
 from vgg_mobile.training.hyperparameters import FINE_TUNE_MODES, TrainConfig
 
 
@@ -97,7 +99,20 @@ def doctor_cmd(as_json):
 @click.option("--val-fraction", default=default(TrainConfig, "val_fraction"), show_default=True,
               help="Share of each class held out (folders without train/ and val/).")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
-@click.option("--no-augment", is_flag=True, help="Turn off augmentation (crop and contrast; flips and colour above 64 px).")
+@click.option("--no-augment", is_flag=True,
+              help="Turn off augmentation (--augmentation and --flip); MixUp and CutMix stay as set.")
+@click.option("--augmentation", default=default(TrainConfig, "augmentation"), show_default=True,
+              type=click.Choice(POLICIES),
+              help="standard: random crop and colour jitter; trivialaugment: the same crop, "
+                   "then one random TrivialAugment operation per image.")
+@click.option("--flip", default=default(TrainConfig, "flip"), show_default=True,
+              type=click.Choice(FLIP_CHOICES),
+              help="Random horizontal flips; auto: decided from the training images (off when "
+                   "a mirror image looks like another class, as digits do), logged and recorded.")
+@click.option("--mixup-alpha", default=default(TrainConfig, "mixup_alpha"), show_default=True,
+              type=float, help="MixUp's Beta parameter: batches mixed with a shuffled copy, labels alike (0: off).")
+@click.option("--cutmix-alpha", default=default(TrainConfig, "cutmix_alpha"), show_default=True,
+              type=float, help="CutMix's Beta parameter: a box of another image pasted in, labels mixed by area (0: off).")
 @click.option("--class-weights", is_flag=True,
               help="Weight the loss by inverse class frequency (unbalanced classes).")
 @click.option("--focal-gamma", default=default(TrainConfig, "focal_gamma"), show_default=True,
@@ -117,8 +132,8 @@ def doctor_cmd(as_json):
 @click.pass_context
 def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
               warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
-              unfreeze_blocks, val_fraction, seed, no_augment, class_weights, focal_gamma, strict,
-              resume,
+              unfreeze_blocks, val_fraction, seed, no_augment, augmentation, flip, mixup_alpha,
+              cutmix_alpha, class_weights, focal_gamma, strict, resume,
               force, as_json, quiet, strategy, mixed_precision, jit_compile, offline,
               data_benchmark):
     """Fine-tune (or train from scratch) a VGG16 classifier on the image folder DATA."""
@@ -134,7 +149,9 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                          label_smoothing=label_smoothing, fine_tune=fine_tune,
                          unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
-                         augment=not no_augment, class_weights=class_weights,
+                         augment=not no_augment, augmentation=augmentation, flip=flip,
+                         mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         class_weights=class_weights,
                          focal_gamma=focal_gamma, strict=strict)
     distribute = distribute_config(strategy, mixed_precision, jit_compile)
     if data_benchmark:

@@ -114,10 +114,17 @@ def validation_metrics(model, examples, run: Run, batch_size: int) -> dict:
     return evaluation.validation_metrics(model, examples, run.image_size, run.classes, batch_size)
 
 
-def train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int):
+def train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int,
+                  log=lambda message: None):
+    """The fine-tuning images, augmented as a teacher's `standard` policy with `flip = "auto"`
+    (`data.augmentation.choose_augmentation`, its decision logged)."""
+    from vgg_mobile.data.augmentation import choose_augmentation
+
+    choice = choose_augmentation(augment, "standard", "auto", run.image_size, parts.train, seed)
+    log(choice.line)
     return dataset.make_dataset(
         parts.train, run.image_size, batch_size, len(run.classes), training=True,
-        augmentation=dataset.augmentation_for(augment, run.image_size), seed=seed)
+        augmentation=choice.augmentation, seed=seed)
 
 
 def _kernels(layer) -> list[np.ndarray]:

@@ -249,7 +249,7 @@ def _steps(run: Run, step: dict) -> list[dict]:
     return [*run.manifest.section("compression").get("steps", []), step]
 
 
-def _fine_tune(model, parts, run, config, verbose, callbacks=()):
+def _fine_tune(model, parts, run, config, verbose, callbacks=(), log=lambda message: None):
     """Fine-tunes a pruned model: Adam from `learning_rate` down a cosine to 0.
 
     A channel-pruned model starts far below its parent, so it is retrained at the teacher's
@@ -262,7 +262,7 @@ def _fine_tune(model, parts, run, config, verbose, callbacks=()):
     steps = -(-len(parts.train) // config.batch_size) * config.epochs
     model.compile(optimizer=keras.optimizers.Adam(warmup_cosine(config.learning_rate, steps, 0)),
                   loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed)
+    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed, log)
     return model.fit(train_ds, epochs=config.epochs, verbose=verbose, callbacks=list(callbacks))
 
 
@@ -284,7 +284,7 @@ def _prune_channels(out, shown, run, model, config, parts, data_record, command,
         f"{before:,} -> {after:,} parameters; val accuracy {parent_metrics['accuracy']:.3f} -> "
         f"{uncalibrated['accuracy']:.3f}, {rebuilt_metrics['accuracy']:.3f} with batch-norm "
         f"statistics from {recalibrated} training images, before fine-tuning")
-    history = _fine_tune(narrow, parts, run, config, verbose)
+    history = _fine_tune(narrow, parts, run, config, verbose, log=log)
     metrics = validation_metrics(narrow, parts.val, run, config.batch_size)
     step = {"method": "channels", **plan.record(), "parameters": [before, after]}
     manifest = compression_manifest(
@@ -337,7 +337,7 @@ def _prune(out, shown, run, model, config, parts, data_record, command, log, ver
     except (ValueError, TypeError, AttributeError) as err:
         raise BadInputError(f"{run.model_path}: tfmot cannot wrap this model for pruning ({err})") from None
     history = _fine_tune(wrapped, parts, run, config, verbose,
-                         [tfmot.sparsity.keras.UpdatePruningStep()])
+                         [tfmot.sparsity.keras.UpdatePruningStep()], log=log)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
 
     metrics = validation_metrics(stripped, parts.val, run, config.batch_size)

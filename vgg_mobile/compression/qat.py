@@ -230,7 +230,7 @@ def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_s
         f"parent val accuracy {parent_metrics['accuracy']:.3f}")
     qat_model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed)
+    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed, log)
     history = qat_model.fit(train_ds, epochs=config.epochs, verbose=verbose)
 
     metrics = validation_metrics(qat_model, parts.val, run, config.batch_size)

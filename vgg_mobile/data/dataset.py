@@ -396,6 +396,13 @@ def class_weights(examples: tuple[Example, ...], num_classes: int) -> dict[int, 
     return {i: float(total / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+# The ready augmentation policies: `standard` is a random resized crop, a flip (when the
+# images may be mirrored) and colour jitter; `trivialaugment` is the same crop and flip, then
+# one TrivialAugment-wide operation per image (`augment_ops.trivial_augment`) instead of the
+# jitter.
+POLICIES = ("standard", "trivialaugment")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Training-time augmentation; validation and evaluation never augment.
@@ -406,6 +413,9 @@ class Augmentation:
         brightness: Maximum brightness change, as a share of 255.
         contrast: Maximum contrast change factor offset (e.g. 0.2 means 0.8 to 1.2).
         saturation: Maximum saturation change factor offset.
+        policy: One of `POLICIES`; `trivialaugment` adds one random operation per image.
+        colour: Whether the images have colour: TrivialAugment changes the saturation of
+            colour images only.
     """
 
     crop_scale: tuple[float, float] = (0.6, 1.0)
@@ -413,6 +423,8 @@ class Augmentation:
     brightness: float = 0.1
     contrast: float = 0.2
     saturation: float = 0.2
+    policy: str = "standard"
+    colour: bool = True
 
     def __post_init__(self):
         low, high = self.crop_scale
@@ -421,34 +433,53 @@ class Augmentation:
         for name in ("brightness", "contrast", "saturation"):
             if not 0 <= getattr(self, name) < 1:
                 raise DataError(f"{name} must be in [0, 1). Received: {getattr(self, name)}")
+        if self.policy not in POLICIES:
+            raise DataError(f"policy must be one of {', '.join(POLICIES)}. "
+                            f"Received: policy={self.policy!r}")
 
 
 NO_AUGMENTATION = Augmentation(crop_scale=(1.0, 1.0), flip=False, brightness=0.0,
                                contrast=0.0, saturation=0.0)
 
-# Inputs up to this side get `SMALL_IMAGE_AUGMENTATION`, larger ones `Augmentation()`.
+# Inputs up to this side get `SMALL_IMAGE_AUGMENTATION`'s crop and colour, larger ones
+# `Augmentation()`'s.
 SMALL_IMAGE_MAX = 64
-# Small inputs are usually digits, letters, icons or thumbnails: a mirror image can be another
-# class (2 and 5, b and d) and a tight crop cuts the object off, so they get a mild shift and
-# scale with brightness and contrast, and no flip.
+# Small inputs are often digits, letters, icons or thumbnails, where a tight crop cuts the
+# object off: they get a mild shift and scale with brightness and contrast. Whether they are
+# mirrored is the data's business (`data.mirror`); without that measurement, they are not
+# (a mirror image of a digit or a letter can be another class: 2 and 5, b and d).
 SMALL_IMAGE_AUGMENTATION = Augmentation(crop_scale=(0.75, 1.0), flip=False, brightness=0.1,
                                         contrast=0.2, saturation=0.0)
 
 
-def augmentation_for(augment: bool, image_size: int) -> Augmentation:
+def augmentation_for(augment: bool, image_size: int, flip: bool | None = None,
+                     policy: str = "standard", colour: bool = True) -> Augmentation:
     """The training augmentation of a model with input side `image_size`.
 
     Args:
         augment: Whether to augment at all (the configs' `augment`).
         image_size: The largest input side the augmented images feed.
+        flip: Mirror images at random; `None` leaves the size's default (none up to
+            `SMALL_IMAGE_MAX` px, flips above). `data.augmentation.choose_augmentation`
+            decides it from the data. Defaults to `None`.
+        policy: One of `POLICIES`. Defaults to `"standard"`.
+        colour: Whether the images have colour (for TrivialAugment). Defaults to `True`.
 
     Returns:
-        `NO_AUGMENTATION`, `SMALL_IMAGE_AUGMENTATION` (up to `SMALL_IMAGE_MAX` px) or
-        `Augmentation()` (photos: random resized crop from 60% of the area, flips, colour).
+        `NO_AUGMENTATION`, or the crop and colour of `SMALL_IMAGE_AUGMENTATION` (up to
+        `SMALL_IMAGE_MAX` px) or of `Augmentation()` (random resized crop from 60% of the area,
+        colour jitter), with `flip`; under `trivialaugment` the colour jitter is left to
+        TrivialAugment's operations.
     """
     if not augment:
         return NO_AUGMENTATION
-    return SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
+    base = SMALL_IMAGE_AUGMENTATION if image_size <= SMALL_IMAGE_MAX else Augmentation()
+    changes = dict(policy=policy, colour=colour)
+    if flip is not None:
+        changes["flip"] = flip
+    if policy == "trivialaugment":
+        changes.update(brightness=0.0, contrast=0.0, saturation=0.0)
+    return dataclasses.replace(base, **changes)
 
 
 def resize_pixels(image, size: int | tuple[int, int]):
@@ -506,6 +537,12 @@ def _augment(image, image_size: int, aug: Augmentation):
         image = tf.image.random_contrast(image, 1 - aug.contrast, 1 + aug.contrast)
     if aug.saturation:
         image = tf.image.random_saturation(image, 1 - aug.saturation, 1 + aug.saturation)
+    if aug.policy == "trivialaugment":
+        from vgg_mobile.data.augment_ops import trivial_augment
+
+        image = trivial_augment(tf.clip_by_value(image, 0.0, 255.0),
+                                tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32),
+                                colour=aug.colour)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
@@ -518,8 +555,12 @@ def make_dataset(
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
     one_hot: bool = True,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    class_weights: dict[int, float] | None = None,
 ):
-    """Builds the tf.data pipeline: parallel decode, resize, cache, shuffle, augment, prefetch.
+    """Builds the tf.data pipeline: parallel decode, resize, cache, shuffle, augment, batch,
+    mix (MixUp / CutMix), prefetch.
 
     Args:
         examples: The examples to read.
@@ -530,14 +571,27 @@ def make_dataset(
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
         one_hot: Yield one-hot labels (needed for label smoothing). Defaults to `True`.
+        mixup_alpha: With `training`, MixUp's Beta parameter (`augment_ops.mix_batch`): each
+            batch mixed with a shuffled copy of itself, labels alike; 0 turns it off. Defaults
+            to `0.0`.
+        cutmix_alpha: The same for CutMix; with both above 0 each batch gets one of the two,
+            at even odds. Defaults to `0.0`.
+        class_weights: With mixing, each image's loss weight by its class (`class_weights()`),
+            mixed as its label is, yielded as a third element (Keras's `class_weight` would
+            weigh a mixed image by its larger share alone). Defaults to `None`.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 pixels in [0, 255], label)` batches.
+        A `tf.data.Dataset` of `(float32 pixels in [0, 255], label)` batches; of `(pixels,
+        label, weight)` batches when mixing with `class_weights`.
     """
     import tensorflow as tf
 
     if not examples:
         raise DataError("no examples to build a dataset from")
+    mixing = training and (mixup_alpha > 0 or cutmix_alpha > 0)
+    if mixing and not one_hot:
+        raise DataError("MixUp and CutMix mix the labels, which needs one-hot labels "
+                        "(one_hot=True)")
     paths = [str(e.path) for e in examples]
     labels = [e.label for e in examples]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -553,7 +607,22 @@ def make_dataset(
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if one_hot:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if mixing:
+        from vgg_mobile.data.augment_ops import mix_batch
+
+        table = (None if class_weights is None else
+                 tf.constant([class_weights.get(i, 0.0) for i in range(num_classes)], tf.float32))
+        # One seed per batch from a seeded stream that changes every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def mix(batch, seed_pair):
+            x, y = batch
+            weights = None if table is None else tf.gather(table, tf.argmax(y, axis=-1))
+            return mix_batch(x, y, seed_pair, mixup_alpha, cutmix_alpha, weights)
+
+        ds = tf.data.Dataset.zip((ds, seeds)).map(mix)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def load_images(examples, image_size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -574,6 +643,7 @@ def make_multi_view_dataset(
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
     unlabeled: tuple[Path, ...] = (),
+    unlabeled_per_epoch: int | None = None,
 ):
     """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
 
@@ -592,8 +662,10 @@ def make_multi_view_dataset(
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
         unlabeled: Images without a label, read, augmented and shuffled together with
-            `examples` (one pass over both is an epoch); their label vector is all zeros.
-            Defaults to none.
+            `examples`; their label vector is all zeros. They are decoded every epoch, not
+            cached: a folder of them may not fit in memory. Defaults to none.
+        unlabeled_per_epoch: How many of `unlabeled` an epoch reads (with every example):
+            a fresh seeded draw without replacement each epoch. Defaults to all of them.
 
     Returns:
         A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
@@ -610,19 +682,27 @@ def make_multi_view_dataset(
     sizes = tuple(int(s) for s in image_sizes)
     largest = max(sizes)
     augmenting = training and augmentation != NO_AUGMENTATION
-    paths = [str(e.path) for e in examples] + [str(p) for p in unlabeled]
-    # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
-    labels = [e.label for e in examples] + [-1] * len(unlabeled)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if augmenting:
-        ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.cache()
+    per_epoch = len(unlabeled) if unlabeled_per_epoch is None else min(
+        len(unlabeled), int(unlabeled_per_epoch))
+    if per_epoch < 0:
+        raise DataError(f"unlabeled_per_epoch must be >= 0. Received: {unlabeled_per_epoch}")
+
+    def decode(ds):
+        if augmenting:
+            return ds.map(lambda p, y: (decode_and_resize(p, largest), y),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    ds = decode(tf.data.Dataset.from_tensor_slices(
+        ([str(e.path) for e in examples], [e.label for e in examples]))).cache()
+    if per_epoch:
+        # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
+        pool = tf.data.Dataset.from_tensor_slices(([str(p) for p in unlabeled], [-1] * len(unlabeled)))
+        pool = pool.shuffle(len(unlabeled), seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.concatenate(decode(pool.take(per_epoch)))
     if training:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(examples) + per_epoch, seed=seed, reshuffle_each_iteration=True)
     if augmenting:
         tf.random.set_seed(seed)
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.data.augmentation import AugmentationChoice, choose_augmentation
 from vgg_mobile.data.unlabeled import UnlabeledFolder, scan_unlabeled
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
@@ -39,8 +41,8 @@ from vgg_mobile.core.run_dir import CHECKPOINTS, Manifest, Run, finish_run, load
 from vgg_mobile.core.io import write_json
 from vgg_mobile.distillation.distiller import build_distiller
 from vgg_mobile.training.checkpoints import STATE, read_resume_state, record_epoch_logs
-from vgg_mobile.training.hyperparameters import (MAX_FOCAL_GAMMA, MAX_SEED, check_training_knobs,
-                                                  imbalance_remedy)
+from vgg_mobile.training.hyperparameters import (MAX_FOCAL_GAMMA, MAX_SEED, check_augmentation_keys,
+                                                  check_training_knobs, imbalance_remedy)
 from vgg_mobile.training.schedules import warmup_cosine
 
 DEFAULT_STUDENT = "mobilenet_v2_0.35"
@@ -81,8 +83,12 @@ class DistillConfig:
         warmup_epochs: Length of the warm-up, in epochs (may be fractional).
         weight_decay: Decoupled weight decay (AdamW).
         dropout: Dropout rate before the student's `logits` layer.
-        augment: Augment training images (`dataset.augmentation_for`: shift, scale and
-            contrast up to 64 px; random resized crop, flip and colour jitter above).
+        augment: Augment training images; `False` turns off `augmentation` and `flip`.
+        augmentation: The policy, as the teacher's (`TrainConfig.augmentation`): `standard`
+            or `trivialaugment`, applied once per image before each model gets its view.
+        flip: Random horizontal flips: `on`, `off`, or `auto`, decided from the training
+            images as for the teacher (`data.mirror`), logged and recorded in the manifest
+            (`distillation.augmentation`).
         val_fraction: Share of each class held out for validation on a folder other than
             the teacher's; `None` uses the teacher run's. On the teacher's own folder the
             teacher's split is always reused (a warning says so when this differs), so the
@@ -92,6 +98,10 @@ class DistillConfig:
             the teacher's answers alone (the distillation term), shuffled in with the labelled
             training images; a copy of any image of the data folder is left out. `None` uses
             none. Needs alpha below 1; the baseline never sees them.
+        unlabeled_ratio: Unlabelled images per labelled one in an epoch: each epoch reads
+            every labelled training image and a fresh seeded draw of `ceil(unlabeled_ratio *
+            labelled)` unlabelled ones (all of them when there are fewer), so an epoch costs
+            at most `1 + unlabeled_ratio` times one without them, whatever the folder's size.
         seed: Seeds the student's initialisation, shuffles and augmentation (and the split
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
@@ -118,8 +128,11 @@ class DistillConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.2
     augment: bool = True
+    augmentation: str = "standard"
+    flip: str = "auto"
     val_fraction: float | None = None
     unlabeled: str | None = None
+    unlabeled_ratio: float = 1.0
     seed: int = 0
     baseline: bool = False
     ship: str = "better"
@@ -145,6 +158,7 @@ class DistillConfig:
                 f"class_weights={self.class_weights!r}")
         require_number(self.focal_gamma, "focal_gamma", 0, MAX_FOCAL_GAMMA)
         check_training_knobs(self)
+        check_augmentation_keys(self)
         require_number(self.dropout, "dropout", 0, 1, high_open=True)
         require(self.ship in SHIP_CHOICES, f"ship must be one of {', '.join(SHIP_CHOICES)}",
              f"ship={self.ship!r}")
@@ -159,7 +173,13 @@ class DistillConfig:
             require(self.alpha < 1, "unlabelled images teach through the distillation term "
                     "alone, weighted 1 - alpha: alpha must be below 1 with unlabeled",
                     f"alpha={self.alpha}")
+        require_number(self.unlabeled_ratio, "unlabeled_ratio", 0, 1000, low_open=True)
         require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+
+    def unlabeled_per_epoch(self, labelled: int, unlabeled: int) -> int:
+        """How many of `unlabeled` images an epoch over `labelled` ones reads
+        (`unlabeled_ratio`)."""
+        return min(unlabeled, math.ceil(self.unlabeled_ratio * labelled))
 
     def student_options(self, image_size: int) -> ModelOptions:
         """The student's architecture options at `image_size`, starting from `student_weights`."""
@@ -418,7 +438,7 @@ class _Training:
     teacher_size: int
     teacher: object  # the teacher under the strategy
     distribution: dist.Distribution
-    augmentation: object
+    augmentation: AugmentationChoice
     recorded: dict
     out: Path
     write_dir: Path
@@ -439,7 +459,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
     config, distribution, parts = t.config, t.distribution, t.parts
     # The teacher labels the unlabelled images: the baseline, trained alone, never sees them.
     unlabeled = t.unlabeled if with_teacher else ()
-    steps_per_epoch = -(-(len(parts.train) + len(unlabeled)) // t.global_batch)
+    per_epoch = config.unlabeled_per_epoch(len(parts.train), len(unlabeled))
+    steps_per_epoch = -(-(len(parts.train) + per_epoch) // t.global_batch)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)
     keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
     with distribution.strategy.scope():
@@ -459,8 +480,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
             jit_compile=distribution.config.jit_compile)
     train_ds = dataset.make_multi_view_dataset(
         parts.train, (t.student_size, t.teacher_size) if with_teacher else (t.student_size,),
-        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed,
-        unlabeled=unlabeled)
+        t.global_batch, t.n_classes, training=True, augmentation=t.augmentation.augmentation,
+        seed=config.seed, unlabeled=unlabeled, unlabeled_per_epoch=per_epoch)
     if not with_teacher:
         train_ds = train_ds.map(lambda x, y: (x[0], y))
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, t.student_size, t.global_batch,
@@ -510,14 +531,19 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         unlabeled=unlabeled.images if unlabeled else (), n_classes=n_classes,
         student_size=student_size, teacher_size=teacher_size, teacher=teacher_in_strategy,
         distribution=distribution,
-        augmentation=dataset.augmentation_for(config.augment, max(student_size, teacher_size)),
+        augmentation=choose_augmentation(config.augment, config.augmentation, config.flip,
+                                         max(student_size, teacher_size), parts.train,
+                                         config.seed),
         recorded=recorded, out=out, write_dir=write_dir, verbose=verbose, offline=offline,
         log=log)
 
     def val_metrics(model, size):
         return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
 
-    shown_unlabeled = f" + {len(unlabeled.images)} unlabelled" if unlabeled else ""
+    log(training.augmentation.line)
+    shown_unlabeled = "" if not unlabeled else (
+        f" + {len(unlabeled.images)} unlabelled ("
+        f"{config.unlabeled_per_epoch(len(parts.train), len(unlabeled.images))} an epoch)")
     log(f"{len(parts.train)} training{shown_unlabeled} / {len(parts.val)} validation images, "
         f"{n_classes} classes: "
         f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
@@ -608,6 +634,7 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t
             distillation={"temperature": config.temperature, "alpha": config.alpha,
                           "mixup": config.mixup, "class_weights": config.class_weights,
                           "focal_gamma": config.focal_gamma,
+                          "augmentation": t.augmentation.record,
                           "epochs": config.epochs, "consistent_teaching": True,
                           "student_parameters": result.student_parameters,
                           "parameter_ratio": round(result.student_parameters

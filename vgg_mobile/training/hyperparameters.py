@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from vgg_mobile.core.errors import require, require_number
+from vgg_mobile.data.augmentation import FLIP_CHOICES
+from vgg_mobile.data.dataset import POLICIES
 
 FINE_TUNE_MODES = ("auto", "full", "feature-extraction", "last-blocks", "progressive")
 
@@ -19,6 +21,24 @@ MAX_LEARNING_RATE = 10.0
 MAX_FOCAL_GAMMA = 10.0
 # NumPy and TensorFlow seeds: TensorFlow refuses one beyond 64 bits, NumPy a negative one.
 MAX_SEED = 2**31 - 1
+# Beta parameters of MixUp and CutMix: above a few, every mix is close to half and half.
+MAX_MIX_ALPHA = 100.0
+
+
+def check_augmentation_keys(config) -> None:
+    """Checks the augmentation keys that the training configs share, where `config` has them:
+    `augmentation` (one of `dataset.POLICIES`) and `flip` (one of `FLIP_CHOICES`).
+
+    Raises:
+        BadInputError: Naming the key and the value.
+    """
+    if hasattr(config, "augmentation"):
+        require(config.augmentation in POLICIES,
+                f"augmentation must be one of {', '.join(POLICIES)}",
+                f"augmentation={config.augmentation!r}")
+    if hasattr(config, "flip"):
+        require(config.flip in FLIP_CHOICES, f"flip must be one of {', '.join(FLIP_CHOICES)}",
+                f"flip={config.flip!r}")
 
 
 def check_training_knobs(config) -> None:
@@ -57,9 +77,21 @@ class TrainConfig:
         unfreeze_blocks: Blocks trained by `last-blocks`, and reached by `progressive`.
         val_fraction: Share of each class held out for validation (unsplit folders).
         seed: Seeds the split, shuffles, augmentation and initialisation.
-        augment: Augment training images (`dataset.augmentation_for`: shift, scale and
-            contrast up to 64 px; random resized crop, flip and colour jitter above).
-        class_weights: Weight the loss by inverse class frequency (`dataset.class_weights`).
+        augment: Augment training images; `False` turns off `augmentation` and `flip`.
+        augmentation: The policy (`dataset.POLICIES`): `standard` is a random crop (a mild
+            shift and scale up to 64 px, a resized crop from 60% of the area above) and colour
+            jitter; `trivialaugment` the same crop, then one TrivialAugment-wide operation
+            per image instead of the jitter.
+        flip: Random horizontal flips: `on`, `off`, or `auto`, decided from the training
+            images by `data.mirror`'s rule (off when a mirror image looks like another thing,
+            as digits and letters do), logged and recorded in the manifest
+            (`training.augmentation`).
+        mixup_alpha: MixUp: each batch blended with a shuffled copy of itself, labels alike,
+            by a share drawn from Beta(alpha, alpha); 0 turns it off.
+        cutmix_alpha: CutMix: a box of the shuffled copy pasted in, labels mixed by area;
+            0 turns it off. With both above 0 each batch gets one of the two at even odds.
+        class_weights: Weight the loss by inverse class frequency (of a mixed image, by its
+            classes' weights mixed as its label is).
         focal_gamma: The focal loss's gamma (Lin et al., 2017): each image's cross-entropy is
             weighted by `(1 - p)^gamma`, `p` the probability given to its class, so images
             the model already gets right count less; 0 is the plain cross-entropy. Works
@@ -78,12 +110,19 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     augment: bool = True
+    augmentation: str = "standard"
+    flip: str = "auto"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     class_weights: bool = False
     focal_gamma: float = 0.0
     strict: bool = False
 
     def __post_init__(self):
         check_training_knobs(self)
+        check_augmentation_keys(self)
+        require_number(self.mixup_alpha, "mixup_alpha", 0, MAX_MIX_ALPHA)
+        require_number(self.cutmix_alpha, "cutmix_alpha", 0, MAX_MIX_ALPHA)
         require_number(self.focal_gamma, "focal_gamma", 0, MAX_FOCAL_GAMMA)
         require(isinstance(self.class_weights, bool), "class_weights must be true or false",
                 f"class_weights={self.class_weights!r}")

@@ -10,6 +10,7 @@ from typing import Callable
 
 from vgg_mobile.core.errors import require
 from vgg_mobile.data import dataset
+from vgg_mobile.data.augmentation import choose_augmentation
 from vgg_mobile.models import architectures as models
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.training import distribute as dist
@@ -91,10 +92,15 @@ def measure_throughput(
 
     n_classes = len(folder.classes)
     global_batch = distribution.global_batch(config.batch_size)
+    augmentation = choose_augmentation(config.augment, config.augmentation, config.flip,
+                                       options.image_size, parts.train, config.seed)
+    log(augmentation.line)
     train_ds = dataset.make_dataset(
         parts.train, options.image_size, global_batch, n_classes, training=True,
-        augmentation=dataset.augmentation_for(config.augment, options.image_size),
-        seed=config.seed)
+        augmentation=augmentation.augmentation, seed=config.seed,
+        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+        class_weights=(dataset.class_weights(parts.train, n_classes)
+                       if config.class_weights else None))
     seconds = []
     for _ in range(2):
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgg_mobile.data import dataset, splits
+from vgg_mobile.data.augmentation import choose_augmentation
 from vgg_mobile.models import architectures as models
 from vgg_mobile.training import distribute as dist
 from vgg_mobile.training.distribute import DistributeConfig
@@ -161,6 +162,10 @@ def train(
         log(unbalanced)
     run_config = _run_config(options, config)
     fingerprint = folder.fingerprint()
+    # Decided once, before any work; a resumed run measures the same sample to the same answer.
+    augmentation = choose_augmentation(config.augment, config.augmentation, config.flip,
+                                       options.image_size, choice.parts.train, config.seed)
+    log(augmentation.line)
 
     # Downloads missing ImageNet weights now, or fails, before any work.
     models.resolve_weights(options.weights, options.architecture, offline=offline, log=log)
@@ -181,7 +186,7 @@ def train(
                               "every worker reaches")
         distribution = dist.create_distribution(distribute)
         with dist.writer_dir(output.path, distribution) as write_dir:
-            result = _train(folder, choice, run_config, fingerprint, output.path, write_dir,
+            result = _train(folder, choice, augmentation, run_config, fingerprint, output.path, write_dir,
                             options, config, resume, command, log, verbose, callbacks,
                             distribution, stage, offline)
     if result.wrote_run:
@@ -204,7 +209,8 @@ def _first_epoch_recorder(first_epochs: list):
     return FirstEpoch()
 
 
-def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, options, config,
+def _train(folder, choice, augmentation, run_config, fingerprint, out: Path, write_dir: Path,
+           options, config,
            resume, command, log, verbose, callbacks, distribution, stage, offline) -> TrainResult:
     parts = choice.parts
     n_classes = len(folder.classes)
@@ -230,15 +236,20 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
         model = models.build_classifier(build_options, n_classes, offline=offline)
         if distribution.config.mixed_precision:
             model = dist.to_mixed_precision(model)
+    weights = dataset.class_weights(parts.train, n_classes) if config.class_weights else None
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
     train_ds = dist.shard_by_data(dataset.make_dataset(
         parts.train, options.image_size, global_batch, n_classes, training=True,
-        augmentation=dataset.augmentation_for(config.augment, options.image_size),
-        seed=config.seed + done))
+        augmentation=augmentation.augmentation, seed=config.seed + done,
+        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+        class_weights=weights if mixing else None))
+    if mixing:
+        # The class weights travel with the mixed batches, mixed as their labels are.
+        weights = None
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, options.image_size, global_batch,
                                                       n_classes))
               if parts.val else None)
     steps_per_epoch = math.ceil(len(parts.train) / global_batch)
-    weights = dataset.class_weights(parts.train, n_classes) if config.class_weights else None
     log(f"{len(parts.train)} training / {len(parts.val)} validation images, {n_classes} classes, "
         f"{options.architecture} at {options.image_size}px, {config.epochs} epochs"
         + (f", resuming after epoch {done}" if resume else ""))
@@ -304,6 +315,8 @@ def _train(folder, choice, run_config, fingerprint, out: Path, write_dir: Path, 
                 "resumed_from_epoch": start_epoch,
                 "restored_from_backup_epoch": restored_from_backup,
                 "images_per_second": round(throughput, 1),
+                "augmentation": {**augmentation.record, "mixup_alpha": config.mixup_alpha,
+                                 "cutmix_alpha": config.cutmix_alpha},
                 "parameters": int(final.count_params())}
     finish_run(out, final, _teacher_manifest(
         stage, folder, choice, options, run_config, command, metrics,
