@@ -152,3 +152,23 @@ def test_evaluate_tta_prints_both_accuracies_and_json_has_them(teacher_run, samp
     assert printed["tta"]["num_images"] == printed["num_images"]
     result = CliRunner().invoke(main, [*args, "--tta-crop", "0", "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "--tta-crop" in result.output
+
+
+def test_the_tta_answer_is_the_mean_over_the_views():
+    from vgg_mobile.evaluation.metrics import tta_summary
+
+    # probs[view, image]: the single pass (view 0) gets image 1 right only; the mean over
+    # the three views gets images 0 and 1 right.
+    probs = np.array([
+        [[0.4, 0.6], [0.2, 0.8], [0.3, 0.7]],
+        [[0.9, 0.1], [0.4, 0.6], [0.6, 0.4]],
+        [[0.8, 0.2], [0.5, 0.5], [0.4, 0.6]],
+    ])
+    labels = np.array([0, 1, 0])
+    summary = tta_summary(probs, labels, ("a", "b"), flip=True, why="asked", crop=1.0)
+    assert summary["single_pass_accuracy"] == round(1 / 3, 4)
+    assert summary["accuracy"] == round(2 / 3, 4)
+    probs[2, 2] = [0.9, 0.1]  # now the mean gets image 2 right as well
+    summary = tta_summary(probs, labels, ("a", "b"), flip=True, why="asked", crop=1.0)
+    assert summary["single_pass_accuracy"] == round(1 / 3, 4) and summary["accuracy"] == 1.0
+    assert summary["num_views"] == 3 and summary["num_images"] == 3
