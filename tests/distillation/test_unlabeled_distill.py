@@ -76,12 +76,41 @@ def test_unlabelled_images_are_shuffled_in_with_zero_labels_and_both_views_of_on
     np.testing.assert_array_equal(large.numpy().mean(axis=(1, 2))[:, 1] > 120, weights == 0)
 
 
+def test_an_epoch_reads_every_labelled_image_and_a_fresh_draw_of_unlabelled_ones(tmp_path):
+    labelled = dataset.scan_folder(_draw(tmp_path / "seen", ("seen",), 3, seed=1))
+    unlabelled = sorted(_draw(tmp_path / "photos", ("unseen",), 5, seed=2, labelled=False).iterdir())
+
+    def epochs(seed: int, n: int = 4) -> list[list[float]]:
+        ds = dataset.make_multi_view_dataset(labelled.train, (32,), 64, 2, training=True,
+                                             seed=seed, unlabeled=tuple(unlabelled),
+                                             unlabeled_per_epoch=3)
+        drawn = []
+        for _ in range(n):  # a new iterator per epoch, as Keras makes one
+            (view,), _, weights = next(iter(ds))
+            weights = weights.numpy()
+            assert weights.sum() == 6 and (weights == 0).sum() == 3  # all labelled, 3 others
+            # Each unlabelled image by its mean pixel (no augmentation: exact decodes).
+            drawn.append(sorted(np.round(view.numpy()[weights == 0].mean(axis=(1, 2, 3)), 3)))
+        return drawn
+
+    drawn = epochs(seed=3)
+    assert all(len(set(epoch)) == 3 for epoch in drawn)  # without replacement in an epoch
+    assert len({value for epoch in drawn for value in epoch}) > 3  # a fresh draw each epoch
+    assert epochs(seed=3) == drawn  # seeded
+
+
 def test_the_config_names_a_folder_and_needs_a_distillation_term():
     from vgg_mobile.core.errors import BadInputError
     from vgg_mobile.distillation.distill import DistillConfig
 
     assert DistillConfig().unlabeled is None
     assert DistillConfig(unlabeled="photos/", alpha=0.9).unlabeled == "photos/"
+    assert DistillConfig().unlabeled_per_epoch(100, 150) == 100  # ratio 1 by default
+    assert DistillConfig(unlabeled_ratio=0.25).unlabeled_per_epoch(10, 150) == 3
+    assert DistillConfig(unlabeled_ratio=4).unlabeled_per_epoch(100, 150) == 150
+    for ratio in (0, -1, float("nan")):
+        with pytest.raises(BadInputError, match="unlabeled_ratio"):
+            DistillConfig(unlabeled_ratio=ratio)
     with pytest.raises(BadInputError, match="unlabeled must be a folder's path"):
         DistillConfig(unlabeled="")
     with pytest.raises(BadInputError, match=r"alpha must be below 1 with unlabeled. Received: "

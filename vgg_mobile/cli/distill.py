@@ -24,6 +24,10 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               type=click.Path(path_type=Path),
               help="Folder of images without labels (no class folders): the student also learns "
                    "the teacher's answers on them. Copies of images of --data are left out.")
+@click.option("--unlabeled-ratio", default=default(DistillConfig, "unlabeled_ratio"),
+              show_default=True, type=float,
+              help="Unlabelled images per labelled one in an epoch (a fresh draw each epoch; "
+                   "all of them when there are fewer): an epoch costs at most 1 + this.")
 @click.option("--student", default=default(DistillConfig, "student"), show_default=True,
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
 @click.option("--image-size", default=default(DistillConfig, "image_size"), type=COUNT,
@@ -66,10 +70,10 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @distribute_options
 @offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student_weights,
-                temperature, alpha, mixup, teacher_tta, epochs, batch_size, learning_rate, seed,
-                no_augment, baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
-                jit_compile, offline):
+def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size,
+                student_weights, temperature, alpha, mixup, teacher_tta, epochs, batch_size,
+                learning_rate, seed, no_augment, baseline, ship, force, resume, as_json, quiet,
+                strategy, mixed_precision, jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import distill
 
@@ -79,7 +83,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, student, image_size, student
                            batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            baseline=baseline, ship=ship,
-                           unlabeled=None if unlabeled is None else str(unlabeled))
+                           unlabeled=None if unlabeled is None else str(unlabeled),
+                           unlabeled_ratio=unlabeled_ratio)
     if force and resume:
         raise click.UsageError("--force and --resume exclude each other")
     ctx.meta["resume_hint"] = "resume with the same command and --resume"

@@ -542,6 +542,7 @@ def make_multi_view_dataset(
     augmentation: Augmentation = NO_AUGMENTATION,
     seed: int = 0,
     unlabeled: tuple[Path, ...] = (),
+    unlabeled_per_epoch: int | None = None,
 ):
     """Like `make_dataset`, but yields one view of each image per size in `image_sizes`.
 
@@ -560,8 +561,10 @@ def make_multi_view_dataset(
         augmentation: Used when `training`. Defaults to no augmentation.
         seed: Seed of the shuffle and augmentation. Defaults to `0`.
         unlabeled: Images without a label, read, augmented and shuffled together with
-            `examples` (one pass over both is an epoch); their label vector is all zeros.
-            Defaults to none.
+            `examples`; their label vector is all zeros. They are decoded every epoch, not
+            cached: a folder of them may not fit in memory. Defaults to none.
+        unlabeled_per_epoch: How many of `unlabeled` an epoch reads (with every example):
+            a fresh seeded draw without replacement each epoch. Defaults to all of them.
 
     Returns:
         A `tf.data.Dataset` of `((view_0, view_1, ...), one_hot_labels)` batches, each view
@@ -578,19 +581,27 @@ def make_multi_view_dataset(
     sizes = tuple(int(s) for s in image_sizes)
     largest = max(sizes)
     augmenting = training and augmentation != NO_AUGMENTATION
-    paths = [str(e.path) for e in examples] + [str(p) for p in unlabeled]
-    # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
-    labels = [e.label for e in examples] + [-1] * len(unlabeled)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if augmenting:
-        ds = ds.map(lambda p, y: (decode_and_resize(p, largest), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.cache()
+    per_epoch = len(unlabeled) if unlabeled_per_epoch is None else min(
+        len(unlabeled), int(unlabeled_per_epoch))
+    if per_epoch < 0:
+        raise DataError(f"unlabeled_per_epoch must be >= 0. Received: {unlabeled_per_epoch}")
+
+    def decode(ds):
+        if augmenting:
+            return ds.map(lambda p, y: (decode_and_resize(p, largest), y),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(lambda p, y: (tuple(decode_and_resize(p, s) for s in sizes), y),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    ds = decode(tf.data.Dataset.from_tensor_slices(
+        ([str(e.path) for e in examples], [e.label for e in examples]))).cache()
+    if per_epoch:
+        # -1 marks an image without a label: `tf.one_hot` turns it into a vector of zeros.
+        pool = tf.data.Dataset.from_tensor_slices(([str(p) for p in unlabeled], [-1] * len(unlabeled)))
+        pool = pool.shuffle(len(unlabeled), seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.concatenate(decode(pool.take(per_epoch)))
     if training:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(examples) + per_epoch, seed=seed, reshuffle_each_iteration=True)
     if augmenting:
         tf.random.set_seed(seed)
 

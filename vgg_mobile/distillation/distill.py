@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -90,6 +91,10 @@ class DistillConfig:
             the teacher's answers alone (the distillation term), shuffled in with the labelled
             training images; a copy of any image of the data folder is left out. `None` uses
             none. Needs alpha below 1; the baseline never sees them.
+        unlabeled_ratio: Unlabelled images per labelled one in an epoch: each epoch reads
+            every labelled training image and a fresh seeded draw of `ceil(unlabeled_ratio *
+            labelled)` unlabelled ones (all of them when there are fewer), so an epoch costs
+            at most `1 + unlabeled_ratio` times one without them, whatever the folder's size.
         seed: Seeds the student's initialisation, shuffles and augmentation (and the split
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
@@ -117,6 +122,7 @@ class DistillConfig:
     augment: bool = True
     val_fraction: float | None = None
     unlabeled: str | None = None
+    unlabeled_ratio: float = 1.0
     seed: int = 0
     baseline: bool = False
     ship: str = "better"
@@ -153,7 +159,13 @@ class DistillConfig:
             require(self.alpha < 1, "unlabelled images teach through the distillation term "
                     "alone, weighted 1 - alpha: alpha must be below 1 with unlabeled",
                     f"alpha={self.alpha}")
+        require_number(self.unlabeled_ratio, "unlabeled_ratio", 0, 1000, low_open=True)
         require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+
+    def unlabeled_per_epoch(self, labelled: int, unlabeled: int) -> int:
+        """How many of `unlabeled` images an epoch over `labelled` ones reads
+        (`unlabeled_ratio`)."""
+        return min(unlabeled, math.ceil(self.unlabeled_ratio * labelled))
 
     def student_options(self, image_size: int) -> ModelOptions:
         """The student's architecture options at `image_size`, starting from `student_weights`."""
@@ -428,7 +440,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
     config, distribution, parts = t.config, t.distribution, t.parts
     # The teacher labels the unlabelled images: the baseline, trained alone, never sees them.
     unlabeled = t.unlabeled if with_teacher else ()
-    steps_per_epoch = -(-(len(parts.train) + len(unlabeled)) // t.global_batch)
+    per_epoch = config.unlabeled_per_epoch(len(parts.train), len(unlabeled))
+    steps_per_epoch = -(-(len(parts.train) + per_epoch) // t.global_batch)
     learning_rate = distribution.scaled_learning_rate(config.learning_rate)
     keras.utils.set_random_seed(config.seed)  # the baseline starts from the same weights
     with distribution.strategy.scope():
@@ -446,7 +459,7 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
     train_ds = dataset.make_multi_view_dataset(
         parts.train, (t.student_size, t.teacher_size) if with_teacher else (t.student_size,),
         t.global_batch, t.n_classes, training=True, augmentation=t.augmentation, seed=config.seed,
-        unlabeled=unlabeled)
+        unlabeled=unlabeled, unlabeled_per_epoch=per_epoch)
     if not with_teacher:
         train_ds = train_ds.map(lambda x, y: (x[0], y))
     val_ds = (dist.shard_by_data(dataset.make_dataset(parts.val, t.student_size, t.global_batch,
@@ -503,7 +516,9 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
     def val_metrics(model, size):
         return evaluation.validation_metrics(model, parts.val, size, folder.classes, config.batch_size)
 
-    shown_unlabeled = f" + {len(unlabeled.images)} unlabelled" if unlabeled else ""
+    shown_unlabeled = "" if not unlabeled else (
+        f" + {len(unlabeled.images)} unlabelled ("
+        f"{config.unlabeled_per_epoch(len(parts.train), len(unlabeled.images))} an epoch)")
     log(f"{len(parts.train)} training{shown_unlabeled} / {len(parts.val)} validation images, "
         f"{n_classes} classes: "
         f"{teacher.name} at {teacher_size}px teaches {config.student} at {student_size}px, "
