@@ -48,6 +48,9 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @click.option("--mixup", default=default(DistillConfig, "mixup"), show_default=True,
               type=click.FloatRange(min=0),
               help="Beta parameter of batch mixup in distillation (teacher, student and labels mixed alike); 0: off.")
+@click.option("--teacher-tta", is_flag=True, default=default(DistillConfig, "teacher_tta"),
+              help="The teacher's soft answers average the image and its mirror (for classes "
+                   "whose mirror is the same class; one more teacher pass per batch).")
 @click.option("--epochs", default=default(DistillConfig, "epochs"), show_default=True, type=COUNT)
 @click.option("--batch-size", default=default(DistillConfig, "batch_size"), show_default=True,
               type=COUNT)
@@ -77,16 +80,17 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @distribute_options
 @offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size, student_weights,
-                temperature, alpha, mixup, epochs, batch_size, learning_rate, seed, no_augment,
-                augmentation, flip, baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
-                jit_compile, offline):
+def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size,
+                student_weights, temperature, alpha, mixup, teacher_tta, epochs, batch_size,
+                learning_rate, seed, no_augment, augmentation, flip, baseline, ship, force, resume,
+                as_json, quiet, strategy, mixed_precision, jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import distill
 
     config = DistillConfig(student=student, image_size=image_size,
                            student_weights=student_weights, temperature=temperature,
-                           alpha=alpha, mixup=mixup, epochs=epochs, batch_size=batch_size,
+                           alpha=alpha, mixup=mixup, teacher_tta=teacher_tta, epochs=epochs,
+                           batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            augmentation=augmentation, flip=flip,
                            baseline=baseline, ship=ship,
