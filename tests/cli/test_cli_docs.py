@@ -179,12 +179,13 @@ CONFIGS = {
     "prune": ("vgg_mobile.compression.prune:PruneConfig",),
     "qat": ("vgg_mobile.compression.qat:QATConfig",),
     "convert": ("vgg_mobile.converters.convert:ConvertOptions",),
+    "evaluate": ("vgg_mobile.evaluation.tta:TTA",),
     "explain": ("vgg_mobile.evaluation.gradcam:ExplainOptions",),
     "serve-model": ("vgg_mobile.serving.app:ServeConfig",),
 }
 # Flags whose parameter is named otherwise than their field, or that stand for no field.
 FIELD_OF = {"no_augment": None, "model_version": "version", "license_": "license",
-            "format_": None,
+            "format_": None, "tta_flip": "flip", "tta_crop": "crop",
             # Unset, it is the number of CPUs of the machine the server starts on.
             "concurrency": None}
 

@@ -234,3 +234,39 @@ def test_a_class_weighted_focal_distiller_fits_with_mixup_and_unlabelled_images(
                             epochs=1, verbose=0).history
     assert all(np.isfinite(history[key][0]) for key in ("student_loss", "total_loss"))
     assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+
+
+def _flat_model(seed: int, size: int = 8, classes: int = 3):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    logits = keras.layers.Dense(classes, name="logits")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Softmax()(logits))
+
+
+def test_teacher_tta_averages_the_softened_answers_on_the_image_and_its_mirror():
+    import tf_keras as keras
+
+    teacher, student = _flat_model(0), _flat_model(1)
+    x = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, 3)).astype(np.float32)
+    logits = keras.Model(teacher.input, teacher.get_layer("logits").output)
+    t = 2.0
+
+    def soft(z):
+        z = np.asarray(z, dtype=np.float64) / t
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    plain, mirrored = soft(logits(x)), soft(logits(x[:, :, ::-1]))
+    assert np.abs(plain - mirrored).max() > 1e-2  # a teacher that tells the mirror apart
+    averaged = build_distiller(student, teacher, temperature=t, teacher_tta=True)
+    np.testing.assert_allclose(soft(averaged.teacher_answers(x)), (plain + mirrored) / 2,
+                               atol=1e-5)
+    single = build_distiller(student, teacher, temperature=t)
+    np.testing.assert_allclose(soft(single.teacher_answers(x)), plain, atol=1e-5)
+    # And it trains in a compiled step.
+    averaged.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = averaged.fit(x, np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]], batch_size=4,
+                           epochs=1, verbose=0)
+    assert np.isfinite(history.history["distillation_loss"][0])

@@ -176,3 +176,29 @@ def test_report_screenshot(pipeline_out, report):
     # Figures are shown at their natural width, not shrunk.
     assert all(client == natural > 0 for natural, client in shown.values()), shown
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_the_report_says_what_tta_would_have_given_the_keras_teacher_and_student(pipeline_out,
+                                                                                 report):
+    from vgg_mobile.core.run_dir import load_run
+
+    md, page = report
+    out, val, _, _ = pipeline_out
+    assert "## Test-time augmentation" in md and '<h2 id="tta">' in page
+    section = md[md.index("## Test-time augmentation"):]
+    section = section[:section.index("\n## ", 1)]
+    assert f"on the same {len(val)} held-out images" in section
+    assert "the shipped files stay single-pass" in section
+    # The tiny runs record no training augmentation: no mirror, the image and five crops.
+    assert "| Keras model | single pass | with TTA (6 views) | images | views |" in section
+    for label, stage in (("float teacher", "teacher"), ("float student", "student")):
+        row = re.search(rf"^\| {label} \({stage}/\) \| ([\d.]+) \| ([\d.]+) \| (\d+) \| image, ",
+                        section, re.M)
+        assert row, f"no TTA row for {stage}:\n{section}"
+        single, tta, images = row.groups()
+        # The single pass is the run's own accuracy on these images (recorded by the fixture).
+        assert float(single) == pytest.approx(load_run(out / stage).manifest.metrics["accuracy"],
+                                              abs=0.001)
+        assert 0 <= float(tta) <= 1 and int(images) == len(val)
+    # Only the Keras teacher and student: not the QAT run, nor any exported file.
+    assert "student_qat" not in section

@@ -55,6 +55,9 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               type=float,
               help="Focal loss exponent of the hard-label term (unbalanced classes); 0: plain "
                    "cross-entropy.")
+@click.option("--teacher-tta", is_flag=True, default=default(DistillConfig, "teacher_tta"),
+              help="The teacher's soft answers average the image and its mirror (for classes "
+                   "whose mirror is the same class; one more teacher pass per batch).")
 @click.option("--epochs", default=default(DistillConfig, "epochs"), show_default=True, type=COUNT)
 @click.option("--batch-size", default=default(DistillConfig, "batch_size"), show_default=True,
               type=COUNT)
@@ -84,17 +87,19 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @distribute_options
 @offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size, student_weights,
-                temperature, alpha, class_weights, focal_gamma, mixup, epochs, batch_size, learning_rate, seed, no_augment,
-                augmentation, flip, baseline, ship, force, resume, as_json, quiet, strategy, mixed_precision,
-                jit_compile, offline):
+def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size,
+                student_weights, temperature, alpha, class_weights, focal_gamma, mixup,
+                teacher_tta, epochs, batch_size,
+                learning_rate, seed, no_augment, augmentation, flip, baseline, ship, force, resume,
+                as_json, quiet, strategy, mixed_precision, jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import distill
 
     config = DistillConfig(student=student, image_size=image_size,
                            student_weights=student_weights, temperature=temperature,
                            alpha=alpha, class_weights=class_weights,
-                           focal_gamma=focal_gamma, mixup=mixup, epochs=epochs, batch_size=batch_size,
+                           focal_gamma=focal_gamma, mixup=mixup, teacher_tta=teacher_tta, epochs=epochs,
+                           batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
                            augmentation=augmentation, flip=flip,
                            baseline=baseline, ship=ship,

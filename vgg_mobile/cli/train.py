@@ -12,6 +12,7 @@ import click
 from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options,
                                    invocation, log, offline_option)
 from vgg_mobile.evaluation.metrics import evaluate_run
+from vgg_mobile.evaluation.tta import FLIP_CHOICES, TTA
 from vgg_mobile.models.architectures import ModelOptions
 from vgg_mobile.data.augmentation import FLIP_CHOICES
 from vgg_mobile.data.dataset import POLICIES
@@ -200,10 +201,21 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
               help="Report folder. Defaults to RUN/eval.")
 @click.option("--batch-size", default=default(evaluate_run, "batch_size"), show_default=True,
               type=COUNT)
+@click.option("--tta", is_flag=True,
+              help="Also measure test-time augmentation (the image, its mirror, shifted crops; "
+                   "probabilities averaged) on the same images: one forward pass per view.")
+@click.option("--tta-flip", default=default(TTA, "flip"), show_default=True,
+              type=click.Choice(FLIP_CHOICES),
+              help="With --tta: add the mirror view; auto adds it when the run trained with flips.")
+@click.option("--tta-crop", default=default(TTA, "crop"), show_default=True,
+              type=click.FloatRange(0, 1, min_open=True),
+              help="With --tta: side of the four corner crops and the centre crop, as a share of "
+                   "the image's side; 1 adds no crops.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
-def evaluate_cmd(run, data, split, out, batch_size, as_json):
+def evaluate_cmd(run, data, split, out, batch_size, tta, tta_flip, tta_crop, as_json):
     """Evaluate the model of run directory RUN on an image folder."""
-    report = evaluate_run(run, data, split=split, out_dir=out, batch_size=batch_size)
+    views = TTA(flip=tta_flip, crop=tta_crop) if tta else None
+    report = evaluate_run(run, data, split=split, out_dir=out, batch_size=batch_size, tta=views)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -211,6 +223,12 @@ def evaluate_cmd(run, data, split, out, batch_size, as_json):
     click.echo(f"{report['num_images']} images ({report['split']} split) of {report['data']}")
     click.echo(f"accuracy {report['accuracy']:.4f}  {top_key.replace('_', '-')} "
                f"{report[top_key]:.4f}  macro F1 {report['macro_f1']:.4f}")
+    if "tta" in report:
+        t = report["tta"]
+        click.echo(f"test-time augmentation on the same {t['num_images']} images: accuracy "
+                   f"{t['single_pass_accuracy']:.4f} single pass, {t['accuracy']:.4f} with TTA "
+                   f"({t['num_views']} views: {', '.join(t['views'])}; mirror "
+                   f"{'on' if t['flip'] else 'off'}: {t['flip_from']})")
     width = max(len(c) for c in report["classes"])
     click.echo(f"{'class':<{width}}  precision  recall  f1      support")
     for name, m in report["per_class"].items():

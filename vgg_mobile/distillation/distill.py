@@ -77,6 +77,10 @@ class DistillConfig:
         mixup: Mixes each distillation batch with a shuffled copy of itself, the same mix for
             both models' views and the labels, with a weight drawn from Beta(mixup, mixup);
             0 turns it off. The baseline (the student trained alone) is trained without it.
+        teacher_tta: The teacher's soft answers average its view of the image and that
+            view's left-right mirror (test-time augmentation of the teacher: one more teacher
+            pass per batch). For images whose mirror is the same class (photos, clothing),
+            not digits or letters.
         epochs: Passes over the training split.
         batch_size: Images per step.
         learning_rate: Peak learning rate, after a linear warm-up, then cosine-decayed to 0.
@@ -121,6 +125,7 @@ class DistillConfig:
     class_weights: bool = False
     focal_gamma: float = 0.0
     mixup: float = 0.0
+    teacher_tta: bool = False
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-2
@@ -473,7 +478,8 @@ def _train_student(t: _Training, with_teacher: bool, fit_callbacks=()):
                                     class_weights=(tuple(dataset.class_weights(
                                         parts.train, t.n_classes).values())
                                         if config.class_weights else None),
-                                    focal_gamma=config.focal_gamma)
+                                    focal_gamma=config.focal_gamma,
+                                    teacher_tta=config.teacher_tta and with_teacher)
         distiller.compile(
             optimizer=dist.wrap_optimizer(_optimizer(config, steps_per_epoch, learning_rate),
                                           distribution.config),
@@ -634,6 +640,7 @@ def _student_manifest(result: DistillResult, teacher_run: Run, folder, choice, t
             distillation={"temperature": config.temperature, "alpha": config.alpha,
                           "mixup": config.mixup, "class_weights": config.class_weights,
                           "focal_gamma": config.focal_gamma,
+                          "teacher_tta": config.teacher_tta,
                           "augmentation": t.augmentation.record,
                           "epochs": config.epochs, "consistent_teaching": True,
                           "student_parameters": result.student_parameters,

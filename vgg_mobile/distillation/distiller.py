@@ -60,7 +60,7 @@ def distiller_class():
 
         def __init__(self, student, teacher, temperature: float = 2.0, alpha: float = 0.5,
                      mixup: float = 0.0, class_weights=None, focal_gamma: float = 0.0,
-                     **kwargs):
+                     teacher_tta: bool = False, **kwargs):
             super().__init__(name=kwargs.pop("name", "distiller"), **kwargs)
             if teacher is None and alpha != 1:
                 raise BadInputError(f"a distiller without a teacher needs alpha 1. Received: alpha={alpha}")
@@ -72,6 +72,7 @@ def distiller_class():
             self.focal_gamma = float(focal_gamma)
             self.class_weights = (None if class_weights is None
                                   else tf.constant(class_weights, tf.float32))
+            self.teacher_tta = bool(teacher_tta)
             # Sub-models sharing the layers (and weights) of each model up to its logits.
             self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
                                               name="student_logits")
@@ -104,6 +105,21 @@ def distiller_class():
             if self.teacher is None or self.teacher_size == self.student_size:
                 return x, x
             return x, tf.image.resize(x, self.teacher_size, method="bilinear")
+
+        def teacher_answers(self, teacher_x):
+            """The teacher's logits on its view, or with `teacher_tta` logits whose softened
+            distribution is the mean of the softened answers on the image and its mirror:
+            `T * log(mean(softmax(z / T)))`, which `log_softmax(. / T)` turns back into the
+            mean's logarithm, so the loss takes them unchanged."""
+            if not self.teacher_tta:
+                return self.teacher_logits(teacher_x, training=False)
+            batch = tf.shape(teacher_x)[0]
+            both = self.teacher_logits(tf.concat([teacher_x, tf.reverse(teacher_x, axis=[2])], 0),
+                                       training=False)
+            t = self.temperature
+            log_p = tf.nn.log_softmax(tf.cast(both, tf.float32) / t)
+            mean = tf.reduce_logsumexp(tf.stack([log_p[:batch], log_p[batch:]]), axis=0)
+            return t * (mean - tf.math.log(2.0))
 
         def distillation_loss(self, teacher_logits, student_logits):
             """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
@@ -161,7 +177,7 @@ def distiller_class():
             y = y * labelled[:, None]  # an unlabelled image has no label, whatever its vector
             if self.mixup > 0:
                 student_x, teacher_x, y, labelled = self._mix(student_x, teacher_x, y, labelled)
-            teacher_logits = (self.teacher_logits(teacher_x, training=False)
+            teacher_logits = (self.teacher_answers(teacher_x)
                               if self.teacher is not None else None)
             variables = self.student.trainable_variables
             with tf.GradientTape() as tape:
@@ -202,7 +218,8 @@ def distiller_class():
 
 
 def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5,
-                    mixup: float = 0.0, class_weights=None, focal_gamma: float = 0.0):
+                    mixup: float = 0.0, class_weights=None, focal_gamma: float = 0.0,
+                    teacher_tta: bool = False):
     """Wraps a student and a (frozen) teacher in a `Distiller`.
 
     Args:
@@ -216,6 +233,9 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
             `dataset.class_weights`); `None` weighs every class 1. Defaults to `None`.
         focal_gamma: The hard-label term's focal exponent; 0 is the plain cross-entropy.
             Defaults to `0.0`.
+        teacher_tta: The teacher's soft answers average the image and its left-right mirror
+            (test-time augmentation of the teacher; one more teacher pass per batch).
+            Defaults to `False`.
 
     Returns:
         An uncompiled `Distiller` (a `tf_keras.Model`).
@@ -246,4 +266,5 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
             f"teacher and student disagree on the number of classes: "
             f"{teacher.output_shape[-1]} vs {student.output_shape[-1]}")
     return distiller_class()(student, teacher, temperature=temperature, alpha=alpha, mixup=mixup,
-                             class_weights=class_weights, focal_gamma=focal_gamma)
+                             class_weights=class_weights, focal_gamma=focal_gamma,
+                             teacher_tta=teacher_tta)

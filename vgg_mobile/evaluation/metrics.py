@@ -9,6 +9,7 @@ import numpy as np
 from vgg_mobile.data import dataset, splits
 from vgg_mobile.core.run_dir import load_run
 from vgg_mobile.core.io import write_json
+from vgg_mobile.evaluation.tta import TTA, predict_views, resolve_flip, view_names
 
 def classification_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], top_k: int = 5
@@ -81,6 +82,24 @@ def predict(model, examples, image_size: int, num_classes: int, batch_size: int 
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def tta_summary(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], flip: bool,
+                why: str, crop: float) -> dict:
+    """Single-pass and TTA figures from `tta.predict_views`' probabilities on the same images.
+
+    Returns:
+        `{"views", "num_views", "flip", "flip_from", "crop", "num_images",
+        "single_pass_accuracy", "accuracy", "top_<k>_accuracy", "macro_f1"}`, the last three
+        of the probabilities averaged over the views.
+    """
+    single = classification_metrics(probs[0], labels, classes)
+    averaged = classification_metrics(probs.mean(axis=0), labels, classes)
+    top_key = next(k for k in averaged if k.startswith("top_"))
+    return {"views": view_names(flip, crop), "num_views": int(probs.shape[0]), "flip": flip,
+            "flip_from": why, "crop": crop, "num_images": averaged["num_images"],
+            "single_pass_accuracy": single["accuracy"], "accuracy": averaged["accuracy"],
+            top_key: averaged[top_key], "macro_f1": averaged["macro_f1"]}
+
+
 def validation_metrics(model, examples, image_size: int, classes: tuple[str, ...],
                        batch_size: int = 32) -> dict:
     """`classification_metrics` of a model on examples, without the class list (the run's
@@ -98,6 +117,7 @@ def evaluate_run(
     split: str = "auto",
     out_dir: str | Path | None = None,
     batch_size: int = 32,
+    tta: TTA | None = None,
 ) -> dict:
     """Evaluates a run's model on a data folder and writes the report.
 
@@ -108,9 +128,13 @@ def evaluate_run(
         out_dir: Where to write `metrics.json`, `confusion_matrix.json` and `.png`.
             Defaults to `RUN_DIR/eval`.
         batch_size: Images per batch. Defaults to `32`.
+        tta: Also measure test-time augmentation (`evaluation.tta`) on the same images, in
+            the same forward passes (the single-pass figures are its first view). Defaults to
+            `None` (single pass only).
 
     Returns:
-        The metrics dict, with `run`, `data`, `split` and `files` added.
+        The metrics dict, with `run`, `data`, `split` and `files` added, and with `tta`
+        `tta` (`tta_summary`).
     """
     from vgg_mobile.evaluation import plots
 
@@ -118,7 +142,15 @@ def evaluate_run(
     folder = dataset.scan_folder(data_dir, classes=run.classes)
     examples, used_split = splits.held_out(run.manifest.data, folder, split)
     model = run.load_model()
-    probs, labels = predict(model, examples, run.image_size, len(run.classes), batch_size)
+    augmented = None
+    if tta is None:
+        probs, labels = predict(model, examples, run.image_size, len(run.classes), batch_size)
+    else:
+        flip, why = resolve_flip(tta, run.manifest)
+        every, labels = predict_views(model, examples, run.image_size, len(run.classes), flip,
+                                      tta.crop, batch_size)
+        probs = every[0]
+        augmented = tta_summary(every, labels, run.classes, flip, why, tta.crop)
     metrics = classification_metrics(probs, labels, run.classes)
     out_dir = Path(out_dir) if out_dir is not None else run.path / "eval"
     files = {
@@ -128,7 +160,7 @@ def evaluate_run(
     }
     report = {"run": str(run.path), "data": str(folder.root), "split": used_split,
               "skipped_files": [{"path": str(c.path), "problem": c.problem} for c in folder.bad],
-              **metrics, "files": files}
+              **metrics, **({"tta": augmented} if augmented else {}), "files": files}
     write_json(files["confusion_matrix_json"],
                {"classes": metrics["classes"], "matrix": metrics["confusion_matrix"]})
     plots.confusion_matrix_png(metrics["confusion_matrix"], run.classes, files["confusion_matrix_png"])

@@ -3,9 +3,10 @@
 The tables and curves are read back from the pipeline folder (manifests, PNGs, the state file
 and the benchmark's measurements, through `pipeline.summary`). Two parts run models, on the
 held-out images of the data folder the teacher's manifest records: the shipped int8 TFLite in
-LiteRT, for its confusion matrix and per-class metrics (`shipped_predictions`), and Grad-CAM of
-the Keras teacher and float student (`gradcam_examples`). When either cannot run, the report
-says why and keeps the rest. So a finished pipeline folder, with its data folder in place, is
+LiteRT, for its confusion matrix and per-class metrics (`shipped_predictions`), Grad-CAM of
+the Keras teacher and float student (`gradcam_examples`), and what test-time augmentation would
+have given those two Keras models (`tta_rows`). When any of them cannot run, the report says
+why and keeps the rest. So a finished pipeline folder, with its data folder in place, is
 enough to write the report again: `write_report(OUT)`.
 """
 
@@ -94,6 +95,62 @@ _GRADCAM_COLUMNS: tuple[Column, ...] = (
     Column("teacher explains", lambda item: item["teacher_explains"], numeric=False),
     Column("student explains", lambda item: item["student_explains"], numeric=False),
 )
+
+
+TTA_TITLE = "Test-time augmentation"
+
+
+def _tta_columns(rows: list[dict]) -> tuple[Column, ...]:
+    counts = {row["num_views"] for row in rows}
+    views = f" ({counts.pop()} views)" if len(counts) == 1 else ""
+    return (Column("Keras model", lambda row: row["model"], numeric=False),
+            Column("single pass", lambda row: number(row["single_pass_accuracy"])),
+            Column(f"with TTA{views}", lambda row: number(row["accuracy"])),
+            Column("images", lambda row: str(row["num_images"])),
+            Column("views", lambda row: ", ".join(row["views"]), numeric=False))
+
+
+def tta_rows(out: Path, config: PipelineConfig, shipped: dict | str) -> list[dict]:
+    """What test-time augmentation (`evaluation.tta`, default views; the mirror only for a
+    model trained with flips) would have given the Keras teacher and the float student the
+    shipped file was made from, on the held-out images of `shipped_predictions` (the
+    benchmark's). Only these two models: each view costs a forward pass per image.
+
+    Returns:
+        One `metrics.tta_summary` dict per model, with `model` (its label) and `stage`.
+    """
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.evaluation.metrics import tta_summary
+    from vgg_mobile.evaluation.tta import TTA, predict_views, resolve_flip
+    from vgg_mobile.reporting.benchmark import benchmark_images
+
+    if isinstance(shipped, dict):
+        teacher, examples = shipped["teacher"], shipped["examples"]
+    else:
+        teacher, examples, _ = benchmark_images(out, None, config.benchmark.images)
+    student = _float_parent(out, config, config.export.source)
+    runs = [("float teacher", teacher)]
+    if student != teacher.path.name:
+        runs.append((f"float {student}", load_run(out / student)))
+    tta, rows = TTA(), []
+    for label, run in runs:
+        flip, why = resolve_flip(tta, run.manifest)
+        probs, labels = predict_views(run.load_model(), examples, run.image_size,
+                                      len(run.classes), flip, tta.crop)
+        rows.append({"model": f"{label} ({run.path.name}/)", "stage": run.path.name,
+                     **tta_summary(probs, labels, run.classes, flip, why, tta.crop)})
+    return rows
+
+
+def tta_lines(rows: list[dict]) -> list[str]:
+    """The sentence above the TTA table: what was measured, on how many images, at what cost."""
+    images = {row["num_images"] for row in rows}
+    counted = (f"the same {images.pop()} held-out images" if len(images) == 1
+               else "their held-out images")
+    return [f"What test-time augmentation (TTA) would have given the Keras models on {counted}: "
+            "the probabilities averaged over views of each image (the image, shifted crops "
+            "resized back, and the mirror only for a model trained with flips). It costs one "
+            "forward pass per view; the shipped files stay single-pass."]
 
 
 def format_summary(rows) -> str:
@@ -522,6 +579,12 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
         except (VggMobileError, OSError, ValueError) as err:
             # The rest of the report does not depend on it: say why it is missing.
             not_explained = f"Grad-CAM not drawn: {type(err).__name__}: {err}"
+    try:
+        augmented, not_augmented = tta_rows(out, config, shipped), None
+    except (VggMobileError, OSError, ValueError, RuntimeError) as err:
+        # A measurement beside the shipped files: say why it is missing, keep the rest.
+        augmented = []
+        not_augmented = f"Test-time augmentation not measured: {type(err).__name__}: {err}"
     chart = out / ASSETS / "size_accuracy.png"
     has_chart = _artifacts_png(rows, budgets, chart)
     gaps = chart_gaps(rows)
@@ -543,6 +606,11 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
         md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
     if recalls:
         md += [f"## {RECALL_TITLE}", "", *(f"{line}\n" for line in recalls)]
+    if augmented:
+        md += [f"## {TTA_TITLE}", "", *tta_lines(augmented), "",
+               markdown_table(_tta_columns(augmented), augmented), ""]
+    elif not_augmented:
+        md += [not_augmented, ""]
     if has_chart or gaps:
         md += ["## Size, latency and accuracy", "", *[f"{gap}\n" for gap in gaps]]
     if has_chart:
@@ -597,6 +665,12 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
                  "</ul>"]
     if recalls:
         body += [f'<h2 id="recall">{esc(RECALL_TITLE)}</h2>', *(f"<p>{esc(line)}</p>" for line in recalls)]
+    if augmented:
+        body += [f'<h2 id="tta">{esc(TTA_TITLE)}</h2>',
+                 *(f"<p>{esc(line)}</p>" for line in tta_lines(augmented)),
+                 table(_tta_columns(augmented), augmented)]
+    elif not_augmented:
+        body.append(f"<p>{esc(not_augmented)}</p>")
     if has_chart or gaps:
         body += ["<h2>Size, latency and accuracy</h2>", *(f"<p>{esc(gap)}</p>" for gap in gaps)]
     if has_chart:
