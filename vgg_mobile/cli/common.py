@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from vgg_mobile.data.augmentation import FLIP_CHOICES
+from vgg_mobile.data.dataset import POLICIES
 from vgg_mobile.training.distribute import STRATEGIES
 
 
@@ -95,6 +97,25 @@ def distribute_options(command):
              "mirrored with several GPUs, else default. --batch-size is per replica: the "
              "global batch is batch-size x replicas, and the learning rate is multiplied by "
              "the replica count too (linear scaling), as the manifest records.")(command)
+
+
+def augmentation_options(config):
+    """Adds --augmentation and --flip to a training command, with `config`'s defaults (a
+    config class with `augmentation` and `flip` fields: `TrainConfig`, `DistillConfig`)."""
+    def add(command):
+        command = click.option(
+            "--flip", default=default(config, "flip"), show_default=True,
+            type=click.Choice(FLIP_CHOICES),
+            help="Random horizontal flips; auto: decided from the training images (off when "
+                 "a mirror image looks like another class, as digits do), logged and "
+                 "recorded.")(command)
+        return click.option(
+            "--augmentation", default=default(config, "augmentation"), show_default=True,
+            type=click.Choice(POLICIES),
+            help="standard: random crop and colour jitter; trivialaugment: the same crop, "
+                 "then one random TrivialAugment operation per image.")(command)
+
+    return add
 
 
 def offline_option(command):

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options, log,
-                                   offline_option)
-from vgg_mobile.data.augmentation import FLIP_CHOICES
-from vgg_mobile.data.dataset import POLICIES
+from vgg_mobile.cli.common import (COUNT, augmentation_options, default, distribute_config,
+                                   distribute_options, log, offline_option)
 from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 
 
@@ -66,14 +64,7 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", default=default(DistillConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off augmentation (--augmentation and --flip).")
-@click.option("--augmentation", default=default(DistillConfig, "augmentation"), show_default=True,
-              type=click.Choice(POLICIES),
-              help="standard: random crop and colour jitter; trivialaugment: the same crop, "
-                   "then one random TrivialAugment operation per image.")
-@click.option("--flip", default=default(DistillConfig, "flip"), show_default=True,
-              type=click.Choice(FLIP_CHOICES),
-              help="Random horizontal flips; auto: decided from the training images (off when "
-                   "a mirror image looks like another class, as digits do), logged and recorded.")
+@augmentation_options(DistillConfig)
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
 @click.option("--ship", type=click.Choice(SHIP_CHOICES),

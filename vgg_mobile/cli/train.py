@@ -9,13 +9,11 @@ from pathlib import Path
 
 import click
 
-from vgg_mobile.cli.common import (COUNT, default, distribute_config, distribute_options,
-                                   invocation, log, offline_option)
+from vgg_mobile.cli.common import (COUNT, augmentation_options, default, distribute_config,
+                                   distribute_options, invocation, log, offline_option)
 from vgg_mobile.evaluation.metrics import evaluate_run
 from vgg_mobile.evaluation.tta import FLIP_CHOICES, TTA
 from vgg_mobile.models.architectures import ModelOptions
-from vgg_mobile.data.augmentation import FLIP_CHOICES
-from vgg_mobile.data.dataset import POLICIES
 from vgg_mobile.training.hyperparameters import FINE_TUNE_MODES, TrainConfig
 
 
@@ -102,14 +100,7 @@ def doctor_cmd(as_json):
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True,
               help="Turn off augmentation (--augmentation and --flip); MixUp and CutMix stay as set.")
-@click.option("--augmentation", default=default(TrainConfig, "augmentation"), show_default=True,
-              type=click.Choice(POLICIES),
-              help="standard: random crop and colour jitter; trivialaugment: the same crop, "
-                   "then one random TrivialAugment operation per image.")
-@click.option("--flip", default=default(TrainConfig, "flip"), show_default=True,
-              type=click.Choice(FLIP_CHOICES),
-              help="Random horizontal flips; auto: decided from the training images (off when "
-                   "a mirror image looks like another class, as digits do), logged and recorded.")
+@augmentation_options(TrainConfig)
 @click.option("--mixup-alpha", default=default(TrainConfig, "mixup_alpha"), show_default=True,
               type=float, help="MixUp's Beta parameter: batches mixed with a shuffled copy, labels alike (0: off).")
 @click.option("--cutmix-alpha", default=default(TrainConfig, "cutmix_alpha"), show_default=True,

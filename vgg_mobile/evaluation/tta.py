@@ -18,8 +18,8 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.core.run_dir import Manifest
 from vgg_mobile.data import dataset
-
-FLIP_CHOICES = ("auto", "on", "off")
+# The choices of the training flip (`auto` there is decided from the data, here from the run).
+from vgg_mobile.data.augmentation import FLIP_CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
