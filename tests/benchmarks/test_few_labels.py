@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from harness import benchmark_script
+from harness import benchmark_script, fashion_package
 
 few_labels = benchmark_script("few_labels")
-
-
-def _package(root: Path, per_class: int = 12) -> Path:
-    """The npm package's layout: src/clothes/<label>.json of flattened 28x28 rows, each
-    image's first pixel its label and second its index."""
-    clothes = root / "src" / "clothes"
-    clothes.mkdir(parents=True)
-    for label in range(10):
-        rows = [[label, index] + [7] * (28 * 28 - 2) for index in range(per_class)]
-        (clothes / f"{label}.json").write_text(json.dumps({"data": rows + [[]]}))
-    return root
 
 
 def _ids(folder: Path) -> dict[str, tuple[int, int]]:
@@ -31,7 +19,7 @@ def _ids(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_the_held_out_images_do_not_depend_on_the_labelled_count_and_nothing_leaks(tmp_path):
-    package = _package(tmp_path / "package")
+    package = fashion_package(tmp_path / "package")
     few = few_labels.write_folders(package, tmp_path / "few", 2, 3, held_out=(5, 8))
     more = few_labels.write_folders(package, tmp_path / "more", 5, 4, held_out=(5, 8))
     assert few["per_class"] == {"labelled": 2, "held_out": 3, "unlabelled": 3}
@@ -51,7 +39,7 @@ def test_the_held_out_images_do_not_depend_on_the_labelled_count_and_nothing_lea
 
 
 def test_bad_counts_and_a_used_folder_are_refused(tmp_path):
-    package = _package(tmp_path / "package")
+    package = fashion_package(tmp_path / "package")
     for labelled, unlabelled, message in [(0, 1, "labelled"), (6, 1, "labelled"),
                                           (2, -1, "unlabelled"), (2, 5, "asked for")]:
         with pytest.raises(ValueError, match=message):

