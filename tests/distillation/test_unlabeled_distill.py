@@ -230,3 +230,26 @@ def test_resuming_with_other_unlabelled_images_is_refused(taught, tmp_path):
                                           "run's; resume with the same ones or pass --force"):
         distill(taught["teacher"].run_dir, taught["seen"], out, config, resume=True)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+
+@pytest.mark.slow
+def test_qat_of_a_distilled_student_goes_on_distilling_with_its_unlabelled_images(taught, tmp_path):
+    """`distill = auto` QAT trains the fake-quantized student with its own distillation loss,
+    teacher and unlabelled images: it still names the style it learnt from them alone."""
+    from vgg_mobile.compression.qat import QATConfig
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.distillation.qat import qat_run
+
+    logs: list[str] = []
+    result = qat_run(taught["with"].run_dir, taught["seen"], tmp_path / "qat",
+                     QATConfig(epochs=2, batch_size=8, learning_rate=1e-4), log=logs.append)
+    manifest = load_run(result.run_dir).manifest
+    teaching = manifest.section("compression")["teaching"]
+    assert teaching == {"teacher": str(taught["teacher"].run_dir.resolve()), "temperature": 4.0,
+                        "alpha": 0.1, "unlabeled_ratio": 1.0,
+                        "unlabeled": {**load_run(taught["with"].run_dir).manifest.unlabeled,
+                                      "fingerprint": teaching["unlabeled"]["fingerprint"]}}
+    assert "distillation_loss" in manifest.section("compression")["history"]
+    assert any("on 64 labelled + 48 of 48 unlabelled images an epoch" in line for line in logs)
+    assert result.metrics["accuracy"] >= 0.8, result.metrics
+    assert _accuracy(result.run_dir, taught["held"]) >= 0.85

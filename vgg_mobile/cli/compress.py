@@ -11,7 +11,7 @@ import click
 from vgg_mobile.cli.common import COUNT, default, log
 from vgg_mobile.compression.channels import SCOPES
 from vgg_mobile.compression.prune import METHODS, PruneConfig
-from vgg_mobile.compression.qat import QATConfig
+from vgg_mobile.compression.qat import DISTILL_CHOICES, QATConfig
 
 
 def _print_result(result, as_json: bool) -> dict | None:
@@ -127,15 +127,20 @@ def prune_cmd(run, data, out, method, ratio, scope, target_sparsity, epochs, end
 @click.option("--batch-size", default=default(QATConfig, "batch_size"), show_default=True,
               type=COUNT)
 @click.option("--seed", default=default(QATConfig, "seed"), show_default=True)
+@click.option("--distill", "distill", type=click.Choice(DISTILL_CHOICES),
+              default=default(QATConfig, "distill"), show_default=True,
+              help="A distilled student keeps learning from its teacher (and the unlabelled "
+                   "images it was distilled with); auto: when RUN is one and its teacher run "
+                   "is there; off: the labels alone.")
 @click.option("--force", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size, seed, force,
-            as_json):
+def qat_cmd(run, data, out, preserve_sparsity, epochs, learning_rate, batch_size, seed, distill,
+            force, as_json):
     """Quantization-aware training of the model of run directory RUN on DATA (int8-ready)."""
-    from vgg_mobile.compression.qat import qat_run
+    from vgg_mobile.distillation.qat import qat_run
 
     config = QATConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                       preserve_sparsity=preserve_sparsity, seed=seed)
+                       preserve_sparsity=preserve_sparsity, seed=seed, distill=distill)
     result = qat_run(run, data, out, config, force=force, command=["vgg-mobile", *sys.argv[1:]],
                      log=log, verbose=0 if as_json else 2)
     summary = _print_result(result, as_json)

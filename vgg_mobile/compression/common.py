@@ -114,14 +114,21 @@ def validation_metrics(model, examples, run: Run, batch_size: int) -> dict:
     return evaluation.validation_metrics(model, examples, run.image_size, run.classes, batch_size)
 
 
-def train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int,
-                  log=lambda message: None):
-    """The fine-tuning images, augmented as a teacher's `standard` policy with `flip = "auto"`
+def fine_tune_augmentation(parts, run: Run, augment: bool, seed: int,
+                           log=lambda message: None):
+    """The augmentation of a fine-tune: a teacher's `standard` policy with `flip = "auto"`
     (`data.augmentation.choose_augmentation`, its decision logged)."""
     from vgg_mobile.data.augmentation import choose_augmentation
 
     choice = choose_augmentation(augment, "standard", "auto", run.image_size, parts.train, seed)
     log(choice.line)
+    return choice
+
+
+def train_dataset(parts, run: Run, batch_size: int, augment: bool, seed: int,
+                  log=lambda message: None):
+    """The fine-tuning images, augmented as `fine_tune_augmentation` says."""
+    choice = fine_tune_augmentation(parts, run, augment, seed, log)
     return dataset.make_dataset(
         parts.train, run.image_size, batch_size, len(run.classes), training=True,
         augmentation=choice.augmentation, seed=seed)

@@ -16,7 +16,7 @@ from vgg_mobile.compression.common import (MIN_PRUNED_SPARSITY, CompressResult,
                                            kernel_sparsity, load_parent,
                                            train_dataset, validation_metrics)
 from vgg_mobile.core.custom_objects import is_quantization_aware
-from vgg_mobile.core.errors import BadInputError, require_number
+from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.core.outputs import claim_output
 from vgg_mobile.core.run_dir import Run, finish_run
 from vgg_mobile.data import dataset, splits
@@ -26,6 +26,8 @@ from vgg_mobile.training.hyperparameters import MAX_SEED, check_training_knobs
 # output-only quantizer so that the int8 model's first integer tensor has a trained range.
 PREPROCESS_TYPES = ("Rescaling", "Normalization")
 QAT_MODEL_FILE = "model.h5"
+# `QATConfig.distill`: whether a distilled student keeps learning from its teacher.
+DISTILL_CHOICES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,11 @@ class QATConfig:
         augment: Augment training images.
         val_fraction: As in `PruneConfig`.
         seed: As in `PruneConfig`.
+        distill: `auto` or `on`: a distilled student keeps learning from its teacher while
+            it is quantization-aware trained (its distillation loss, temperature and alpha,
+            and the unlabelled images it was distilled with; `distillation.qat`); `off`:
+            cross-entropy on the labels alone. `auto` falls back to the labels when the run
+            is not a distilled student or its teacher run is gone; `on` then fails.
     """
 
     epochs: int = 2
@@ -53,9 +60,12 @@ class QATConfig:
     augment: bool = True
     val_fraction: float = 0.2
     seed: int = 0
+    distill: str = "auto"
 
     def __post_init__(self):
         check_training_knobs(self)
+        require(self.distill in DISTILL_CHOICES, f"distill must be one of {DISTILL_CHOICES}",
+                f"distill={self.distill!r}")
         require_number(self.calibration_images, "calibration_images", 1, 1_000_000, integer=True)
         require_number(self.val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
         require_number(self.seed, "seed", 0, MAX_SEED, integer=True)
@@ -144,6 +154,22 @@ def _images(examples, run: Run, limit: int, seed: int) -> np.ndarray:
     return np.concatenate([x.numpy() for x, _ in ds])
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """How the QAT model is fine-tuned when not on the labels alone.
+
+    Attributes:
+        fit: `fit(qat_model, parts, run, config, log, verbose)` trains the model on
+            `parts.train` and returns the Keras `History`.
+        record: What it was, for the manifest's `compression.teaching`.
+        inputs: Further folders it reads (for the output's overlap check).
+    """
+
+    fit: Callable
+    record: dict
+    inputs: tuple = ()
+
+
 def qat_run(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -154,6 +180,7 @@ def qat_run(
     log: Callable[[str], None] = lambda message: None,
     verbose: int = 0,
     stage: str | None = None,
+    trainer: Trainer | None = None,
 ) -> CompressResult:
     """Quantization-aware training of a run's model, into a new run directory.
 
@@ -174,6 +201,8 @@ def qat_run(
         stage: The stage name its manifest records (the pipeline's folder and config
             section). Defaults to the parent's stage + `"_qat"` (`pruned_qat`, `student_qat`).
         verbose: Keras progress output. Defaults to `0`.
+        trainer: Fine-tunes instead of the cross-entropy on the labels (a distilled
+            student's teacher: `distillation.qat.qat_run` passes one). Defaults to `None`.
 
     Returns:
         A `CompressResult`; `sparsity` is that of the float kernels inside the QAT wrappers
@@ -187,6 +216,9 @@ def qat_run(
         DataError: The data folder fails its checks.
     """
     config = config or QATConfig()
+    if config.distill == "on" and trainer is None:
+        raise BadInputError("distill = 'on' needs a distilled student's teacher: "
+                            "`vgg_mobile.distillation.qat.qat_run` finds it")
     run, model = load_parent(run_dir, out_dir, "qat")
     if is_quantization_aware(model):
         raise BadInputError(f"{run.model_path}: already quantization-aware")
@@ -210,28 +242,32 @@ def qat_run(
     except (ValueError, TypeError, AttributeError, RuntimeError) as err:
         raise BadInputError(f"{run.model_path}: tfmot cannot quantize this model "
                             f"({type(err).__name__}: {str(err)[:300]})") from None
-    with claim_output(out_dir, ("run",), inputs=(run.path, folder.root), force=force,
-                      staged=True) as output:
+    with claim_output(out_dir, ("run",),
+                      inputs=(run.path, folder.root, *(trainer.inputs if trainer else ())),
+                      force=force, staged=True) as output:
         result = _qat(output.path, Path(out_dir), run, model, qat_model, config, scheme_name,
-                      parts, parent_sparsity, data_record, command, log, verbose, stage)
+                      parts, parent_sparsity, data_record, command, log, verbose, stage, trainer)
     return dataclasses.replace(result, run_dir=Path(out_dir))
 
 
 def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_sparsity,
-         data_record, command, log, verbose, stage) -> CompressResult:
+         data_record, command, log, verbose, stage, trainer) -> CompressResult:
     import tf_keras as keras
-
 
     keras.utils.set_random_seed(config.seed)
     parent_metrics = validation_metrics(model, parts.val, run, config.batch_size)
     calibration = _images(parts.train, run, config.calibration_images, config.seed)
     ranges = _calibrate_ranges(qat_model, model, calibration, config.batch_size)
-    log(f"quantization-aware training of {run.path} ({scheme_name}, {config.epochs} epochs); "
+    log(f"quantization-aware training of {run.path} ({scheme_name}, {config.epochs} epochs"
+        f"{', distilled from its teacher' if trainer else ''}); "
         f"parent val accuracy {parent_metrics['accuracy']:.3f}")
-    qat_model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed, log)
-    history = qat_model.fit(train_ds, epochs=config.epochs, verbose=verbose)
+    if trainer is not None:
+        history = trainer.fit(qat_model, parts, run, config, log, verbose)
+    else:
+        qat_model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                          loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+        train_ds = train_dataset(parts, run, config.batch_size, config.augment, config.seed, log)
+        history = qat_model.fit(train_ds, epochs=config.epochs, verbose=verbose)
 
     metrics = validation_metrics(qat_model, parts.val, run, config.batch_size)
     sparsity = kernel_sparsity(qat_model, tuple(n for n, f in parent_sparsity["layers"].items()
@@ -244,6 +280,7 @@ def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_s
             "sparsity": sparsity,
             "parent_sparsity": parent_sparsity["total"],
             "activation_ranges": ranges,
+            "teaching": trainer.record if trainer else None,
         }, model_file=QAT_MODEL_FILE, quantization_aware=True)
     with warnings.catch_warnings():
         # HDF5 is chosen on purpose (see the docstring); tf_keras warns that it is legacy.

@@ -34,6 +34,15 @@ from vgg_mobile.core.errors import BadInputError, require, require_number
 from vgg_mobile.training.hyperparameters import MAX_FOCAL_GAMMA
 
 _DISTILLER_CLASS = None
+# The layer a model's logits are read at; tfmot's QAT wraps it under `quant_` + its name.
+LOGITS_LAYERS = ("logits", "quant_logits")
+
+
+def logits_layer(model):
+    """The layer of `model` whose output is its logits (`logits`, or `quant_logits` in a
+    quantization-aware model), or `None`."""
+    names = {layer.name: layer for layer in model.layers}
+    return next((names[n] for n in LOGITS_LAYERS if n in names), None)
 
 
 def distiller_class():
@@ -74,12 +83,12 @@ def distiller_class():
                                   else tf.constant(class_weights, tf.float32))
             self.teacher_tta = bool(teacher_tta)
             # Sub-models sharing the layers (and weights) of each model up to its logits.
-            self.student_logits = keras.Model(student.input, student.get_layer("logits").output,
+            self.student_logits = keras.Model(student.input, logits_layer(student).output,
                                               name="student_logits")
             self.student_size = tuple(student.input_shape[1:3])
             if teacher is not None:
                 teacher.trainable = False
-                self.teacher_logits = keras.Model(teacher.input, teacher.get_layer("logits").output,
+                self.teacher_logits = keras.Model(teacher.input, logits_layer(teacher).output,
                                                   name="teacher_logits")
                 self.teacher_size = tuple(teacher.input_shape[1:3])
             self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -259,7 +268,7 @@ def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0
         for weight in class_weights:
             require_number(weight, "class_weights", 0)
     for role, model in (("student", student), ("teacher", teacher)):
-        if model is not None and "logits" not in {layer.name for layer in model.layers}:
+        if model is not None and logits_layer(model) is None:
             raise BadInputError(f"the {role} model {model.name!r} has no 'logits' layer")
     if teacher is not None and teacher.output_shape[-1] != student.output_shape[-1]:
         raise BadInputError(

@@ -8,7 +8,7 @@ its manifest records, and its rows of the summary. Everything else that needs th
     pruned       `compression.prune.prune_run`     channel-pruned (or magnitude-pruned) teacher
     pruned_qat   `compression.qat.qat_run`         its quantization-aware training
     student      `distillation.distill`            MobileNet student taught by the teacher
-    student_qat  `compression.qat.qat_run`         quantization-aware student
+    student_qat  `distillation.qat.qat_run`        quantization-aware student, still distilled
     export       `vgg_mobile.converters.convert.convert_run`  verified int8 TFLite (+ OUT/android)
     teacher_export  `vgg_mobile.converters.convert.convert_run`  the compressed teacher
                  (`pruned_qat`) the same way (+ OUT/teacher_android)
@@ -26,11 +26,12 @@ from typing import Callable
 
 from vgg_mobile.converters.convert import convert_run
 from vgg_mobile.compression.prune import PruneConfig, prune_run
-from vgg_mobile.compression.qat import QATConfig, qat_run
+from vgg_mobile.compression.qat import QATConfig
 from vgg_mobile.core.errors import BadInputError, VggMobileError, require
 from vgg_mobile.core.processes import call_in_child
 from vgg_mobile.core.outputs import MANIFEST
 from vgg_mobile.distillation.distill import DistillConfig, distill
+from vgg_mobile.distillation.qat import qat_run
 from vgg_mobile.pipeline.sections import (BenchmarkConfig, ExportConfig, TeacherConfig,
                                           TeacherExportConfig, WebDemoConfig, WebExportConfig)
 from vgg_mobile.training.train import train
