@@ -148,8 +148,16 @@ def _calibrate_ranges(qat_model, float_model, images: np.ndarray, batch_size: in
     return ranges
 
 
-def _images(examples, run: Run, limit: int, seed: int) -> np.ndarray:
-    chosen = splits.stratified_sample(examples, limit, seed)
+def _images(examples, run: Run, limit: int, seed: int, trainer: Trainer | None = None) -> np.ndarray:
+    """`limit` calibration images: a stratified sample of `examples`, and with a trainer's
+    unlabelled images a seeded draw of them in their share."""
+    extra: tuple[dataset.Example, ...] = ()
+    if trainer is not None and trainer.unlabeled:
+        n = min(len(trainer.unlabeled), limit - 1, round(limit * trainer.unlabeled_share))
+        picked = np.random.default_rng(seed).choice(len(trainer.unlabeled), n, replace=False)
+        extra = tuple(dataset.Example(trainer.unlabeled[i], 0) for i in sorted(picked))
+        limit -= n
+    chosen = splits.stratified_sample(examples, limit, seed) + extra
     ds = dataset.make_dataset(chosen, run.image_size, 64, len(run.classes), one_hot=False)
     return np.concatenate([x.numpy() for x, _ in ds])
 
@@ -163,11 +171,18 @@ class Trainer:
             `parts.train` and returns the Keras `History`.
         record: What it was, for the manifest's `compression.teaching`.
         inputs: Further folders it reads (for the output's overlap check).
+        unlabeled: Unlabelled images it trains on as well: the activation ranges are
+            calibrated on them too, or a range fitted to the labelled images alone clips the
+            activations of whatever only the unlabelled ones show.
+        unlabeled_share: Their share of the images an epoch reads, and so of the calibration
+            images.
     """
 
     fit: Callable
     record: dict
     inputs: tuple = ()
+    unlabeled: tuple[Path, ...] = ()
+    unlabeled_share: float = 0.0
 
 
 def qat_run(
@@ -256,7 +271,7 @@ def _qat(out, shown, run, model, qat_model, config, scheme_name, parts, parent_s
 
     keras.utils.set_random_seed(config.seed)
     parent_metrics = validation_metrics(model, parts.val, run, config.batch_size)
-    calibration = _images(parts.train, run, config.calibration_images, config.seed)
+    calibration = _images(parts.train, run, config.calibration_images, config.seed, trainer)
     ranges = _calibrate_ranges(qat_model, model, calibration, config.batch_size)
     log(f"quantization-aware training of {run.path} ({scheme_name}, {config.epochs} epochs"
         f"{', distilled from its teacher' if trainer else ''}); "

@@ -15,10 +15,11 @@ the same ratio), so quantization-aware training goes on teaching what distillati
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
-from vgg_mobile.compression.common import CompressResult, fine_tune_augmentation
+from vgg_mobile.compression.common import CompressResult, fine_tune_augmentation, fine_tune_split
 from vgg_mobile.compression.qat import QATConfig, Trainer, qat_run as _qat_run
 from vgg_mobile.core.errors import BadInputError, DataError, RunDirError
 from vgg_mobile.core.run_dir import Run, load_run
@@ -57,7 +58,7 @@ def teaching_of(run: Run, data_dir: str | Path, config: QATConfig,
     if teacher_run.classes != run.classes:
         raise BadInputError(f"{teacher_run.path}: the teacher's classes differ from the "
                             f"student's ({len(teacher_run.classes)} vs {len(run.classes)})")
-    folder = dataset.scan_folder(data_dir, classes=run.classes)
+    folder, parts, _ = fine_tune_split(run, data_dir, config.val_fraction, config.seed)
     unlabeled, unlabeled_record = (), None
     recorded = run.manifest.unlabeled
     if recorded:
@@ -73,19 +74,18 @@ def teaching_of(run: Run, data_dir: str | Path, config: QATConfig,
     distilled = run.manifest.config.get("distill", {})
     ratio = float(distilled.get("unlabeled_ratio", 1.0))
     temperature, alpha = float(recipe["temperature"]), float(recipe["alpha"])
+    # `parts` is the split `qat_run` fine-tunes on: the same call on the same folder.
+    per_epoch = min(len(unlabeled), math.ceil(ratio * len(parts.train)))
     record = {"teacher": str(teacher_run.path.resolve()), "temperature": temperature,
               "alpha": alpha, "unlabeled": unlabeled_record, "unlabeled_ratio": ratio}
 
     def fit(qat_model, parts, run_, config_, log_, verbose):
-        import math
-
         import tf_keras as keras
 
         teacher = teacher_run.load_model()
         distiller = build_distiller(qat_model, teacher, temperature, alpha)
         distiller.compile(optimizer=keras.optimizers.Adam(config_.learning_rate))
         choice = fine_tune_augmentation(parts, run_, config_.augment, config_.seed, log_)
-        per_epoch = min(len(unlabeled), math.ceil(ratio * len(parts.train)))
         log_(f"distilled from {teacher_run.path} (T={temperature}, alpha={alpha})"
              + (f" on {len(parts.train)} labelled + {per_epoch} of {len(unlabeled)} unlabelled "
                 "images an epoch" if unlabeled else ""))
@@ -96,7 +96,8 @@ def teaching_of(run: Run, data_dir: str | Path, config: QATConfig,
         return distiller.fit(train_ds, epochs=config_.epochs, verbose=verbose)
 
     inputs = (teacher_run.path,) + ((Path(recorded["folder"]),) if unlabeled else ())
-    return Trainer(fit=fit, record=record, inputs=inputs)
+    return Trainer(fit=fit, record=record, inputs=inputs, unlabeled=unlabeled,
+                   unlabeled_share=per_epoch / (len(parts.train) + per_epoch))
 
 
 def qat_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
