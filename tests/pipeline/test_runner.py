@@ -300,6 +300,8 @@ def test_every_stage_declares_the_stages_it_reads():
              for name in names}
     assert reads["web_demo"] == ("export", "web_export")
     assert reads["export"] == ("student_qat",) and reads["student"] == ("teacher",)
+    # QAT of the student goes on distilling from the teacher.
+    assert reads["student_qat"] == ("teacher", "student")
     assert reads["benchmark"] == tuple(names[:-1])
     # An export made from the float student instead: the page still reads the export stage.
     config = build_config({"export": {"source": "student"}}, "sample")
