@@ -360,8 +360,9 @@ def distill(
     with claim as output:
         path = output.path
         # Every worker reads the chief's record: --out must be on storage they all reach.
-        recorded = (read_resume_state(path / CHECKPOINTS / STATE, path, identity).get("history", {})
-                    if resume else {})
+        recorded = (read_resume_state(path / CHECKPOINTS / STATE, path, identity,
+                                      defaults={"config": dataclasses.asdict(DistillConfig())})
+                    .get("history", {}) if resume else {})
         if distribution.writes_run and not resume:
             (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             write_json(path / CHECKPOINTS / STATE, {**identity, "history": {}, "command": command})

@@ -30,13 +30,33 @@ IDENTITY = {
 }
 
 
-def read_resume_state(state_path: Path, run_dir: Path, identity: dict) -> dict:
+def _same(recorded, current, default) -> bool:
+    """`recorded == current`, or two dicts that differ only by keys added to `current` since
+    `recorded` was written (by an older vgg-mobile) whose values are their defaults."""
+    if recorded == current:
+        return True
+    if not all(isinstance(d, dict) for d in (recorded, current, default)):
+        return False
+    for key, value in current.items():
+        if key in recorded:
+            if not _same(recorded[key], value, default.get(key)):
+                return False
+        elif key not in default or default[key] != value:
+            return False
+    return set(recorded) <= set(current)
+
+
+def read_resume_state(state_path: Path, run_dir: Path, identity: dict,
+                      defaults: dict | None = None) -> dict:
     """Reads an interrupted run's state and checks that this run is the same one.
 
     Args:
         state_path: The interrupted run's `state.json` (every worker reads the chief's).
         run_dir: The run directory, for messages.
         identity: This run's values for some keys of `IDENTITY`.
+        defaults: For a key of `identity` whose value is a dict (the settings), the values
+            its keys default to: a run interrupted before a setting existed resumes when this
+            run leaves that setting at its default. Defaults to none.
 
     Returns:
         The recorded state.
@@ -52,7 +72,8 @@ def read_resume_state(state_path: Path, run_dir: Path, identity: dict) -> dict:
         recorded = state.get(key)
         if key == "replicas" and recorded is None:
             continue  # states written before replicas were recorded: one replica
-        if recorded != json.loads(json.dumps(value)):
+        if not _same(recorded, json.loads(json.dumps(value)),
+                     json.loads(json.dumps((defaults or {}).get(key)))):
             raise RunDirError(f"{run_dir}: {IDENTITY[key]} differ from the interrupted run's; "
                               "resume with the same ones or pass --force to start over")
     return state

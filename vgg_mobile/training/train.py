@@ -333,7 +333,8 @@ def _start_state(out: Path, ckpt_dir: Path, run_config: dict, fingerprint: str, 
     if resume:
         # Every worker reads the chief's record, so that all of them skip the same phases.
         state = read_resume_state(out / CHECKPOINTS / STATE, out, {"config": run_config,
-                                  "data_fingerprint": fingerprint, "replicas": replicas})
+                                  "data_fingerprint": fingerprint, "replicas": replicas},
+                                  defaults={"config": _run_config(ModelOptions(), TrainConfig())})
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         # Resuming without a checkpoint yet (killed during epoch 1) restarts from scratch.
         build_options = dataclasses.replace(options, weights="none") if state.get("checkpoint") else options
