@@ -160,6 +160,16 @@ def stage_table(runs: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def _same_stages(a: Path, b: Path, stages=("teacher", "pruned", "pruned_qat")) -> bool:
+    """Whether two pipeline folders hold the same runs of the stages the unlabelled images do
+    not change (by their manifests' bytes)."""
+    for stage in stages:
+        paths = [folder / stage / "manifest.json" for folder in (a, b)]
+        if not all(p.is_file() for p in paths) or paths[0].read_bytes() != paths[1].read_bytes():
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     statuses = {"without": _run(data, runs["without"], values, log)}
     walls["without"] = time.perf_counter() - t0
+    # Both runs share the teacher: a `with` run left by an earlier teacher starts over from
+    # a copy of this one (its teacher would otherwise be trained again, differently).
+    if runs["with"].exists() and not _same_stages(runs["without"], runs["with"]):
+        shutil.rmtree(runs["with"])
     if not runs["with"].exists():
         shutil.copytree(runs["without"], runs["with"])
     with_values = real_data._merge(values, {"student": {"unlabeled": str(pool.resolve())}})

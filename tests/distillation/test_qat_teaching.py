@@ -62,3 +62,13 @@ def test_distill_takes_three_values_and_on_needs_the_distilling_entry_point(tmp_
         QATConfig(distill="yes")
     with pytest.raises(BadInputError, match="distillation.qat.qat_run"):
         labels_only_qat_run(tmp_path / "run", tmp_path, tmp_path / "out", QATConfig(distill="on"))
+
+
+@pytest.mark.slow
+def test_qat_distill_on_refuses_a_teacher_run_with_exit_2_writing_nothing(cli, teacher_run,
+                                                                          sample_dir, tmp_path):
+    out = tmp_path / "qat"
+    result = cli("qat", teacher_run.run_dir, "--data", sample_dir, "--out", out, "--distill", "on")
+    assert result.returncode == 2, result.stderr
+    assert "not a distilled student" in result.stderr and str(teacher_run.run_dir) in result.stderr
+    assert not out.exists()

@@ -163,7 +163,10 @@ def taught(tmp_path_factory):
         patch.setattr(distill_module.dataset, "make_multi_view_dataset", spy)
         with_unlabelled = distill(
             teacher.run_dir, seen, root / "with",
-            dataclasses.replace(config, unlabeled=str(photos), baseline=True, ship="distilled"),
+            # The rate the labels-only run trains at, as a student of these 40 images a class
+            # needs (the Fashion-MNIST default, 3e-3, is for thousands); 9e-3 tells it apart.
+            dataclasses.replace(config, unlabeled=str(photos), baseline=True, ship="distilled",
+                                unlabeled_learning_rate=9e-3),
             command=["pytest-fixture"], log=logs.append)
     return {"root": root, "seen": seen, "photos": photos, "held": held, "teacher": teacher,
             "config": config, "without": without, "with": with_unlabelled, "logs": logs,
@@ -196,6 +199,10 @@ def test_the_run_records_its_unlabelled_images(taught):
                       "unreadable": 1, "fingerprint": record["fingerprint"]}
     assert manifest.data["train_images"] + manifest.data["val_images"] == 80  # the labelled ones
     assert manifest.config["distill"]["unlabeled"] == str(taught["photos"])
+    # With unlabelled images the student trains at `unlabeled_learning_rate`.
+    assert manifest.section("distribution")["learning_rate"] == 9e-3
+    assert load_run(taught["without"].run_dir).manifest.section("distribution")[
+        "learning_rate"] == 1e-2
     assert load_run(taught["without"].run_dir).manifest.unlabeled is None
     assert json.loads((taught["without"].run_dir / "manifest.json").read_text())["data"][
         "unlabeled"] is None

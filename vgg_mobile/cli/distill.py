@@ -28,6 +28,9 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               show_default=True, type=float,
               help="Unlabelled images per labelled one in an epoch (a fresh draw each epoch; "
                    "all of them when there are fewer): an epoch costs at most 1 + this.")
+@click.option("--unlabeled-learning-rate", type=float, show_default=True,
+              default=default(DistillConfig, "unlabeled_learning_rate"),
+              help="Peak learning rate instead of --learning-rate when --unlabeled is given.")
 @click.option("--student", default=default(DistillConfig, "student"), show_default=True,
               help="Student architecture: mobilenet_v2_{0.35,0.5,0.75,1.0}, mobilenet_v3_{small,large}.")
 @click.option("--image-size", default=default(DistillConfig, "image_size"), type=COUNT,
@@ -78,7 +81,8 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
 @distribute_options
 @offline_option
 @click.pass_context
-def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, image_size,
+def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, unlabeled_learning_rate,
+                student, image_size,
                 student_weights, temperature, alpha, class_weights, focal_gamma, mixup,
                 teacher_tta, epochs, batch_size,
                 learning_rate, seed, no_augment, augmentation, flip, baseline, ship, force, resume,
@@ -95,7 +99,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, student, im
                            augmentation=augmentation, flip=flip,
                            baseline=baseline, ship=ship,
                            unlabeled=None if unlabeled is None else str(unlabeled),
-                           unlabeled_ratio=unlabeled_ratio)
+                           unlabeled_ratio=unlabeled_ratio,
+                           unlabeled_learning_rate=unlabeled_learning_rate)
     if force and resume:
         raise click.UsageError("--force and --resume exclude each other")
     ctx.meta["resume_hint"] = "resume with the same command and --resume"
