@@ -172,8 +172,7 @@ class Trainer:
         record: What it was, for the manifest's `compression.teaching`.
         inputs: Further folders it reads (for the output's overlap check).
         unlabeled: Unlabelled images it trains on as well: the activation ranges are
-            calibrated on them too, or a range fitted to the labelled images alone clips the
-            activations of whatever only the unlabelled ones show.
+            calibrated on them too, so that they cover what only those images show.
         unlabeled_share: Their share of the images an epoch reads, and so of the calibration
             images.
     """
