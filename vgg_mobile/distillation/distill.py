@@ -56,6 +56,12 @@ def student_names() -> tuple[str, ...]:
                         if spec.family.startswith("mobilenet")))
 
 
+def unlabeled_per_epoch(ratio: float, labelled: int, unlabeled: int) -> int:
+    """How many of `unlabeled` images an epoch over `labelled` ones reads at `ratio`
+    unlabelled images per labelled one (all of them when there are fewer)."""
+    return min(unlabeled, math.ceil(ratio * labelled))
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """How a student is distilled from a teacher.
@@ -197,7 +203,7 @@ class DistillConfig:
     def unlabeled_per_epoch(self, labelled: int, unlabeled: int) -> int:
         """How many of `unlabeled` images an epoch over `labelled` ones reads
         (`unlabeled_ratio`)."""
-        return min(unlabeled, math.ceil(self.unlabeled_ratio * labelled))
+        return unlabeled_per_epoch(self.unlabeled_ratio, labelled, unlabeled)
 
     def student_options(self, image_size: int) -> ModelOptions:
         """The student's architecture options at `image_size`, starting from `student_weights`."""

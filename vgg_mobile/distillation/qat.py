@@ -15,7 +15,6 @@ the same ratio), so quantization-aware training goes on teaching what distillati
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ from vgg_mobile.core.errors import BadInputError, DataError, RunDirError
 from vgg_mobile.core.run_dir import Run, load_run
 from vgg_mobile.data import dataset
 from vgg_mobile.data.unlabeled import scan_unlabeled
+from vgg_mobile.distillation.distill import unlabeled_per_epoch
 from vgg_mobile.distillation.distiller import build_distiller
 
 
@@ -75,7 +75,7 @@ def teaching_of(run: Run, data_dir: str | Path, config: QATConfig,
     ratio = float(distilled.get("unlabeled_ratio", 1.0))
     temperature, alpha = float(recipe["temperature"]), float(recipe["alpha"])
     # `parts` is the split `qat_run` fine-tunes on: the same call on the same folder.
-    per_epoch = min(len(unlabeled), math.ceil(ratio * len(parts.train)))
+    per_epoch = unlabeled_per_epoch(ratio, len(parts.train), len(unlabeled))
     record = {"teacher": str(teacher_run.path.resolve()), "temperature": temperature,
               "alpha": alpha, "unlabeled": unlabeled_record, "unlabeled_ratio": ratio}
 
@@ -110,7 +110,5 @@ def qat_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         As `compression.qat.qat_run`, and as `teaching_of`.
     """
     config = config or QATConfig()
-    trainer = None
-    if config.distill != "off":
-        trainer = teaching_of(load_run(run_dir), data_dir, config, log)
+    trainer = teaching_of(load_run(run_dir), data_dir, config, log)
     return _qat_run(run_dir, data_dir, out_dir, config, log=log, trainer=trainer, **kwargs)
