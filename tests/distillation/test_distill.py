@@ -326,6 +326,17 @@ def test_the_kept_student_and_the_reason(teacher, distilled, baseline, ship, kep
     assert verdict["accuracy_gain"] == pytest.approx(distilled - baseline)
 
 
+@pytest.mark.parametrize("with_unlabeled, shipped, rate", [
+    (True, "distilled", 3e-3), (True, "baseline", 1e-2), (True, None, 3e-3),
+    (False, "distilled", 1e-2), (False, "baseline", 1e-2)])
+def test_the_manifest_records_the_rate_the_shipped_student_trained_at(with_unlabeled, shipped, rate):
+    from vgg_mobile.distillation.distill import shipped_learning_rate
+
+    config = DistillConfig(learning_rate=1e-2, unlabeled_learning_rate=3e-3)
+    verdict = None if shipped is None else {"shipped": shipped}
+    assert shipped_learning_rate(config, with_unlabeled, verdict) == rate
+
+
 @pytest.mark.slow
 def test_class_weights_and_focal_gamma_reach_the_distiller_and_the_manifest(
         teacher_run, sample_dir, tmp_path, monkeypatch):

@@ -430,6 +430,14 @@ def compare_with_baseline(teacher: dict, distilled: dict, baseline: dict, ship: 
     return {"shipped": shipped, "accuracy_gain": gain, "teacher_weaker": t <= b, "reason": reason}
 
 
+def shipped_learning_rate(config: DistillConfig, with_unlabeled: bool,
+                          verdict: dict | None) -> float:
+    """The peak rate the shipped student trained at: the baseline, trained on the labels
+    alone, never at `unlabeled_learning_rate`."""
+    distilled = verdict is None or verdict["shipped"] == "distilled"
+    return config.peak_learning_rate(with_unlabeled and distilled)
+
+
 def _accuracy(metrics: dict) -> str:
     return f"{metrics.get('accuracy', float('nan')):.3f}"
 
@@ -603,7 +611,8 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         out, metrics, teacher_metrics, baseline_metrics, history, int(student.count_params()),
         int(teacher.count_params()), seconds, wrote_run=write_dir == out,
         distribution={**distribution.record(config.batch_size,
-                                            config.peak_learning_rate(bool(training.unlabeled))),
+                                            shipped_learning_rate(config, bool(training.unlabeled),
+                                                                  verdict)),
                       "weights_sha256": dist.weights_digest(student)},
         verdict=verdict, unlabeled=unlabeled.record() if unlabeled else None)
     if write_dir != out:
