@@ -159,6 +159,31 @@ def test_unlabelled_images_train_through_the_distillation_term_alone():
     assert float(logs["total_loss"]) == pytest.approx(0.7 * kd, rel=1e-4)
 
 
+def test_the_label_term_pushes_nothing_on_an_unlabelled_image():
+    """The gradient of the label term, not only its value, is zero on an all-zero label
+    vector. Keras's cross-entropy from logits costs 0 there but its gradient is the softmax
+    (`softmax - y`, for labels summing to 1): every unlabelled image was pushed away from the
+    student's own answer, and distillation with unlabelled images diverged."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    options = ModelOptions(architecture=STUDENT, image_size=32, head_units=0, dropout=0.0)
+    keras.utils.set_random_seed(0)
+    distiller = build_distiller(build_classifier(options, 3), build_classifier(options, 3),
+                                temperature=2.0, alpha=0.3)
+    logits = tf.Variable([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3], [1.0, -2.0, 3.0], [0.0, 0.0, 4.0]])
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 2]]
+    labelled = np.array([1, 0, 1, 0], np.float32)
+    with tf.GradientTape() as tape:
+        loss = distiller.student_loss(tf.constant(labels * labelled[:, None]), logits,
+                                      tf.constant(labelled))
+    gradient = tape.gradient(loss, logits).numpy()
+    softmax = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(gradient[labelled == 0], 0.0, atol=1e-7)
+    np.testing.assert_allclose(gradient[labelled == 1], (softmax - labels)[labelled == 1] / 2,
+                               rtol=1e-5)
+
+
 def test_class_weights_and_focal_gamma_weigh_the_hard_label_term_alone():
     """Each labelled image's cross-entropy times its class's weight (focal with gamma), summed
     over the labelled share of the batch; the distillation term stays unweighted."""

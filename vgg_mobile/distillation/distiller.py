@@ -146,13 +146,13 @@ def distiller_class():
             """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights` when
             `by_class`), averaged over the batch, or over its labelled share when `labelled`
             weights are given (0 for a batch without a labelled image)."""
-            # Linear in `labels` (no normalisation with logits): an all-zero vector costs 0.
+            # `-sum(y * log_softmax)`, linear in `labels` in value and gradient: an all-zero
+            # vector (an unlabelled image) costs 0 and pushes nothing. Not Keras's
+            # cross-entropy from logits: its fused op's gradient is `softmax - y`, which
+            # assumes labels summing to 1 and pushed every unlabelled image away from the
+            # student's own answer.
             labels = tf.cast(labels, tf.float32)
-            if self.focal_gamma:
-                losses = focal_crossentropy(labels, student_logits, self.focal_gamma)
-            else:
-                losses = keras.losses.categorical_crossentropy(
-                    labels, tf.cast(student_logits, tf.float32), from_logits=True)
+            losses = focal_crossentropy(labels, student_logits, self.focal_gamma)
             if by_class and self.class_weights is not None:
                 # Each image's class weight, read from its label vector (mixed for a mixed
                 # one; a share w of a label vector already scales its loss by w).
