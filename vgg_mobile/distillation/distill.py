@@ -115,9 +115,9 @@ class DistillConfig:
             at most `1 + unlabeled_ratio` times one without them, whatever the folder's size.
         unlabeled_learning_rate: The peak learning rate instead of `learning_rate` when the
             student also learns from unlabelled images (the baseline keeps `learning_rate`).
-            With them the sample preset's 64 px student diverged after the warm-up at 1e-2 on
-            Fashion-MNIST and came out with batch-norm statistics that QAT could not use;
-            at 3e-3 it trained smoothly (docs/measurements.md).
+            Chosen while the label term pushed on unlabelled images (fixed since), when the
+            sample preset's 64 px student diverged at 1e-2 on Fashion-MNIST and trained at
+            3e-3; not re-measured since the fix (docs/measurements.md).
         seed: Seeds the student's initialisation, shuffles and augmentation (and the split
             of a folder other than the teacher's).
         baseline: Also train the same student from the same initialisation without the
