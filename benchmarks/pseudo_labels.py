@@ -47,9 +47,16 @@ def pseudo_labels(probabilities: np.ndarray, paths: list[Path], per_class: int):
     return chosen, floors
 
 
-def retrain(manifest: dict, train: tuple, pool: list, ratio: float, epochs: int, val) -> list[float]:
-    """The teacher's recipe from scratch on `train` plus `ratio` draws from `pool` per
-    labelled image each epoch; the held-out accuracy after each epoch."""
+def accuracy(model, val) -> float:
+    """Top-1 accuracy of `model` on the decoded held-out `(pixels, labels)`."""
+    x_val, y_val = val
+    return float((model.predict(x_val, verbose=0).argmax(1) == y_val).mean())
+
+
+def retrain(config: dict, classes: int, train: tuple, pool: list, ratio: float, epochs: int,
+            val) -> list[float]:
+    """The teacher's recipe (its run's `config`) from scratch on `train` plus `ratio` draws
+    from `pool` per labelled image each epoch; the held-out accuracy after each epoch."""
     import tf_keras as keras
 
     from vgg_mobile.data import dataset
@@ -57,9 +64,9 @@ def retrain(manifest: dict, train: tuple, pool: list, ratio: float, epochs: int,
     from vgg_mobile.models.architectures import ModelOptions, build_classifier
     from vgg_mobile.training.schedules import warmup_cosine
 
-    model_cfg, train_cfg = manifest["config"]["model"], manifest["config"]["train"]
-    options = ModelOptions(**model_cfg)
-    size, classes = options.image_size, len(manifest["classes"])
+    train_cfg = config["train"]
+    options = ModelOptions(**config["model"])
+    size = options.image_size
     keras.utils.set_random_seed(train_cfg["seed"])
     model = build_classifier(options, classes)
     draw = min(len(pool), math.ceil(ratio * len(train)))
@@ -71,7 +78,6 @@ def retrain(manifest: dict, train: tuple, pool: list, ratio: float, epochs: int,
                   keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg["label_smoothing"]))
     augmentation = choose_augmentation(train_cfg["augment"], train_cfg["augmentation"],
                                        train_cfg["flip"], size, train, train_cfg["seed"])
-    x_val, y_val = val
     rng = random.Random(train_cfg["seed"])
     curve = []
     for epoch in range(epochs):
@@ -79,7 +85,7 @@ def retrain(manifest: dict, train: tuple, pool: list, ratio: float, epochs: int,
         data = dataset.make_dataset(examples, size, batch, classes, training=True,
                                     augmentation=augmentation.augmentation, seed=epoch)
         model.fit(data, epochs=1, verbose=0)
-        curve.append(float((model.predict(x_val, verbose=0).argmax(1) == y_val).mean()))
+        curve.append(accuracy(model, val))
         print(f"  epoch {epoch + 1}: held-out {curve[-1]:.4f}", file=sys.stderr, flush=True)
     return curve
 
@@ -98,32 +104,33 @@ def main(argv: list[str] | None = None) -> int:
 
     import vgg_mobile as vm
     from vgg_mobile.data import dataset
+    from vgg_mobile.evaluation.metrics import predict
 
     out = args.few_labels
     teacher = vm.load_run(out / "without" / "teacher")
-    manifest = json.loads((teacher.path / "manifest.json").read_text(encoding="utf-8"))
+    config = teacher.manifest.config
     folder = dataset.scan_folder(out / "data")
     size, classes = teacher.image_size, len(teacher.classes)
-    epochs = 1 if args.quick else (args.epochs or manifest["config"]["train"]["epochs"])
+    epochs = 1 if args.quick else (args.epochs or config["train"]["epochs"])
     val = dataset.load_images(folder.val, size, classes)
     model = teacher.load_model()
-    taught = float((model.predict(val[0], verbose=0).argmax(1) == val[1]).mean())
+    taught = accuracy(model, val)
     unlabeled = vm.scan_unlabeled(out / "unlabeled", folder)
     paths = list(unlabeled.images)
     t0 = time.perf_counter()
-    data = dataset.make_dataset(tuple(dataset.Example(p, 0) for p in paths), size, 256, classes)
-    probabilities = model.predict(data.map(lambda x, y: x), verbose=0)
+    probabilities, _ = predict(model, tuple(dataset.Example(p, 0) for p in paths), size, classes,
+                               batch_size=256)
     predict_seconds = time.perf_counter() - t0
     pool, floors = pseudo_labels(probabilities, paths, args.per_class)
     train = folder.train
     rows = {"teacher (its run)": {"held_out": taught}}
     t0 = time.perf_counter()
-    curve = retrain(manifest, train, pool, args.ratio, epochs, val)
+    curve = retrain(config, classes, train, pool, args.ratio, epochs, val)
     rows["self-trained: labelled + pseudo-labelled"] = {
         "held_out": curve[-1], "best_epoch": max(curve), "seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    curve = retrain(manifest, train, list(train) * math.ceil(args.ratio + 1), args.ratio,
-                    epochs, val)
+    curve = retrain(config, classes, train, list(train) * math.ceil(args.ratio + 1),
+                    args.ratio, epochs, val)
     rows["control: labelled alone, same steps"] = {
         "held_out": curve[-1], "best_epoch": max(curve), "seconds": time.perf_counter() - t0}
     lines = [f"| {len(folder.val)} held-out images | accuracy | best epoch | seconds |",
