@@ -54,8 +54,6 @@ def distiller_class():
     import tensorflow as tf
     import tf_keras as keras
 
-    from vgg_mobile.training.losses import focal_crossentropy
-
     class Distiller(keras.Model):
         """Trains `student` on labels and on a frozen `teacher`'s softened logits.
 
@@ -116,66 +114,20 @@ def distiller_class():
             return x, tf.image.resize(x, self.teacher_size, method="bilinear")
 
         def teacher_answers(self, teacher_x):
-            """The teacher's logits on its view, or with `teacher_tta` logits whose softened
-            distribution is the mean of the softened answers on the image and its mirror:
-            `T * log(mean(softmax(z / T)))`, which `log_softmax(. / T)` turns back into the
-            mean's logarithm, so the loss takes them unchanged."""
+            """The teacher's logits on its view (`mirror_averaged_logits` with `teacher_tta`)."""
             if not self.teacher_tta:
                 return self.teacher_logits(teacher_x, training=False)
-            batch = tf.shape(teacher_x)[0]
-            both = self.teacher_logits(tf.concat([teacher_x, tf.reverse(teacher_x, axis=[2])], 0),
-                                       training=False)
-            t = self.temperature
-            log_p = tf.nn.log_softmax(tf.cast(both, tf.float32) / t)
-            mean = tf.reduce_logsumexp(tf.stack([log_p[:batch], log_p[batch:]]), axis=0)
-            return t * (mean - tf.math.log(2.0))
+            return mirror_averaged_logits(self.teacher_logits, teacher_x, self.temperature)
 
         def distillation_loss(self, teacher_logits, student_logits):
-            """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
-
-            The T^2 keeps the gradients of the soft term on the scale of the hard one as T
-            changes (Hinton et al., 2015).
-            """
-            t = self.temperature
-            teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / t)
-            student_log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t)
-            kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
-            return t * t * tf.reduce_mean(kl)
+            return softened_kl(teacher_logits, student_logits, self.temperature)
 
         def student_loss(self, labels, student_logits, labelled=None, by_class=True):
-            """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights` when
-            `by_class`), averaged over the batch, or over its labelled share when `labelled`
-            weights are given (0 for a batch without a labelled image)."""
-            # `-sum(y * log_softmax)`, linear in `labels` in value and gradient: an all-zero
-            # vector (an unlabelled image) costs 0 and pushes nothing. Not Keras's
-            # cross-entropy from logits: its fused op's gradient is `softmax - y`, which
-            # assumes labels summing to 1 and pushed every unlabelled image away from the
-            # student's own answer.
-            labels = tf.cast(labels, tf.float32)
-            losses = focal_crossentropy(labels, student_logits, self.focal_gamma)
-            if by_class and self.class_weights is not None:
-                # Each image's class weight, read from its label vector (mixed for a mixed
-                # one; a share w of a label vector already scales its loss by w).
-                losses = losses * tf.math.divide_no_nan(
-                    tf.reduce_sum(labels * self.class_weights, axis=-1),
-                    tf.reduce_sum(labels, axis=-1))
-            if labelled is None:
-                return tf.reduce_mean(losses)
-            return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(labelled))
+            return label_loss(labels, student_logits, self.focal_gamma,
+                              self.class_weights if by_class else None, labelled)
 
         def _mix(self, student_x, teacher_x, y, labelled):
-            """Mixup: every tensor with a shuffled copy of its batch, one weight per batch."""
-            a = tf.random.gamma([], self.mixup)
-            b = tf.random.gamma([], self.mixup)
-            weight = a / (a + b)
-            order = tf.random.shuffle(tf.range(tf.shape(y)[0]))
-
-            def mix(t):
-                return weight * t + (1 - weight) * tf.gather(t, order)
-
-            y = tf.cast(y, tf.float32)
-            return (mix(student_x), (None if teacher_x is None else mix(teacher_x)), mix(y),
-                    mix(labelled))
+            return mix_batch(self.mixup, student_x, teacher_x, tf.cast(y, tf.float32), labelled)
 
         def train_step(self, data):
             x, y, labelled = keras.utils.unpack_x_y_sample_weight(data)
@@ -224,6 +176,72 @@ def distiller_class():
 
     _DISTILLER_CLASS = Distiller
     return Distiller
+
+
+def mirror_averaged_logits(logits_of, x, temperature: float):
+    """Logits whose softened distribution is the mean of `logits_of`'s softened answers on the
+    images `x` and their left-right mirrors: `T * log(mean(softmax(z / T)))`, which
+    `log_softmax(. / T)` turns back into the mean's logarithm, so the loss takes them as they
+    are (one pass over both halves)."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    both = logits_of(tf.concat([x, tf.reverse(x, axis=[2])], 0), training=False)
+    log_p = tf.nn.log_softmax(tf.cast(both, tf.float32) / temperature)
+    mean = tf.reduce_logsumexp(tf.stack([log_p[:batch], log_p[batch:]]), axis=0)
+    return temperature * (mean - tf.math.log(2.0))
+
+
+def softened_kl(teacher_logits, student_logits, temperature: float):
+    """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
+
+    The T^2 keeps the gradients of the soft term on the scale of the hard one as T changes
+    (Hinton et al., 2015).
+    """
+    import tensorflow as tf
+
+    t = temperature
+    teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / t)
+    student_log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t)
+    kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+    return t * t * tf.reduce_mean(kl)
+
+
+def label_loss(labels, logits, focal_gamma: float = 0.0, class_weights=None, labelled=None):
+    """The cross-entropy (focal with `focal_gamma`, weighted by `class_weights`), averaged over
+    the batch, or over its labelled share when `labelled` weights are given (0 for a batch
+    without a labelled image)."""
+    import tensorflow as tf
+
+    from vgg_mobile.training.losses import focal_crossentropy
+
+    # `-sum(y * log_softmax)`, linear in `labels` in value and gradient: an all-zero vector (an
+    # unlabelled image) costs 0 and pushes nothing. Not Keras's cross-entropy from logits: its
+    # fused op's gradient is `softmax - y`, which assumes labels summing to 1 and pushed every
+    # unlabelled image away from the student's own answer.
+    labels = tf.cast(labels, tf.float32)
+    losses = focal_crossentropy(labels, logits, focal_gamma)
+    if class_weights is not None:
+        # Each image's class weight, read from its label vector (mixed for a mixed one; a share
+        # w of a label vector already scales its loss by w).
+        losses = losses * tf.math.divide_no_nan(
+            tf.reduce_sum(labels * class_weights, axis=-1), tf.reduce_sum(labels, axis=-1))
+    if labelled is None:
+        return tf.reduce_mean(losses)
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(labelled))
+
+
+def mix_batch(alpha: float, *tensors):
+    """Mixup: every tensor (`None` stays `None`) with a shuffled copy of its batch, by one
+    weight per batch drawn from Beta(alpha, alpha)."""
+    import tensorflow as tf
+
+    a = tf.random.gamma([], alpha)
+    b = tf.random.gamma([], alpha)
+    weight = a / (a + b)
+    order = tf.random.shuffle(tf.range(tf.shape(tensors[0])[0]))
+    return tuple(None if t is None else weight * t + (1 - weight) * tf.gather(t, order)
+                 for t in tensors)
 
 
 def build_distiller(student, teacher, temperature: float = 2.0, alpha: float = 0.5,
