@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     statuses["with"] = _run(data, runs["with"], with_values, log)
     walls["with"] = time.perf_counter() - t0
     rows = [row for label, path in runs.items() for row in measure(data, path, label)]
-    manifest = json.loads((runs["with"] / "student" / "manifest.json").read_text(encoding="utf-8"))
-    unlabeled_record = manifest.get("data", {}).get("unlabeled")
+    from vgg_mobile.core.run_dir import read_manifest
+
+    unlabeled_record = read_manifest(runs["with"] / "student").unlabeled
     text = "\n\n".join([
         real_data.format_results(rows),
         "Pipeline stages (wall-clock seconds, from each run's state file; `with` redoes only "
