@@ -8,11 +8,15 @@ the Keras teacher and float student (`gradcam_examples`), and what test-time aug
 have given those two Keras models (`tta_rows`). When any of them cannot run, the report says
 why and keeps the rest. So a finished pipeline folder, with its data folder in place, is
 enough to write the report again: `write_report(OUT)`.
+
+The report is described once, as a list of blocks (`report_blocks`: headings, paragraphs,
+tables, images), and rendered twice: `render_markdown` and `render_html`.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -153,10 +157,16 @@ def tta_lines(rows: list[dict]) -> list[str]:
             "forward pass per view; the shipped files stay single-pass."]
 
 
+def _summary_blocks(rows) -> list[Block]:
+    """The summary table, then its notes (`pipeline.summary.table_notes`)."""
+    return [Table(SUMMARY_COLUMNS, rows),
+            *(Paragraph(note, css="note") for note in table_notes(rows))]
+
+
 def format_summary(rows) -> str:
     """The summary rows as a Markdown table, then its notes (`pipeline.summary.table_notes`):
     what `vgg-mobile pipeline` prints."""
-    return "\n\n".join([markdown_table(SUMMARY_COLUMNS, rows), *table_notes(rows)])
+    return render_markdown(_summary_blocks(rows))
 
 
 SHIP_TITLE = "What to ship"
@@ -175,11 +185,16 @@ def ship_lines(choice: ShipChoice) -> list[str]:
             + ", ".join(ship_name(row) for row in choice.front) + ".", *choice.sentences]
 
 
+def _ship_blocks(rows) -> list[Block]:
+    """A heading, then `ship_lines`; none when nothing was exported."""
+    lines = ship_lines(what_to_ship(list(rows)))
+    return [Heading(2, SHIP_TITLE, "ship"), *(Paragraph(line) for line in lines)] if lines else []
+
+
 def format_ship(rows) -> str:
     """The what-to-ship section as Markdown (a heading, then `ship_lines`); `""` when nothing
     was exported: what `vgg-mobile pipeline` prints last."""
-    lines = ship_lines(what_to_ship(list(rows)))
-    return "\n\n".join([f"## {SHIP_TITLE}", *lines]) if lines else ""
+    return render_markdown(_ship_blocks(rows))
 
 
 # Marker per format; a Keras model is drawn hollow: it is measured, never shipped.
@@ -550,6 +565,217 @@ def _figures(out: Path, source: str, shipped: dict | str
     return curves, evaluated
 
 
+# The report as a list of blocks, written once and rendered twice: to Markdown
+# (`render_markdown`) and to a self-contained HTML page (`render_html`).
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+    id: str | None = None  # the HTML anchor
+
+
+@dataclasses.dataclass(frozen=True)
+class Paragraph:
+    """A paragraph of plain text. `css`: its HTML class; `code`: `backticks` become `<code>` in
+    HTML; `only`: `"md"` or `"html"` for a paragraph one of the two outputs leaves out."""
+
+    text: str
+    css: str | None = None
+    code: bool = False
+    only: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Lines:
+    """Sentences one after another: one Markdown paragraph, a line each; a `<p>` each in HTML."""
+
+    lines: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+    css: str | None = None  # each item's HTML class
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    columns: tuple[Column, ...]
+    rows: list
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    png: Path
+    alt: str
+
+
+Block = Heading | Paragraph | Lines | Bullets | Table | Image
+
+
+def _markdown_block(block: Block, folder: Path | None) -> str:
+    if isinstance(block, Heading):
+        return f"{'#' * block.level} {block.text}"
+    if isinstance(block, Paragraph):
+        return block.text
+    if isinstance(block, Lines):
+        return "\n".join(block.lines)
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {item}" for item in block.items)
+    if isinstance(block, Table):
+        return markdown_table(block.columns, block.rows)
+    return f"![{block.alt}]({block.png.relative_to(folder).as_posix()})"
+
+
+def render_markdown(blocks: list[Block], folder: Path | None = None) -> str:
+    """The blocks as Markdown, a blank line between two, no trailing newline; images are linked
+    relative to `folder` (where the Markdown file is)."""
+    return "\n\n".join(_markdown_block(block, folder) for block in blocks
+                       if getattr(block, "only", None) != "html")
+
+
+def _attribute(name: str, value: str | None) -> str:
+    return f' {name}="{html.escape(value)}"' if value else ""
+
+
+def _inline_code(text: str) -> str:
+    """`text` escaped for HTML, each span between two backticks in `<code>`."""
+    return "".join(f"<code>{html.escape(part)}</code>" if k % 2 else html.escape(part, quote=False)
+                   for k, part in enumerate(text.split("`")))
+
+
+def _html_block(block: Block) -> str:
+    esc = html.escape
+    if isinstance(block, Heading):
+        return f"<h{block.level}{_attribute('id', block.id)}>{esc(block.text)}</h{block.level}>"
+    if isinstance(block, Paragraph):
+        text = _inline_code(block.text) if block.code else esc(block.text)
+        return f"<p{_attribute('class', block.css)}>{text}</p>"
+    if isinstance(block, Lines):
+        return "\n".join(f"<p>{esc(line)}</p>" for line in block.lines)
+    if isinstance(block, Bullets):
+        return "\n".join(["<ul>", *(f"<li{_attribute('class', block.css)}>{esc(item)}</li>"
+                                    for item in block.items), "</ul>"])
+    if isinstance(block, Table):
+        return f'<div class="table">{html_table(block.columns, block.rows)}</div>'
+    data = base64.b64encode(block.png.read_bytes()).decode("ascii")
+    return (f'<div class="figure"><img alt="{esc(block.alt)}" '
+            f'src="data:image/png;base64,{data}"></div>')
+
+
+def render_html(blocks: list[Block]) -> str:
+    """The blocks as a self-contained HTML page: text escaped, PNGs embedded as data URIs."""
+    body = "\n".join(_html_block(block) for block in blocks
+                     if getattr(block, "only", None) != "md")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(TITLE)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + body + "\n</body></html>\n")
+
+
+def _intro_blocks(out: Path, config: PipelineConfig) -> list[Block]:
+    """The title, what was exported where, and the findings (`pipeline.summary.findings`)."""
+    source = config.export.source
+    beside = (f" the `{config.teacher_export.source}` run, converted into `teacher_export/`, "
+              "ships beside it;" if config.teacher_export.enabled else "")
+    web = (f" the web demo's TF.js bundle, from the `{config.web_export.source}` run, is in "
+           "`web_export/`." if config.web_export.enabled else "")
+    rest = f", converted into `export/`;{beside}{web}"
+    said = findings(out, config)
+    # The Markdown also names the run's folder, a link's worth in a file viewer.
+    return [Heading(1, TITLE),
+            Paragraph(f"Exported model: the `{source}` run (`{source}/`){rest}", only="md"),
+            Paragraph(f"Exported model: the `{source}` run{rest}", code=True, only="html"),
+            *([Lines(said)] if said else [])]
+
+
+def _artifacts_blocks(rows) -> list[Block]:
+    """The summary table, its notes, and the budgets the rows miss."""
+    misses = [miss for row in rows for miss in row["misses"]]
+    blocks = [Heading(2, "Artifacts"), Paragraph(_COLUMNS_NOTE), *_summary_blocks(rows)]
+    if misses:
+        blocks += [Paragraph("Missed budgets:"), Bullets(misses, css="fail")]
+    return blocks
+
+
+def _recall_blocks(rows) -> list[Block]:
+    recalls = class_recall_lines(rows)
+    return [Heading(2, RECALL_TITLE, "recall"), *(Paragraph(line) for line in recalls)
+            ] if recalls else []
+
+
+def _tta_blocks(out: Path, config: PipelineConfig, shipped: dict | str) -> list[Block]:
+    try:
+        augmented = tta_rows(out, config, shipped)
+    except (VggMobileError, OSError, ValueError, RuntimeError) as err:
+        # A measurement beside the shipped files: say why it is missing, keep the rest.
+        return [Paragraph(f"Test-time augmentation not measured: {type(err).__name__}: {err}")]
+    if not augmented:
+        return []
+    return [Heading(2, TTA_TITLE, "tta"), *(Paragraph(line) for line in tta_lines(augmented)),
+            Table(_tta_columns(augmented), augmented)]
+
+
+def _chart_blocks(out: Path, rows, budgets: Budgets) -> list[Block]:
+    chart = out / ASSETS / "size_accuracy.png"
+    has_chart = _artifacts_png(rows, budgets, chart)
+    gaps = chart_gaps(rows)
+    if not (has_chart or gaps):
+        return []
+    return [Heading(2, "Size, latency and accuracy"), *(Paragraph(gap) for gap in gaps),
+            *([Image(chart, "size, latency and accuracy")] if has_chart else [])]
+
+
+def _figure_blocks(curves, evaluated) -> list[Block]:
+    """The training curves (or their values, below `MIN_CHART_POINTS` epochs) and the
+    confusion matrices with their per-class metrics (`_figures`)."""
+    blocks = [Heading(2, "Training curves")]
+    for title, png, history in curves:
+        blocks.append(Heading(3, title))
+        blocks += ([Image(png, title)] if png else
+                   [Paragraph(_few_epochs(history)),
+                    Table(_epoch_columns(history), _epoch_rows(history))])
+    for label, png, metrics, classes in evaluated:
+        blocks += [Heading(2, f"Confusion matrix and per-class metrics: {label}"),
+                   Image(png, f"confusion matrix: {label}"),
+                   Table(_matrix_columns(classes), list(zip(classes, metrics["confusion_matrix"]))),
+                   Table(_PER_CLASS_COLUMNS, list((metrics.get("per_class") or {}).items()))]
+    return blocks
+
+
+def _gradcam_blocks(out: Path, config: PipelineConfig, shipped: dict | str) -> list[Block]:
+    if not isinstance(shipped, dict):
+        return []
+    png = out / ASSETS / "gradcam.png"
+    try:
+        explained = gradcam_examples(out, config, shipped, png)
+    except (VggMobileError, OSError, ValueError) as err:
+        # The rest of the report does not depend on it: say why it is missing.
+        return [Paragraph(f"Grad-CAM not drawn: {type(err).__name__}: {err}")]
+    if not explained:
+        return []
+    return [Heading(2, "Where the teacher and the student look (Grad-CAM)", "gradcam"),
+            Paragraph(_gradcam_caption(explained, shipped), css="caption"),
+            Image(png, "Grad-CAM of the teacher and the student"),
+            Table(_GRADCAM_COLUMNS, explained)]
+
+
+def report_blocks(out: Path, config: PipelineConfig) -> list[Block]:
+    """The whole report as blocks, in order; runs the shipped file, Grad-CAM and TTA, and draws
+    the PNGs under `OUT/report_files/` the blocks show."""
+    rows = summary_rows(out, config)
+    shipped = shipped_predictions(out, config)
+    curves, evaluated = _figures(out, config.export.source, shipped)
+    gradcam = _gradcam_blocks(out, config, shipped)
+    tta = _tta_blocks(out, config, shipped)
+    chart = _chart_blocks(out, rows, config.export.options.budgets)
+    return [*_intro_blocks(out, config), *_artifacts_blocks(rows), *_recall_blocks(rows),
+            *tta, *chart, *_figure_blocks(curves, evaluated), *gradcam,
+            *_ship_blocks(rows)]  # last: the choice the developer has to make
+
+
 def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
     """Writes `OUT/report.md` and a self-contained `OUT/report.html` from a pipeline folder.
 
@@ -565,140 +791,8 @@ def write_report(out_dir: str | Path, config: PipelineConfig | None = None) -> d
         BadInputError: `OUT/pipeline.toml` is invalid.
     """
     out = Path(out_dir)
-    config = config or load_pipeline_config(out)
-    rows = summary_rows(out, config)
-    source = config.export.source
-    budgets = config.export.options.budgets
-    shipped = shipped_predictions(out, config)
-    curves, evaluated = _figures(out, source, shipped)
-    explained, not_explained = [], None
-    gradcam_png = out / ASSETS / "gradcam.png"
-    if isinstance(shipped, dict):
-        try:
-            explained = gradcam_examples(out, config, shipped, gradcam_png)
-        except (VggMobileError, OSError, ValueError) as err:
-            # The rest of the report does not depend on it: say why it is missing.
-            not_explained = f"Grad-CAM not drawn: {type(err).__name__}: {err}"
-    try:
-        augmented, not_augmented = tta_rows(out, config, shipped), None
-    except (VggMobileError, OSError, ValueError, RuntimeError) as err:
-        # A measurement beside the shipped files: say why it is missing, keep the rest.
-        augmented = []
-        not_augmented = f"Test-time augmentation not measured: {type(err).__name__}: {err}"
-    chart = out / ASSETS / "size_accuracy.png"
-    has_chart = _artifacts_png(rows, budgets, chart)
-    gaps = chart_gaps(rows)
-    misses = [miss for row in rows for miss in row["misses"]]
-    web = (f" the web demo's TF.js bundle, from the `{config.web_export.source}` run, is in "
-           "`web_export/`." if config.web_export.enabled else "")
-    teacher_source = config.teacher_export.source
-    beside = (f" the `{teacher_source}` run, converted into `teacher_export/`, ships beside it;"
-              if config.teacher_export.enabled else "")
-    intro = (f"Exported model: the `{source}` run (`{source}/`), converted into `export/`;"
-             f"{beside}{web}")
-
-    said = findings(out, config)
-    notes = table_notes(rows)
-    recalls = class_recall_lines(rows)
-    md = [f"# {TITLE}", "", intro, "", *([*said, ""] if said else []),
-          "## Artifacts", "", _COLUMNS_NOTE, "", format_summary(rows), ""]
-    if misses:
-        md += ["Missed budgets:", "", *(f"- {miss}" for miss in misses), ""]
-    if recalls:
-        md += [f"## {RECALL_TITLE}", "", *(f"{line}\n" for line in recalls)]
-    if augmented:
-        md += [f"## {TTA_TITLE}", "", *tta_lines(augmented), "",
-               markdown_table(_tta_columns(augmented), augmented), ""]
-    elif not_augmented:
-        md += [not_augmented, ""]
-    if has_chart or gaps:
-        md += ["## Size, latency and accuracy", "", *[f"{gap}\n" for gap in gaps]]
-    if has_chart:
-        md += [f"![size, latency and accuracy]({ASSETS}/size_accuracy.png)", ""]
-    md += ["## Training curves", ""]
-    for title, png, history in curves:
-        md += [f"### {title}", ""]
-        md += ([f"![{title}]({png.relative_to(out).as_posix()})", ""] if png else
-               [_few_epochs(history), "", markdown_table(_epoch_columns(history),
-                                                         _epoch_rows(history)), ""])
-    for label, png, metrics, classes in evaluated:
-        md += [f"## Confusion matrix and per-class metrics: {label}", "",
-               f"![confusion matrix: {label}]({png.relative_to(out).as_posix()})", "",
-               markdown_table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
-               "", markdown_table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items()), ""]
-    if explained:
-        md += ["## Where the teacher and the student look (Grad-CAM)", "",
-               _gradcam_caption(explained, shipped), "",
-               f"![Grad-CAM of the teacher and the student]({ASSETS}/gradcam.png)", "",
-               markdown_table(_GRADCAM_COLUMNS, explained), ""]
-    elif not_explained:
-        md += [not_explained, ""]
-    # Last: the choice the developer has to make.
-    ship = ship_lines(what_to_ship(rows))
-    if ship:
-        md += [f"## {SHIP_TITLE}", "", *(f"{line}\n" for line in ship)]
-    md_path = out / REPORT_FILES[0]
-    write_text(md_path, "\n".join(md))
-
-    def table(columns, items) -> str:
-        return f'<div class="table">{html_table(columns, items)}</div>'
-
-    def img(png: Path, alt: str) -> str:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        return (f'<div class="figure"><img alt="{html.escape(alt)}" '
-                f'src="data:image/png;base64,{data}"></div>')
-
-    esc = html.escape
-    web_html = (f" the web demo's TF.js bundle, from the <code>{esc(config.web_export.source)}</code> "
-                "run, is in <code>web_export/</code>." if config.web_export.enabled else "")
-    beside_html = (f" the <code>{esc(teacher_source)}</code> run, converted into "
-                   "<code>teacher_export/</code>, ships beside it;"
-                   if config.teacher_export.enabled else "")
-    body = [f"<h1>{esc(TITLE)}</h1>",
-            f"<p>Exported model: the <code>{esc(source)}</code> run, converted into "
-            f"<code>export/</code>;{beside_html}{web_html}</p>",
-            *(f"<p>{esc(line)}</p>" for line in said),
-            "<h2>Artifacts</h2>", f"<p>{esc(_COLUMNS_NOTE)}</p>",
-            table(SUMMARY_COLUMNS, rows), *(f'<p class="note">{esc(n)}</p>' for n in notes)]
-    if misses:
-        body += ["<p>Missed budgets:</p>", "<ul>", *(f'<li class="fail">{esc(m)}</li>' for m in misses),
-                 "</ul>"]
-    if recalls:
-        body += [f'<h2 id="recall">{esc(RECALL_TITLE)}</h2>', *(f"<p>{esc(line)}</p>" for line in recalls)]
-    if augmented:
-        body += [f'<h2 id="tta">{esc(TTA_TITLE)}</h2>',
-                 *(f"<p>{esc(line)}</p>" for line in tta_lines(augmented)),
-                 table(_tta_columns(augmented), augmented)]
-    elif not_augmented:
-        body.append(f"<p>{esc(not_augmented)}</p>")
-    if has_chart or gaps:
-        body += ["<h2>Size, latency and accuracy</h2>", *(f"<p>{esc(gap)}</p>" for gap in gaps)]
-    if has_chart:
-        body.append(img(chart, "size, latency and accuracy"))
-    body.append("<h2>Training curves</h2>")
-    for title, png, history in curves:
-        body += [f"<h3>{esc(title)}</h3>"]
-        body += ([img(png, title)] if png else
-                 [f"<p>{esc(_few_epochs(history))}</p>",
-                  table(_epoch_columns(history), _epoch_rows(history))])
-    for label, png, metrics, classes in evaluated:
-        body += [f"<h2>Confusion matrix and per-class metrics: {esc(label)}</h2>",
-                 img(png, f"confusion matrix: {label}"),
-                 table(_matrix_columns(classes), zip(classes, metrics["confusion_matrix"])),
-                 table(_PER_CLASS_COLUMNS, (metrics.get("per_class") or {}).items())]
-    if explained:
-        body += ['<h2 id="gradcam">Where the teacher and the student look (Grad-CAM)</h2>',
-                 f'<p class="caption">{esc(_gradcam_caption(explained, shipped))}</p>',
-                 img(gradcam_png, "Grad-CAM of the teacher and the student"),
-                 table(_GRADCAM_COLUMNS, explained)]
-    elif not_explained:
-        body.append(f"<p>{esc(not_explained)}</p>")
-    if ship:
-        body += [f'<h2 id="ship">{esc(SHIP_TITLE)}</h2>', *(f"<p>{esc(line)}</p>" for line in ship)]
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(TITLE)}</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    html_path = out / REPORT_FILES[1]
-    write_text(html_path, page)
+    blocks = report_blocks(out, config or load_pipeline_config(out))
+    md_path, html_path = out / REPORT_FILES[0], out / REPORT_FILES[1]
+    write_text(md_path, render_markdown(blocks, out) + "\n")
+    write_text(html_path, render_html(blocks))
     return {"md": str(md_path), "html": str(html_path)}
