@@ -141,6 +141,29 @@ def test_small_inputs_are_never_mirrored_photos_are():
     assert Augmentation().flip
 
 
+def test_crop_scale_and_colour_jitter_replace_the_size_defaults():
+    import tensorflow as tf
+
+    from vgg_mobile.data.dataset import _augment, augmentation_for
+
+    for size in (32, 224):
+        chosen = augmentation_for(True, size, crop_scale=0.3, colour_jitter=0.2)
+        assert chosen.crop_scale == (0.3, 1.0)
+        assert (chosen.brightness, chosen.contrast, chosen.saturation) == (0.2, 0.4, 0.4)
+    assert augmentation_for(True, 32, policy="trivialaugment", colour_jitter=0.2).brightness == 0
+    # No crop, no jitter, no flip: the training image is the image; a deep crop changes it.
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    still = augmentation_for(True, 32, flip=False, crop_scale=1.0, colour_jitter=0.0)
+    cropped = augmentation_for(True, 32, flip=False, crop_scale=0.3, colour_jitter=0.0)
+    tf.random.set_seed(0)
+    for _ in range(5):
+        np.testing.assert_allclose(_augment(tf.constant(image), 32, still).numpy(), image,
+                                   atol=1e-3)
+    changed = [np.abs(_augment(tf.constant(image), 32, cropped).numpy() - image).mean()
+               for _ in range(10)]
+    assert sum(c > 10 for c in changed) >= 8
+
+
 def test_small_image_augmentation_keeps_left_and_right():
     import tensorflow as tf
 

@@ -226,3 +226,18 @@ def test_the_imbalance_keys_of_teacher_and_student_are_checked():
         with pytest.raises(BadInputError, match=rf"\[{section}\] focal_gamma must be in "
                                                 r"\[0, 10\]. Received: focal_gamma=-1"):
             load_config(text=f"[{section}]\nfocal_gamma = -1\n")
+
+
+def test_the_crop_and_jitter_keys_are_read_and_checked():
+    config = load_config(text="[teacher]\ncrop_scale = 0.4\ncolour_jitter = 0\n"
+                              "[student]\ncrop_scale = 1\n")
+    assert (config.teacher.train.crop_scale, config.teacher.train.colour_jitter) == (0.4, 0.0)
+    assert (config.student.crop_scale, config.student.colour_jitter) == (1.0, None)
+    assert load_config(text="[teacher]\ncrop_scale = \"none\"\n").teacher.train.crop_scale is None
+    for section in ("teacher", "student"):
+        with pytest.raises(BadInputError, match=rf"\[{section}\] crop_scale must be in "
+                                                r"\(0, 1\]. Received: crop_scale=0.0"):
+            load_config(text=f"[{section}]\ncrop_scale = 0\n")
+        with pytest.raises(BadInputError, match=rf"\[{section}\] colour_jitter must be in "
+                                                r"\[0, 0.45\]. Received: colour_jitter=0.5"):
+            load_config(text=f"[{section}]\ncolour_jitter = 0.5\n")

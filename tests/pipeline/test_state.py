@@ -27,3 +27,21 @@ def test_digest_changes_with_every_input():
                 inputs_digest("pruned", {"epochs": 2}, "data2", "parent1"),
                 inputs_digest("pruned", {"epochs": 2}, "data1", None),
                 inputs_digest("pruned", {"epochs": 2}, "data1", {"teacher": "parent1"})}) == 6
+
+
+def test_the_crop_and_jitter_keys_change_the_digest_only_when_set():
+    from vgg_mobile.pipeline.config import load_config
+    from vgg_mobile.pipeline.runner import _settings_record
+
+    def teacher_digest(text):
+        settings = load_config(text=text).teacher
+        return inputs_digest("teacher", _settings_record(settings, None), "data", None)
+
+    unset = load_config(text="").teacher
+    record = _settings_record(unset, None)
+    # Unset, they are not in the record at all: a teacher run before the keys existed has the
+    # same digest and stays finished.
+    assert "crop_scale" not in record["train"] and "colour_jitter" not in record["train"]
+    assert teacher_digest("") == teacher_digest('[teacher]\ncrop_scale = "none"\n')
+    assert teacher_digest("") != teacher_digest("[teacher]\ncrop_scale = 0.5\n")
+    assert teacher_digest("") != teacher_digest("[teacher]\ncolour_jitter = 0\n")

@@ -33,13 +33,16 @@ def _train(data, out, **keys):
 
 def test_a_teacher_trains_with_mixup_cutmix_and_class_weights(tiny_data, tmp_path):
     result, manifest, lines = _train(tiny_data, tmp_path / "mix", mixup_alpha=0.4,
-                                     cutmix_alpha=1.0, class_weights=True, flip="off")
+                                     cutmix_alpha=1.0, class_weights=True, flip="off",
+                                     crop_scale=0.5, colour_jitter=0.05)
     assert all(math.isfinite(v) for v in result.history["loss"])
     record = manifest["training"]["augmentation"]
     assert record["mixup_alpha"] == 0.4 and record["cutmix_alpha"] == 1.0
     assert record["flip"] is False and record["mirror_test"] is None
     assert manifest["config"]["train"]["mixup_alpha"] == 0.4
-    assert "augmentation: standard, flip: off" in lines
+    assert record["crop_scale"] == [0.5, 1.0] and record["crop_scale_setting"] == 0.5
+    assert (record["brightness"], record["contrast"]) == (0.05, 0.1)
+    assert "augmentation: standard, flip: off, crop_scale: 0.5, colour_jitter: 0.05" in lines
 
 
 def test_a_teacher_trains_with_trivialaugment_and_the_flip_decided_from_the_data(tiny_data,

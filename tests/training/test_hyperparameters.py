@@ -83,6 +83,9 @@ def test_an_echoed_value_is_cut_with_its_length():
     (TrainConfig, "mixup_alpha", float("nan")), (TrainConfig, "flip", "yes"),
     (TrainConfig, "flip", True), (TrainConfig, "augmentation", "randaugment"),
     (DistillConfig, "flip", "sometimes"), (DistillConfig, "augmentation", "auto"),
+    (TrainConfig, "crop_scale", 0.0), (TrainConfig, "crop_scale", 1.5),
+    (DistillConfig, "crop_scale", -0.2), (TrainConfig, "colour_jitter", -0.1),
+    (DistillConfig, "colour_jitter", 0.5), (TrainConfig, "colour_jitter", float("inf")),
 ])
 def test_augmentation_keys_are_refused_with_the_key_and_value(config, field, value):
     with pytest.raises(BadInputError, match=f"{field} must be .*Received: {field}={value!r}$"):

@@ -16,6 +16,7 @@ import click
 from vgg_mobile.data.augmentation import FLIP_CHOICES
 from vgg_mobile.data.dataset import POLICIES
 from vgg_mobile.training.distribute import STRATEGIES
+from vgg_mobile.training.hyperparameters import MAX_COLOUR_JITTER
 
 
 def default(owner, name: str):
@@ -100,9 +101,20 @@ def distribute_options(command):
 
 
 def augmentation_options(config):
-    """Adds --augmentation and --flip to a training command, with `config`'s defaults (a
-    config class with `augmentation` and `flip` fields: `TrainConfig`, `DistillConfig`)."""
+    """Adds --augmentation, --flip, --crop-scale and --colour-jitter to a training command,
+    with `config`'s defaults (a config class with those fields: `TrainConfig`,
+    `DistillConfig`)."""
     def add(command):
+        command = click.option(
+            "--colour-jitter", default=default(config, "colour_jitter"),
+            type=click.FloatRange(0, MAX_COLOUR_JITTER),
+            help="Largest brightness change (share of 255), contrast and saturation up to "
+                 "twice it; 0: none. Default: by input size (0.1).")(command)
+        command = click.option(
+            "--crop-scale", default=default(config, "crop_scale"),
+            type=click.FloatRange(0, 1, min_open=True),
+            help="Smallest share of the area a random crop keeps; 1: no crop. Default: by "
+                 "input size (0.75 up to 64 px, 0.6 above).")(command)
         command = click.option(
             "--flip", default=default(config, "flip"), show_default=True,
             type=click.Choice(FLIP_CHOICES),

@@ -66,7 +66,7 @@ from vgg_mobile.distillation.distill import SHIP_CHOICES, DistillConfig
               default=default(DistillConfig, "learning_rate"), show_default=True, type=float,
               help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", default=default(DistillConfig, "seed"), show_default=True)
-@click.option("--no-augment", is_flag=True, help="Turn off augmentation (--augmentation and --flip).")
+@click.option("--no-augment", is_flag=True, help="Turn off augmentation (--augmentation, --flip, crop and jitter).")
 @augmentation_options(DistillConfig)
 @click.option("--baseline", is_flag=True,
               help="Also train the same student without the teacher (same budget) and record the gain.")
@@ -85,7 +85,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, unlabeled_l
                 student, image_size,
                 student_weights, temperature, alpha, class_weights, focal_gamma, mixup,
                 teacher_tta, epochs, batch_size,
-                learning_rate, seed, no_augment, augmentation, flip, baseline, ship, force, resume,
+                learning_rate, seed, no_augment, augmentation, flip, crop_scale, colour_jitter,
+                baseline, ship, force, resume,
                 as_json, quiet, strategy, mixed_precision, jit_compile, offline):
     """Distill the teacher run into a small MobileNet student, saved as a plain run directory."""
     from vgg_mobile.distillation.distill import distill
@@ -96,8 +97,8 @@ def distill_cmd(ctx, teacher, data, out, unlabeled, unlabeled_ratio, unlabeled_l
                            focal_gamma=focal_gamma, mixup=mixup, teacher_tta=teacher_tta, epochs=epochs,
                            batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, augment=not no_augment,
-                           augmentation=augmentation, flip=flip,
-                           baseline=baseline, ship=ship,
+                           augmentation=augmentation, flip=flip, crop_scale=crop_scale,
+                           colour_jitter=colour_jitter, baseline=baseline, ship=ship,
                            unlabeled=None if unlabeled is None else str(unlabeled),
                            unlabeled_ratio=unlabeled_ratio,
                            unlabeled_learning_rate=unlabeled_learning_rate)

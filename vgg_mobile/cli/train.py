@@ -99,7 +99,8 @@ def doctor_cmd(as_json):
               help="Share of each class held out (folders without train/ and val/).")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True)
 @click.option("--no-augment", is_flag=True,
-              help="Turn off augmentation (--augmentation and --flip); MixUp and CutMix stay as set.")
+              help="Turn off augmentation (--augmentation, --flip, crop and jitter); MixUp and "
+                   "CutMix stay as set.")
 @augmentation_options(TrainConfig)
 @click.option("--mixup-alpha", default=default(TrainConfig, "mixup_alpha"), show_default=True,
               type=float, help="MixUp's Beta parameter: batches mixed with a shuffled copy, labels alike (0: off).")
@@ -124,7 +125,8 @@ def doctor_cmd(as_json):
 @click.pass_context
 def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_size, learning_rate,
               warmup_epochs, weight_decay, label_smoothing, dropout, head_units, fine_tune,
-              unfreeze_blocks, val_fraction, seed, no_augment, augmentation, flip, mixup_alpha,
+              unfreeze_blocks, val_fraction, seed, no_augment, augmentation, flip, crop_scale,
+              colour_jitter, mixup_alpha,
               cutmix_alpha, class_weights, focal_gamma, strict, resume,
               force, as_json, quiet, strategy, mixed_precision, jit_compile, offline,
               data_benchmark):
@@ -142,6 +144,7 @@ def train_cmd(ctx, data, out, weights, architecture, image_size, epochs, batch_s
                          label_smoothing=label_smoothing, fine_tune=fine_tune,
                          unfreeze_blocks=unfreeze_blocks, val_fraction=val_fraction, seed=seed,
                          augment=not no_augment, augmentation=augmentation, flip=flip,
+                         crop_scale=crop_scale, colour_jitter=colour_jitter,
                          mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                          class_weights=class_weights,
                          focal_gamma=focal_gamma, strict=strict)

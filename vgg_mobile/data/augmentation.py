@@ -1,7 +1,8 @@
 """The training augmentation of a run, chosen once from the configs' keys and the data.
 
 The configs (`TrainConfig`, `DistillConfig`) hold `augment` (the off switch), `augmentation`
-(a policy of `dataset.POLICIES`) and `flip` (`FLIP_CHOICES`). `flip = "auto"` is decided by
+(a policy of `dataset.POLICIES`), `flip` (`FLIP_CHOICES`), `crop_scale` and `colour_jitter`
+(`None`: the input size's defaults, `dataset.augmentation_for`). `flip = "auto"` is decided by
 `data.mirror`'s rule on the training images: no flips when a mirror image of them looks like
 another thing (digits, letters), flips otherwise. The choice is logged and recorded in the
 run's manifest.
@@ -35,7 +36,8 @@ class AugmentationChoice:
 
 
 def choose_augmentation(augment: bool, policy: str, flip: str, image_size: int, examples,
-                        seed: int = 0) -> AugmentationChoice:
+                        seed: int = 0, crop_scale: float | None = None,
+                        colour_jitter: float | None = None) -> AugmentationChoice:
     """Settles the augmentation of a run: the flip (measured on `examples` for `"auto"`), the
     crop and colour for `image_size`, and the policy.
 
@@ -46,6 +48,9 @@ def choose_augmentation(augment: bool, policy: str, flip: str, image_size: int, 
         image_size: The largest input side the augmented images feed.
         examples: The training examples, for the measurement.
         seed: Seed of the measurement's sample. Defaults to `0`.
+        crop_scale: The configs' `crop_scale` (`None`: by input size). Defaults to `None`.
+        colour_jitter: The configs' `colour_jitter` (`None`: by input size). Defaults to
+            `None`.
 
     Returns:
         An `AugmentationChoice`.
@@ -56,11 +61,17 @@ def choose_augmentation(augment: bool, policy: str, flip: str, image_size: int, 
     test = mirror_test(examples, seed) if flip == "auto" or policy == "trivialaugment" else None
     flips = test.flip if flip == "auto" else flip == "on"
     colour = test.colour if test is not None else True
-    augmentation = augmentation_for(True, image_size, flip=flips, policy=policy, colour=colour)
+    augmentation = augmentation_for(True, image_size, flip=flips, policy=policy, colour=colour,
+                                    crop_scale=crop_scale, colour_jitter=colour_jitter)
     decided = f"auto → {'on' if flips else 'off'} ({test.describe()})" if flip == "auto" else flip
+    chosen = "".join(f", {name}: {value:g}" for name, value in
+                     (("crop_scale", crop_scale), ("colour_jitter", colour_jitter))
+                     if value is not None)
     record = {"augment": True, "policy": policy, "flip_setting": flip, "flip": flips,
+              "crop_scale_setting": crop_scale, "colour_jitter_setting": colour_jitter,
               "crop_scale": list(augmentation.crop_scale),
               "brightness": augmentation.brightness, "contrast": augmentation.contrast,
               "saturation": augmentation.saturation, "colour": colour,
               "mirror_test": test.record() if test is not None else None}
-    return AugmentationChoice(augmentation, record, f"augmentation: {policy}, flip: {decided}")
+    return AugmentationChoice(augmentation, record,
+                              f"augmentation: {policy}, flip: {decided}{chosen}")

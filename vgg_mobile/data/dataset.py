@@ -453,7 +453,9 @@ SMALL_IMAGE_AUGMENTATION = Augmentation(crop_scale=(0.75, 1.0), flip=False, brig
 
 
 def augmentation_for(augment: bool, image_size: int, flip: bool | None = None,
-                     policy: str = "standard", colour: bool = True) -> Augmentation:
+                     policy: str = "standard", colour: bool = True,
+                     crop_scale: float | None = None,
+                     colour_jitter: float | None = None) -> Augmentation:
     """The training augmentation of a model with input side `image_size`.
 
     Args:
@@ -464,12 +466,17 @@ def augmentation_for(augment: bool, image_size: int, flip: bool | None = None,
             decides it from the data. Defaults to `None`.
         policy: One of `POLICIES`. Defaults to `"standard"`.
         colour: Whether the images have colour (for TrivialAugment). Defaults to `True`.
+        crop_scale: The smallest share of the image's area a random crop keeps (1: no crop);
+            `None` leaves the size's default. Defaults to `None`.
+        colour_jitter: The largest brightness change, as a share of 255, with contrast and
+            saturation changed by up to twice it (0: none); `None` leaves the size's default.
+            TrivialAugment replaces the jitter with its own operations. Defaults to `None`.
 
     Returns:
         `NO_AUGMENTATION`, or the crop and colour of `SMALL_IMAGE_AUGMENTATION` (up to
         `SMALL_IMAGE_MAX` px) or of `Augmentation()` (random resized crop from 60% of the area,
-        colour jitter), with `flip`; under `trivialaugment` the colour jitter is left to
-        TrivialAugment's operations.
+        colour jitter), with `flip`, `crop_scale` and `colour_jitter` when given; under
+        `trivialaugment` the colour jitter is left to TrivialAugment's operations.
     """
     if not augment:
         return NO_AUGMENTATION
@@ -477,6 +484,11 @@ def augmentation_for(augment: bool, image_size: int, flip: bool | None = None,
     changes = dict(policy=policy, colour=colour)
     if flip is not None:
         changes["flip"] = flip
+    if crop_scale is not None:
+        changes["crop_scale"] = (float(crop_scale), 1.0)
+    if colour_jitter is not None:
+        changes.update(brightness=float(colour_jitter), contrast=2 * float(colour_jitter),
+                       saturation=2 * float(colour_jitter))
     if policy == "trivialaugment":
         changes.update(brightness=0.0, contrast=0.0, saturation=0.0)
     return dataclasses.replace(base, **changes)

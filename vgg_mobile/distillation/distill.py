@@ -100,6 +100,10 @@ class DistillConfig:
         flip: Random horizontal flips: `on`, `off`, or `auto`, decided from the training
             images as for the teacher (`data.mirror`), logged and recorded in the manifest
             (`distillation.augmentation`).
+        crop_scale: The smallest share of the image's area a random crop keeps, as the
+            teacher's (`TrainConfig.crop_scale`); `None` keeps the input size's default.
+        colour_jitter: The colour jitter, as the teacher's (`TrainConfig.colour_jitter`);
+            `None` keeps the input size's default.
         val_fraction: Share of each class held out for validation on a folder other than
             the teacher's; `None` uses the teacher run's. On the teacher's own folder the
             teacher's split is always reused (a warning says so when this differs), so the
@@ -147,6 +151,8 @@ class DistillConfig:
     augment: bool = True
     augmentation: str = "standard"
     flip: str = "auto"
+    crop_scale: float | None = None
+    colour_jitter: float | None = None
     val_fraction: float | None = None
     unlabeled: str | None = None
     unlabeled_ratio: float = 1.0
@@ -567,7 +573,8 @@ def _distill(teacher_run, teacher, folder, choice, unlabeled: UnlabeledFolder | 
         distribution=distribution,
         augmentation=choose_augmentation(config.augment, config.augmentation, config.flip,
                                          max(student_size, teacher_size), parts.train,
-                                         config.seed),
+                                         config.seed, crop_scale=config.crop_scale,
+                                         colour_jitter=config.colour_jitter),
         recorded=recorded, out=out, write_dir=write_dir, verbose=verbose, offline=offline,
         log=log)
 

@@ -206,11 +206,21 @@ def _run(data_dir: Path, out: Path, config: PipelineConfig, force: bool, log, ve
     return PipelineResult(out, tuple(results), tuple(summary_rows(out, config)))
 
 
+# Keys added after stages had been run: left unset (`None`), they are left out of the inputs
+# digest, as before they existed, so that finished stages stay finished.
+_LATER_KEYS = ("crop_scale", "colour_jitter")
+
+
+def _without_unset(record: dict) -> dict:
+    return {key: (_without_unset(value) if isinstance(value, dict) else value)
+            for key, value in record.items() if not (key in _LATER_KEYS and value is None)}
+
+
 def _settings_record(settings, unlabeled_fingerprint: str | None) -> dict:
     """A stage's settings as its inputs digest reads them: a folder of unlabelled images by
     its fingerprint, and no such key when there is none (as before the key existed, so that
-    finished stages stay finished)."""
-    record = dataclasses.asdict(settings)
+    finished stages stay finished); likewise `_LATER_KEYS` when unset."""
+    record = _without_unset(dataclasses.asdict(settings))
     if "unlabeled" in record:
         if unlabeled_fingerprint is None:
             del record["unlabeled"]

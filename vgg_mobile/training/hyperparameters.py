@@ -23,11 +23,14 @@ MAX_FOCAL_GAMMA = 10.0
 MAX_SEED = 2**31 - 1
 # Beta parameters of MixUp and CutMix: above a few, every mix is close to half and half.
 MAX_MIX_ALPHA = 100.0
+# Colour jitter: contrast and saturation change by up to twice it, and a factor must stay > 0.
+MAX_COLOUR_JITTER = 0.45
 
 
 def check_augmentation_keys(config) -> None:
     """Checks the augmentation keys that the training configs share, where `config` has them:
-    `augmentation` (one of `dataset.POLICIES`) and `flip` (one of `FLIP_CHOICES`).
+    `augmentation` (one of `dataset.POLICIES`), `flip` (one of `FLIP_CHOICES`), `crop_scale`
+    (`None` or in (0, 1]) and `colour_jitter` (`None` or in [0, `MAX_COLOUR_JITTER`]).
 
     Raises:
         BadInputError: Naming the key and the value.
@@ -39,6 +42,10 @@ def check_augmentation_keys(config) -> None:
     if hasattr(config, "flip"):
         require(config.flip in FLIP_CHOICES, f"flip must be one of {', '.join(FLIP_CHOICES)}",
                 f"flip={config.flip!r}")
+    if getattr(config, "crop_scale", None) is not None:
+        require_number(config.crop_scale, "crop_scale", 0, 1, low_open=True)
+    if getattr(config, "colour_jitter", None) is not None:
+        require_number(config.colour_jitter, "colour_jitter", 0, MAX_COLOUR_JITTER)
 
 
 def check_training_knobs(config) -> None:
@@ -86,6 +93,11 @@ class TrainConfig:
             images by `data.mirror`'s rule (off when a mirror image looks like another thing,
             as digits and letters do), logged and recorded in the manifest
             (`training.augmentation`).
+        crop_scale: The smallest share of the image's area a random crop keeps (1: no
+            crop); `None` keeps the input size's default: 0.75 up to 64 px, 0.6 above.
+        colour_jitter: The largest brightness change, as a share of 255, with contrast and
+            saturation changed by up to twice it (0: none); `None` keeps the input size's
+            default: 0.1 (no saturation change up to 64 px). `trivialaugment` replaces it.
         mixup_alpha: MixUp: each batch blended with a shuffled copy of itself, labels alike,
             by a share drawn from Beta(alpha, alpha); 0 turns it off.
         cutmix_alpha: CutMix: a box of the shuffled copy pasted in, labels mixed by area;
@@ -112,6 +124,8 @@ class TrainConfig:
     augment: bool = True
     augmentation: str = "standard"
     flip: str = "auto"
+    crop_scale: float | None = None
+    colour_jitter: float | None = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     class_weights: bool = False

@@ -93,7 +93,9 @@ def measure_throughput(
     n_classes = len(folder.classes)
     global_batch = distribution.global_batch(config.batch_size)
     augmentation = choose_augmentation(config.augment, config.augmentation, config.flip,
-                                       options.image_size, parts.train, config.seed)
+                                       options.image_size, parts.train, config.seed,
+                                       crop_scale=config.crop_scale,
+                                       colour_jitter=config.colour_jitter)
     log(augmentation.line)
     train_ds = dataset.make_dataset(
         parts.train, options.image_size, global_batch, n_classes, training=True,

@@ -164,7 +164,9 @@ def train(
     fingerprint = folder.fingerprint()
     # Decided once, before any work; a resumed run measures the same sample to the same answer.
     augmentation = choose_augmentation(config.augment, config.augmentation, config.flip,
-                                       options.image_size, choice.parts.train, config.seed)
+                                       options.image_size, choice.parts.train, config.seed,
+                                       crop_scale=config.crop_scale,
+                                       colour_jitter=config.colour_jitter)
     log(augmentation.line)
 
     # Downloads missing ImageNet weights now, or fails, before any work.
