@@ -107,6 +107,45 @@ def choose_split(folder: ImageFolder, parent_data: dict | None = None,
                        "; ".join(filter(None, (note, unmeasured_note(folder, parts)))))
 
 
+def read_split(data_dir, log, parent_data: dict | None = None, val_fraction: float | None = None,
+               seed: int = 0, strict: bool = False, remedy: str = "",
+               check=None) -> tuple[ImageFolder, SplitChoice]:
+    """Scans a labelled folder for a training stage and splits it (`choose_split`), logging
+    each skipped or converted image, the split's note and the unbalanced-classes warning.
+
+    Args:
+        data_dir: The image folder.
+        log: Receives the lines.
+        parent_data: The parent run's `data` record, for `choose_split`. Defaults to none.
+        val_fraction: As `choose_split`'s. Defaults to `None`.
+        seed: As `choose_split`'s. Defaults to `0`.
+        strict: Fail on any bad image (`scan_folder`). Defaults to `False`.
+        remedy: What the training does about unbalanced classes, for the warning.
+        check: Called with the scanned folder before it is split (e.g. to compare its
+            classes with a parent's); raises to refuse it. Defaults to none.
+
+    Returns:
+        `(folder, choice)`.
+    """
+    from vgg_mobile.data.dataset import imbalance_warning, scan_folder
+
+    folder = scan_folder(data_dir, strict=strict)
+    if check is not None:
+        check(folder)
+    for bad in folder.bad:
+        log(f"skipped {bad.path}: {bad.problem}")
+    if folder.converted:
+        log(f"{len(folder.converted)} image(s) converted to RGB on reading (e.g. "
+            f"{folder.converted[0].path.name}: {'; '.join(folder.converted[0].notes)})")
+    choice = choose_split(folder, parent_data, val_fraction, seed)
+    if choice.note:
+        log(f"warning: {choice.note}")
+    unbalanced = imbalance_warning(folder.classes, choice.parts.train, remedy=remedy)
+    if unbalanced:
+        log(unbalanced)
+    return folder, choice
+
+
 def _check_held_out(folder: ImageFolder, parts: Split) -> None:
     """Refuses a split that holds out no image: validation metrics would be NaN, and every
     later stage (evaluate, convert, distill) would refuse the run after training it.

@@ -276,6 +276,29 @@ def _summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("classes", "per_class", "confusion_matrix")}
 
 
+def _read_data(teacher_run, data_dir, config: DistillConfig, log):
+    """The labelled folder (checked against the teacher's classes), the unlabelled images
+    (`None` without `config.unlabeled`) and the split, each problem logged."""
+    def same_classes(folder):
+        if folder.classes != teacher_run.classes:
+            raise DataError(
+                f"{folder.root}: classes {list(folder.classes)} differ from the teacher's "
+                f"{list(teacher_run.classes)} (names and order must match) in {teacher_run.path}")
+
+    folder, choice = splits.read_split(
+        data_dir, log, teacher_run.manifest.data, config.val_fraction, config.seed, config.strict,
+        imbalance_remedy(config.class_weights, config.focal_gamma), check=same_classes)
+    unlabeled = None
+    if config.unlabeled is not None:
+        unlabeled = scan_unlabeled(config.unlabeled, folder, strict=config.strict)
+        for check in unlabeled.bad:
+            log(f"skipped {check.path}: {check.problem}")
+        log(f"{len(unlabeled.images)} unlabelled images in {unlabeled.root}"
+            + (f"; {unlabeled.duplicates} left out as copies of images of the data folder"
+               if unlabeled.duplicates else ""))
+    return folder, unlabeled, choice
+
+
 def distill(
     teacher_run_dir: str | Path,
     data_dir: str | Path,
@@ -337,30 +360,7 @@ def distill(
     _check_teacher(teacher_run)
     out = Path(out_dir)
     check_no_overlap(out, (teacher_run.path, data_dir, config.unlabeled))
-    folder = dataset.scan_folder(data_dir, strict=config.strict)
-    if folder.classes != teacher_run.classes:
-        raise DataError(
-            f"{folder.root}: classes {list(folder.classes)} differ from the teacher's "
-            f"{list(teacher_run.classes)} (names and order must match) in {teacher_run.path}")
-    for check in folder.bad:
-        log(f"skipped {check.path}: {check.problem}")
-    unlabeled = None
-    if config.unlabeled is not None:
-        unlabeled = scan_unlabeled(config.unlabeled, folder, strict=config.strict)
-        for check in unlabeled.bad:
-            log(f"skipped {check.path}: {check.problem}")
-        log(f"{len(unlabeled.images)} unlabelled images in {unlabeled.root}"
-            + (f"; {unlabeled.duplicates} left out as copies of images of the data folder"
-               if unlabeled.duplicates else ""))
-
-    choice = splits.choose_split(folder, teacher_run.manifest.data, config.val_fraction, config.seed)
-    if choice.note:
-        log(f"warning: {choice.note}")
-    unbalanced = dataset.imbalance_warning(
-        folder.classes, choice.parts.train,
-        remedy=imbalance_remedy(config.class_weights, config.focal_gamma))
-    if unbalanced:
-        log(unbalanced)
+    folder, unlabeled, choice = _read_data(teacher_run, data_dir, config, log)
     n_classes = len(folder.classes)
     # Checked, and missing ImageNet weights downloaded, before any work.
     options = config.student_options(config.image_size or teacher_run.image_size)

@@ -147,19 +147,8 @@ def train(
     options = models.settle_auto_weights(options, log)
     out = Path(out_dir)
     check_no_overlap(out, (data_dir,))
-    folder = dataset.scan_folder(data_dir, strict=config.strict)
-    for check in folder.bad:
-        log(f"skipped {check.path}: {check.problem}")
-    if folder.converted:
-        log(f"{len(folder.converted)} image(s) converted to RGB on reading (e.g. "
-            f"{folder.converted[0].path.name}: {'; '.join(folder.converted[0].notes)})")
-    choice = splits.choose_split(folder, None, config.val_fraction, config.seed)
-    if choice.note:
-        log(choice.note)
-    unbalanced = dataset.imbalance_warning(folder.classes, choice.parts.train,
-                                           remedy=config.imbalance_remedy())
-    if unbalanced:
-        log(unbalanced)
+    folder, choice = splits.read_split(data_dir, log, None, config.val_fraction, config.seed,
+                                       config.strict, config.imbalance_remedy())
     run_config = _run_config(options, config)
     fingerprint = folder.fingerprint()
     # Decided once, before any work; a resumed run measures the same sample to the same answer.
