@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from vgg_mobile.serving.app import ServeConfig
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SECONDS = click.FloatRange(min=0, min_open=True, max=86400)
+POLL_SECONDS = click.FloatRange(min=0, max=86400)
 
 
 def _size(ctx, param, value):
@@ -37,6 +40,22 @@ def _bind(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as err:
         raise click.ClickException(f"cannot listen on {host}:{port} ({err.strerror or err})")
+
+
+class _Stderr(logging.Handler):
+    """The service's log lines (a version refused, a new one serving) on stderr, beside
+    uvicorn's, through `log`: stderr is looked up at each line, as click does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log(f"{record.levelname + ':':<10}{self.format(record)}")  # uvicorn's layout
+
+
+def _show_service_log() -> None:
+    """Shows the service's INFO lines too: without a handler, Python shows only warnings."""
+    logger = logging.getLogger("vgg_mobile.serving")
+    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.INFO)
 
 
 def _reload_on_hangup(service) -> None:
@@ -106,23 +125,30 @@ def _reload_on_hangup(service) -> None:
 @click.option("--admin-token", envvar="VGG_MOBILE_ADMIN_TOKEN", default=None,
               help="Admin endpoints need 'Authorization: Bearer TOKEN' (also read from "
                    "$VGG_MOBILE_ADMIN_TOKEN). Without it they answer only loopback clients.")
+@click.option("--poll-seconds", default=default(ServeConfig, "poll_seconds"), show_default=True,
+              type=POLL_SECONDS,
+              help="How often a model repository is looked at for new version folders; 0: "
+                   "only on POST /admin/reload or SIGHUP.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
-                    access_log):
+                    poll_seconds, access_log):
     """Serve predictions of an exported model over HTTP.
 
-    ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, or a
-    pipeline output folder (its export/). POST /admin/reload (or SIGHUP) reads ARTIFACT
-    again and swaps the new model in once it passed its check; POST /admin/rollback returns to
-    the previous one. See docs/serving.md.
+    ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
+    pipeline output folder (its export/), or a model repository: a folder of numbered export
+    folders (1/, 2/, ...), whose newest valid version serves and whose new versions are
+    picked up without a restart. POST /admin/reload (or SIGHUP) reads ARTIFACT again and
+    swaps the new model in once it passed its check; POST /admin/rollback returns to the
+    previous one. See docs/serving.md.
     """
     import uvicorn
 
-    from vgg_mobile.serving.app import CONFIG_ENV, create_app
-    from vgg_mobile.serving.models import ModelChoice, load_model
+    from vgg_mobile.serving.app import CONFIG_ENV, ModelService, create_app
+    from vgg_mobile.serving.metrics import ServingMetrics
+    from vgg_mobile.serving.models import ModelChoice
     from vgg_mobile.serving.server import Server, raise_open_file_limit, uvicorn_config
 
     config = ServeConfig(artifact=artifact, choice=ModelChoice(format_, flavour), threads=threads,
@@ -130,7 +156,9 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_upload_bytes=max_upload_bytes, max_images=max_images,
                          max_pixels=max_pixels, max_request_pixels=max_request_pixels,
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
-                         body_timeout=body_timeout, top_k=top_k, admin_token=admin_token)
+                         body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
+                         poll_seconds=poll_seconds)
+    _show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()
     if host not in _LOOPBACK:
@@ -141,7 +169,7 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
         if port == 0:
             raise click.BadParameter("--port 0 needs --workers 1", param_hint="--port")
         # Checked here once, so a bad ARTIFACT stops with its message before any worker starts.
-        model = load_model(config.artifact, config.choice, config.threads, 1)
+        model = ModelService(dataclasses.replace(config, concurrency=1), ServingMetrics()).current
         os.environ[CONFIG_ENV] = config.to_json()
         click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
                    f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")

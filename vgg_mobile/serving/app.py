@@ -1,16 +1,17 @@
 """The HTTP prediction service: a FastAPI app over one `ServedModel` at a time.
 
 Endpoints: `POST /predict`, `GET /health`, `GET /model`, `GET /metrics`, the admin pair
-`POST /admin/reload` (re-read the ARTIFACT the service was started with) and
-`POST /admin/rollback`, and what describes them: `GET /` (the service, its model and its
-endpoints), `GET /openapi.json` (FastAPI's OpenAPI spec) and `GET /docs` (a page made from that
-spec, with nothing loaded from elsewhere: it works offline). Bad input is answered with a 4xx
-and a one-line JSON reason (`{"error": reason, "detail": message}`); only a failure of the
-service itself is a 500.
+`POST /admin/reload` (re-read the ARTIFACT the service was started with, or look for a new
+version in a model repository) and `POST /admin/rollback`, and what describes them: `GET /`
+(the service, its model and its endpoints), `GET /openapi.json` (FastAPI's OpenAPI spec) and
+`GET /docs` (a page made from that spec, with nothing loaded from elsewhere: it works
+offline). Bad input is answered with a 4xx and a one-line JSON reason (`{"error": reason,
+"detail": message}`); only a failure of the service itself is a 500.
 
 Every request reads `service.current` once and uses that model to the end, and a reload
 replaces it with one assignment only after the new model loaded and passed its check, so a
-reload drops no request and a request never sees half a model.
+reload drops no request and a request never sees half a model. A model repository
+(`repository`) is watched for new versions by a thread that swaps them in the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from vgg_mobile.data.images import (CORRUPT, FORMAT_NAMES, NOT_AN_IMAGE, TOO_MAN
 from vgg_mobile.serving.metrics import ServingMetrics
 from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
+from vgg_mobile.serving.repository import Repository, VersionFolder, Watcher, is_repository
 from vgg_mobile.serving.server import TIMED_OUT, pin_mmap_threshold, release_memory
 
 log = logging.getLogger("vgg_mobile.serving")
@@ -88,7 +90,8 @@ class ServeConfig:
     """How the service runs.
 
     Attributes:
-        artifact: The model file or folder; `POST /admin/reload` re-reads this path.
+        artifact: The model file, export folder or model repository (a folder of numbered
+            export folders); `POST /admin/reload` re-reads this path.
         choice: Which model of an export folder. Defaults to `ModelChoice()`.
         threads: Threads of each interpreter or ONNX Runtime session. Defaults to `1`.
         concurrency: Inferences that run at once (one interpreter each, and as many threads).
@@ -110,6 +113,9 @@ class ServeConfig:
         top_k: Predictions per image when the request does not say. Defaults to `3`.
         admin_token: When set, admin endpoints need `Authorization: Bearer <token>`; when
             `None` they answer only loopback clients. Defaults to `None`.
+        poll_seconds: How often a model repository is looked at for new versions; `0` looks
+            only on `POST /admin/reload` (or SIGHUP). Unused for a file or export folder.
+            Defaults to `2.0`.
     """
 
     artifact: Path
@@ -125,6 +131,7 @@ class ServeConfig:
     body_timeout: float = 60.0
     top_k: int = 3
     admin_token: str | None = None
+    poll_seconds: float = 2.0
 
     def __post_init__(self):
         for name in ("threads", "concurrency", "max_upload_bytes", "max_images", "max_pixels",
@@ -136,6 +143,9 @@ class ServeConfig:
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
                     f"{name} must be a number of seconds > 0", repr(value))
+        require(isinstance(self.poll_seconds, (int, float)) and math.isfinite(self.poll_seconds)
+                and self.poll_seconds >= 0, "poll_seconds must be a number of seconds >= 0",
+                repr(self.poll_seconds))
         require(self.admin_token is None or len(self.admin_token) >= 8,
                 "admin_token must be at least 8 characters", f"{len(self.admin_token or '')} "
                 "characters")
@@ -167,9 +177,14 @@ def _one_line(text: str, limit: int = 500) -> str:
 class ModelService:
     """The model serving now, the one before it (for rollback), and the reload that swaps them.
 
+    For a model repository (`repository.is_repository`) the service serves its newest version
+    that loads and passes its check; `poll` (the watcher's) and `reload` look for a newer one.
+    A model's `version` is then its folder's number.
+
     Attributes:
         current: The model new requests use; replaced by one assignment.
         previous: The model `rollback` returns to, kept loaded, or `None`.
+        repository: The model repository served, or `None` for a file or export folder.
     """
 
     def __init__(self, config: ServeConfig, metrics: ServingMetrics,
@@ -177,21 +192,120 @@ class ModelService:
         self.config = config
         self.metrics = metrics
         self._swap = threading.Lock()
-        self.current = model or self._load()
+        self.repository = Repository(config.artifact) if is_repository(config.artifact) else None
+        require(model is None or self.repository is None, "a model repository loads its "
+                "versions itself: give no model", str(config.artifact))
         self.previous: ServedModel | None = None
+        self.current = model or (self._start_repository() if self.repository else self._load())
         metrics.loads.labels(result="ok").inc()
-        metrics.serving(self.current)
+        self._serving(self.current)
 
     def _load(self) -> ServedModel:
         return load_model(self.config.artifact, self.config.choice, self.config.threads,
                           self.config.concurrency)
 
+    def _number(self, model: ServedModel | None) -> int | None:
+        """A repository model's version number (its folder's), else `None`."""
+        return int(model.version) if self.repository and model else None
+
+    def _serving(self, model: ServedModel) -> None:
+        self.metrics.serving(model, self._number(model))
+
+    def _load_version(self, folder: VersionFolder) -> ServedModel | None:
+        """Loads and checks one version of the repository off to the side; a failure is
+        refused (counted, logged, not tried again as the folder is) and gives `None`."""
+        try:
+            model = load_model(folder.path, self.config.choice, self.config.threads,
+                               self.config.concurrency)
+        except Exception as err:  # noqa: BLE001 - whatever fails, the version is not served
+            known = isinstance(err, VggMobileError)
+            self.metrics.loads.labels(result="refused" if known else "failed").inc()
+            self.repository.refuse(folder, _one_line(err if known else
+                                                     f"{type(err).__name__}: {err}"))
+            return None
+        return dataclasses.replace(model, source=self.repository.path,
+                                   version=str(folder.number))
+
+    def _start_repository(self) -> ServedModel:
+        """The newest version that loads: newer ones that are incomplete or refused are
+        logged and passed over.
+
+        Raises:
+            BadInputError: No version can be served; the message gives each one's reason.
+        """
+        folders = self.repository.scan()
+        if not folders:
+            raise BadInputError(f"{self.repository.path}: no numbered version folder (1/, 2/, "
+                                "...) in this model repository")
+        self.repository.note(folders, None)
+        reasons = []
+        for folder in reversed(folders):
+            model = self._load_version(folder) if folder.complete else None
+            if model is not None:
+                self.repository.loaded(folder)
+                return model
+            reason = (self.repository.refused[folder.number].reason if folder.complete
+                      else f"incomplete: {folder.problem}")
+            reasons.append(f"version {folder.number}: {reason}")
+        raise BadInputError(f"{self.repository.path}: no version of this model repository can "
+                            f"be served: {'; '.join(reasons)}")
+
+    def _serve_newest(self, folders: list[VersionFolder]) -> bool:
+        """Swaps in the newest candidate version (`Repository.candidates`) that loads; an
+        older candidate is tried when a newer one is refused. The caller holds `_swap`.
+
+        Returns:
+            Whether a new version serves.
+        """
+        self.repository.note(folders, self._number(self.current))
+        for folder in self.repository.candidates(folders):
+            fresh = self._load_version(folder)
+            if fresh is None:
+                continue
+            self.previous, self.current = self.current, fresh
+            self.repository.loaded(folder)
+            self.metrics.loads.labels(result="ok").inc()
+            self._serving(fresh)
+            log.info("now serving version %s of %s (was version %s)", fresh.version,
+                     self.repository.path, self.previous.version)
+            return True
+        return False
+
+    def poll(self) -> None:
+        """One look at the repository for a newer version (the watcher's). Skipped while a
+        reload or rollback runs: the next look sees the same folders."""
+        folders = self.repository.scan()
+        if not self._swap.acquire(blocking=False):
+            return
+        try:
+            self._serve_newest(folders)
+        finally:
+            self._swap.release()
+
+    def watch(self) -> Watcher | None:
+        """Starts the thread that polls a repository every `config.poll_seconds`; `None`
+        when there is nothing to watch (a file, an export folder, `poll_seconds` 0)."""
+        if self.repository is None or not self.config.poll_seconds:
+            return None
+        return Watcher(self.poll, self.config.poll_seconds).start()
+
+    def versions(self) -> list[dict] | None:
+        """Each version of the repository and its state (`Repository.states`), as the disk
+        is now; `None` for a file or export folder."""
+        if self.repository is None:
+            return None
+        current, previous = self.current, self.previous
+        return self.repository.states(self.repository.scan(), self._number(current),
+                                      self._number(previous))
+
     def reload(self) -> dict:
-        """Loads the ARTIFACT path again, checks it off to the side, then swaps it in.
+        """Loads the ARTIFACT path again, checks it off to the side, then swaps it in. For a
+        repository: the newest version newer than any loaded, as the watcher would.
 
         Returns:
             `{"changed", "model", "previous"}`: whether a new model serves (`False` when the
-            file holds the same bytes), and short descriptions.
+            file holds the same bytes, or the repository has no newer version), and short
+            descriptions.
 
         Raises:
             Refusal: 409 while another reload or rollback runs; 422 when the new model is
@@ -200,6 +314,8 @@ class ModelService:
         if not self._swap.acquire(blocking=False):
             raise Refusal(409, "busy", "another reload or rollback is running")
         try:
+            if self.repository is not None:
+                return self._reload_repository()
             try:
                 fresh = self._load()
             except VggMobileError as err:
@@ -215,11 +331,25 @@ class ModelService:
                         "previous": _summary(self.previous)}
             self.previous, self.current = self.current, fresh
             self.metrics.loads.labels(result="ok").inc()
-            self.metrics.serving(fresh)
+            self._serving(fresh)
             log.info("reloaded: now serving %s (was %s)", _short(fresh), _short(self.previous))
             return {"changed": True, "model": _summary(fresh), "previous": _summary(self.previous)}
         finally:
             self._swap.release()
+
+    def _reload_repository(self) -> dict:
+        """`reload` of a repository; 422 when the newest version newer than the one serving
+        was refused (now, or before and unchanged since). The caller holds `_swap`."""
+        changed = self._serve_newest(self.repository.scan())
+        refused = None if changed else self.repository.newest_refusal()
+        if refused is not None:
+            number, record = refused
+            raise Refusal(422, "model_refused", f"version {number} was refused and "
+                          f"{_short(self.current)} keeps serving: {record.reason}")
+        if not changed:
+            self.metrics.loads.labels(result="unchanged").inc()
+        return {"changed": changed, "model": _summary(self.current),
+                "previous": _summary(self.previous)}
 
     def rollback(self) -> dict:
         """Serves the previous model again (a second rollback returns to the newer one).
@@ -236,7 +366,7 @@ class ModelService:
                               "rollback needs a reload first")
             self.current, self.previous = self.previous, self.current
             self.metrics.rollbacks.labels(result="ok").inc()
-            self.metrics.serving(self.current)
+            self._serving(self.current)
             log.info("rolled back: now serving %s (was %s)", _short(self.current),
                      _short(self.previous))
             return {"changed": True, "model": _summary(self.current),
@@ -551,7 +681,10 @@ PREDICT_DESCRIPTION = (
     f"`multipart/form-data` file parts, answered in order.")
 PREDICT_RESPONSES = {
     200: {"model": PredictAnswer | BatchAnswer, "description": "The top classes: "
-          "`predictions` for a raw body, `images` for multipart file parts."},
+          "`predictions` for a raw body, `images` for multipart file parts.",
+          "headers": {"X-Model-Version": {
+              "description": "The `model_version` that answered (a model repository's version "
+                             "number).", "schema": {"type": "string"}}}},
     400: _errors(f"`not_an_image` (formats read: {FORMAT_NAMES}), `corrupt_image`, "
                  "`empty_body`, `no_images`, `bad_multipart` (malformed, or cut short before "
                  "its closing boundary) or `bad_top_k`."),
@@ -716,9 +849,13 @@ def _lower_priority() -> None:
 def create_app(config: ServeConfig, model: ServedModel | None = None):
     """Builds the FastAPI app, loading the model first (unless one is given).
 
+    The thread that watches a model repository for new versions runs while the app does
+    (from its lifespan's start to its end).
+
     Args:
         config: How to serve.
-        model: An already loaded model of `config.artifact`. Defaults to `None` (load it).
+        model: An already loaded model of `config.artifact` (a file or export folder).
+            Defaults to `None` (load it).
 
     Returns:
         The app; `app.state.service` is its `ModelService`, `app.state.metrics` its metrics.
@@ -742,7 +879,10 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        watcher = service.watch()
         yield
+        if watcher is not None:
+            watcher.stop()
         for pool in (executor, large_executor):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -839,7 +979,7 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
     @app.post("/predict", summary="Classify one image, or several in multipart file parts",
               description=PREDICT_DESCRIPTION, response_model=None,
               responses=PREDICT_RESPONSES, openapi_extra=PREDICT_OPENAPI)
-    async def predict(request: Request):
+    async def predict(request: Request, response: Response):
         model = service.current  # this request's model, whatever a reload does meanwhile
         top_k = _top_k(request, model, config.top_k)
         media = _media_type(request)
@@ -886,6 +1026,7 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
         metrics.images.inc(len(results))
         about = {"model_version": model.version, "model_sha256": model.sha256,
                  "format": model.format}
+        response.headers["X-Model-Version"] = model.version
         return {"images": results, **about} if several else {**results[0], **about}
 
 
@@ -924,11 +1065,16 @@ def _add_information_routes(app, service: ModelService, metrics: ServingMetrics)
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/model", summary="The model serving now: classes, input size, manifest, "
-             "metadata (no absolute path), and the one a rollback would restore")
+             "metadata (no absolute path), the one a rollback would restore, and for a model "
+             "repository each version's state")
     async def model_info():
         model, previous = service.current, service.previous
-        return {**model.describe(), "previous": _summary(previous),
-                "rollback_available": previous is not None}
+        answer = {**model.describe(), "previous": _summary(previous),
+                  "rollback_available": previous is not None}
+        if service.repository is not None:  # the disk is read off the event loop
+            answer["versions"] = await asyncio.get_running_loop().run_in_executor(
+                None, service.versions)
+        return answer
 
     @app.get("/metrics", summary="Prometheus metrics of this process",
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})
@@ -938,8 +1084,9 @@ def _add_information_routes(app, service: ModelService, metrics: ServingMetrics)
 
 def _add_admin_routes(app, service: ModelService, config: ServeConfig) -> None:
     """`POST /admin/reload` and `/admin/rollback`, behind `_authorize`."""
-    @app.post("/admin/reload", summary="Read the ARTIFACT again and serve it once it passed "
-              "its check", responses={**ADMIN_RESPONSES, 422: _errors(
+    @app.post("/admin/reload", summary="Read the ARTIFACT again (or a repository's newest "
+              "version) and serve it once it passed its check",
+              responses={**ADMIN_RESPONSES, 422: _errors(
                   "`model_refused`: the new model failed its check; the old one serves.")})
     async def reload(request: Request):
         _authorize(request, config)

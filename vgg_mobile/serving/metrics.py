@@ -15,7 +15,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServingMetrics:
-    """Counters, the latency histogram and the model gauge of one app."""
+    """Counters, the latency histogram and the model gauges of one app."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -33,17 +33,28 @@ class ServingMetrics:
         self.predictions = Counter("vgg_mobile_predictions", "Images whose top-1 class was "
                                    "this label (watch it for drift).", ["label"], registry=r)
         self.loads = Counter("vgg_mobile_model_loads", "Model loads (start and reloads), by "
-                             "result: ok, unchanged or refused.", ["result"], registry=r)
+                             "result: ok, unchanged, refused or failed.", ["result"], registry=r)
         self.rollbacks = Counter("vgg_mobile_model_rollbacks", "Rollbacks to the previous "
                                  "model, by result.", ["result"], registry=r)
         self.model_info = Gauge("vgg_mobile_model_info", "The model serving now (value 1).",
                                 ["name", "version", "sha256", "format", "flavour"], registry=r)
+        # Registered on the first version number: a single model has none, and an unset
+        # gauge would read 0.
+        self.model_version: Gauge | None = None
 
-    def serving(self, model) -> None:
-        """Points the model gauge at `model`, the only one with value 1."""
+    def serving(self, model, version: int | None = None) -> None:
+        """Points the model gauge at `model`, the only one with value 1, and the version gauge
+        at `version`, a model repository's version number (`None` for a file or export
+        folder)."""
         self.model_info.clear()
         self.model_info.labels(name=model.name, version=model.version, sha256=model.sha256,
                                format=model.format, flavour=model.flavour or "").set(1)
+        if version is not None:
+            if self.model_version is None:
+                self.model_version = Gauge("vgg_mobile_model_version", "The version number "
+                                           "serving now (a model repository's folder).",
+                                           registry=self.registry)
+            self.model_version.set(version)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

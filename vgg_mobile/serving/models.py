@@ -198,7 +198,8 @@ def resolve_artifact(source: str | Path, choice: ModelChoice = ModelChoice(),
 
     Args:
         source: A `.tflite` or `.onnx` file, an export folder from `vgg-mobile convert`, or a
-            pipeline output folder (its `export/`).
+            pipeline output folder (its `export/`). Each version of a model repository
+            (`vgg_mobile.serving.repository`) is an export folder.
         choice: Which artifact of a folder. Defaults to `ModelChoice()`.
 
     Returns:
@@ -228,8 +229,9 @@ def resolve_artifact(source: str | Path, choice: ModelChoice = ModelChoice(),
                                 f"first (`vgg-mobile convert {source} --out EXPORT --onnx`) and "
                                 "serve EXPORT")
         raise BadInputError(f"{source}: not an export folder (no {MANIFEST} with artifacts, "
-                            "here or in export/); give a .tflite or .onnx file, or a folder "
-                            "written by `vgg-mobile convert`")
+                            "here or in export/) nor a model repository (no numbered version "
+                            "folder such as 1/); give a .tflite or .onnx file, a folder "
+                            "written by `vgg-mobile convert`, or a folder of numbered ones")
     export = load_export(folder)
     fmt = choice.format or "tflite"
     offered = [a for a in export.artifacts if a.format in FORMATS]
