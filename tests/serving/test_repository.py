@@ -5,12 +5,10 @@ one is refused and reported while the old one serves, and every answer names its
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving_models import call, serving, write_export
+from serving_models import call, clients_under_load, serving, write_export
 from vgg_mobile.serving.app import ServeConfig, create_app
 from vgg_mobile.serving.repository import (fingerprint, incomplete_reason, is_repository,
                                            version_folders)
@@ -235,41 +233,19 @@ def test_requests_during_a_new_version_all_succeed_and_never_go_back(tiny, secon
     repository = tmp_path / "colours"
     deploy(tiny.export_dir, repository, 1)
     app = create_app(ServeConfig(artifact=repository, concurrency=2, poll_seconds=POLL))
-    stop = threading.Event()
-    seen: dict[int, list[tuple[int, str, str]]] = {i: [] for i in range(4)}
-    failures: list[str] = []
-
-    def client(index: int, address):
-        connection = http.client.HTTPConnection(*address, timeout=30)
-        image = tiny.requests[index % len(tiny.requests)]
-        while not stop.is_set():
-            try:
-                connection.request("POST", "/predict", body=image,
-                                   headers={"content-type": "image/png"})
-                response = connection.getresponse()
-                body = json.loads(response.read())
-                seen[index].append((response.status, body.get("model_version"),
-                                    response.getheader("x-model-version")))
-            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
-                failures.append(repr(err))
-                connection.close()
-                connection = http.client.HTTPConnection(*address, timeout=30)
-        connection.close()
 
     with serving(app) as address:
-        threads = [threading.Thread(target=client, args=(i, address)) for i in seen]
-        for thread in threads:
-            thread.start()
-        try:
-            wait_for(lambda: all(len(answers) >= 5 for answers in seen.values()),
+        with clients_under_load(address, tiny.requests) as load:
+            wait_for(lambda: all(len(answers) >= 5 for answers in load.by_client.values()),
                      "answers from version 1")
             deploy(second, repository, 2)
-            wait_for(lambda: all(sum(v == "2" for _, v, _ in answers) >= 5
-                                 for answers in seen.values()), "answers from version 2")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
+            wait_for(lambda: all(sum(body.get("model_version") == "2" for _, body, _ in answers)
+                                 >= 5 for answers in load.by_client.values()),
+                     "answers from version 2")
+        seen = {index: [(status, body.get("model_version"), header)
+                        for status, body, header in answers]
+                for index, answers in load.by_client.items()}
+        failures = load.failures
         assert call(address, "GET", "/health")[1]["model_version"] == "2"
     assert not failures, failures[:5]
     for answers in seen.values():

@@ -10,12 +10,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from serving_models import call, replace_file, serving
+from serving_models import call, clients_under_load, replace_file, serving
 from vgg_mobile.serving.app import ServeConfig, create_app
 
 
@@ -24,29 +23,9 @@ def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):
     shutil.copy(tiny.files["int8"], path)
     v1, v2 = tiny.files["int8"].read_bytes(), tiny.files["v2_int8"].read_bytes()
     app = create_app(ServeConfig(artifact=path, concurrency=2))
-    stop = threading.Event()
-    seen: list[tuple[int, str | None]] = []
-    failures: list[str] = []
-
-    def client(index: int, address):
-        connection = http.client.HTTPConnection(*address, timeout=30)
-        image = tiny.requests[index % len(tiny.requests)]
-        while not stop.is_set():
-            try:
-                status, body = call(address, "POST", "/predict", image,
-                                    {"content-type": "image/png"}, connection)
-                seen.append((status, body.get("model_version")))
-            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
-                failures.append(repr(err))
-                connection.close()
-                connection = http.client.HTTPConnection(*address, timeout=30)
-        connection.close()
 
     with serving(app) as address:
-        threads = [threading.Thread(target=client, args=(i, address)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        try:
+        with clients_under_load(address, tiny.requests) as load:
             versions = []
             for data in (v2, v1, v2):
                 time.sleep(0.4)
@@ -58,12 +37,9 @@ def test_reloads_and_rollbacks_under_load_drop_no_request(tiny, tmp_path):
             status, body = call(address, "POST", "/admin/rollback")
             assert status == 200 and body["model"]["version"] == "1"
             time.sleep(0.4)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
+        seen = [(status, body.get("model_version")) for status, body, _ in load.in_order]
         assert versions == ["2", "1", "2"]
-        assert not failures, failures[:5]
+        assert not load.failures, load.failures[:5]
         assert len(seen) > 40 and {status for status, _ in seen} == {200}
         assert {version for _, version in seen} == {"1", "2"}
         assert seen[-1][1] == "1"

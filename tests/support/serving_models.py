@@ -178,6 +178,52 @@ def call(address, method: str, path: str, body: bytes | None = None,
             connection.close()
 
 
+@dataclasses.dataclass
+class Load:
+    """What `clients_under_load` saw: each client's answers, every answer in arrival order,
+    and any request that failed outright. An answer is `(status, JSON body, X-Model-Version)`."""
+
+    by_client: dict[int, list[tuple[int, dict, str | None]]]
+    in_order: list[tuple[int, dict, str | None]]
+    failures: list[str]
+
+
+@contextlib.contextmanager
+def clients_under_load(address, images: list[bytes], clients: int = 4):
+    """Client threads that each POST an image to `/predict` on one keep-alive connection, in a
+    loop, until the block ends; a request that fails is counted and the connection renewed."""
+    load = Load({i: [] for i in range(clients)}, [], [])
+    stop = threading.Event()
+
+    def client(index: int):
+        connection = http.client.HTTPConnection(*address, timeout=30)
+        image = images[index % len(images)]
+        while not stop.is_set():
+            try:
+                connection.request("POST", "/predict", body=image,
+                                   headers={"content-type": "image/png"})
+                response = connection.getresponse()
+                answer = (response.status, json.loads(response.read() or b"null") or {},
+                          response.getheader("x-model-version"))
+                load.by_client[index].append(answer)
+                load.in_order.append(answer)
+            except Exception as err:  # noqa: BLE001 - any failure is what the tests count
+                load.failures.append(repr(err))
+                connection.close()
+                connection = http.client.HTTPConnection(*address, timeout=30)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
 def onnx_failing_when_run() -> bytes:
     """An `.onnx` classifier of `CLASSES` that loads, and fails when run on a bright image:
     it looks up its brightest pixel's value in a table of three entries (ONNX Runtime raises
