@@ -606,6 +606,72 @@ def _infer(uploads, model: ServedModel, max_pixels: int, large: bool = False) ->
             release_memory()
 
 
+class Classifier:
+    """Images -> probabilities under the service's limits, off the event loop: what every
+    prediction route shares.
+
+    Args:
+        config: The limits (`max_images`, `max_pixels`, `max_request_pixels`,
+            `max_decode_memory`).
+        executors: `(normal, large)`: where inference runs; a request whose decode costs
+            `LARGE_DECODE_BYTES` or more runs on `large`, one at a time.
+        budget: The decode memory of the requests decoding at once.
+    """
+
+    def __init__(self, config: ServeConfig, executors, budget: DecodeBudget):
+        self.config, self.budget = config, budget
+        self.executor, self.large_executor = executors
+
+    async def images(self, uploads: list[tuple[str, bytes]], model: ServedModel) -> np.ndarray:
+        """Image files `(name, bytes)` -> `(n, classes)` probabilities of `model`; each
+        header is checked against the limits before any pixel is decoded.
+
+        Raises:
+            Refusal: 413 over a limit, 400 for a file that is no image, 503 when the decode
+                memory stays full (`DecodeBudget`).
+        """
+        config = self.config
+        if len(uploads) > config.max_images:
+            raise Refusal(413, "too_many_images", f"{len(uploads)} images in one request; the "
+                          f"limit is {config.max_images} (--max-images)")
+        loop = asyncio.get_running_loop()
+        # What decoding will cost, from the headers alone, before any pixel is decoded.
+        headers = await loop.run_in_executor(None, _headers, uploads, config.max_pixels)
+        pixels = sum(header.pixels for header in headers)
+        if pixels > config.max_request_pixels:
+            raise Refusal(413, "too_many_pixels_in_request", f"the {len(uploads)} images hold "
+                          f"{pixels:,} pixels together, over the limit of "
+                          f"{config.max_request_pixels:,} per request (--max-request-pixels)")
+        costs = [decode_cost(header) for header in headers]
+        index = max(range(len(costs)), key=costs.__getitem__)
+        cost, header = costs[index], headers[index]
+        if cost > config.max_decode_memory:
+            raise Refusal(413, "too_much_decode_memory", f"{uploads[index][0]}: a {header.width}x"
+                          f"{header.height} {header.mode} image needs about "
+                          f"{_megabytes(cost)} to decode, over the limit of "
+                          f"{_megabytes(config.max_decode_memory)} (--max-decode-memory)")
+        large = cost >= LARGE_DECODE_BYTES
+        async with self.budget.hold(cost):
+            return await loop.run_in_executor(self.large_executor if large else self.executor,
+                                              _infer, uploads, model, config.max_pixels, large)
+
+    async def pixels(self, pixels: np.ndarray, model: ServedModel) -> np.ndarray:
+        """Decoded pixels `(n, h, w, 3)` in [0, 255] -> `(n, classes)` probabilities of
+        `model`, each image resized to the model's input size as `images` resizes a decoded
+        file. The caller has checked the shape against the limits.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, _infer_pixels, pixels, model)
+
+
+def _infer_pixels(pixels: np.ndarray, model: ServedModel) -> np.ndarray:
+    from vgg_mobile.data.dataset import resize_pixels
+
+    if tuple(pixels.shape[1:3]) != tuple(model.input_size):
+        pixels = np.stack([resize_pixels(image, model.input_size).numpy() for image in pixels])
+    return model.predict(pixels.astype(np.float32, copy=False))
+
+
 def _top_k(request, model: ServedModel, default: int) -> int:
     text = request.query_params.get("top_k")
     if text is None:
@@ -875,6 +941,7 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     large_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-large",
                                         initializer=_lower_priority)
     budget = DecodeBudget(config.max_decode_memory)
+    classifier = Classifier(config, (executor, large_executor), budget)
     pin_mmap_threshold()
 
     @contextlib.asynccontextmanager
@@ -892,11 +959,10 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
                               "behind HTTP. Refusals answer `{\"error\": reason, \"detail\": "
                               "message}` with a 4xx.")
     app.state.service, app.state.metrics, app.state.config = service, metrics, config
-    app.state.budget = budget
+    app.state.budget, app.state.classifier = budget, classifier
 
     disconnected = _add_error_handling(app, metrics, config)
-    _add_predict_route(app, service, config, metrics, disconnected,
-                       (executor, large_executor), budget)
+    _add_predict_route(app, service, config, metrics, disconnected, classifier)
     _add_information_routes(app, service, metrics)
     _add_admin_routes(app, service, config)
     return app
@@ -971,10 +1037,8 @@ def _authorize(request: Request, config: ServeConfig) -> None:
 
 
 def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics: ServingMetrics,
-                       disconnected, executors, budget: DecodeBudget) -> None:
-    """`POST /predict`: the upload's headers are checked against the limits before any pixel
-    is decoded; a large image decodes on its own executor (`executors`: normal, large)."""
-    executor, large_executor = executors
+                       disconnected, classifier: Classifier) -> None:
+    """`POST /predict`: one raw image or multipart file parts, classified by `classifier`."""
 
     @app.post("/predict", summary="Classify one image, or several in multipart file parts",
               description=PREDICT_DESCRIPTION, response_model=None,
@@ -994,29 +1058,7 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
                 several = False
         except ClientDisconnect:
             raise disconnected(request) from None
-        if len(uploads) > config.max_images:
-            raise Refusal(413, "too_many_images", f"{len(uploads)} images in one request; the "
-                          f"limit is {config.max_images} (--max-images)")
-        loop = asyncio.get_running_loop()
-        # What decoding will cost, from the headers alone, before any pixel is decoded.
-        headers = await loop.run_in_executor(None, _headers, uploads, config.max_pixels)
-        pixels = sum(header.pixels for header in headers)
-        if pixels > config.max_request_pixels:
-            raise Refusal(413, "too_many_pixels_in_request", f"the {len(uploads)} images hold "
-                          f"{pixels:,} pixels together, over the limit of "
-                          f"{config.max_request_pixels:,} per request (--max-request-pixels)")
-        costs = [decode_cost(header) for header in headers]
-        index = max(range(len(costs)), key=costs.__getitem__)
-        cost, header = costs[index], headers[index]
-        if cost > config.max_decode_memory:
-            raise Refusal(413, "too_much_decode_memory", f"{uploads[index][0]}: a {header.width}x"
-                          f"{header.height} {header.mode} image needs about "
-                          f"{_megabytes(cost)} to decode, over the limit of "
-                          f"{_megabytes(config.max_decode_memory)} (--max-decode-memory)")
-        large = cost >= LARGE_DECODE_BYTES
-        async with budget.hold(cost):
-            probs = await loop.run_in_executor(large_executor if large else executor, _infer,
-                                               uploads, model, config.max_pixels, large)
+        probs = await classifier.images(uploads, model)
         results = []
         for (name, _), row in zip(uploads, probs):
             predictions = top_predictions(row, model.classes, top_k)
