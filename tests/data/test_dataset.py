@@ -189,3 +189,17 @@ def test_unbalanced_classes_are_warned_about_at_one_to_six_not_one_to_four(tmp_p
     assert handled.endswith("class weights are on") and "class_weights = true" not in handled
     four = dataset.scan_folder(image_folder(tmp_path / "four", {"big": 12, "small": 3}))
     assert dataset.imbalance_warning(four.classes, four.train) == ""
+
+
+@pytest.mark.parametrize("source", [(1, 1), (2, 3), (7, 5), (64, 64), (65, 97), (300, 200),
+                                    (31, 500), (1000, 17)])
+def test_the_numpy_resize_gives_the_pixels_of_the_tensorflow_one(source):
+    # The service resizes in NumPy (no TensorFlow in its process): every pixel must be the
+    # one training saw, downscaling and upscaling, square and not.
+    rng = np.random.default_rng(sum(source))
+    image = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
+    for size in (64, (32, 48), (224, 224), 1, (100, 3)):
+        expected = dataset.resize_pixels(image, size).numpy()
+        got = dataset.resize_array(image, size)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)

@@ -11,6 +11,7 @@ reported with its path up front rather than crashing an epoch half-way through.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import unicodedata
@@ -514,6 +515,48 @@ def resize_pixels(image, size: int | tuple[int, int]):
     height, width = (size, size) if isinstance(size, int) else size
     image = tf.image.resize(image, [height, width], method="bilinear", antialias=False)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+@functools.lru_cache(maxsize=256)
+def _bilinear_taps(in_size: int, out_size: int):
+    """For each output row (or column): the two input rows it reads and the weight of the
+    second, as TensorFlow's CPU kernel computes them (half-pixel centres, float32)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(position)
+    lower = np.maximum(floor.astype(np.int64), 0)
+    upper = np.minimum(np.ceil(position).astype(np.int64), in_size - 1)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def resize_array(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """`resize_pixels` in NumPy, for one image outside a TensorFlow graph (the service).
+
+    The same arithmetic as TensorFlow's bilinear kernel, in float32 and in its order, so the
+    pixels are those of `resize_pixels` (tests compare them); without TensorFlow's per-op
+    overhead, which costs more than the resize itself on a small image, and reading only the
+    input rows that the output needs.
+
+    Args:
+        image: `uint8` pixels `(height, width, 3)`.
+        size: The side of the square output, or its `(height, width)`.
+
+    Returns:
+        `uint8` pixels `(height, width, 3)` of the new size.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    top, bottom, y_lerp = _bilinear_taps(image.shape[0], height)
+    left, right, x_lerp = _bilinear_taps(image.shape[1], width)
+    x_lerp = x_lerp[None, :, None]
+
+    def across(rows):  # each output column from the two input columns around it
+        rows = rows.astype(np.float32)
+        first = np.take(rows, left, axis=1)
+        return first + (np.take(rows, right, axis=1) - first) * x_lerp
+
+    top_row, bottom_row = across(image[top]), across(image[bottom])
+    out = top_row + (bottom_row - top_row) * y_lerp[:, None, None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def decode_and_resize(path, image_size: int):
