@@ -583,7 +583,7 @@ def _megabytes(amount: int) -> str:
 
 def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: int) -> np.ndarray:
     """Decodes and resizes uploads exactly as training and evaluation read image files."""
-    from vgg_mobile.data.dataset import resize_pixels
+    from vgg_mobile.data.dataset import resize_array
 
     images = []
     for name, data in uploads:
@@ -593,7 +593,7 @@ def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: in
             raise _image_refusal(name, err) from None
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise Refusal(400, CORRUPT, f"{name}: empty image ({rgb.shape[1]}x{rgb.shape[0]})")
-        images.append(resize_pixels(rgb, model.input_size).numpy())
+        images.append(resize_array(rgb, model.input_size))
         del rgb  # the full-size pixels go before the next image is decoded
     return np.stack(images).astype(np.float32)
 
@@ -665,10 +665,10 @@ class Classifier:
 
 
 def _infer_pixels(pixels: np.ndarray, model: ServedModel) -> np.ndarray:
-    from vgg_mobile.data.dataset import resize_pixels
+    from vgg_mobile.data.dataset import resize_array
 
     if tuple(pixels.shape[1:3]) != tuple(model.input_size):
-        pixels = np.stack([resize_pixels(image, model.input_size).numpy() for image in pixels])
+        pixels = np.stack([resize_array(image, model.input_size) for image in pixels])
     return model.predict(pixels.astype(np.float32, copy=False))
 
 
@@ -890,21 +890,6 @@ DOCS_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; 
                "form-action 'none'; frame-ancestors 'none'")
 
 
-def _one_thread_per_op() -> None:
-    """Runs each TensorFlow op (the resize) on the thread that calls it.
-
-    The service runs `--concurrency` requests side by side; an op spread over every core, as
-    TensorFlow does by default, would let the resize of one 40-million-pixel image stall every
-    other request for a second. Only possible before TensorFlow's first op in this process.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already ran an op here (an app built before this one)
-        pass
-
-
 def _lower_priority() -> None:
     """Lowers the calling thread's CPU priority (Linux: `nice` applies to one thread), so the
     one large request at a time yields the CPU to small ones."""
@@ -929,13 +914,8 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     Raises:
         BadInputError: The model at `config.artifact` cannot be served.
     """
-    from vgg_mobile.data.dataset import resize_pixels
-
     metrics = ServingMetrics()
     service = ModelService(config, metrics, model)
-    _one_thread_per_op()
-    # TensorFlow loads on the first resize (seconds): here, not in the first request.
-    resize_pixels(np.zeros((2, 2, 3), np.uint8), service.current.input_size)
     executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="predict")
     # Requests with a large image run here, one at a time, so they never hold every thread.
     large_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-large",
@@ -964,6 +944,8 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     disconnected = _add_error_handling(app, metrics, config)
     _add_predict_route(app, service, config, metrics, disconnected, classifier)
     _add_information_routes(app, service, metrics)
+    from vgg_mobile.serving.open_inference import add_open_inference_routes
+    add_open_inference_routes(app, service, config, metrics, classifier)
     _add_admin_routes(app, service, config)
     return app
 
