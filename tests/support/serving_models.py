@@ -143,13 +143,15 @@ def build(root: Path) -> TinyModels:
 @contextlib.contextmanager
 def serving(app):
     """Runs `app` in uvicorn on a free loopback port, as `serve-model` runs it (its connection
-    deadlines, its accept-error handler); yields `(host, port)`."""
+    deadlines, its accept-error handler); yields `(host, port)`. The uvicorn server is
+    `app.state.uvicorn_server` meanwhile."""
     from vgg_mobile.serving.server import Server, uvicorn_config
 
     config = app.state.config
     sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
     server = Server(uvicorn_config(app, config.header_timeout, config.body_timeout,
                                    log_level="warning", access_log=False))
+    app.state.uvicorn_server = server
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

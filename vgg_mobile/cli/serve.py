@@ -173,9 +173,11 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
         os.environ[CONFIG_ENV] = config.to_json()
         click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
                    f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
+        from vgg_mobile.serving.server import LOOP
+
         uvicorn.run("vgg_mobile.serving.app:app_from_environment", factory=True, host=host,
                     port=port, workers=workers, access_log=access_log, log_level="info",
-                    http="vgg_mobile.serving.server:protocol_from_environment")
+                    http="vgg_mobile.serving.server:protocol_from_environment", loop=LOOP)
         return
     app = create_app(config)
     model = app.state.service.current
