@@ -20,7 +20,6 @@ of the CPU the server would otherwise have. Exit code 1 if any request failed.
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import json
 import os
@@ -39,7 +38,6 @@ from vgg_mobile.core import processes
 BACKENDS = ("tflite:int8", "onnx:int8", "onnx:float32")
 CLIENTS = 16
 SECONDS = 20.0
-WARMUP_REQUESTS = 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -110,59 +108,84 @@ class Server:
         processes.stop(self.process)
 
 
-def _post(connection, image: bytes) -> int:
-    connection.request("POST", "/predict", body=image,
-                       headers={"content-type": "application/octet-stream"})
-    response = connection.getresponse()
-    body = response.read()
-    if response.status == 200 and not json.loads(body).get("predictions"):
-        return -1
-    return response.status
+def _request(address, image: bytes, path: str = "/predict") -> bytes:
+    """One keep-alive HTTP/1.1 POST of `image`, as bytes sent as they are."""
+    return (f"POST {path} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(image)}\r\n"
+            "\r\n").encode() + image
 
 
-def load_test(address, image: bytes, clients: int, seconds: float) -> dict:
-    """`clients` threads posting `image` for `seconds`: latencies and failures."""
-    for _ in range(WARMUP_REQUESTS):
-        connection = http.client.HTTPConnection(*address, timeout=60)
-        if _post(connection, image) != 200:
-            raise SystemExit(f"warm-up request to {address} failed")
-        connection.close()
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    start = threading.Barrier(clients + 1)
-    deadline = [0.0]
+async def _exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """Sends one request and reads its answer: `(status, body)`."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines
+                   if line.lower().startswith("content-length:")), 0)
+    return int(lines[0].split()[1]), await reader.readexactly(length)
 
-    def client(index: int):
-        connection = http.client.HTTPConnection(*address, timeout=60)
-        start.wait()
-        while time.perf_counter() < deadline[0]:
+
+async def _clients(address, request: bytes, clients: int, seconds: float) -> dict:
+    """`clients` keep-alive connections, each sending `request` as soon as the last answer
+    came, for `seconds`: the latency of every answer and the failures."""
+    import asyncio
+
+    latencies: list[float] = []
+    errors = [0]
+    stop = time.perf_counter() + seconds
+
+    async def client():
+        reader, writer = await asyncio.open_connection(*address)
+        while time.perf_counter() < stop:
             began = time.perf_counter()
             try:
-                ok = _post(connection, image) == 200
-            except (OSError, http.client.HTTPException, ValueError):
-                ok = False
-                connection.close()
-                connection = http.client.HTTPConnection(*address, timeout=60)
-            if ok:
-                latencies[index].append(time.perf_counter() - began)
+                status, body = await _exchange(reader, writer, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errors[0] += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(*address)
+                continue
+            if status == 200 and b'"predictions"' in body:
+                latencies.append(time.perf_counter() - began)
             else:
-                errors[index] += 1
-        connection.close()
+                errors[0] += 1
+        writer.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    deadline[0] = time.perf_counter() + seconds
     began = time.perf_counter()
-    start.wait()
-    for thread in threads:
-        thread.join()
+    await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - began
-    all_ms = np.array([t for per in latencies for t in per]) * 1000
-    return {"requests": int(all_ms.size), "errors": int(sum(errors)),
+    all_ms = np.array(latencies) * 1000
+    return {"requests": int(all_ms.size), "errors": errors[0],
             "throughput": all_ms.size / elapsed if elapsed else 0.0,
             "p50_ms": float(np.percentile(all_ms, 50)) if all_ms.size else float("nan"),
             "p99_ms": float(np.percentile(all_ms, 99)) if all_ms.size else float("nan")}
+
+
+def _client_process(address, request: bytes, clients: int, seconds: float, answer) -> None:
+    import asyncio
+
+    answer.send(asyncio.run(_clients(address, request, clients, seconds)))
+
+
+def load_test(address, image: bytes, clients: int, seconds: float) -> dict:
+    """`clients` connections posting `image` for `seconds`, from a process of their own
+    (asyncio over raw sockets: a client costs the machine little of what the server could
+    use): latencies and failures."""
+    import asyncio
+    import multiprocessing
+
+    request = _request(address, image)
+    warm = asyncio.run(_clients(address, request, 1, 0.5))
+    if warm["errors"] or not warm["requests"]:
+        raise SystemExit(f"warm-up requests to {address} failed")
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_client_process,
+                              args=(address, request, clients, seconds, send))
+    process.start()
+    result = receive.recv()
+    process.join()
+    return result
 
 
 def table(rows: list[dict], clients: int, seconds: float) -> str:
@@ -186,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="serve-model --threads.")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="serve-model --concurrency (default: its own, the CPU count).")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="The image every request posts (default: the export's data).")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0:
         parser.error("--clients must be >= 1 and --seconds > 0")
@@ -194,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = available(args.export, tuple(args.backends))
     if not backends:
         parser.error(f"{args.export}: holds none of {', '.join(args.backends)}")
-    image, source = request_image(args.export)
+    image, source = (args.image.read_bytes(), str(args.image)) if args.image else request_image(args.export)
     rows = []
     for fmt, flavour, path in backends:
         server = Server(args.export, fmt, flavour, args.threads, args.concurrency)
