@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import harness
 from serving_models import CLASSES, SIZE, colour_images, png_bytes, replace_file
 from vgg_mobile.converters import onnx, tflite
 from vgg_mobile.data import dataset
-from vgg_mobile.serving.app import TITLE, ServeConfig, create_app, sniff_image
+from vgg_mobile.serving.app import INLINE_SECONDS, TITLE, ServeConfig, create_app, sniff_image
 from vgg_mobile.serving.models import ModelChoice
 
 TOKEN = "s3cret-token-for-tests"
@@ -85,6 +86,31 @@ def test_predictions_equal_litert_on_the_same_pixels(client, tiny, tmp_path, fla
     sha = __import__("hashlib").sha256(tiny.files[flavour].read_bytes()).hexdigest()
     assert {(a["model_version"], a["model_sha256"], a["format"]) for a in answers} == {
         ("1", sha, "tflite")}
+
+
+def test_small_requests_of_a_fast_model_move_to_the_event_loop_with_the_same_answers(tiny):
+    # The first requests run on a thread and are timed; once the model is known to be fast,
+    # small images are classified on the event loop: the answers must not change.
+    client = client_for(tiny.files["int8"])
+    classifier = client.app.state.classifier
+    model = client.app.state.service.current
+    first = [client.post("/predict", content=data).json() for data in tiny.requests]
+    assert classifier.typical[model.sha256] < INLINE_SECONDS
+    threads = set()
+    original = classifier._timed
+
+    def timed(uploads, served):
+        threads.add(threading.current_thread().name)
+        return original(uploads, served)
+
+    classifier._timed = timed
+    again = [client.post("/predict", content=data).json() for data in tiny.requests]
+    assert threads and not any(name.startswith("predict") for name in threads)
+    assert again == first
+    # A slow model's requests stay on the executor's threads.
+    classifier.typical[model.sha256] = 10 * INLINE_SECONDS
+    client.post("/predict", content=tiny.requests[0])
+    assert any(name.startswith("predict") for name in threads)
 
 
 def test_multipart_requests_answer_each_image_in_order(client, tiny, tmp_path):

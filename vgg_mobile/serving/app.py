@@ -78,6 +78,10 @@ _DEFAULT_BYTES_PER_PIXEL = 12
 # From this decode cost on, a request runs in a lane of its own, one at a time: a few large
 # images then hold one thread, and every other request keeps the others.
 LARGE_DECODE_BYTES = 64 * 2**20
+# Up to this decode cost (about 85,000 pixels: 290 x 290), a request of a model that answers
+# in under INLINE_SECONDS of CPU runs on the event loop (`Classifier`).
+INLINE_DECODE_BYTES = 2**20
+INLINE_SECONDS = 0.002
 # How long a request waits for room under --max-decode-memory before it is told to come back.
 DECODE_WAIT_SECONDS = 2.0
 # What one thread decodes per second, in decode-cost bytes (measured: a 6300 x 6300 RGBA PNG,
@@ -607,8 +611,14 @@ def _infer(uploads, model: ServedModel, max_pixels: int, large: bool = False) ->
 
 
 class Classifier:
-    """Images -> probabilities under the service's limits, off the event loop: what every
-    prediction route shares.
+    """Images -> probabilities under the service's limits: what every prediction route shares.
+
+    A request runs on an executor thread, unless it is small and its model fast: an image of
+    at most `INLINE_DECODE_BYTES` decode cost, for a model whose requests have taken under
+    `INLINE_SECONDS` of CPU each (a running mean over that model's requests, per model), runs
+    on the event loop itself. Handing such a request to a thread and back costs more than the
+    request: the threads wait for each other's turn at the interpreter lock, and the server
+    used one of two cores while answering half as many requests.
 
     Args:
         config: The limits (`max_images`, `max_pixels`, `max_request_pixels`,
@@ -621,6 +631,8 @@ class Classifier:
     def __init__(self, config: ServeConfig, executors, budget: DecodeBudget):
         self.config, self.budget = config, budget
         self.executor, self.large_executor = executors
+        # Mean CPU seconds of a small request, per model (its sha256); unknown until measured.
+        self.typical: dict[str, float] = {}
 
     async def images(self, uploads: list[tuple[str, bytes]], model: ServedModel) -> np.ndarray:
         """Image files `(name, bytes)` -> `(n, classes)` probabilities of `model`; each
@@ -651,9 +663,24 @@ class Classifier:
                           f"{_megabytes(cost)} to decode, over the limit of "
                           f"{_megabytes(config.max_decode_memory)} (--max-decode-memory)")
         large = cost >= LARGE_DECODE_BYTES
-        async with self.budget.hold(cost):
-            return await loop.run_in_executor(self.large_executor if large else self.executor,
-                                              _infer, uploads, model, config.max_pixels, large)
+        if cost > INLINE_DECODE_BYTES:
+            async with self.budget.hold(cost):
+                return await loop.run_in_executor(
+                    self.large_executor if large else self.executor, _infer, uploads, model,
+                    config.max_pixels, large)
+        if self.typical.get(model.sha256, math.inf) < INLINE_SECONDS:
+            return self._timed(uploads, model)
+        return await loop.run_in_executor(self.executor, self._timed, uploads, model)
+
+    def _timed(self, uploads: list[tuple[str, bytes]], model: ServedModel) -> np.ndarray:
+        """`_infer` of a small request, its CPU time (not the time it waited for the
+        interpreter lock) added to its model's running mean."""
+        began = time.thread_time()
+        probs = _infer(uploads, model, self.config.max_pixels)
+        spent = time.thread_time() - began
+        mean = self.typical.get(model.sha256)
+        self.typical[model.sha256] = spent if mean is None else 0.9 * mean + 0.1 * spent
+        return probs
 
     async def pixels(self, pixels: np.ndarray, model: ServedModel) -> np.ndarray:
         """Decoded pixels `(n, h, w, 3)` in [0, 255] -> `(n, classes)` probabilities of
