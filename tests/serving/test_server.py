@@ -136,6 +136,63 @@ def test_the_command_serves_reloads_on_sighup_and_stops_cleanly(tiny, tmp_path):
     assert "SIGHUP reload: now serving version 2" in stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections to `port` that each process holds (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        counts[pid] = sum(link[8:-1] in inodes for link in links if link.startswith("socket:"))
+    return counts
+
+
+def test_workers_each_listen_and_share_the_keep_alive_clients(tiny):
+    # uvicorn's workers shared one socket, and 16 keep-alive clients all went to one of them.
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vgg_mobile", "serve-model", str(tiny.export_dir), "--port",
+         str(port), "--workers", "2", "--no-access-log"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    connections = []
+    try:
+        assert "with 2 worker processes" in process.stdout.readline()
+        address = ("127.0.0.1", port)
+        _wait_for(address, lambda body: True)
+        # A second server on the port is refused, not handed half the connections.
+        second = subprocess.run(
+            [sys.executable, "-m", "vgg_mobile", "serve-model", str(tiny.export_dir), "--port",
+             str(port), "--workers", "2"], capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0 and "a server already answers there" in second.stderr
+        for _ in range(16):
+            connection = http.client.HTTPConnection(*address, timeout=30)
+            status, body = call(address, "POST", "/predict", tiny.requests[0],
+                                {"content-type": "image/png"}, connection=connection)
+            assert status == 200 and body["predictions"]
+            connections.append(connection)
+        children = [int(pid) for pid in open(f"/proc/{process.pid}/task/{process.pid}/children")
+                    .read().split()]
+        counts = _connections_by_process(port, children)
+        assert sum(counts.values()) == 16 and sum(1 for n in counts.values() if n) == 2, counts
+    finally:
+        for connection in connections:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert process.returncode in (0, -signal.SIGTERM)
+
+
 def test_the_command_refuses_a_bad_artifact_with_exit_code_2(tmp_path):
     from click.testing import CliRunner
 

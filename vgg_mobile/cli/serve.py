@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,6 +32,24 @@ def _size(ctx, param, value):
     if not size:
         raise click.BadParameter(f"must be a size above 0 (e.g. 16MiB). Received: {value}")
     return size
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuses a port that something answers on, or that cannot be bound: the workers'
+    shared sockets (`SO_REUSEPORT`) would otherwise share it with another server of this
+    user without a word."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((host, port)) == 0:
+            raise click.ClickException(f"cannot listen on {host}:{port} (a server already "
+                                       "answers there)")
+    from vgg_mobile.serving.server import reuse_port_socket
+
+    try:
+        reuse_port_socket(host, port).close()
+    except OSError as err:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({err.strerror or err})")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -93,8 +112,9 @@ def _reload_on_hangup(service) -> None:
               help="Inferences run at once per process, each on its own interpreter. "
                    "[default: the number of CPUs]")
 @click.option("--workers", default=1, show_default=True, type=COUNT,
-              help="uvicorn processes. Each holds its own model and metrics and is reloaded on "
-                   "its own: prefer one process per port behind a load balancer (docs/serving.md).")
+              help="Worker processes, each on a socket of its own on the port (the kernel spreads "
+                   "connections over them). Each holds its own model and metrics and is reloaded "
+                   "on its own (SIGHUP replaces them one by one). See docs/serving.md.")
 @click.option("--max-upload-bytes", default=str(default(ServeConfig, "max_upload_bytes")),
               show_default=True, callback=_size,
               help="Larger request bodies are refused (413) while they are read (bytes, or "
@@ -168,16 +188,20 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
     if workers > 1:
         if port == 0:
             raise click.BadParameter("--port 0 needs --workers 1", param_hint="--port")
+        from vgg_mobile.serving.server import LOOP, Workers
+
+        _check_free(host, port)
         # Checked here once, so a bad ARTIFACT stops with its message before any worker starts.
         model = ModelService(dataclasses.replace(config, concurrency=1), ServingMetrics()).current
         os.environ[CONFIG_ENV] = config.to_json()
         click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
                    f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
-        from vgg_mobile.serving.server import LOOP
-
-        uvicorn.run("vgg_mobile.serving.app:app_from_environment", factory=True, host=host,
-                    port=port, workers=workers, access_log=access_log, log_level="info",
-                    http="vgg_mobile.serving.server:protocol_from_environment", loop=LOOP)
+        uvicorn_config = uvicorn.Config(
+            "vgg_mobile.serving.app:app_from_environment", factory=True, host=host, port=port,
+            workers=workers, access_log=access_log, log_level="info", loop=LOOP,
+            http="vgg_mobile.serving.server:protocol_from_environment")
+        with contextlib.suppress(KeyboardInterrupt):
+            Workers(uvicorn_config, host, port).run()
         return
     app = create_app(config)
     model = app.state.service.current

@@ -27,7 +27,9 @@ import socket
 import time
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 try:  # uvicorn's C parser (httptools): the service's default, h11 where it is missing
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -297,3 +299,86 @@ def uvicorn_config(app, header_timeout: float, body_timeout: float, **options) -
     """
     return uvicorn.Config(app, http=guarded_protocol(header_timeout, body_timeout), loop=LOOP,
                           **options)
+
+
+def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening socket on `host:port` that other sockets of this user may share
+    (`SO_REUSEPORT`): the kernel spreads new connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Workers(Multiprocess):
+    """uvicorn's supervisor of worker processes (a dead worker is replaced, SIGHUP replaces
+    them one after the other, SIGINT or SIGTERM stops them), each worker listening on a socket
+    of its own on the same port (`reuse_port_socket`).
+
+    uvicorn gives every worker the one socket: whichever worker wakes first accepts, and
+    keep-alive clients stay where they landed. Measured with 16 keep-alive clients and
+    `--workers 2`, all 16 connections went to one worker, which used one core of two. With a
+    socket each, the kernel spreads connections over the workers.
+    """
+
+    def __init__(self, config: uvicorn.Config, host: str, port: int):
+        super().__init__(config, sockets=[])
+        self.address = (host, port)
+
+    def _started(self) -> Process:
+        """A worker started on a new socket; the parent's copy is closed at once, so a
+        socket never outlives its worker (connections the kernel gave it would wait there)."""
+        sock = reuse_port_socket(*self.address, backlog=self.config.backlog)
+        try:
+            process = Process(self.config, [sock])
+            process.start()
+        finally:
+            sock.close()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._started() for _ in range(self.processes_num)]
+
+    def keep_subprocess_alive(self) -> None:
+        for index, process in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung: gone for good
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:  # would fail the same way again
+                log.error("worker process %s failed to start: stopping", process.pid)
+                self.should_exit.set()
+                return
+            log.info("worker process %s died: starting another", process.pid)
+            self.processes[index] = self._started()
+
+    def restart_all(self) -> None:
+        """SIGHUP: each worker replaced by a new one (which loads the model afresh) once the
+        new one answers, so the port never goes quiet."""
+        for index, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._started()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck,
+                                        self.should_exit):
+                new.kill()
+                new.join()
+                log.error("a new worker was not ready in time: worker %s keeps serving and "
+                          "the restart stops", old.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[index] = new
+
+    def handle_ttin(self) -> None:
+        self.processes_num += 1
+        self.processes.append(self._started())
