@@ -1,20 +1,25 @@
 """`vgg-mobile serve-model` under load on loopback, one server per backend, as a Markdown table.
 
     uv run python benchmarks/serving.py EXPORT [--clients 16] [--seconds 20] [--backends ...]
+        [--workers 1 2] [--image FILE] [--baseline SOURCE_TREE]
 
 EXPORT is an export folder from `vgg-mobile convert RUN --onnx` (without `--onnx`, only the
 LiteRT rows run). For each backend (`tflite:int8`, `onnx:int8`, `onnx:float32` by default,
-those the folder has) it starts a real `vgg-mobile serve-model` process on a free loopback
-port, sends a few warm-up requests, then runs `--clients` client threads for `--seconds`,
-each posting one image at a time over its own keep-alive connection, and reports requests,
-throughput, p50/p99 latency and errors. Beside each row: the single-image latency of the
-model alone in its runtime (`vgg_mobile.runtimes`, `Runtime.latency_ms`) measured in the same
-run, so the table shows what HTTP, decoding and resizing add.
+those the folder has) and each `--workers` count it starts a real `vgg-mobile serve-model`
+process on a free loopback port. One client alone posts the image for 3 s (the single-image
+latency); then `--clients` keep-alive connections post it for `--seconds`, each sending its
+next request when the last answer came, and the table reports requests, throughput, p50/p99
+latency, p99 over the single-image latency, errors, and the server's resident memory in the
+first and the last third of the run. Beside each row: the single-image latency of the model
+alone in its runtime (`vgg_mobile.runtimes`, `Runtime.latency_ms`), so the table shows what
+HTTP, decoding and resizing add. With `--baseline`, each row is measured first against the
+server of another source tree (a `git worktree` of an older commit), in the same run.
 
-The image is the first file of the export's verification data folder (its manifest's
-`data.path`), or a generated PNG of the model's input size if that folder is gone. The clients
-run in this process and share the machine with the server: on a 2-core machine they take part
-of the CPU the server would otherwise have. Exit code 1 if any request failed.
+The image is `--image`, else the first file of the export's verification data folder (its
+manifest's `data.path`), else a generated PNG of the model's input size. The clients are
+asyncio coroutines over raw sockets in a process of their own; they share the machine with
+the server (about a tenth of a core at 1,000 requests a second). Exit code 1 if any request
+failed.
 """
 
 from __future__ import annotations
@@ -75,26 +80,35 @@ def request_image(export: Path) -> tuple[bytes, str]:
 
 def interpreter_ms(fmt: str, path: Path, image: bytes, threads: int) -> float:
     """Median ms of one single-image run of the model alone, on the preprocessed image."""
-    from vgg_mobile.data.dataset import resize_pixels
+    from vgg_mobile.data.dataset import resize_array
     from vgg_mobile.data.images import decode_rgb
 
     side = int(_manifest(path.parent)["input"]["size"][0])
-    pixels = resize_pixels(decode_rgb(image), side).numpy().astype(np.float32)
+    pixels = resize_array(decode_rgb(image), side).astype(np.float32)
     from vgg_mobile import runtimes
 
     return runtimes.load(path, fmt, threads).latency_ms(pixels)
 
 
 class Server:
-    """A `vgg-mobile serve-model` process on a free loopback port."""
+    """A `vgg-mobile serve-model` process on a free loopback port, from this checkout or from
+    another source tree (`source`: its `vgg_mobile` is imported first)."""
 
-    def __init__(self, export: Path, fmt: str, flavour: str, threads: int, concurrency: int | None):
+    def __init__(self, export: Path, fmt: str, flavour: str, threads: int, concurrency: int | None,
+                 workers: int = 1, source: Path | None = None):
+        port = _free_port() if workers > 1 else 0
         command = [sys.executable, "-m", "vgg_mobile", "serve-model", str(export), "--format", fmt,
-                   "--flavour", flavour, "--port", "0", "--threads", str(threads), "--no-access-log"]
+                   "--flavour", flavour, "--port", str(port), "--threads", str(threads),
+                   "--no-access-log"]
         if concurrency:
             command += ["--concurrency", str(concurrency)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        env = dict(os.environ)
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+                                        text=True, env=env)
         line = self.process.stdout.readline()
         self.address = served_address(line)
         if self.address is None:
@@ -104,8 +118,45 @@ class Server:
         self._drain = threading.Thread(target=self.process.stderr.read, daemon=True)
         self._drain.start()
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its worker processes."""
+        return sum(_rss(pid) for pid in _process_tree(self.process.pid))
+
     def stop(self) -> None:
         processes.stop(self.process)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux `/proc`)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                queue += [int(child) for child in children.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _request(address, image: bytes, path: str = "/predict") -> bytes:
@@ -167,10 +218,11 @@ def _client_process(address, request: bytes, clients: int, seconds: float, answe
     answer.send(asyncio.run(_clients(address, request, clients, seconds)))
 
 
-def load_test(address, image: bytes, clients: int, seconds: float) -> dict:
+def load_test(address, image: bytes, clients: int, seconds: float, rss=None) -> dict:
     """`clients` connections posting `image` for `seconds`, from a process of their own
     (asyncio over raw sockets: a client costs the machine little of what the server could
-    use): latencies and failures."""
+    use): latencies and failures; with `rss` (a function giving the server's resident bytes),
+    its mean over the first and the last third of the run."""
     import asyncio
     import multiprocessing
 
@@ -182,19 +234,36 @@ def load_test(address, image: bytes, clients: int, seconds: float) -> dict:
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_client_process,
                               args=(address, request, clients, seconds, send))
+    began = time.perf_counter()
     process.start()
+    samples = []
+    while rss is not None and not receive.poll(1.0):
+        samples.append((time.perf_counter() - began, rss()))
     result = receive.recv()
     process.join()
+    if samples:
+        third = seconds / 3
+        first = [value for at, value in samples if at <= third]
+        last = [value for at, value in samples if at >= seconds - third]
+        result["rss_first_mb"] = float(np.mean(first or [samples[0][1]])) / 2**20
+        result["rss_last_mb"] = float(np.mean(last or [samples[-1][1]])) / 2**20
     return result
 
 
 def table(rows: list[dict], clients: int, seconds: float) -> str:
-    lines = [f"{clients} concurrent clients for {seconds:g} s on loopback, one image per request",
-             "", "| backend | requests | throughput (req/s) | p50 latency (ms) | p99 latency (ms) "
-             "| errors | interpreter alone (ms/image) |", "|---|---|---|---|---|---|---|"]
+    lines = [f"{clients} concurrent clients for {seconds:g} s on loopback, one image per request; "
+             "single: one client alone, the same image, for 3 s; memory: the server's resident "
+             "set (all its processes), mean of the first and of the last third of the run",
+             "", "| backend | server | requests | throughput (req/s) | p50 latency (ms) "
+             "| p99 latency (ms) | errors | single p50 (ms) | p99 / single | memory MiB "
+             "(first -> last) | interpreter alone (ms/image) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['requests']} | {r['throughput']:.1f} | "
+        lines.append(f"| {r['backend']} | {r['server']} | {r['requests']} | {r['throughput']:.1f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+                     f"{r['single_ms']:.2f} | {r['p99_ms'] / r['single_ms']:.1f} | "
+                     f"{r['rss_first_mb']:.0f} -> {r['rss_last_mb']:.0f} "
+                     f"({100 * (r['rss_last_mb'] / r['rss_first_mb'] - 1):+.1f} %) | "
                      f"{r['interpreter_ms']:.2f} |")
     return "\n".join(lines)
 
@@ -209,29 +278,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="serve-model --threads.")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="serve-model --concurrency (default: its own, the CPU count).")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="serve-model --workers: a row for each count.")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="Another source tree (a git worktree of an older commit, say): each "
+                             "row is measured against its server first, in the same run.")
     parser.add_argument("--image", type=Path, default=None,
                         help="The image every request posts (default: the export's data).")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.seconds <= 0:
-        parser.error("--clients must be >= 1 and --seconds > 0")
+    if args.clients < 1 or args.seconds <= 0 or min(args.workers) < 1:
+        parser.error("--clients and --workers must be >= 1 and --seconds > 0")
+    if args.baseline and not (args.baseline / "vgg_mobile").is_dir():
+        parser.error(f"{args.baseline}: not a source tree (no vgg_mobile/ folder)")
     if not (args.export / "manifest.json").is_file():
         parser.error(f"{args.export}: not an export folder (no manifest.json)")
     backends = available(args.export, tuple(args.backends))
     if not backends:
         parser.error(f"{args.export}: holds none of {', '.join(args.backends)}")
     image, source = (args.image.read_bytes(), str(args.image)) if args.image else request_image(args.export)
+    sources = ([("before", args.baseline)] if args.baseline else []) + [("now", None)]
     rows = []
     for fmt, flavour, path in backends:
-        server = Server(args.export, fmt, flavour, args.threads, args.concurrency)
-        try:
-            result = load_test(server.address, image, args.clients, args.seconds)
-        finally:
-            server.stop()
-        result["interpreter_ms"] = interpreter_ms(fmt, path, image, args.threads)
-        result["backend"] = f"{'LiteRT' if fmt == 'tflite' else 'ONNX Runtime'} {flavour} ({path.name})"
-        rows.append(result)
-        print(f"{result['backend']}: {result['requests']} requests, {result['errors']} errors",
-              file=sys.stderr)
+        alone = interpreter_ms(fmt, path, image, args.threads)
+        for workers in args.workers:
+            for label, tree in sources:
+                server = Server(args.export, fmt, flavour, args.threads, args.concurrency,
+                                workers, tree)
+                try:
+                    single = load_test(server.address, image, 1, 3.0)
+                    result = load_test(server.address, image, args.clients, args.seconds,
+                                       rss=server.rss_bytes)
+                finally:
+                    server.stop()
+                result.update(interpreter_ms=alone, single_ms=single["p50_ms"],
+                              server=f"{label}, {workers} worker{'s' if workers > 1 else ''}",
+                              backend=f"{'LiteRT' if fmt == 'tflite' else 'ONNX Runtime'} "
+                                      f"{flavour} ({path.name})")
+                rows.append(result)
+                print(f"{result['backend']}, {result['server']}: {result['requests']} requests, "
+                      f"{result['errors']} errors", file=sys.stderr)
     print(table(rows, args.clients, args.seconds))
     print(f"\nimage: {source} ({len(image):,} bytes); machine: {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}; serve-model --threads "

@@ -17,22 +17,26 @@ def run(*args, timeout: float = 300):
                           text=True, timeout=timeout)
 
 
-# Two servers start (each loads TensorFlow for the resize): about 40 s on 2 cores.
+# Two servers start: about 30 s on 2 cores.
 @pytest.mark.slow
 def test_the_benchmark_measures_each_backend_and_prints_its_table(tiny):
     done = run(tiny.export_dir, "--clients", "2", "--seconds", "2",
                "--backends", "tflite:int8", "onnx:int8", "onnx:bfloat16")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| backend | requests | throughput (req/s) | p50 latency (ms) |")
+    assert rows[0].startswith("| backend | server | requests | throughput (req/s) | p50 latency")
     body = rows[1:]
     assert [row.split(" | ")[0] for row in body] == [
         "| LiteRT int8 (colours_int8.tflite)", "| ONNX Runtime int8 (colours_int8.onnx)"]
     for row in body:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        requests, throughput, p50, p99, errors, alone = cells[1:]
+        server, requests, throughput, p50, p99, errors, single, ratio, memory, alone = cells[1:]
+        assert server == "now, 1 worker"
         assert int(requests) > 10 and float(throughput) > 5 and errors == "0"
-        assert 0 < float(p50) <= float(p99) and float(alone) > 0
+        assert 0 < float(p50) <= float(p99) and float(alone) > 0 and float(single) > 0
+        assert float(ratio) == pytest.approx(float(p99) / float(single), abs=0.06)
+        first, last = (float(value) for value in re.findall(r"\d+(?= )", memory)[:2])
+        assert first > 50 and last > 50  # MiB: a Python process with a model loaded
     assert re.search(r"2 concurrent clients for 2 s", done.stdout)
     assert "generated 32x32 PNG" in done.stdout
 
