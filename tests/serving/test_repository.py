@@ -316,6 +316,15 @@ def test_version_folders_are_named_by_digits_and_checked_without_loading(tiny, t
     assert found[0].problem == "07/, 7/ name the same version 7; keep one"
     assert found[1].complete and found[1].fingerprint == fingerprint(repository / "12")
 
+    # A numbered symbolic link is a version that never loads, whatever it points at.
+    (repository / "13").symlink_to(repository / "12", target_is_directory=True)
+    (repository / "14").symlink_to("/etc")
+    linked = {folder.number: folder for folder in version_folders(repository)}
+    assert "13/ is a symbolic link" in linked[13].problem and not linked[13].complete
+    assert f"(to {repository / '12'})" in linked[13].problem
+    assert "14/ is a symbolic link (to /etc)" in linked[14].problem
+    assert linked[12].complete
+
     # A folder artifact (a TF.js bundle) is whole when its listed files add up to its size.
     bundle = shutil.copytree(tiny.export_dir, tmp_path / "bundle")
     (bundle / "tfjs").mkdir()

@@ -61,10 +61,21 @@ class VersionFolder:
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
+    """A folder, or a symbolic link (to a folder or not): a link is listed to be refused
+    (`version_folders`), not followed."""
     try:
-        return entry.is_dir()
+        return entry.is_symlink() or entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
+
+
+def _link_problem(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError as err:
+        target = f"unreadable: {err.strerror or err}"
+    return (f"{path.name}/ is a symbolic link (to {target}), not a folder: a version is read "
+            "only from inside the repository; copy the export folder in, then rename it")
 
 
 def _numbered(repository: Path) -> dict[int, list[Path]]:
@@ -163,14 +174,20 @@ def version_folders(repository: Path) -> list[VersionFolder]:
     """The numbered folders of `repository`, oldest first, each checked for completeness.
 
     Files, hidden folders and folders whose name is not all digits are not versions. Two
-    folders naming one version (`1/` and `01/`) are a problem of that version: neither loads.
+    folders naming one version (`1/` and `01/`) are a problem of that version: neither loads;
+    so is a numbered symbolic link, which is never followed (it may lead anywhere).
     """
     folders = []
     for number, paths in sorted(_numbered(repository).items()):
-        prints = tuple(item for path in paths for item in fingerprint(path))
+        links = [path for path in paths if path.is_symlink()]
+        prints = tuple(item for path in paths for item in
+                       (((os.path.basename(path), -1, -1),) if path in links
+                        else fingerprint(path)))
         if len(paths) > 1:
             names = ", ".join(f"{path.name}/" for path in paths)
             problem = f"{names} name the same version {number}; keep one"
+        elif links:
+            problem = _link_problem(links[0])
         else:
             problem = incomplete_reason(paths[0])
         folders.append(VersionFolder(number, paths[0], prints, problem))
