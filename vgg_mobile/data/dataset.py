@@ -517,7 +517,6 @@ def resize_pixels(image, size: int | tuple[int, int]):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-@functools.lru_cache(maxsize=256)
 def _bilinear_taps(in_size: int, out_size: int):
     """For each output row (or column): the two input rows it reads and the weight of the
     second, as TensorFlow's CPU kernel computes them (half-pixel centres, float32)."""
@@ -529,13 +528,24 @@ def _bilinear_taps(in_size: int, out_size: int):
     return lower, upper, (position - floor).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _bilinear_plan(source: tuple[int, int], size: tuple[int, int]):
+    """The four input pixels of each output pixel, as indices into the flattened input
+    `(4, height, width)`, and the weights across `(1, width, 1)` and down `(height, 1, 1)`."""
+    top, bottom, y_lerp = _bilinear_taps(source[0], size[0])
+    left, right, x_lerp = _bilinear_taps(source[1], size[1])
+    rows = np.stack([top, top, bottom, bottom])[:, :, None] * source[1]
+    columns = np.stack([left, right, left, right])[:, None, :]
+    return rows + columns, x_lerp[None, :, None], y_lerp[:, None, None]
+
+
 def resize_array(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """`resize_pixels` in NumPy, for one image outside a TensorFlow graph (the service).
 
     The same arithmetic as TensorFlow's bilinear kernel, in float32 and in its order, so the
     pixels are those of `resize_pixels` (tests compare them); without TensorFlow's per-op
     overhead, which costs more than the resize itself on a small image, and reading only the
-    input rows that the output needs.
+    input pixels that the output needs.
 
     Args:
         image: `uint8` pixels `(height, width, 3)`.
@@ -544,19 +554,20 @@ def resize_array(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     Returns:
         `uint8` pixels `(height, width, 3)` of the new size.
     """
-    height, width = (size, size) if isinstance(size, int) else size
-    top, bottom, y_lerp = _bilinear_taps(image.shape[0], height)
-    left, right, x_lerp = _bilinear_taps(image.shape[1], width)
-    x_lerp = x_lerp[None, :, None]
-
-    def across(rows):  # each output column from the two input columns around it
-        rows = rows.astype(np.float32)
-        first = np.take(rows, left, axis=1)
-        return first + (np.take(rows, right, axis=1) - first) * x_lerp
-
-    top_row, bottom_row = across(image[top]), across(image[bottom])
-    out = top_row + (bottom_row - top_row) * y_lerp[:, None, None]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    index, x_lerp, y_lerp = _bilinear_plan(image.shape[:2], size)
+    top_left, top_right, bottom_left, bottom_right = (
+        np.take(image.reshape(-1, image.shape[2]), index, axis=0).astype(np.float32))
+    top_right -= top_left
+    top_right *= x_lerp
+    top_left += top_right  # the top row: top_left + (top_right - top_left) * x_lerp
+    bottom_right -= bottom_left
+    bottom_right *= x_lerp
+    bottom_left += bottom_right
+    bottom_left -= top_left
+    bottom_left *= y_lerp
+    top_left += bottom_left  # top + (bottom - top) * y_lerp
+    return np.clip(np.round(top_left, out=top_left), 0, 255, out=top_left).astype(np.uint8)
 
 
 def decode_and_resize(path, image_size: int):
