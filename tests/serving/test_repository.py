@@ -9,6 +9,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving_models import call, clients_under_load, serving, write_export
+from serving_models import call, clients_under_load, free_port, serving, write_export
 from vgg_mobile.serving.app import ServeConfig, create_app
 from vgg_mobile.serving.repository import (fingerprint, incomplete_reason, is_repository,
                                            version_folders)
@@ -305,6 +308,35 @@ def test_a_single_export_folder_serves_as_before_and_names_its_version(tiny):
     assert client.post("/admin/reload").json()["changed"] is False
     spec = client.get("/openapi.json").json()
     assert "X-Model-Version" in spec["paths"]["/predict"]["post"]["responses"]["200"]["headers"]
+
+
+def test_each_worker_process_swaps_in_a_new_version_and_logs_it(tiny, second, tmp_path):
+    repository = tmp_path / "colours"
+    deploy(tiny.export_dir, repository, 1)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vgg_mobile", "serve-model", str(repository), "--port", str(port),
+         "--workers", "2", "--poll-seconds", "0.2", "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "with 2 worker processes" in process.stdout.readline()
+        address = ("127.0.0.1", port)
+        wait_for(lambda: _health(address), "the workers to answer")
+        deploy(second, repository, 2)
+        # Fresh connections reach either worker: both must answer version 2 for a while.
+        wait_for(lambda: all(_health(address) == "2" for _ in range(20)), "version 2 everywhere")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert stderr.count(f"now serving version 2 of {repository} (was version 1)") == 2, stderr
+
+
+def _health(address) -> str | None:
+    try:
+        status, body = call(address, "GET", "/health")
+    except OSError:
+        return None
+    return body["model_version"] if status == 200 else None
 
 
 def test_version_folders_are_named_by_digits_and_checked_without_loading(tiny, tmp_path):

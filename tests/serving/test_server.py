@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from serving_models import call, clients_under_load, replace_file, serving
+from serving_models import call, clients_under_load, free_port, replace_file, serving
 from vgg_mobile.serving.app import ServeConfig, create_app
 
 
@@ -136,12 +136,6 @@ def test_the_command_serves_reloads_on_sighup_and_stops_cleanly(tiny, tmp_path):
     assert "SIGHUP reload: now serving version 2" in stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
     """Established connections to `port` that each process holds (from /proc)."""
     inodes = set()
@@ -160,7 +154,7 @@ def _connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
 
 def test_workers_each_listen_and_share_the_keep_alive_clients(tiny):
     # uvicorn's workers shared one socket, and 16 keep-alive clients all went to one of them.
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "vgg_mobile", "serve-model", str(tiny.export_dir), "--port",
          str(port), "--workers", "2", "--no-access-log"], stdout=subprocess.PIPE,

@@ -140,6 +140,13 @@ def build(root: Path) -> TinyModels:
     return TinyModels(first, files, export_dir, requests)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (`--workers` needs a port number, not 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def serving(app):
     """Runs `app` in uvicorn on a free loopback port, as `serve-model` runs it (its connection

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import socket
@@ -59,22 +58,6 @@ def _bind(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as err:
         raise click.ClickException(f"cannot listen on {host}:{port} ({err.strerror or err})")
-
-
-class _Stderr(logging.Handler):
-    """The service's log lines (a version refused, a new one serving) on stderr, beside
-    uvicorn's, through `log`: stderr is looked up at each line, as click does."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        log(f"{record.levelname + ':':<10}{self.format(record)}")  # uvicorn's layout
-
-
-def _show_service_log() -> None:
-    """Shows the service's INFO lines too: without a handler, Python shows only warnings."""
-    logger = logging.getLogger("vgg_mobile.serving")
-    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
-        logger.addHandler(_Stderr())
-    logger.setLevel(logging.INFO)
 
 
 def _reload_on_hangup(service) -> None:
@@ -169,7 +152,8 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
     from vgg_mobile.serving.app import CONFIG_ENV, ModelService, create_app
     from vgg_mobile.serving.metrics import ServingMetrics
     from vgg_mobile.serving.models import ModelChoice
-    from vgg_mobile.serving.server import Server, raise_open_file_limit, uvicorn_config
+    from vgg_mobile.serving.server import (Server, raise_open_file_limit, show_service_log,
+                                           uvicorn_config)
 
     config = ServeConfig(artifact=artifact, choice=ModelChoice(format_, flavour), threads=threads,
                          concurrency=concurrency or os.cpu_count() or 1,
@@ -178,7 +162,7 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
                          body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
                          poll_seconds=poll_seconds)
-    _show_service_log()
+    show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()
     if host not in _LOOPBACK:

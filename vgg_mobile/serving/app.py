@@ -1181,8 +1181,9 @@ def app_from_environment():
     if not text:
         raise BadInputError(f"{CONFIG_ENV} is not set: start workers with `vgg-mobile "
                             "serve-model --workers N`")
-    from vgg_mobile.serving.server import AcceptErrors, raise_open_file_limit
+    from vgg_mobile.serving.server import AcceptErrors, raise_open_file_limit, show_service_log
 
+    show_service_log()
     raise_open_file_limit()
     with contextlib.suppress(RuntimeError):  # uvicorn builds the app inside its event loop
         asyncio.get_running_loop().set_exception_handler(AcceptErrors())

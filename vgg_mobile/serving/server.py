@@ -24,6 +24,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import time
 
 import uvicorn
@@ -69,6 +70,28 @@ def no_delay(transport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Stderr(logging.Handler):
+    """The service's log lines on stderr in uvicorn's layout; stderr is looked up at each
+    line, as click does (a test's captured stderr gets them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{record.levelname + ':':<10}{self.format(record)}", file=sys.stderr,
+                  flush=True)
+        except Exception:  # noqa: BLE001 - logging must not fail the request
+            self.handleError(record)
+
+
+def show_service_log() -> None:
+    """Shows the service's INFO lines (a version refused, a new one serving) on stderr,
+    beside uvicorn's, in `serve-model` and in each of its worker processes: without a
+    handler, Python shows only warnings."""
+    logger = logging.getLogger("vgg_mobile.serving")
+    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.INFO)
 
 
 class ConnectionDeadlines:
