@@ -90,6 +90,15 @@ def interpreter_ms(fmt: str, path: Path, image: bytes, threads: int) -> float:
     return runtimes.load(path, fmt, threads).latency_ms(pixels)
 
 
+# `python -c` code that runs `vgg_mobile` from the source tree in its first argument: an
+# editable install's import hook would otherwise find this checkout's whatever `sys.path` says;
+# the tree's top-level `converters/` is installed as `vgg_mobile.converters`.
+_FROM_TREE = ("import runpy, sys; tree = sys.argv.pop(1); sys.meta_path[:] = [f for f in "
+              "sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]; "
+              "sys.path.insert(0, tree); import vgg_mobile; vgg_mobile.__path__.append(tree); "
+              "runpy.run_module('vgg_mobile', run_name='__main__', alter_sys=True)")
+
+
 class Server:
     """A `vgg-mobile serve-model` process on a free loopback port, from this checkout or from
     another source tree (`source`: its `vgg_mobile` is imported first)."""
@@ -97,18 +106,16 @@ class Server:
     def __init__(self, export: Path, fmt: str, flavour: str, threads: int, concurrency: int | None,
                  workers: int = 1, source: Path | None = None):
         port = _free_port() if workers > 1 else 0
-        command = [sys.executable, "-m", "vgg_mobile", "serve-model", str(export), "--format", fmt,
+        start = ["-m", "vgg_mobile"] if source is None else ["-c", _FROM_TREE, str(source)]
+        command = [sys.executable, *start, "serve-model", str(export), "--format", fmt,
                    "--flavour", flavour, "--port", str(port), "--threads", str(threads),
                    "--no-access-log"]
         if concurrency:
             command += ["--concurrency", str(concurrency)]
         if workers > 1:
             command += ["--workers", str(workers)]
-        env = dict(os.environ)
-        if source is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env)
+                                        text=True)
         line = self.process.stdout.readline()
         self.address = served_address(line)
         if self.address is None:
@@ -218,6 +225,21 @@ def _client_process(address, request: bytes, clients: int, seconds: float, answe
     answer.send(asyncio.run(_clients(address, request, clients, seconds)))
 
 
+def _wait_until_listening(address, timeout: float = 120.0) -> None:
+    """Worker processes start listening after `serve-model` printed its address."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(address, timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"nothing listens on {address} after {timeout:g} s") from None
+            time.sleep(0.2)
+
+
 def load_test(address, image: bytes, clients: int, seconds: float, rss=None) -> dict:
     """`clients` connections posting `image` for `seconds`, from a process of their own
     (asyncio over raw sockets: a client costs the machine little of what the server could
@@ -227,6 +249,7 @@ def load_test(address, image: bytes, clients: int, seconds: float, rss=None) -> 
     import multiprocessing
 
     request = _request(address, image)
+    _wait_until_listening(address)
     warm = asyncio.run(_clients(address, request, 1, 0.5))
     if warm["errors"] or not warm["requests"]:
         raise SystemExit(f"warm-up requests to {address} failed")
