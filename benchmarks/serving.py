@@ -226,7 +226,8 @@ def _client_process(address, request: bytes, clients: int, seconds: float, answe
 
 
 def _wait_until_listening(address, timeout: float = 120.0) -> None:
-    """Worker processes start listening after `serve-model` printed its address."""
+    """Waits for the server to listen (an older `serve-model --workers` printed its address
+    before its workers listened)."""
     import socket
 
     deadline = time.monotonic() + timeout

@@ -163,7 +163,8 @@ def test_workers_each_listen_and_share_the_keep_alive_clients(tiny):
     try:
         assert "with 2 worker processes" in process.stdout.readline()
         address = ("127.0.0.1", port)
-        _wait_for(address, lambda body: True)
+        # Printed once the workers answer: the first request after it gets in.
+        assert call(address, "GET", "/health")[0] == 200
         # A second server on the port is refused, not handed half the connections.
         second = subprocess.run(
             [sys.executable, "-m", "vgg_mobile", "serve-model", str(tiny.export_dir), "--port",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import socket
@@ -178,14 +179,16 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
         # Checked here once, so a bad ARTIFACT stops with its message before any worker starts.
         model = ModelService(dataclasses.replace(config, concurrency=1), ServingMetrics()).current
         os.environ[CONFIG_ENV] = config.to_json()
-        click.echo(f"serving {model.path} ({model.format}, version {model.version}) at "
-                   f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
         uvicorn_config = uvicorn.Config(
             "vgg_mobile.serving.app:app_from_environment", factory=True, host=host, port=port,
             workers=workers, access_log=access_log, log_level="info", loop=LOOP,
             http="vgg_mobile.serving.server:protocol_from_environment")
+        # Printed once the workers answer: a client may connect as soon as it reads it.
+        ready = functools.partial(
+            click.echo, f"serving {model.path} ({model.format}, version {model.version}) at "
+            f"http://{host}:{port}/ with {workers} worker processes (Ctrl+C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
-            Workers(uvicorn_config, host, port).run()
+            Workers(uvicorn_config, host, port, ready).run()
         return
     app = create_app(config)
     model = app.state.service.current

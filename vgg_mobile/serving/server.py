@@ -55,6 +55,8 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 # accept loop of asyncio's, whose failing accepts it counts and answers by closing idle
 # connections.
 LOOP = "asyncio"
+# How long `Workers` waits for its first workers to answer before it says it serves.
+WORKER_START_SECONDS = 120.0
 
 
 def no_delay(transport) -> None:
@@ -351,9 +353,11 @@ class Workers(Multiprocess):
     socket each, the kernel spreads connections over the workers.
     """
 
-    def __init__(self, config: uvicorn.Config, host: str, port: int):
+    def __init__(self, config: uvicorn.Config, host: str, port: int, ready=None):
+        """`ready`: called once every first worker answers (or one failed to start)."""
         super().__init__(config, sockets=[])
         self.address = (host, port)
+        self.ready = ready
 
     def _started(self) -> Process:
         """A worker started on a new socket; the parent's copy is closed at once, so a
@@ -368,6 +372,10 @@ class Workers(Multiprocess):
 
     def init_processes(self) -> None:
         self.processes = [self._started() for _ in range(self.processes_num)]
+        for process in self.processes:  # loading the model takes seconds
+            process.wait_until_ready(WORKER_START_SECONDS)
+        if self.ready is not None:
+            self.ready()
 
     def keep_subprocess_alive(self) -> None:
         for index, process in enumerate(self.processes):
