@@ -133,12 +133,17 @@ def _reload_on_hangup(service) -> None:
               type=POLL_SECONDS,
               help="How often a model repository is looked at for new version folders; 0: "
                    "only on POST /admin/reload or SIGHUP.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="A traffic policy (TOML) over the versions of a model repository: a canary "
+                   "share, an A/B split sticky per client header, or a shadow whose answers "
+                   "are only compared. See docs/serving.md.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
-                    poll_seconds, access_log):
+                    poll_seconds, policy, access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
@@ -162,7 +167,7 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_pixels=max_pixels, max_request_pixels=max_request_pixels,
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
                          body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
-                         poll_seconds=poll_seconds)
+                         poll_seconds=poll_seconds, policy=policy)
     show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()

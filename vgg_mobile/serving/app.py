@@ -48,6 +48,7 @@ from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
 from vgg_mobile.serving.repository import Repository, VersionFolder, Watcher, is_repository
 from vgg_mobile.serving.server import TIMED_OUT, pin_mmap_threshold, release_memory
+from vgg_mobile.serving.traffic import Comparisons, read_policy
 
 log = logging.getLogger("vgg_mobile.serving")
 
@@ -120,6 +121,9 @@ class ServeConfig:
         poll_seconds: How often a model repository is looked at for new versions; `0` looks
             only on `POST /admin/reload` (or SIGHUP). Unused for a file or export folder.
             Defaults to `2.0`.
+        policy: A traffic policy file (`traffic.read_policy`) over the versions of the model
+            repository: a canary share, an A/B split or a shadow. Defaults to `None` (the
+            newest version answers everything).
     """
 
     artifact: Path
@@ -136,6 +140,7 @@ class ServeConfig:
     top_k: int = 3
     admin_token: str | None = None
     poll_seconds: float = 2.0
+    policy: Path | None = None
 
     def __post_init__(self):
         for name in ("threads", "concurrency", "max_upload_bytes", "max_images", "max_pixels",
@@ -155,12 +160,14 @@ class ServeConfig:
                 "characters")
 
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "artifact": str(self.artifact)})
+        return json.dumps({**dataclasses.asdict(self), "artifact": str(self.artifact),
+                           "policy": None if self.policy is None else str(self.policy)})
 
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         data = json.loads(text)
         return cls(**{**data, "artifact": Path(data["artifact"]),
+                      "policy": None if data.get("policy") is None else Path(data["policy"]),
                       "choice": ModelChoice(**data["choice"])})
 
 
@@ -199,8 +206,19 @@ class ModelService:
         self.repository = Repository(config.artifact) if is_repository(config.artifact) else None
         require(model is None or self.repository is None, "a model repository loads its "
                 "versions itself: give no model", str(config.artifact))
+        self.policy = read_policy(config.policy) if config.policy is not None else None
+        require(self.policy is None or self.repository is not None, "a traffic policy splits "
+                "requests between the versions of a model repository (a folder of numbered "
+                "export folders); ARTIFACT is one model", str(config.artifact))
+        # While a policy holds: the model of every version it names.
+        self.routed: dict[int, ServedModel] = {}
         self.previous: ServedModel | None = None
-        self.current = model or (self._start_repository() if self.repository else self._load())
+        if model is not None:
+            self.current = model
+        elif self.policy is not None:
+            self.current = self._start_policy()
+        else:
+            self.current = self._start_repository() if self.repository else self._load()
         metrics.loads.labels(result="ok").inc()
         self._serving(self.current)
 
@@ -254,6 +272,47 @@ class ModelService:
         raise BadInputError(f"{self.repository.path}: no version of this model repository can "
                             f"be served: {'; '.join(reasons)}")
 
+    def _start_policy(self) -> ServedModel:
+        """Loads every version the policy names, stable's first: they serve side by side.
+
+        Raises:
+            BadInputError: A version the policy names is not in the repository, is
+                incomplete, or fails to load or pass its check; the message names the key.
+        """
+        policy, where = self.policy, self.policy.source
+        folders = {folder.number: folder for folder in self.repository.scan()}
+        self.repository.note(list(folders.values()), None)
+        for number in policy.versions:
+            folder, key = folders.get(number), policy.key_of(number)
+            if folder is None:
+                raise BadInputError(f"{where}: {key} names version {number}, which is not in "
+                                    f"{self.repository.path} (versions: "
+                                    f"{', '.join(map(str, folders)) or 'none'})")
+            model = self._load_version(folder) if folder.complete else None
+            if model is None:
+                reason = (self.repository.refused[number].reason if folder.complete
+                          else f"incomplete: {folder.problem}")
+                raise BadInputError(f"{where}: {key} names version {number}, which cannot "
+                                    f"serve: {reason}")
+            self.repository.loaded(folder)
+            self.routed[number] = model
+        log.info("traffic policy %s: %s", where, json.dumps(policy.describe()))
+        return self.routed[policy.stable]
+
+    @property
+    def policy_active(self) -> bool:
+        return bool(self.routed)
+
+    def route(self, headers) -> tuple[ServedModel, ServedModel | None]:
+        """The model that answers a request with these headers, and the one its answer is
+        compared with (`None`: no comparison), under the policy while it holds."""
+        routed, policy = self.routed, self.policy
+        if not routed:
+            return self.current, None
+        key = headers.get(policy.header) if policy.header else None
+        answer, other = policy.route(key)
+        return routed[answer], (None if other is None else routed[other])
+
     def _serve_newest(self, folders: list[VersionFolder]) -> bool:
         """Swaps in the newest candidate version (`Repository.candidates`) that loads; an
         older candidate is tried when a newer one is refused. The caller holds `_swap`.
@@ -288,8 +347,9 @@ class ModelService:
 
     def watch(self) -> Watcher | None:
         """Starts the thread that polls a repository every `config.poll_seconds`; `None`
-        when there is nothing to watch (a file, an export folder, `poll_seconds` 0)."""
-        if self.repository is None or not self.config.poll_seconds:
+        when there is nothing to watch (a file, an export folder, `poll_seconds` 0, a traffic
+        policy, which pins its versions)."""
+        if self.repository is None or not self.config.poll_seconds or self.policy is not None:
             return None
         return Watcher(self.poll, self.config.poll_seconds).start()
 
@@ -315,6 +375,11 @@ class ModelService:
             Refusal: 409 while another reload or rollback runs; 422 when the new model is
                 refused (the old one keeps serving).
         """
+        if self.policy is not None:
+            raise Refusal(409, "policy_pins_versions", f"the traffic policy "
+                          f"{self.policy.source} pins versions "
+                          f"{', '.join(map(str, self.policy.versions))}: change the policy and "
+                          "restart, or roll back to end it")
         if not self._swap.acquire(blocking=False):
             raise Refusal(409, "busy", "another reload or rollback is running")
         try:
@@ -356,7 +421,8 @@ class ModelService:
                 "previous": _summary(self.previous)}
 
     def rollback(self) -> dict:
-        """Serves the previous model again (a second rollback returns to the newer one).
+        """Serves the previous model again (a second rollback returns to the newer one); while
+        a traffic policy holds, ends it instead: the stable version answers everything.
 
         Raises:
             Refusal: 409 with no previous model, or while a reload runs.
@@ -364,6 +430,8 @@ class ModelService:
         if not self._swap.acquire(blocking=False):
             raise Refusal(409, "busy", "another reload or rollback is running")
         try:
+            if self.routed:
+                return self._end_policy()
             if self.previous is None:
                 self.metrics.rollbacks.labels(result="refused").inc()
                 raise Refusal(409, "no_previous_model", "no previous model is loaded: "
@@ -377,6 +445,18 @@ class ModelService:
                     "previous": _summary(self.previous)}
         finally:
             self._swap.release()
+
+    def _end_policy(self) -> dict:
+        """A rollback while a traffic policy holds: the policy ends, and the stable version
+        answers every request. The caller holds `_swap`."""
+        ended, self.routed = self.routed, {}
+        self.metrics.rollbacks.labels(result="ok").inc()
+        others = ", ".join(str(number) for number in ended if number != self.policy.stable)
+        log.warning("rolled back: the %s policy of %s ended; version %s answers every request "
+                    "and version %s no longer runs", self.policy.mode or "stable",
+                    self.policy.source, self.policy.stable, others or "-")
+        return {"changed": True, "model": _summary(self.current), "previous": None,
+                "policy": "ended"}
 
 
 def _summary(model: ServedModel | None) -> dict | None:
@@ -969,7 +1049,9 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     app.state.budget, app.state.classifier = budget, classifier
 
     disconnected = _add_error_handling(app, metrics, config)
-    _add_predict_route(app, service, config, metrics, disconnected, classifier)
+    comparisons = Comparisons(metrics, limit=4 * config.concurrency)
+    app.state.comparisons = comparisons
+    _add_predict_route(app, service, config, metrics, disconnected, classifier, comparisons)
     _add_information_routes(app, service, metrics)
     from vgg_mobile.serving.open_inference import add_open_inference_routes
     add_open_inference_routes(app, service, config, metrics, classifier)
@@ -1071,14 +1153,18 @@ def _authorize(request: Request, config: ServeConfig) -> None:
 
 
 def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics: ServingMetrics,
-                       disconnected, classifier: Classifier) -> None:
-    """`POST /predict`: one raw image or multipart file parts, classified by `classifier`."""
+                       disconnected, classifier: Classifier, comparisons: Comparisons) -> None:
+    """`POST /predict`: one raw image or multipart file parts, classified by `classifier` on
+    the version the traffic policy picks (`ModelService.route`), and compared after the
+    answer where the policy says (`comparisons`)."""
 
     @app.post("/predict", summary="Classify one image, or several in multipart file parts",
               description=PREDICT_DESCRIPTION, response_model=None,
               responses=PREDICT_RESPONSES, openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request, response: Response):
-        model = service.current  # this request's model, whatever a reload does meanwhile
+        # This request's model (and the one its answer is compared with), whatever a reload
+        # does meanwhile.
+        model, other = service.route(request.headers)
         top_k = _top_k(request, model, config.top_k)
         media = _media_type(request)
         try:
@@ -1100,10 +1186,31 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
             results.append({"filename": name, "predictions": predictions} if several
                            else {"predictions": predictions})
         metrics.images.inc(len(results))
+        metrics.answered.labels(version=model.version).inc()
+        if other is not None and comparisons.admit():
+            comparisons.start(_compare(classifier, comparisons, uploads, probs, model, other,
+                                       str(service.policy.stable)))
         about = {"model_version": model.version, "model_sha256": model.sha256,
                  "format": model.format}
         response.headers["X-Model-Version"] = model.version
         return {"images": results, **about} if several else {**results[0], **about}
+
+
+async def _compare(classifier: Classifier, comparisons: Comparisons, uploads, probs,
+                   model: ServedModel, other: ServedModel, stable: str) -> None:
+    """Runs a request's images on `other` too, after the answer, and counts where the two
+    versions' top-1 classes agree (by name: two versions may order their classes apart)."""
+    try:
+        theirs = await classifier.images(uploads, other)
+        agreed = [model.classes[int(mine.argmax())] == other.classes[int(row.argmax())]
+                  for mine, row in zip(probs, theirs)]
+        candidate = other if model.version == stable else model
+        comparisons.record(candidate.version, stable, agreed)
+    except Exception as err:  # noqa: BLE001 - a comparison never fails the service
+        log.warning("comparing version %s with %s failed: %s", model.version, other.version,
+                    _one_line(err))
+    finally:
+        comparisons.done()
 
 
 def _add_information_routes(app, service: ModelService, metrics: ServingMetrics) -> None:
@@ -1146,7 +1253,9 @@ def _add_information_routes(app, service: ModelService, metrics: ServingMetrics)
     async def model_info():
         model, previous = service.current, service.previous
         answer = {**model.describe(), "previous": _summary(previous),
-                  "rollback_available": previous is not None}
+                  "rollback_available": previous is not None or service.policy_active}
+        if service.policy is not None:
+            answer["traffic"] = {**service.policy.describe(), "active": service.policy_active}
         if service.repository is not None:  # the disk is read off the event loop
             answer["versions"] = await asyncio.get_running_loop().run_in_executor(
                 None, service.versions)

@@ -36,6 +36,20 @@ class ServingMetrics:
                              "result: ok, unchanged, refused or failed.", ["result"], registry=r)
         self.rollbacks = Counter("vgg_mobile_model_rollbacks", "Rollbacks to the previous "
                                  "model, by result.", ["result"], registry=r)
+        self.answered = Counter("vgg_mobile_answered_by_version", "Requests answered, by the "
+                                "model version that answered (a traffic policy splits them).",
+                                ["version"], registry=r)
+        self.compared = Counter("vgg_mobile_compared_images", "Images of live traffic run on "
+                                "two versions: the one that answered (or the shadow) and the "
+                                "reference (stable).", ["version", "reference"], registry=r)
+        self.agreed = Counter("vgg_mobile_agreed_images", "Compared images whose top-1 class "
+                              "the two versions agree on.", ["version", "reference"],
+                              registry=r)
+        self.agreement = Gauge("vgg_mobile_agreement", "Top-1 agreement of the two versions "
+                               "over their last 500 compared images.", ["version", "reference"],
+                               registry=r)
+        self.comparisons_skipped = Counter("vgg_mobile_comparisons_skipped", "Comparisons not "
+                                           "run because too many were waiting.", registry=r)
         self.model_info = Gauge("vgg_mobile_model_info", "The model serving now (value 1).",
                                 ["name", "version", "sha256", "format", "flavour"], registry=r)
         # Registered on the first version number: a single model has none, and an unset
