@@ -104,7 +104,7 @@ class Server:
     another source tree (`source`: its `vgg_mobile` is imported first)."""
 
     def __init__(self, export: Path, fmt: str, flavour: str, threads: int, concurrency: int | None,
-                 workers: int = 1, source: Path | None = None):
+                 workers: int = 1, source: Path | None = None, flags: tuple[str, ...] = ()):
         port = _free_port() if workers > 1 else 0
         start = ["-m", "vgg_mobile"] if source is None else ["-c", _FROM_TREE, str(source)]
         command = [sys.executable, *start, "serve-model", str(export), "--format", fmt,
@@ -114,6 +114,7 @@ class Server:
             command += ["--concurrency", str(concurrency)]
         if workers > 1:
             command += ["--workers", str(workers)]
+        command += list(flags)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
         line = self.process.stdout.readline()
@@ -131,6 +132,17 @@ class Server:
 
     def stop(self) -> None:
         processes.stop(self.process)
+
+
+def _repository_of(export: Path) -> Path:
+    """A model repository (in a temporary folder) holding `export` as versions 1 and 2."""
+    import shutil
+    import tempfile
+
+    repository = Path(tempfile.mkdtemp(prefix="vgg-mobile-serving-")) / "models"
+    for version in ("1", "2"):
+        shutil.copytree(export, repository / version)
+    return repository
 
 
 def _free_port() -> int:
@@ -307,11 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="Another source tree (a git worktree of an older commit, say): each "
                              "row is measured against its server first, in the same run.")
+    parser.add_argument("--policy", type=Path, nargs="+", default=[],
+                        help="Traffic policy files (serve-model --policy): a row for each, served "
+                             "from a model repository holding EXPORT as versions 1 and 2.")
     parser.add_argument("--image", type=Path, default=None,
                         help="The image every request posts (default: the export's data).")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0 or min(args.workers) < 1:
         parser.error("--clients and --workers must be >= 1 and --seconds > 0")
+    for path in args.policy:
+        if not path.is_file():
+            parser.error(f"{path}: no such policy file")
     if args.baseline and not (args.baseline / "vgg_mobile").is_dir():
         parser.error(f"{args.baseline}: not a source tree (no vgg_mobile/ folder)")
     if not (args.export / "manifest.json").is_file():
@@ -320,14 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     if not backends:
         parser.error(f"{args.export}: holds none of {', '.join(args.backends)}")
     image, source = (args.image.read_bytes(), str(args.image)) if args.image else request_image(args.export)
-    sources = ([("before", args.baseline)] if args.baseline else []) + [("now", None)]
+    # (label, source tree, ARTIFACT, extra flags) of each server a row measures.
+    servers = [("before", args.baseline, args.export, ())] if args.baseline else []
+    servers.append(("now", None, args.export, ()))
+    if args.policy:
+        repository = _repository_of(args.export)
+        servers += [(f"now, policy {path.name}", None, repository, ("--policy", str(path)))
+                    for path in args.policy]
     rows = []
     for fmt, flavour, path in backends:
         alone = interpreter_ms(fmt, path, image, args.threads)
         for workers in args.workers:
-            for label, tree in sources:
-                server = Server(args.export, fmt, flavour, args.threads, args.concurrency,
-                                workers, tree)
+            for label, tree, artifact, flags in servers:
+                server = Server(artifact, fmt, flavour, args.threads, args.concurrency,
+                                workers, tree, flags)
                 try:
                     single = load_test(server.address, image, 1, 3.0)
                     result = load_test(server.address, image, args.clients, args.seconds,
@@ -341,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(result)
                 print(f"{result['backend']}, {result['server']}: {result['requests']} requests, "
                       f"{result['errors']} errors", file=sys.stderr)
+    if args.policy:
+        import shutil
+
+        shutil.rmtree(repository.parent, ignore_errors=True)
     print(table(rows, args.clients, args.seconds))
     print(f"\nimage: {source} ({len(image):,} bytes); machine: {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}; serve-model --threads "
