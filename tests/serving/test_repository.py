@@ -114,7 +114,8 @@ def test_a_new_version_is_picked_up_and_every_answer_names_it(tiny, second, tmp_
     with local_client(app) as client:
         body = predict(client, tiny)
         assert body["model_version"] == "1" and body["model_sha256"] == sha256(tiny.files["int8"])
-        assert set(body) == {"predictions", "model_version", "model_sha256", "format"}
+        assert set(body) == {"predictions", "request_id", "model_version", "model_sha256",
+                             "format"}
         model = client.get("/model").json()
         assert (model["version"], model["path"], model["source"]) == ("1", f"1/{MODEL}", "colours")
         assert model["versions"] == [{"version": "1", "state": "serving"}]

@@ -71,7 +71,8 @@ def post(client, data: bytes, key: str | None = None):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("stable = 1\ncolour = 2", "colour = 2: unknown key; the keys are ab, canary, shadow, stable"),
+    ("stable = 1\ncolour = 2", "colour = 2: unknown key; the keys are ab, canary, rollback, "
+     "shadow, stable"),
     ("stable = 1\n[canary]\nversion = 2\nshare = 0.1\nweight = 3",
      "canary.weight = 3: unknown key; the keys are header, share, version"),
     ("[canary]\nversion = 2\nshare = 0.1", "stable is missing"),
@@ -154,7 +155,8 @@ def test_a_canary_answers_its_share_sticky_per_client_and_is_compared(repository
         assert rate == pytest.approx(agreed[(("reference", "1"), ("version", "2"))] / canary)
         model = client.get("/model").json()
         assert model["traffic"] == {"mode": "canary", "stable": 1, "shares": {"1": 0.5, "2": 0.5},
-                                    "shadow": None, "header": "x-client-id", "active": True}
+                                    "shadow": None, "header": "x-client-id", "rollback": None,
+                                    "active": True}
         assert model["rollback_available"] is True
         # The policy pins its versions: a reload is refused, a rollback ends the canary.
         reload = client.post("/admin/reload")
@@ -206,6 +208,6 @@ def test_comparisons_beyond_the_waiting_limit_are_skipped_and_counted():
     assert metrics.comparisons_skipped._value.get() == 1
     comparisons.done()
     assert comparisons.admit()
-    assert comparisons.record("2", "1", [True, False, True, True]) == 0.75
+    assert comparisons.record("2", "1", [True, False, True, True]) == (0.75, 4)
     # The rolling agreement is over the last 500 images: the first two fall out.
-    assert comparisons.record("2", "1", [False] * 498) == pytest.approx(2 / 500)
+    assert comparisons.record("2", "1", [False] * 498) == (pytest.approx(2 / 500), 500)

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from vgg_mobile.core.errors import BadInputError, VggMobileError, require
+from vgg_mobile.core.errors import BadInputError, VggMobileError, clip, require
 from vgg_mobile.data.images import (CORRUPT, FORMAT_NAMES, NOT_AN_IMAGE, TOO_MANY_PIXELS,
                                     ImageError, ImageHeader, decode_rgb, read_header)
 from vgg_mobile.serving.metrics import ServingMetrics
@@ -48,6 +49,7 @@ from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
 from vgg_mobile.serving.repository import Repository, VersionFolder, Watcher, is_repository
 from vgg_mobile.serving.server import TIMED_OUT, pin_mmap_threshold, release_memory
+from vgg_mobile.serving.rollback import Answered, Feedback, Judge, Rules
 from vgg_mobile.serving.traffic import Comparisons, read_policy
 
 log = logging.getLogger("vgg_mobile.serving")
@@ -212,6 +214,11 @@ class ModelService:
                 "export folders); ARTIFACT is one model", str(config.artifact))
         # While a policy holds: the model of every version it names.
         self.routed: dict[int, ServedModel] = {}
+        # Each version's recent requests and labelled feedback, judged by the policy's
+        # `[rollback]` rules (none: only the accuracy gauges).
+        self.judge = Judge(self.policy.rules if self.policy and self.policy.rules else Rules(),
+                           str(self.policy.stable) if self.policy else "")
+        self.feedback = Feedback()
         self.previous: ServedModel | None = None
         if model is not None:
             self.current = model
@@ -446,17 +453,39 @@ class ModelService:
         finally:
             self._swap.release()
 
-    def _end_policy(self) -> dict:
+    def _end_policy(self, reason: str | None = None) -> dict:
         """A rollback while a traffic policy holds: the policy ends, and the stable version
-        answers every request. The caller holds `_swap`."""
+        answers every request; `reason`: why, when no one asked for it. The caller holds
+        `_swap`."""
         ended, self.routed = self.routed, {}
-        self.metrics.rollbacks.labels(result="ok").inc()
+        self.metrics.rollbacks.labels(result="automatic" if reason else "ok").inc()
         others = ", ".join(str(number) for number in ended if number != self.policy.stable)
-        log.warning("rolled back: the %s policy of %s ended; version %s answers every request "
-                    "and version %s no longer runs", self.policy.mode or "stable",
-                    self.policy.source, self.policy.stable, others or "-")
+        log.warning("%srolled back: the %s policy of %s ended; version %s answers every "
+                    "request and version %s no longer runs%s",
+                    "automatically " if reason else "", self.policy.mode,
+                    self.policy.source, self.policy.stable, others or "-",
+                    f": {reason}" if reason else "")
         return {"changed": True, "model": _summary(self.current), "previous": None,
-                "policy": "ended"}
+                "policy": "ended", "reason": reason}
+
+    def judge_version(self, version: str, verdict: str | None) -> None:
+        """Ends the policy when `verdict` (`Judge.verdict` of `version`) names a crossed
+        threshold, once: a rollback already running, or a policy already ended, wins."""
+        if verdict is None or not self.routed or version == str(self.policy.stable):
+            return
+        if not self._swap.acquire(blocking=False):
+            return
+        try:
+            if self.routed:
+                self._end_policy(f"version {version}: {verdict}")
+        finally:
+            self._swap.release()
+
+    def observe(self, model: ServedModel, failed: bool, seconds: float) -> None:
+        """One request `model` answered (or failed), judged while a policy holds."""
+        if self.routed and self.policy.rules is not None:
+            self.judge.request(model.version, failed, seconds)
+            self.judge_version(model.version, self.judge.verdict(model.version))
 
 
 def _summary(model: ServedModel | None) -> dict | None:
@@ -802,6 +831,7 @@ class PredictAnswer(BaseModel):
     """One raw image: its top classes, most probable first."""
 
     predictions: list[Prediction]
+    request_id: str
     model_version: str
     model_sha256: str
     format: str
@@ -816,6 +846,7 @@ class BatchAnswer(BaseModel):
     """Multipart file parts: each image's top classes, in the order of the parts."""
 
     images: list[ImageAnswer]
+    request_id: str
     model_version: str
     model_sha256: str
     format: str
@@ -1049,6 +1080,7 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     app.state.budget, app.state.classifier = budget, classifier
 
     disconnected = _add_error_handling(app, metrics, config)
+    _add_feedback_route(app, service, metrics)
     comparisons = Comparisons(metrics, limit=4 * config.concurrency)
     app.state.comparisons = comparisons
     _add_predict_route(app, service, config, metrics, disconnected, classifier, comparisons)
@@ -1178,7 +1210,15 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
                 several = False
         except ClientDisconnect:
             raise disconnected(request) from None
-        probs = await classifier.images(uploads, model)
+        started = time.perf_counter()
+        try:
+            probs = await classifier.images(uploads, model)
+        except Refusal:  # the request's fault (or the load's), not the version's
+            raise
+        except Exception:
+            service.observe(model, True, time.perf_counter() - started)
+            raise
+        service.observe(model, False, time.perf_counter() - started)
         results = []
         for (name, _), row in zip(uploads, probs):
             predictions = top_predictions(row, model.classes, top_k)
@@ -1188,29 +1228,106 @@ def _add_predict_route(app, service: ModelService, config: ServeConfig, metrics:
         metrics.images.inc(len(results))
         metrics.answered.labels(version=model.version).inc()
         if other is not None and comparisons.admit():
-            comparisons.start(_compare(classifier, comparisons, uploads, probs, model, other,
-                                       str(service.policy.stable)))
-        about = {"model_version": model.version, "model_sha256": model.sha256,
-                 "format": model.format}
+            comparisons.start(_compare(classifier, comparisons, service, uploads, probs,
+                                       model, other))
+        request_id = uuid.uuid4().hex
+        service.feedback.remember(request_id, Answered(
+            model.version, tuple(model.classes[int(row.argmax())] for row in probs),
+            tuple(model.classes)))
+        about = {"request_id": request_id, "model_version": model.version,
+                 "model_sha256": model.sha256, "format": model.format}
         response.headers["X-Model-Version"] = model.version
+        response.headers["X-Request-Id"] = request_id
         return {"images": results, **about} if several else {**results[0], **about}
 
 
-async def _compare(classifier: Classifier, comparisons: Comparisons, uploads, probs,
-                   model: ServedModel, other: ServedModel, stable: str) -> None:
+async def _compare(classifier: Classifier, comparisons: Comparisons, service: ModelService,
+                   uploads, probs, model: ServedModel, other: ServedModel) -> None:
     """Runs a request's images on `other` too, after the answer, and counts where the two
-    versions' top-1 classes agree (by name: two versions may order their classes apart)."""
+    versions' top-1 classes agree (by name: two versions may order their classes apart);
+    the tried-out version is judged on its rolling agreement."""
+    stable = str(service.policy.stable)
     try:
         theirs = await classifier.images(uploads, other)
         agreed = [model.classes[int(mine.argmax())] == other.classes[int(row.argmax())]
                   for mine, row in zip(probs, theirs)]
         candidate = other if model.version == stable else model
-        comparisons.record(candidate.version, stable, agreed)
+        rate, count = comparisons.record(candidate.version, stable, agreed)
+        if service.policy.rules is not None:
+            service.judge_version(candidate.version,
+                                  service.judge.verdict(candidate.version, rate, count))
     except Exception as err:  # noqa: BLE001 - a comparison never fails the service
         log.warning("comparing version %s with %s failed: %s", model.version, other.version,
                     _one_line(err))
     finally:
         comparisons.done()
+
+
+# The largest `POST /feedback` body: a request id and the labels of up to --max-images images.
+FEEDBACK_BYTES = 64 * 1024
+
+
+def _feedback_labels(data: bytes, service: ModelService) -> tuple[str, Answered, list[str]]:
+    """The request id, its answer and the true labels of a `POST /feedback` body.
+
+    Raises:
+        Refusal: 400 for a body that is not `{"request_id", "label"}` (or `"labels"`, one per
+            image) with labels among the model's classes; 404 for a request id the service
+            does not know (or no longer remembers); 409 for one labelled already.
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or (
+            ("label" in body) == ("labels" in body)) or set(body) - {"request_id", "label",
+                                                                     "labels"}:
+        raise Refusal(400, "bad_feedback", 'the body must be the JSON object {"request_id": '
+                      'ID, "label": CLASS}, or "labels": [CLASS, ...] with one class per image '
+                      'of a multipart request')
+    labels = body["labels"] if "labels" in body else [body["label"]]
+    request_id = body["request_id"]
+    answered = service.feedback.claim(request_id)
+    if answered is None:
+        raise Refusal(404, "unknown_request_id", f"no answer with request_id "
+                      f"{clip(repr(request_id), 80)} is remembered (the last "
+                      f"{service.feedback.memory:,} answers are)")
+    if answered is False:
+        raise Refusal(409, "already_labelled", f"request {clip(repr(request_id), 80)} has "
+                      "been labelled already")
+    unknown = [label for label in labels if label not in answered.classes]
+    if len(labels) != len(answered.labels) or unknown:
+        answered.labelled = False  # a mistake in the body: the request may be labelled again
+        raise Refusal(400, "bad_feedback", f"request {request_id} had {len(answered.labels)} "
+                      f"image(s) of classes {list(answered.classes)}; received "
+                      f"{clip(repr(labels), 200)}")
+    return request_id, answered, labels
+
+
+def _add_feedback_route(app, service: ModelService, metrics: ServingMetrics) -> None:
+    """`POST /feedback`: the true class of an answered request, counted for its version."""
+    @app.post("/feedback", summary="The true class of an answered request (by its "
+              "request_id): counted for the version that answered it",
+              responses={400: _errors("`bad_feedback`: not a request id and its images' "
+                                      "classes."),
+                         404: _errors("`unknown_request_id`: no such answer is remembered; "
+                                      "nothing is counted."),
+                         409: _errors("`already_labelled`: counted once already.")})
+    async def feedback(request: Request):
+        data = bytearray()
+        async for chunk in _bounded(request, FEEDBACK_BYTES):
+            data += chunk
+        request_id, answered, labels = _feedback_labels(bytes(data), service)
+        correct = [label == given for label, given in zip(labels, answered.labels)]
+        for right in correct:
+            metrics.feedback.labels(version=answered.version, correct=str(right).lower()).inc()
+            service.judge.feedback(answered.version, right)
+        accuracy, count = service.judge.accuracy(answered.version)
+        metrics.accuracy.labels(version=answered.version).set(accuracy)
+        if service.policy is not None and service.policy.rules is not None:
+            service.judge_version(answered.version, service.judge.verdict(answered.version))
+        return {"request_id": request_id, "model_version": answered.version,
+                "correct": correct, "accuracy": accuracy, "labelled": count}
 
 
 def _add_information_routes(app, service: ModelService, metrics: ServingMetrics) -> None:

@@ -50,6 +50,13 @@ class ServingMetrics:
                                registry=r)
         self.comparisons_skipped = Counter("vgg_mobile_comparisons_skipped", "Comparisons not "
                                            "run because too many were waiting.", registry=r)
+        self.feedback = Counter("vgg_mobile_feedback_images", "Images whose true class came "
+                                "back (POST /feedback), by the version that answered and "
+                                "whether its top-1 class was right.", ["version", "correct"],
+                                registry=r)
+        self.accuracy = Gauge("vgg_mobile_feedback_accuracy", "Top-1 accuracy of a version on "
+                              "its last labelled images (the rollback window, 200 by default).",
+                              ["version"], registry=r)
         self.model_info = Gauge("vgg_mobile_model_info", "The model serving now (value 1).",
                                 ["name", "version", "sha256", "format", "flavour"], registry=r)
         # Registered on the first version number: a single model has none, and an unset

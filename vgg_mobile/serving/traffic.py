@@ -36,9 +36,10 @@ import tomllib
 from pathlib import Path
 
 from vgg_mobile.core.errors import BadInputError, clip
+from vgg_mobile.serving.rollback import Rules, build_rules
 
 MODES = ("canary", "ab", "shadow")
-_KEYS = {"": {"stable", *MODES}, "canary": {"version", "share", "header"},
+_KEYS = {"": {"stable", "rollback", *MODES}, "canary": {"version", "share", "header"},
          "ab": {"header", "shares"}, "shadow": {"version"}}
 # Comparisons kept for the rolling agreement (`Comparisons.window`).
 WINDOW = 500
@@ -64,6 +65,7 @@ class Policy:
     shadow: int | None = None
     header: str | None = None
     source: str = "the policy"
+    rules: Rules | None = None
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -84,7 +86,8 @@ class Policy:
         """What `GET /model` reports."""
         return {"mode": self.mode or "stable", "stable": self.stable,
                 "shares": {str(version): share for version, share in self.shares},
-                "shadow": self.shadow, "header": self.header}
+                "shadow": self.shadow, "header": self.header,
+                "rollback": None if self.rules is None else self.rules.describe()}
 
     def place(self, key: str | None) -> float:
         """Where in [0, 1) a request falls: a hash of its client key, else a random draw."""
@@ -136,7 +139,23 @@ def _header(where: str, key: str, value) -> str:
 
 
 def build_policy(data: dict, where: str = "the policy") -> Policy:
-    """A `Policy` from a parsed TOML document.
+    """A `Policy` from a parsed TOML document, its `[rollback]` rules included.
+
+    Raises:
+        BadInputError: See `_build_routes`; or `[rollback]` in a policy that tries out no
+            version, or rules `build_rules` refuses.
+    """
+    policy = _build_routes(data, where)
+    if "rollback" not in data:
+        return policy
+    if policy.mode is None:
+        raise BadInputError(f"{where}: [rollback] without [canary], [ab] or [shadow]: there is "
+                            "no version to roll back from")
+    return dataclasses.replace(policy, rules=build_rules(data["rollback"], where))
+
+
+def _build_routes(data: dict, where: str) -> Policy:
+    """A `Policy`, but its rules, from a parsed TOML document.
 
     Raises:
         BadInputError: An unknown key, a missing one, a value of the wrong kind, shares that
@@ -145,7 +164,7 @@ def build_policy(data: dict, where: str = "the policy") -> Policy:
     """
     for section, allowed in _KEYS.items():
         table = data.get(section, {}) if section else data
-        if section and not isinstance(table, dict):
+        if section and not isinstance(table, dict):  # [rollback]: see build_rules
             raise _fail(where, section, table, "must be a table ([" + section + "])")
         unknown = sorted(set(table) - allowed)
         if unknown:
@@ -258,8 +277,9 @@ class Comparisons:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def record(self, answered: str, reference: str, agreed: list[bool]) -> float:
-        """Counts one request's comparisons (one per image); returns the rolling agreement."""
+    def record(self, answered: str, reference: str, agreed: list[bool]) -> tuple[float, int]:
+        """Counts one request's comparisons (one per image); returns the rolling agreement
+        and the images it is over."""
         labels = {"version": answered, "reference": reference}
         self.metrics.compared.labels(**labels).inc(len(agreed))
         self.metrics.agreed.labels(**labels).inc(sum(agreed))
@@ -267,6 +287,6 @@ class Comparisons:
             recent = self._recent.setdefault((answered, reference),
                                              collections.deque(maxlen=WINDOW))
             recent.extend(agreed)
-            rate = sum(recent) / len(recent)
+            rate, count = sum(recent) / len(recent), len(recent)
         self.metrics.agreement.labels(**labels).set(rate)
-        return rate
+        return rate, count
