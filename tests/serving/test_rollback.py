@@ -191,3 +191,32 @@ def test_feedback_showing_the_canary_worse_rolls_it_back(repository, tmp_path, t
                 if "automatically rolled back" in r.getMessage())
     assert ("version 2: accuracy 0.0% on 4 labelled requests, 100.0 points under version 1's"
             in line)
+
+
+def test_the_serve_admin_verb_rolls_back_and_reports_refusals(repository, tmp_path, tiny):
+    from click.testing import CliRunner
+
+    from serving_models import serving
+    from vgg_mobile.cli.main import main
+
+    path = tmp_path / "policy.toml"
+    path.write_text("stable = 1\n[shadow]\nversion = 2\n")
+    app = create_app(ServeConfig(artifact=repository, policy=path, admin_token="token-1234"))
+    with serving(app) as (host, port):
+        url = f"http://{host}:{port}"
+        runner = CliRunner()
+        refused = runner.invoke(main, ["serve-admin", "rollback", "--url", url])
+        assert refused.exit_code == 1 and "refused the rollback (401): unauthorized" in (
+            refused.output)
+        status = runner.invoke(main, ["serve-admin", "status", "--url", url])
+        assert status.exit_code == 0 and '"active": true' in status.output
+        done = runner.invoke(main, ["serve-admin", "rollback", "--url", url,
+                                    "--admin-token", "token-1234"])
+        assert done.exit_code == 0, done.output
+        assert '"policy": "ended"' in done.output
+        assert app.state.service.policy_active is False
+        reload = runner.invoke(main, ["serve-admin", "reload", "--url", url],
+                               env={"VGG_MOBILE_ADMIN_TOKEN": "token-1234"})
+        assert reload.exit_code == 1 and "policy_pins_versions" in reload.output
+    gone = CliRunner().invoke(main, ["serve-admin", "status", "--url", url])
+    assert gone.exit_code == 1 and f"cannot reach {url}" in gone.output

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -210,3 +212,48 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+# The admin request of each `serve-admin` action: method and path.
+ADMIN_ACTIONS = {"reload": ("POST", "/admin/reload"), "rollback": ("POST", "/admin/rollback"),
+                 "status": ("GET", "/model")}
+
+
+@click.command("serve-admin")
+@click.argument("action", type=click.Choice(sorted(ADMIN_ACTIONS)))
+@click.option("--url", default="http://127.0.0.1:8500", show_default=True,
+              help="The running serve-model.")
+@click.option("--admin-token", envvar="VGG_MOBILE_ADMIN_TOKEN", default=None,
+              help="Its --admin-token (sent as a bearer token); none: ask from this machine.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the answer (a reload loads a model).")
+def serve_admin_cmd(action, url, admin_token, timeout):
+    """Ask a running serve-model to reload, roll back, or say what it serves.
+
+    reload: POST /admin/reload. rollback: POST /admin/rollback (ends a traffic policy, or
+    serves the previous model again). status: GET /model. The answer is printed as JSON;
+    the exit code is 1 when the service refuses (its reason on stderr) or cannot be reached.
+    """
+    import urllib.error
+    import urllib.request
+
+    method, path = ADMIN_ACTIONS[action]
+    request = urllib.request.Request(url.rstrip("/") + path, method=method, headers={
+        "accept": "application/json",
+        **({"authorization": f"Bearer {admin_token}"} if admin_token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")
+        try:
+            refusal = json.loads(detail)
+            detail = f"{refusal['error']}: {refusal['detail']}"
+        except (ValueError, KeyError, TypeError):
+            detail = " ".join(detail.split())[:300]
+        log(f"error: {url} refused the {action} ({err.code}): {detail}")
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as err:
+        log(f"error: cannot reach {url}: {getattr(err, 'reason', None) or err}")
+        sys.exit(1)
+    click.echo(json.dumps(json.loads(body), indent=2))
