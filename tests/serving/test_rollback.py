@@ -139,6 +139,21 @@ def test_feedback_is_counted_once_for_a_known_request_and_never_for_an_unknown_o
         assert metric(client, "vgg_mobile_feedback_accuracy", version=version) == 1.0
 
 
+def test_feedback_remembers_the_last_answers_only(repository, tiny):
+    app = create_app(ServeConfig(artifact=repository / "1", feedback_memory=2))
+    with TestClient(app) as client:
+        ids = [post(client, data)["request_id"] for data in tiny.requests[:3]]
+        label = CLASSES[0]
+        forgotten = client.post("/feedback", json={"request_id": ids[0], "label": label})
+        assert forgotten.status_code == 404 and "the last 2 answers are" in (
+            forgotten.json()["detail"])
+        assert client.post("/feedback", json={"request_id": ids[2],
+                                              "label": label}).status_code == 200
+        big = client.post("/feedback", content=b"{" + b" " * 70_000 + b"}",
+                          headers={"content-type": "application/json"})
+        assert big.status_code == 413
+
+
 def test_a_shadow_that_disagrees_is_rolled_back_automatically_and_logged(
         repository, tmp_path, disputed, caplog):
     caplog.set_level(logging.WARNING, logger="vgg_mobile.serving")

@@ -140,12 +140,16 @@ def _reload_on_hangup(service) -> None:
               help="A traffic policy (TOML) over the versions of a model repository: a canary "
                    "share, an A/B split sticky per client header, or a shadow whose answers "
                    "are only compared. See docs/serving.md.")
+@click.option("--feedback-memory", default=default(ServeConfig, "feedback_memory"),
+              show_default=True, type=COUNT,
+              help="Answers remembered for POST /feedback (about 300 bytes each); feedback "
+                   "for an older one is refused (404).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
-                    poll_seconds, policy, access_log):
+                    poll_seconds, policy, feedback_memory, access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
@@ -169,7 +173,8 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_pixels=max_pixels, max_request_pixels=max_request_pixels,
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
                          body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
-                         poll_seconds=poll_seconds, policy=policy)
+                         poll_seconds=poll_seconds, policy=policy,
+                         feedback_memory=feedback_memory)
     show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()

@@ -126,6 +126,8 @@ class ServeConfig:
         policy: A traffic policy file (`traffic.read_policy`) over the versions of the model
             repository: a canary share, an A/B split or a shadow. Defaults to `None` (the
             newest version answers everything).
+        feedback_memory: Answers remembered for `POST /feedback` (about 300 bytes each);
+            feedback for an older one is a 404. Defaults to `10_000`.
     """
 
     artifact: Path
@@ -143,10 +145,11 @@ class ServeConfig:
     admin_token: str | None = None
     poll_seconds: float = 2.0
     policy: Path | None = None
+    feedback_memory: int = 10_000
 
     def __post_init__(self):
         for name in ("threads", "concurrency", "max_upload_bytes", "max_images", "max_pixels",
-                     "max_request_pixels", "max_decode_memory", "top_k"):
+                     "max_request_pixels", "max_decode_memory", "top_k", "feedback_memory"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1",
                     repr(value))
@@ -218,7 +221,7 @@ class ModelService:
         # `[rollback]` rules (none: only the accuracy gauges).
         self.judge = Judge(self.policy.rules if self.policy and self.policy.rules else Rules(),
                            str(self.policy.stable) if self.policy else "")
-        self.feedback = Feedback()
+        self.feedback = Feedback(config.feedback_memory)
         self.previous: ServedModel | None = None
         if model is not None:
             self.current = model

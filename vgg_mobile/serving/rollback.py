@@ -27,8 +27,6 @@ from vgg_mobile.core.errors import BadInputError, clip
 
 RULE_KEYS = ("window", "min_requests", "max_error_rate", "max_p99_ms", "min_agreement",
              "max_accuracy_drop")
-# Recent requests whose answer feedback may still label.
-FEEDBACK_MEMORY = 50_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +138,7 @@ class Judge:
         return None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Answered:
     """What feedback needs of one answered request."""
 
@@ -151,10 +149,10 @@ class Answered:
 
 
 class Feedback:
-    """The versions and top-1 classes of the last `FEEDBACK_MEMORY` answered requests, by
-    request id: `POST /feedback` labels one of them once."""
+    """The versions and top-1 classes of the last `memory` answered requests, by request id:
+    `POST /feedback` labels one of them once."""
 
-    def __init__(self, memory: int = FEEDBACK_MEMORY):
+    def __init__(self, memory: int):
         self.memory = memory
         self._lock = threading.Lock()
         self._answers: collections.OrderedDict[str, Answered] = collections.OrderedDict()
