@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 import harness
-from serving_models import CLASSES, SIZE, colour_images, png_bytes
+from serving_models import CLASSES, SIZE, colour_images, metric, png_bytes
 from vgg_mobile.data.images import decode_rgb
 from vgg_mobile.serving.app import ServeConfig, create_app
 from vgg_mobile.serving.models import ModelChoice
@@ -37,13 +36,6 @@ def client_for(artifact, **config) -> TestClient:
 def client(tiny):
     return client_for(tiny.files["int8"], **LIMITS)
 
-
-def metric(client, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def b64(data: bytes) -> str:

@@ -11,24 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from serving_models import CLASSES, SIZE, png_bytes, write_export
+from serving_models import CLASSES, SIZE, metric, png_bytes, two_versions
 from vgg_mobile.converters.tflite import predict_tflite
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.serving.app import ServeConfig, create_app
 from vgg_mobile.serving.rollback import Judge, Rules
 from vgg_mobile.serving.traffic import build_policy
 
-MODEL = "colours_int8.tflite"
-
 
 @pytest.fixture(scope="module")
 def repository(tiny, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rollback") / "colours"
-    write_export(root / "1", {MODEL: tiny.files["int8"].read_bytes()})
-    write_export(root / "2", {MODEL: tiny.files["v2_int8"].read_bytes()})
-    return root
+    return two_versions(tmp_path_factory.mktemp("rollback") / "colours", tiny)
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +43,6 @@ def client_with(repository, tmp_path, policy: str) -> TestClient:
     return TestClient(create_app(ServeConfig(artifact=repository, policy=path)),
                       client=("127.0.0.1", 50000))
 
-
-def metric(client, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def active(client) -> bool:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving_models import SIZE, write_export
+from serving_models import SIZE, two_versions
 from vgg_mobile.converters.tflite import predict_tflite
 from vgg_mobile.core.errors import BadInputError
 from vgg_mobile.data.dataset import resize_array
@@ -20,16 +20,11 @@ from vgg_mobile.data.images import decode_rgb
 from vgg_mobile.serving.app import ServeConfig, create_app
 from vgg_mobile.serving.traffic import Policy, build_policy, read_policy
 
-MODEL = "colours_int8.tflite"
-
 
 @pytest.fixture(scope="module")
 def repository(tiny, tmp_path_factory) -> Path:
     """Versions 1 and 2 of the colour classifier (two trainings), int8 `.tflite` each."""
-    root = tmp_path_factory.mktemp("traffic") / "colours"
-    write_export(root / "1", {MODEL: tiny.files["int8"].read_bytes()})
-    write_export(root / "2", {MODEL: tiny.files["v2_int8"].read_bytes()})
-    return root
+    return two_versions(tmp_path_factory.mktemp("traffic") / "colours", tiny)
 
 
 def policy_file(tmp_path, text: str) -> Path:

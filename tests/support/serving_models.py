@@ -298,3 +298,23 @@ def multipart(parts: list[tuple[str, bytes]], boundary: str = "vggmobileboundary
     if closed:
         body += f"--{boundary}--\r\n".encode()
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def two_versions(root: Path, tiny) -> Path:
+    """A model repository at `root`: versions 1 and 2 of the colour classifier (two
+    trainings), int8 `.tflite` each."""
+    for version, name in (("1", "int8"), ("2", "v2_int8")):
+        write_export(root / version, {"colours_int8.tflite": tiny.files[name].read_bytes()})
+    return root
+
+
+def metric(client, name: str, **labels) -> float:
+    """The value of a sample of the client's `/metrics` (0 when it is not there)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
