@@ -19,8 +19,9 @@ import numpy as np
 
 from vgg_mobile.converters import tflite
 from vgg_mobile import runtimes
-from vgg_mobile.data import dataset, splits
+from vgg_mobile.data import dataset, drift, splits
 from vgg_mobile.data.dataset import load_images
+from vgg_mobile.data.images import shown_size
 from vgg_mobile.core.budgets import Budgets
 from vgg_mobile.core.custom_objects import is_quantization_aware
 from vgg_mobile.core.errors import BadInputError, BudgetError, DataError
@@ -250,8 +251,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
                             "--no-tfjs, or convert the float run it was trained from for the browser")
     size = run.image_size
     n_classes = len(run.classes)
-    x_val, y_val = load_images(splits.stratified_sample(held_out, options.verify_images or len(held_out)),
-                               size, n_classes)
+    verifying = splits.stratified_sample(held_out, options.verify_images or len(held_out))
+    x_val, y_val = load_images(verifying, size, n_classes)
     x_cal, _ = load_images(calibration_examples, size, n_classes)
     reference = model(x_val, training=False).numpy()
     if np.ptp(reference, axis=0).max() < 1e-6:
@@ -270,7 +271,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
         data, encoding = _tflite_artifact(model, flavour, options, x_cal, log)
         data = metadata.add_metadata(data, list(run.classes), info)
         seconds = time.perf_counter() - started
-        check = compare(reference, runtimes.load(data, "tflite").predict(x_val), y_val)
+        probs = runtimes.load(data, "tflite").predict(x_val)
+        check = compare(reference, probs, y_val)
         file_name = f"{stem}_{flavour}.tflite"
         (staging / file_name).write_bytes(data)
         misses += options.budgets.misses(file_name, len(data), check)
@@ -278,7 +280,8 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
                           "io_dtype": options.io_dtype if flavour == "int8" else "float32",
                           "size_bytes": len(data), "gzip_bytes": gzip_size(data),
                           "convert_seconds": round(seconds, 2), **encoding,
-                          "verification": check})
+                          "verification": check,
+                          "drift_reference": drift.output_reference(probs, run.classes)})
         log(f"{file_name}: agreement {check['top1_agreement']:.3f}, accuracy "
             f"{check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
     if options.onnx:
@@ -296,7 +299,10 @@ def _convert(run, folder, options, staging: Path, android_dir: Path | None, comm
               "verification_images": int(len(y_val)), "calibration_images": int(len(x_cal))},
         sections={"options": {k: list(v) if isinstance(v, tuple) else v
                               for k, v in dataclasses.asdict(options).items()},
-                  "artifacts": artifacts},
+                  "artifacts": artifacts,
+                  # What the held-out images look like, for a service to watch drift against.
+                  "drift_reference": drift.input_reference(
+                      x_val, [shown_size(example.path) for example in verifying], split_name)},
         metrics={"keras_accuracy": round(float((reference.argmax(1) == y_val).mean()), 4)}).to_json()
     if misses:
         raise BudgetError("budget missed: " + "; ".join(misses), report={
@@ -334,7 +340,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
             continue
         data = onnx.add_metadata(data, {**props, "flavour": flavour})
         runtime = runtimes.load(data, "onnx")
-        check = compare(reference, runtime.predict(x_val), y_val)
+        probs = runtime.predict(x_val)
+        check = compare(reference, probs, y_val)
         file_name = f"{stem}.onnx" if flavour == "float32" else f"{stem}_{flavour}.onnx"
         (staging / file_name).write_bytes(data)
         misses += options.budgets.misses(file_name, len(data), check)
@@ -343,7 +350,8 @@ def _onnx_artifacts(model, run, stem, info, staging, options, x_cal, reference, 
                           "size_bytes": len(data), "gzip_bytes": gzip_size(data),
                           "graph": graph if flavour == "float32" else "QDQ (static, calibrated)",
                           "convert_seconds": round(seconds[flavour], 2), "verification": check,
-                          "verified_with": runtime.label})
+                          "verified_with": runtime.label,
+                          "drift_reference": drift.output_reference(probs, run.classes)})
         log(f"{file_name}: {len(data) / 1e6:.2f} MB, agreement {check['top1_agreement']:.3f}, "
             f"accuracy {check['accuracy']:.3f} (Keras {check['keras_accuracy']:.3f})")
     return artifacts

@@ -198,3 +198,39 @@ def test_the_distilled_student_exports_to_an_int8_model_that_agrees_with_keras(s
     # chance and still fails a broken conversion.
     agreement = harness.assert_matches(reference, probs, max_diff=0.25, min_agreement=0.75)
     assert agreement == pytest.approx(artifact["verification"]["top1_agreement"], abs=1e-4)  # rounded there
+
+
+def test_the_export_records_its_held_out_images_for_the_drift_watch(export, teacher_run,
+                                                                    sample_dir):
+    """The histograms a served model's traffic is compared with: every held-out image (the
+    verification sample holds them all here), and each artifact's own answers on them."""
+    import numpy as np
+    from PIL import Image
+
+    from vgg_mobile.core.run_dir import load_run
+    from vgg_mobile.data import dataset, drift, splits
+    from vgg_mobile.serving.models import ModelChoice, load_model
+
+    base, manifest = export
+    run = load_run(teacher_run.run_dir)
+    held_out, _ = splits.held_out(run.manifest.data, dataset.scan_folder(sample_dir))
+    pixels, _ = dataset.load_images(held_out, run.image_size, len(run.classes))
+    sizes = []
+    for example in held_out:
+        with Image.open(example.path) as image:
+            sizes.append((image.height, image.width))
+    expected = drift.input_rows(pixels, sizes)
+    recorded = manifest["drift_reference"]
+    assert (recorded["schema"], recorded["images"], recorded["split"]) == (1, 24, "val")
+    for name in drift.INPUT_STATISTICS:
+        assert recorded["statistics"][name]["counts"] == pytest.approx(
+            expected[name].sum(axis=0), abs=1e-3), name
+    int8 = next(a for a in manifest["artifacts"] if a["flavour"] == "int8")
+    probs = tflite.predict_tflite((base / "out" / int8["file"]).read_bytes(), pixels)
+    answers = int8["drift_reference"]["statistics"]
+    assert answers["predicted_class"]["classes"] == list(run.classes)
+    assert answers["predicted_class"]["counts"] == np.bincount(
+        probs.argmax(axis=1), minlength=len(run.classes)).tolist()
+    served = load_model(base / "out", ModelChoice("tflite", "int8"))
+    assert served.reference.images == served.reference.output_images == 24
+    assert served.accuracy == int8["verification"]["accuracy"]

@@ -98,21 +98,38 @@ def replace_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_export(folder: Path, files: dict[str, bytes]) -> Path:
-    """An export folder as `vgg-mobile convert` writes it: the files, labels.txt, manifest."""
+def write_export(folder: Path, files: dict[str, bytes],
+                 held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """An export folder as `vgg-mobile convert` writes it: the files, labels.txt, manifest.
+
+    With `held_out` (uint8 pixels of side `SIZE` and their labels), the manifest also holds
+    what convert records of held-out images: the drift reference, and each artifact's
+    accuracy and answers on them, measured by running the artifact."""
+    from vgg_mobile import runtimes
     from vgg_mobile.core.io import write_json, write_text
     from vgg_mobile.core.run_dir import Manifest
+    from vgg_mobile.data import drift
 
     folder.mkdir(parents=True, exist_ok=True)
-    artifacts = []
+    artifacts, sections = [], {}
+    if held_out is not None:
+        pixels = held_out[0].astype(np.float32)
+        sections["drift_reference"] = drift.input_reference(
+            pixels, [pixels.shape[1:3]] * len(pixels), "val")
     for name, data in files.items():
         (folder / name).write_bytes(data)
         fmt, flavour = Path(name).suffix[1:], Path(name).stem.rsplit("_", 1)[1]
         artifacts.append({"file": name, "format": fmt, "flavour": flavour,
                           "size_bytes": len(data)})
+        if held_out is not None:
+            probs = runtimes.load(data, fmt).predict(pixels)
+            accuracy = float((probs.argmax(axis=1) == held_out[1]).mean())
+            artifacts[-1].update(verification={"images": len(pixels), "accuracy": accuracy},
+                                 drift_reference=drift.output_reference(probs, CLASSES))
     manifest = Manifest(stage="export", classes=CLASSES, model_file=None,
                         input={"size": [SIZE, SIZE], "channels": 3, "range": [0, 255]},
-                        sections={"options": {"version": "1"}, "artifacts": artifacts})
+                        sections={"options": {"version": "1"}, "artifacts": artifacts,
+                                  **sections})
     write_text(folder / "labels.txt", "".join(f"{c}\n" for c in CLASSES))
     write_json(folder / "manifest.json", manifest.to_json())
     return folder
@@ -300,11 +317,12 @@ def multipart(parts: list[tuple[str, bytes]], boundary: str = "vggmobileboundary
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-def two_versions(root: Path, tiny) -> Path:
+def two_versions(root: Path, tiny, held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """A model repository at `root`: versions 1 and 2 of the colour classifier (two
-    trainings), int8 `.tflite` each."""
+    trainings), int8 `.tflite` each (with a drift reference of `held_out`, when given)."""
     for version, name in (("1", "int8"), ("2", "v2_int8")):
-        write_export(root / version, {"colours_int8.tflite": tiny.files[name].read_bytes()})
+        write_export(root / version, {"colours_int8.tflite": tiny.files[name].read_bytes()},
+                     held_out)
     return root
 
 

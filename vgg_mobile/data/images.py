@@ -327,6 +327,23 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{path}: {err}", err.reason) from None
 
 
+def shown_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """`(height, width)` of an image file as `load_rgb` returns it (after its EXIF
+    orientation), read from its header alone.
+
+    Raises:
+        ImageError: The file is not a readable image; the message names it.
+    """
+    path = Path(path)
+    try:
+        image, _ = _open(path, max_pixels)
+        with image, _reading():
+            sideways = _orientation(image, []) in _SIDEWAYS
+            return (image.width, image.height) if sideways else (image.height, image.width)
+    except _Unusable as err:
+        raise ImageError(f"{path}: {err}", err.reason) from None
+
+
 def decode_rgb(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
                name: str = "image") -> np.ndarray:
     """Decodes an image held in memory (or in an open binary file) as RGB pixels, exactly as

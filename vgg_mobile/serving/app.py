@@ -44,6 +44,7 @@ from starlette.requests import ClientDisconnect
 from vgg_mobile.core.errors import BadInputError, VggMobileError, clip, require
 from vgg_mobile.data.images import (CORRUPT, FORMAT_NAMES, NOT_AN_IMAGE, TOO_MANY_PIXELS,
                                     ImageError, ImageHeader, decode_rgb, read_header)
+from vgg_mobile.serving.drift import DriftWatch
 from vgg_mobile.serving.metrics import ServingMetrics
 from vgg_mobile.core.version import __version__
 from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
@@ -128,6 +129,10 @@ class ServeConfig:
             newest version answers everything).
         feedback_memory: Answers remembered for `POST /feedback` (about 300 bytes each);
             feedback for an older one is a 404. Defaults to `10_000`.
+        drift_window: Images in each served model's rolling drift window
+            (`vgg_mobile.serving.drift`); `0` turns the drift watch off. Defaults to `500`.
+        drift_threshold: The population stability index over which a statistic's drift is
+            logged as a warning. Defaults to `0.25`.
     """
 
     artifact: Path
@@ -146,6 +151,8 @@ class ServeConfig:
     poll_seconds: float = 2.0
     policy: Path | None = None
     feedback_memory: int = 10_000
+    drift_window: int = 500
+    drift_threshold: float = 0.25
 
     def __post_init__(self):
         for name in ("threads", "concurrency", "max_upload_bytes", "max_images", "max_pixels",
@@ -160,6 +167,12 @@ class ServeConfig:
         require(isinstance(self.poll_seconds, (int, float)) and math.isfinite(self.poll_seconds)
                 and self.poll_seconds >= 0, "poll_seconds must be a number of seconds >= 0",
                 repr(self.poll_seconds))
+        require(isinstance(self.drift_window, int) and self.drift_window >= 0,
+                "drift_window must be an integer >= 0 (0: no drift watch)",
+                repr(self.drift_window))
+        require(isinstance(self.drift_threshold, (int, float)) and math.isfinite(
+            self.drift_threshold) and self.drift_threshold > 0,
+                "drift_threshold must be a number > 0", repr(self.drift_threshold))
         require(self.admin_token is None or len(self.admin_token) >= 8,
                 "admin_token must be at least 8 characters", f"{len(self.admin_token or '')} "
                 "characters")
@@ -222,6 +235,7 @@ class ModelService:
         self.judge = Judge(self.policy.rules if self.policy and self.policy.rules else Rules(),
                            str(self.policy.stable) if self.policy else "")
         self.feedback = Feedback(config.feedback_memory)
+        self.drift = DriftWatch(config.drift_window, config.drift_threshold, metrics)
         self.previous: ServedModel | None = None
         if model is not None:
             self.current = model
@@ -242,6 +256,16 @@ class ModelService:
 
     def _serving(self, model: ServedModel) -> None:
         self.metrics.serving(model, self._number(model))
+        self._answering(tuple(self.routed.values()) or (model,))
+
+    def _answering(self, models) -> None:
+        """Points the per-version gauges (drift, reference accuracy) at the models that
+        answer now."""
+        self.drift.retain(models)
+        self.metrics.reference_accuracy.clear()
+        for model in models:
+            if model.accuracy is not None:
+                self.metrics.reference_accuracy.labels(version=model.version).set(model.accuracy)
 
     def _load_version(self, folder: VersionFolder) -> ServedModel | None:
         """Loads and checks one version of the repository off to the side; a failure is
@@ -461,6 +485,7 @@ class ModelService:
         answers every request; `reason`: why, when no one asked for it. The caller holds
         `_swap`."""
         ended, self.routed = self.routed, {}
+        self._answering((self.current,))
         self.metrics.rollbacks.labels(result="automatic" if reason else "ok").inc()
         others = ", ".join(str(number) for number in ended if number != self.policy.stable)
         log.warning("%srolled back: the %s policy of %s ended; version %s answers every "
@@ -697,11 +722,13 @@ def _megabytes(amount: int) -> str:
     return f"{amount / 2**20:,.0f} MiB"
 
 
-def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: int) -> np.ndarray:
-    """Decodes and resizes uploads exactly as training and evaluation read image files."""
+def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel,
+            max_pixels: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Decodes and resizes uploads exactly as training and evaluation read image files:
+    the pixels, and each image's `(height, width)` as decoded."""
     from vgg_mobile.data.dataset import resize_array
 
-    images = []
+    images, sizes = [], []
     for name, data in uploads:
         try:
             rgb = decode_rgb(data, max_pixels, name=name)
@@ -710,13 +737,18 @@ def _pixels(uploads: list[tuple[str, bytes]], model: ServedModel, max_pixels: in
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise Refusal(400, CORRUPT, f"{name}: empty image ({rgb.shape[1]}x{rgb.shape[0]})")
         images.append(resize_array(rgb, model.input_size))
+        sizes.append(rgb.shape[:2])
         del rgb  # the full-size pixels go before the next image is decoded
-    return np.stack(images).astype(np.float32)
+    return np.stack(images).astype(np.float32), sizes
 
 
-def _infer(uploads, model: ServedModel, max_pixels: int, large: bool = False) -> np.ndarray:
+def _infer(uploads, model: ServedModel, max_pixels: int, drift: DriftWatch,
+           large: bool = False) -> np.ndarray:
     try:
-        return model.predict(_pixels(uploads, model, max_pixels))
+        pixels, sizes = _pixels(uploads, model, max_pixels)
+        probs = model.predict(pixels)
+        drift.record(model, pixels, sizes, probs)
+        return probs
     finally:
         if large:
             release_memory()
@@ -740,8 +772,8 @@ class Classifier:
         budget: The decode memory of the requests decoding at once.
     """
 
-    def __init__(self, config: ServeConfig, executors, budget: DecodeBudget):
-        self.config, self.budget = config, budget
+    def __init__(self, config: ServeConfig, executors, budget: DecodeBudget, drift: DriftWatch):
+        self.config, self.budget, self.drift = config, budget, drift
         self.executor, self.large_executor = executors
         # Mean CPU seconds of a small request, per model (its sha256); unknown until measured.
         self.typical: dict[str, float] = {}
@@ -779,7 +811,7 @@ class Classifier:
             async with self.budget.hold(cost):
                 return await loop.run_in_executor(
                     self.large_executor if large else self.executor, _infer, uploads, model,
-                    config.max_pixels, large)
+                    config.max_pixels, self.drift, large)
         if self.typical.get(model.sha256, math.inf) < INLINE_SECONDS:
             return self._timed(uploads, model)
         return await loop.run_in_executor(self.executor, self._timed, uploads, model)
@@ -788,7 +820,7 @@ class Classifier:
         """`_infer` of a small request, its CPU time (not the time it waited for the
         interpreter lock) added to its model's running mean."""
         began = time.thread_time()
-        probs = _infer(uploads, model, self.config.max_pixels)
+        probs = _infer(uploads, model, self.config.max_pixels, self.drift)
         spent = time.thread_time() - began
         mean = self.typical.get(model.sha256)
         self.typical[model.sha256] = spent if mean is None else 0.9 * mean + 0.1 * spent
@@ -800,15 +832,19 @@ class Classifier:
         file. The caller has checked the shape against the limits.
         """
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, _infer_pixels, pixels, model)
+            self.executor, _infer_pixels, pixels, model, self.drift)
 
 
-def _infer_pixels(pixels: np.ndarray, model: ServedModel) -> np.ndarray:
+def _infer_pixels(pixels: np.ndarray, model: ServedModel, drift: DriftWatch) -> np.ndarray:
     from vgg_mobile.data.dataset import resize_array
 
+    sizes = [pixels.shape[1:3]] * len(pixels)
     if tuple(pixels.shape[1:3]) != tuple(model.input_size):
         pixels = np.stack([resize_array(image, model.input_size) for image in pixels])
-    return model.predict(pixels.astype(np.float32, copy=False))
+    pixels = pixels.astype(np.float32, copy=False)
+    probs = model.predict(pixels)
+    drift.record(model, pixels, sizes, probs)
+    return probs
 
 
 def _top_k(request, model: ServedModel, default: int) -> int:
@@ -1062,7 +1098,7 @@ def create_app(config: ServeConfig, model: ServedModel | None = None):
     large_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-large",
                                         initializer=_lower_priority)
     budget = DecodeBudget(config.max_decode_memory)
-    classifier = Classifier(config, (executor, large_executor), budget)
+    classifier = Classifier(config, (executor, large_executor), budget, service.drift)
     pin_mmap_threshold()
 
     @contextlib.asynccontextmanager
@@ -1376,6 +1412,9 @@ def _add_information_routes(app, service: ModelService, metrics: ServingMetrics)
                   "rollback_available": previous is not None or service.policy_active}
         if service.policy is not None:
             answer["traffic"] = {**service.policy.describe(), "active": service.policy_active}
+        if service.config.drift_window:  # each version that answers, and its latest PSI
+            answer["drift"] = {served.version: service.drift.describe(served)
+                               for served in (service.routed.values() or (model,))}
         if service.repository is not None:  # the disk is read off the event loop
             answer["versions"] = await asyncio.get_running_loop().run_in_executor(
                 None, service.versions)
@@ -1384,6 +1423,7 @@ def _add_information_routes(app, service: ModelService, metrics: ServingMetrics)
     @app.get("/metrics", summary="Prometheus metrics of this process",
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text():
+        service.drift.refresh()
         return Response(metrics.render(), media_type=metrics.content_type)
 
 

@@ -57,6 +57,23 @@ class ServingMetrics:
         self.accuracy = Gauge("vgg_mobile_feedback_accuracy", "Top-1 accuracy of a version on "
                               "its last labelled images (the rollback window, 200 by default).",
                               ["version"], registry=r)
+        self.drift_psi = Gauge("vgg_mobile_drift_psi", "Population stability index of a "
+                               "statistic of the images (or answers) of a version over its "
+                               "drift window, against its export's held-out images; set once "
+                               "the window is full.", ["version", "statistic"], registry=r)
+        self.drift_images = Gauge("vgg_mobile_drift_window_images", "Images in a version's "
+                                  "drift window (the PSI is reported once it is full).",
+                                  ["version"], registry=r)
+        # Registered by `watch_drift`: with the watch off, an unset gauge would read 0.
+        self.drift_threshold: Gauge | None = None
+        self.drift_warnings = Counter("vgg_mobile_drift_warnings", "Drift warnings logged: a "
+                                      "statistic's PSI crossed the threshold.",
+                                      ["version", "statistic"], registry=r)
+        self.reference_accuracy = Gauge("vgg_mobile_model_reference_accuracy", "Accuracy "
+                                        "of a version serving on its export's held-out "
+                                        "images, as its export verified it (what "
+                                        "vgg_mobile_feedback_accuracy is held to).",
+                                        ["version"], registry=r)
         self.model_info = Gauge("vgg_mobile_model_info", "The model serving now (value 1).",
                                 ["name", "version", "sha256", "format", "flavour"], registry=r)
         # Registered on the first version number: a single model has none, and an unset
@@ -76,6 +93,14 @@ class ServingMetrics:
                                            "serving now (a model repository's folder).",
                                            registry=self.registry)
             self.model_version.set(version)
+
+    def watch_drift(self, threshold: float) -> None:
+        """Registers and sets the drift threshold gauge (the watch is on)."""
+        if self.drift_threshold is None:
+            self.drift_threshold = Gauge("vgg_mobile_drift_threshold", "The PSI over which a "
+                                         "statistic's drift is warned about "
+                                         "(--drift-threshold).", registry=self.registry)
+        self.drift_threshold.set(threshold)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

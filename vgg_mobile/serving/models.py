@@ -23,6 +23,7 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError, require
 from vgg_mobile.core.export_dir import Artifact, Export, find_export, load_export
 from vgg_mobile.core.run_dir import LABELS, MANIFEST
+from vgg_mobile.data.drift import Reference, read_reference
 from vgg_mobile.runtimes import Runtime, runtime_for
 
 # The formats served: those whose files carry their labels (see `_DETAILS`).
@@ -76,6 +77,11 @@ class ServedModel:
         metadata: The model's own metadata (TFLite metadata or ONNX `metadata_props`).
         loaded_at: When it was loaded (UTC, ISO 8601).
         runner: Runs the model; safe to call from several threads at once.
+        reference: What its held-out images looked like (`vgg_mobile.data.drift`), from the
+            export manifest, for the drift watch; `None` for a bare file or an export made
+            before drift was recorded.
+        accuracy: Its accuracy on the export's held-out images (the manifest's
+            verification), the mark labelled feedback is held to; `None` when not recorded.
     """
 
     source: Path
@@ -91,6 +97,8 @@ class ServedModel:
     metadata: dict
     loaded_at: str
     runner: Runner = dataclasses.field(repr=False, compare=False)
+    reference: Reference | None = dataclasses.field(default=None, repr=False, compare=False)
+    accuracy: float | None = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.runner.predict(np.asarray(pixels, np.float32))
@@ -373,6 +381,12 @@ def check_outputs(probs: np.ndarray, num_classes: int, path: Path) -> None:
                             f"{sums.min():.4g} to {sums.max():.4g})")
 
 
+def _accuracy(artifact: Artifact | None) -> float | None:
+    value = artifact.verification.get("accuracy") if artifact else None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if number and 0 <= value <= 1 else None
+
+
 def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads: int = 1,
                pool_size: int = 1) -> ServedModel:
     """Loads and checks a model for serving, without touching anything already serving.
@@ -437,6 +451,9 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         raise BadInputError(f"{path}: the model fails when run on probe images "
                             f"({type(err).__name__}: {detail})") from None
     check_outputs(probs, len(classes), path)
+    reference = read_reference(export.record.get("drift_reference"),
+                               artifact.get("drift_reference"), classes,
+                               str(export.manifest_path)) if export else None
     options = export.manifest.section("options") if export else {}
     version = metadata.get("version") or options.get("version") or "unknown"
     return ServedModel(
@@ -445,4 +462,4 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         classes=classes, input_size=size, manifest=export.record if export else None,
         metadata=metadata,
         loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        runner=runner)
+        runner=runner, reference=reference, accuracy=_accuracy(artifact))
