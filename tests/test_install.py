@@ -145,6 +145,10 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert (work / "S" / "vendor" / "tf.min.js").is_file()
 
     assert_serves_demo([str(tool), "serve", "S", "--port", "0"], work, env)
+    # The monitoring files ship inside the wheel.
+    run(tool, "monitoring", "M", "--target", "127.0.0.1:8500")
+    assert json.loads((work / "M" / "dashboard.json").read_text())["panels"]
+    assert "alert: VggMobileDrift" in (work / "M" / "alerts.yml").read_text()
 
     doctor = json.loads(run(tool, "doctor", "--json").stdout)
     own = doctor["vgg_mobile"]

@@ -20,7 +20,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 UNTABLED = {"doctor": "a paragraph under 'Training the teacher' (its only flag is --json)",
             "inspect": "a paragraph under 'Converting' (its only flag is --json)",
             "serve-model": "docs/serving.md#options",
-            "serve-admin": "docs/serving.md#rollback-and-feedback"}
+            "serve-admin": "docs/serving.md#rollback-and-feedback",
+            "monitoring": "docs/serving.md#monitoring-prometheus-alerts-and-a-grafana-dashboard"}
 # Commands kept under a former name, hidden from --help: documented under their new name.
 HIDDEN = {name for name, command in main.commands.items() if command.hidden}
 

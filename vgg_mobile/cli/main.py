@@ -101,5 +101,6 @@ for command in (data.sample_data_cmd, train.doctor_cmd, train.train_cmd, train.e
                 explain.explain_cmd,
                 convert.convert_cmd, convert.inspect_cmd, compress.prune_cmd, compress.qat_cmd,
                 distill.distill_cmd, web_demo.web_demo_cmd, web_demo.demo_cmd, web_demo.serve_cmd,
-                serve.serve_model_cmd, serve.serve_admin_cmd, pipeline.pipeline_cmd, pipeline.benchmark_cmd):
+                serve.serve_model_cmd, serve.serve_admin_cmd, serve.monitoring_cmd,
+                pipeline.pipeline_cmd, pipeline.benchmark_cmd):
     main.add_command(command)

@@ -144,12 +144,22 @@ def _reload_on_hangup(service) -> None:
               show_default=True, type=COUNT,
               help="Answers remembered for POST /feedback (about 300 bytes each); feedback "
                    "for an older one is refused (404).")
+@click.option("--drift-window", default=default(ServeConfig, "drift_window"),
+              show_default=True, type=click.IntRange(min=0),
+              help="Images in each version's rolling drift window: once full, the PSI of each "
+                   "statistic against the export's held-out images is a gauge; 0 turns the "
+                   "drift watch off.")
+@click.option("--drift-threshold", default=default(ServeConfig, "drift_threshold"),
+              show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="A statistic whose PSI rises above this is logged as a warning (0.1: a "
+                   "small shift; 0.25: a large one).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
-                    poll_seconds, policy, feedback_memory, access_log):
+                    poll_seconds, policy, feedback_memory, drift_window, drift_threshold,
+                    access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
@@ -174,7 +184,8 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
                          body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
                          poll_seconds=poll_seconds, policy=policy,
-                         feedback_memory=feedback_memory)
+                         feedback_memory=feedback_memory, drift_window=drift_window,
+                         drift_threshold=drift_threshold)
     show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()
@@ -262,3 +273,28 @@ def serve_admin_cmd(action, url, admin_token, timeout):
         log(f"error: cannot reach {url}: {getattr(err, 'reason', None) or err}")
         sys.exit(1)
     click.echo(json.dumps(json.loads(body), indent=2))
+
+
+@click.command("monitoring")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, default=("127.0.0.1:8500",),
+              show_default=True,
+              help="HOST:PORT of a serve-model replica to scrape; repeat for each replica.")
+@click.option("--scrape-interval", default="15s", show_default=True,
+              help="How often Prometheus scrapes the replicas and evaluates the rules.")
+@click.option("--force", is_flag=True,
+              help="Replace OUT if this command wrote it (no other folder is ever replaced).")
+def monitoring_cmd(out, targets, scrape_interval, force):
+    """Write Prometheus and Grafana files for serve-model into OUT.
+
+    OUT/prometheus.yml scrapes the targets and loads OUT/alerts.yml (service down, server
+    errors, p99 latency, drift, accuracy drop on labelled feedback, low agreement under a
+    traffic policy, automatic rollbacks, refused versions); OUT/dashboard.json is a Grafana
+    dashboard to import. Run `prometheus --config.file=OUT/prometheus.yml`. See
+    docs/serving.md.
+    """
+    from vgg_mobile.serving.monitoring import CONFIG, FILES, write_monitoring
+
+    folder = write_monitoring(out, list(targets), scrape_interval, force)
+    for name in (CONFIG, *FILES):
+        click.echo(folder / name)

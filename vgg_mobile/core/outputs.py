@@ -44,7 +44,7 @@ PIPELINE_STATE = "pipeline_state.json"
 REPLACING = ".replacing"
 # The `kind` of the outputs that hold no model and are not an export, and what each is called.
 MODEL_LESS_KINDS = {"web_demo": "web_demo", "android_assets": "android",
-                    "explanations": "explanations"}
+                    "explanations": "explanations", "monitoring": "monitoring"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 

@@ -64,6 +64,12 @@ class ServingMetrics:
         self.drift_images = Gauge("vgg_mobile_drift_window_images", "Images in a version's "
                                   "drift window (the PSI is reported once it is full).",
                                   ["version"], registry=r)
+        # Every result starts at 0: Prometheus's increase() cannot see a series' first value,
+        # so an alert on the first automatic rollback (or refused version) would never fire.
+        for result in ("ok", "unchanged", "refused", "failed"):
+            self.loads.labels(result=result)
+        for result in ("ok", "refused", "automatic"):
+            self.rollbacks.labels(result=result)
         # Registered by `watch_drift`: with the watch off, an unset gauge would read 0.
         self.drift_threshold: Gauge | None = None
         self.drift_warnings = Counter("vgg_mobile_drift_warnings", "Drift warnings logged: a "
