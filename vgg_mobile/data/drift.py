@@ -13,7 +13,7 @@ The statistics (each a histogram in which every image counts once):
   the model's input size), 16 bins of 16 levels each. Darker, brighter, tinted or washed-out
   images move them.
 - `sharpness`: the mean absolute difference between neighbouring pixels of the gray model
-  input, in half-octave bins. Blur, a lower camera resolution or heavy compression lower it.
+  input, in octave bins. Blur, a lower camera resolution or heavy compression lower it.
 - `size`: the decoded image's side, `sqrt(width * height)` in pixels, in half-octave bins.
 - `aspect`: `log2(width / height)` of the decoded image (portrait below 0, landscape above).
 - `predicted_class`: the top-1 class, one bin per class.
@@ -40,7 +40,9 @@ PIXEL_LEVELS = 16
 EDGES: dict[str, tuple[float, ...]] = {
     **{channel: tuple(float(edge) for edge in range(PIXEL_LEVELS, 256, PIXEL_LEVELS))
        for channel in CHANNELS},
-    "sharpness": tuple(round(2 ** (k / 2), 4) for k in range(-2, 15)),  # 0.5 .. 128
+    # Octaves: blur that halves the differences moves an image by a whole bin, while the
+    # spread of ordinary images over few bins keeps the index of a fresh sample low.
+    "sharpness": tuple(float(2 ** k) for k in range(-1, 8)),  # 0.5 .. 128
     "size": tuple(round(2 ** (k / 2), 2) for k in range(8, 27)),  # 16 .. 8192 pixels
     "aspect": (-2.0, -1.0, -0.5, -0.15, 0.15, 0.5, 1.0, 2.0),
     "confidence": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
