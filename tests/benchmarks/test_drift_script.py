@@ -30,5 +30,5 @@ def test_the_table_separates_darkened_images_from_fresh_ones(teacher_run, sample
     assert rows["darkened by 30 %"]["warnings"] >= 1
     assert sum(row["warnings"] for row in rows.values()) >= 3
     printed = capsys.readouterr().out
-    assert printed == (tmp_path / "drift.md").read_text()
+    assert printed.strip() == (tmp_path / "drift.md").read_text().strip()
     assert "| darkened by 30 % | 12 |" in printed
