@@ -171,6 +171,27 @@ def test_a_new_version_takes_over_the_gauges(tiny, tmp_path):
     (lambda m: m["drift_reference"].update(schema=2), "drift_reference schema 2 is not 1"),
     (lambda m: m["drift_reference"]["statistics"]["red"]["edges"].pop(),
      "statistic 'red': bin edges"),
+])
+def test_a_reference_of_another_version_serves_unwatched_and_says_why(
+        export, tmp_path, caplog, change, message):
+    """Another schema or other bins: a sound export of another vgg-mobile version, which
+    serves (upgrading the server must not refuse every model), but is not compared."""
+    import shutil
+
+    folder = shutil.copytree(export, tmp_path / "export")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    caplog.set_level(logging.INFO, logger="vgg_mobile.serving")
+    client = client_for(folder)
+    send(client, colour_images(WINDOW, seed=41)[0])
+    assert psi(client) == {}
+    assert client.get("/model").json()["drift"]["1"]["watched"] is False
+    [line] = [r.getMessage() for r in caplog.records if "is not watched" in r.getMessage()]
+    assert message in line and "export the model again" in line
+
+
+@pytest.mark.parametrize("change, message", [
     (lambda m: m["drift_reference"]["statistics"]["size"]["counts"].append(0),
      "statistic 'size': counts"),
     (lambda m: m["drift_reference"]["statistics"]["blue"]["counts"].__setitem__(0, -1),

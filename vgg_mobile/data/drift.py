@@ -159,6 +159,11 @@ def output_reference(probs: np.ndarray, classes) -> dict:
     return {"images": int(len(probs)), "statistics": _section(output_rows(probs), classes)}
 
 
+class IncompatibleReference(BadInputError):
+    """A reference written by another version of vgg-mobile (another schema or other bins):
+    sound, but not comparable with what this version counts."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """The reference histograms a served model is compared with.
@@ -193,8 +198,10 @@ def _counts(entry, statistic: str, images: int, classes, where: str) -> np.ndarr
             raise fail(f"classes {clip(repr(entry.get('classes')), 200)} are not the model's "
                        f"{list(classes)}")
     elif entry.get("edges") != list(EDGES[statistic]):
-        raise fail(f"bin edges {clip(repr(entry.get('edges')), 200)} are not this version's "
-                   f"{list(EDGES[statistic])}: export the model again")
+        raise IncompatibleReference(
+            f"{where}: drift_reference statistic {statistic!r}: bin edges "
+            f"{clip(repr(entry.get('edges')), 200)} are not this version's "
+            f"{list(EDGES[statistic])}: export the model again")
     counts = entry.get("counts")
     expected = bins(statistic, len(classes))
     if (not isinstance(counts, list) or len(counts) != expected or not all(
@@ -228,13 +235,18 @@ def read_reference(section, artifact_section, classes, where: str) -> Reference 
         The `Reference`, or `None` without a section.
 
     Raises:
-        BadInputError: A section of another schema, or one whose counts, bins or classes do
-            not fit; the message names the statistic and the value.
+        IncompatibleReference: A section of another schema, or with other bins (another
+            version of vgg-mobile wrote it).
+        BadInputError: A damaged section: counts or classes that do not fit the model; the
+            message names the statistic and the value.
     """
     if section is None:
         return None
-    if not isinstance(section, dict) or section.get("schema") != SCHEMA:
-        raise BadInputError(f"{where}: drift_reference schema "
+    if not isinstance(section, dict):
+        raise BadInputError(f"{where}: drift_reference is not an object "
+                            f"({clip(repr(section), 80)})")
+    if section.get("schema") != SCHEMA:
+        raise IncompatibleReference(f"{where}: drift_reference schema "
                             f"{clip(repr(section.get('schema') if isinstance(section, dict) else section), 80)}"
                             f" is not {SCHEMA}: export the model again")
     images = _images(section, where)

@@ -23,7 +23,7 @@ import numpy as np
 from vgg_mobile.core.errors import BadInputError, require
 from vgg_mobile.core.export_dir import Artifact, Export, find_export, load_export
 from vgg_mobile.core.run_dir import LABELS, MANIFEST
-from vgg_mobile.data.drift import Reference, read_reference
+from vgg_mobile.data.drift import IncompatibleReference, Reference, read_reference
 from vgg_mobile.runtimes import Runtime, runtime_for
 
 # The formats served: those whose files carry their labels (see `_DETAILS`).
@@ -82,6 +82,8 @@ class ServedModel:
             before drift was recorded.
         accuracy: Its accuracy on the export's held-out images (the manifest's
             verification), the mark labelled feedback is held to; `None` when not recorded.
+        unwatched: Why `reference` is `None` although the export has one (another version
+            of vgg-mobile wrote it), for the log.
     """
 
     source: Path
@@ -99,6 +101,7 @@ class ServedModel:
     runner: Runner = dataclasses.field(repr=False, compare=False)
     reference: Reference | None = dataclasses.field(default=None, repr=False, compare=False)
     accuracy: float | None = None
+    unwatched: str | None = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.runner.predict(np.asarray(pixels, np.float32))
@@ -451,9 +454,14 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         raise BadInputError(f"{path}: the model fails when run on probe images "
                             f"({type(err).__name__}: {detail})") from None
     check_outputs(probs, len(classes), path)
-    reference = read_reference(export.record.get("drift_reference"),
-                               artifact.get("drift_reference"), classes,
-                               str(export.manifest_path)) if export else None
+    reference, unwatched = None, None
+    if export:
+        try:
+            reference = read_reference(export.record.get("drift_reference"),
+                                       artifact.get("drift_reference"), classes,
+                                       str(export.manifest_path))
+        except IncompatibleReference as err:  # sound, but not comparable: served unwatched
+            unwatched = str(err)
     options = export.manifest.section("options") if export else {}
     version = metadata.get("version") or options.get("version") or "unknown"
     return ServedModel(
@@ -462,4 +470,4 @@ def load_model(source: str | Path, choice: ModelChoice = ModelChoice(), threads:
         classes=classes, input_size=size, manifest=export.record if export else None,
         metadata=metadata,
         loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        runner=runner, reference=reference, accuracy=_accuracy(artifact))
+        runner=runner, reference=reference, accuracy=_accuracy(artifact), unwatched=unwatched)
