@@ -206,3 +206,49 @@ def test_comparisons_beyond_the_waiting_limit_are_skipped_and_counted():
     assert comparisons.record("2", "1", [True, False, True, True]) == (0.75, 4)
     # The rolling agreement is over the last 500 images: the first two fall out.
     assert comparisons.record("2", "1", [False] * 498) == (pytest.approx(2 / 500), 500)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"canary": "2:0.1"}, "--canary 2:0.1: a policy from flags needs --stable VERSION"),
+    ({"stable": 1}, "--stable 1: a policy from flags needs --stable VERSION and one of"),
+    ({"stable": 1, "canary": "2"}, "--canary '2': not VERSION:SHARE (for example 2:0.1)"),
+    ({"stable": 1, "canary": "2:0.1,3:0.1"}, "--canary names one version and its share"),
+    ({"stable": 1, "canary": "2:1.5"}, "--stable 1 --canary 2:1.5: canary.share = 1.5: a "
+                                       "share is a number between 0 and 1"),
+    ({"stable": 1, "canary": "1:0.1"}, "canary.version = 1: the canary is the stable version"),
+    ({"stable": 1, "ab": "1:0.5,2:0.5"}, "--ab needs --client-header NAME"),
+    ({"stable": 1, "ab": "1:0.5,2:0.4", "client_header": "X-Id"}, "add up to 0.9, not 1"),
+    ({"stable": 1, "shadow": 2, "client_header": "X-Id"}, "a shadow runs every request"),
+    ({"stable": 1, "shadow": 2, "canary": "3:0.1"}, "[canary] and [shadow] together"),
+])
+def test_policy_flags_are_refused_with_the_flags(flags, message):
+    from vgg_mobile.serving.traffic import policy_from_flags
+
+    with pytest.raises(BadInputError) as caught:
+        policy_from_flags(flags)
+    assert message in str(caught.value)
+
+
+def test_flags_make_the_policy_a_file_makes(repository, tmp_path, tiny):
+    from vgg_mobile.serving.traffic import policy_from_flags
+
+    flags = {"stable": 1, "canary": "2:0.25", "client_header": "X-Client-Id"}
+    from_file = read_policy(policy_file(tmp_path, "stable = 1\n[canary]\nversion = 2\n"
+                                                  "share = 0.25\nheader = 'X-Client-Id'"))
+    assert policy_from_flags(flags).describe() == from_file.describe()
+    assert policy_from_flags({"stable": 1, "shadow": 2}).describe()["shadow"] == 2
+    config = ServeConfig(artifact=repository, policy_flags=flags)
+    assert ServeConfig.from_json(config.to_json()) == config  # how --workers hands it over
+    with TestClient(create_app(config)) as client:
+        assert client.get("/model").json()["traffic"]["shares"] == {"1": 0.75, "2": 0.25}
+        assert {post(client, tiny.requests[i % 6], f"c{i}")["model_version"]
+                for i in range(30)} == {"1", "2"}
+    from vgg_mobile.cli.main import main
+
+    both = CliRunner().invoke(main, ["serve-model", str(repository), "--port", "0", "--policy",
+                                     str(tmp_path / "policy.toml"), "--stable", "1",
+                                     "--shadow", "2"])
+    assert both.exit_code == 2 and "do not go together" in both.output
+    bad = CliRunner().invoke(main, ["serve-model", str(repository), "--port", "0",
+                                    "--stable", "1", "--canary", "9:0.1"])
+    assert bad.exit_code == 2 and "canary.version names version 9, which is not in" in bad.output

@@ -81,6 +81,20 @@ def _reload_on_hangup(service) -> None:
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
 
 
+def _policy_flags(policy, **flags) -> dict | None:
+    """The traffic flags given (checked now: a bad one stops here, exit 2), or `None`."""
+    from vgg_mobile.serving.traffic import policy_from_flags
+
+    given = {name: value for name, value in flags.items() if value is not None}
+    if not given:
+        return None
+    if policy is not None:
+        raise click.UsageError("--policy and the traffic flags (--stable, --canary, --ab, "
+                               "--shadow, --client-header) do not go together: use one")
+    policy_from_flags(given)
+    return given
+
+
 @click.command("serve-model")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--format", "format_", type=click.Choice(["tflite", "onnx"]), default=None,
@@ -140,6 +154,19 @@ def _reload_on_hangup(service) -> None:
               help="A traffic policy (TOML) over the versions of a model repository: a canary "
                    "share, an A/B split sticky per client header, or a shadow whose answers "
                    "are only compared. See docs/serving.md.")
+@click.option("--stable", default=None, type=click.IntRange(min=0),
+              help="A traffic policy from flags instead of --policy: the version that answers "
+                   "by default, with one of --canary, --ab and --shadow.")
+@click.option("--canary", default=None, metavar="VERSION:SHARE",
+              help="With --stable: version VERSION answers SHARE of the requests (2:0.1).")
+@click.option("--ab", default=None, metavar="VERSION:SHARE,...",
+              help="With --stable and --client-header: an A/B split (1:0.5,2:0.5).")
+@click.option("--shadow", default=None, type=click.IntRange(min=0),
+              help="With --stable: this version runs every request too; only its agreement "
+                   "with stable is counted.")
+@click.option("--client-header", default=None,
+              help="The request header whose value keeps a client on one side of --canary or "
+                   "--ab (e.g. X-Client-Id).")
 @click.option("--feedback-memory", default=default(ServeConfig, "feedback_memory"),
               show_default=True, type=COUNT,
               help="Answers remembered for POST /feedback (about 300 bytes each); feedback "
@@ -158,8 +185,8 @@ def _reload_on_hangup(service) -> None:
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
-                    poll_seconds, policy, feedback_memory, drift_window, drift_threshold,
-                    access_log):
+                    poll_seconds, policy, stable, canary, ab, shadow, client_header,
+                    feedback_memory, drift_window, drift_threshold, access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
@@ -184,6 +211,8 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          max_decode_memory=max_decode_memory, header_timeout=header_timeout,
                          body_timeout=body_timeout, top_k=top_k, admin_token=admin_token,
                          poll_seconds=poll_seconds, policy=policy,
+                         policy_flags=_policy_flags(policy, stable=stable, canary=canary, ab=ab,
+                                                    shadow=shadow, client_header=client_header),
                          feedback_memory=feedback_memory, drift_window=drift_window,
                          drift_threshold=drift_threshold)
     show_service_log()

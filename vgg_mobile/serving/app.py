@@ -51,7 +51,7 @@ from vgg_mobile.serving.models import ModelChoice, ServedModel, load_model
 from vgg_mobile.serving.repository import Repository, VersionFolder, Watcher, is_repository
 from vgg_mobile.serving.server import TIMED_OUT, pin_mmap_threshold, release_memory
 from vgg_mobile.serving.rollback import Answered, Feedback, Judge, Rules
-from vgg_mobile.serving.traffic import Comparisons, read_policy
+from vgg_mobile.serving.traffic import Comparisons, policy_from_flags, read_policy
 
 log = logging.getLogger("vgg_mobile.serving")
 
@@ -127,6 +127,8 @@ class ServeConfig:
         policy: A traffic policy file (`traffic.read_policy`) over the versions of the model
             repository: a canary share, an A/B split or a shadow. Defaults to `None` (the
             newest version answers everything).
+        policy_flags: The same as `policy`, from `serve-model`'s flags: `{"stable": "1",
+            "canary": "2:0.1", ...}` (`traffic.policy_from_flags`). Defaults to `None`.
         feedback_memory: Answers remembered for `POST /feedback` (about 300 bytes each);
             feedback for an older one is a 404. Defaults to `10_000`.
         drift_window: Images in each served model's rolling drift window
@@ -150,6 +152,7 @@ class ServeConfig:
     admin_token: str | None = None
     poll_seconds: float = 2.0
     policy: Path | None = None
+    policy_flags: dict | None = None
     feedback_memory: int = 10_000
     drift_window: int = 500
     drift_threshold: float = 0.25
@@ -173,6 +176,9 @@ class ServeConfig:
         require(isinstance(self.drift_threshold, (int, float)) and math.isfinite(
             self.drift_threshold) and self.drift_threshold > 0,
                 "drift_threshold must be a number > 0", repr(self.drift_threshold))
+        require(self.policy is None or not self.policy_flags, "a traffic policy comes from "
+                "a file (--policy) or from flags (--stable with --canary, --ab or --shadow), "
+                "not both", str(self.policy))
         require(self.admin_token is None or len(self.admin_token) >= 8,
                 "admin_token must be at least 8 characters", f"{len(self.admin_token or '')} "
                 "characters")
@@ -224,7 +230,8 @@ class ModelService:
         self.repository = Repository(config.artifact) if is_repository(config.artifact) else None
         require(model is None or self.repository is None, "a model repository loads its "
                 "versions itself: give no model", str(config.artifact))
-        self.policy = read_policy(config.policy) if config.policy is not None else None
+        self.policy = (read_policy(config.policy) if config.policy is not None
+                       else policy_from_flags(config.policy_flags or {}))
         require(self.policy is None or self.repository is not None, "a traffic policy splits "
                 "requests between the versions of a model repository (a folder of numbered "
                 "export folders); ARTIFACT is one model", str(config.artifact))

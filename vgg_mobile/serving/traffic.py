@@ -1,7 +1,8 @@
 """Traffic policies over a model repository's versions: a canary share, an A/B split sticky per
 client, or a shadow that sees every request and only has its answers compared.
 
-A policy is a small TOML file (`serve-model --policy FILE`):
+A policy is a small TOML file (`serve-model --policy FILE`), or the same from flags
+(`serve-model --stable 1 --canary 2:0.1`, `policy_from_flags`):
 
     stable = 1              # the version that answers by default
     [canary]                # at most one of [canary], [ab], [shadow]
@@ -290,3 +291,74 @@ class Comparisons:
             rate, count = sum(recent) / len(recent), len(recent)
         self.metrics.agreement.labels(**labels).set(rate)
         return rate, count
+
+
+# The flags of a policy without a file, in the order they are shown.
+FLAGS = ("stable", "canary", "ab", "shadow", "client_header")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _pairs(flag: str, text: str) -> list[tuple[int, float]]:
+    """`VERSION:SHARE[,VERSION:SHARE...]` -> pairs; the values are checked by `build_policy`."""
+    pairs = []
+    for part in text.split(","):
+        version, colon, share = part.strip().partition(":")
+        try:
+            pairs.append((int(version), float(share)))
+        except ValueError:
+            colon = ""
+        if not colon:
+            raise BadInputError(f"{_flag(flag)} {clip(repr(text), 80)}: not VERSION:SHARE"
+                                + ("[,VERSION:SHARE...]" if flag == "ab" else "")
+                                + " (for example " + ("1:0.5,2:0.5" if flag == "ab" else "2:0.1")
+                                + ")")
+    return pairs
+
+
+def policy_from_flags(flags: dict) -> Policy | None:
+    """The policy that `serve-model`'s `--stable`, `--canary VERSION:SHARE`, `--ab
+    V:SHARE,V:SHARE`, `--shadow VERSION` and `--client-header NAME` give, checked as a policy
+    file is (`build_policy`); `None` when none is set.
+
+    Args:
+        flags: `{name: value}` of `FLAGS` (`None`: not given), as the command line gave them.
+
+    Raises:
+        BadInputError: A value that does not parse, a mode without `--stable` (or
+            `--stable` alone), or a policy `build_policy` refuses; the message shows the flags.
+    """
+    given = {name: flags[name] for name in FLAGS if flags.get(name) is not None}
+    if not given:
+        return None
+    where = " ".join(f"{_flag(name)} {value}" for name, value in given.items())
+    modes = [name for name in MODES if name in given]
+    if "stable" not in given or not modes:
+        raise BadInputError(f"{where}: a policy from flags needs --stable VERSION and one of "
+                            "--canary, --ab and --shadow")
+    if "ab" in modes and given.get("client_header") is None:
+        raise BadInputError(f"{where}: --ab needs --client-header NAME: an A/B split keeps "
+                            "each client on its side by a header")
+    data: dict = {"stable": int(given["stable"])}
+    for mode in modes:
+        if mode == "shadow":
+            data["shadow"] = {"version": int(given["shadow"])}
+        elif mode == "canary":
+            pairs = _pairs("canary", str(given["canary"]))
+            if len(pairs) != 1:
+                raise BadInputError(f"{where}: --canary names one version and its share; "
+                                    "use --ab for more")
+            data["canary"] = {"version": pairs[0][0], "share": pairs[0][1]}
+        else:
+            data["ab"] = {"shares": {str(v): share for v, share in _pairs("ab", given["ab"])}}
+    header = given.get("client_header")
+    if header is not None:
+        if "shadow" in modes and len(modes) == 1:
+            raise BadInputError(f"{where}: --client-header places requests of a canary or an "
+                                "A/B split; a shadow runs every request")
+        for mode in modes:
+            if mode != "shadow":
+                data[mode]["header"] = header
+    return build_policy(data, where)
