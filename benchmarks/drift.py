@@ -10,7 +10,7 @@ drift reference (`convert --verify-images N` draws exactly those), the rest are 
 sample the reference has never seen.
 
 `vgg-mobile convert RUN` then writes an int8 export to `OUT/export`, and one `serve-model`
-(`--drift-window N --drift-threshold T`) answers, one after the other, `--window` images of
+(`--drift-window N --drift-threshold T --drift-rate 0`: every image counted) answers, one after the other, `--window` images of
 each scenario, posted as image files to `/predict`:
 
   1. fresh held-out: the fresh sample as it is (its files' own bytes);
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     ]
     server = Server(export, "tflite", "int8", 1, None,
                     flags=("--drift-window", str(args.window), "--drift-threshold",
-                           str(args.threshold)))
+                           str(args.threshold), "--drift-rate", "0"))
     rows = []
     try:
         warned = 0.0

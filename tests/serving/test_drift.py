@@ -35,7 +35,8 @@ def export(tiny, tmp_path_factory):
 
 
 def client_for(artifact, **options) -> TestClient:
-    config = ServeConfig(artifact=artifact, **{"drift_window": WINDOW, **options})
+    config = ServeConfig(artifact=artifact, **{"drift_window": WINDOW, "drift_rate": 0,
+                                               **options})
     return TestClient(create_app(config), client=("127.0.0.1", 50000))
 
 
@@ -79,7 +80,7 @@ def test_the_held_out_kind_stays_under_the_threshold_and_darkened_images_cross_i
     assert max(values.values()) < THRESHOLD, values
     assert min(values.values()) >= 0
     watch = client.get("/model").json()["drift"]["1"]
-    assert watch == {"window": WINDOW, "threshold": THRESHOLD, "watched": True,
+    assert watch == {"window": WINDOW, "threshold": THRESHOLD, "max_rate": 0, "watched": True,
                      "reference_images": len(HELD_OUT[0]), "images": WINDOW,
                      "psi": pytest.approx(values, abs=1e-4)}
     assert metric(client, "vgg_mobile_drift_threshold") == THRESHOLD
@@ -223,3 +224,22 @@ def test_the_window_sums_its_last_rows(tmp_path):
         window.add(rows)
         kept = np.concatenate([kept, rows])[-7:]
         np.testing.assert_allclose(window.total, kept.sum(axis=0), rtol=1e-5)
+
+
+def test_beyond_its_rate_the_watch_samples_the_requests(export):
+    """At most `drift_rate` images a second are counted (a bucket of one second's worth): the
+    cost stays bounded however fast requests come."""
+    import time
+
+    client = client_for(export, drift_rate=5, drift_window=200)
+    pixels = colour_images(40, seed=47)[0]
+    began = time.monotonic()
+    for image in pixels:
+        response = client.post("/predict", content=png_bytes(image),
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 200
+    elapsed = time.monotonic() - began
+    client.get("/metrics")  # counts what waits for a batch
+    counted = metric(client, "vgg_mobile_drift_window_images", version="1")
+    assert 5 <= counted <= 5 + 5 * elapsed + 1 < 40, (counted, elapsed)
+    assert client.get("/model").json()["drift"]["1"]["max_rate"] == 5

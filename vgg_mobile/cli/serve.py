@@ -180,13 +180,17 @@ def _policy_flags(policy, **flags) -> dict | None:
               show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="A statistic whose PSI rises above this is logged as a warning (0.1: a "
                    "small shift; 0.25: a large one).")
+@click.option("--drift-rate", default=default(ServeConfig, "drift_rate"), show_default=True,
+              type=click.FloatRange(min=0),
+              help="Images a second each version's drift watch counts at most; beyond it "
+                   "requests are sampled, so its cost stays bounded under load. 0: every image.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
 def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency, workers,
                     max_upload_bytes, max_images, max_pixels, max_request_pixels,
                     max_decode_memory, header_timeout, body_timeout, top_k, admin_token,
                     poll_seconds, policy, stable, canary, ab, shadow, client_header,
-                    feedback_memory, drift_window, drift_threshold, access_log):
+                    feedback_memory, drift_window, drift_threshold, drift_rate, access_log):
     """Serve predictions of an exported model over HTTP.
 
     ARTIFACT is a .tflite or .onnx file, an export folder from `vgg-mobile convert`, a
@@ -214,7 +218,7 @@ def serve_model_cmd(artifact, format_, flavour, host, port, threads, concurrency
                          policy_flags=_policy_flags(policy, stable=stable, canary=canary, ab=ab,
                                                     shadow=shadow, client_header=client_header),
                          feedback_memory=feedback_memory, drift_window=drift_window,
-                         drift_threshold=drift_threshold)
+                         drift_threshold=drift_threshold, drift_rate=drift_rate)
     show_service_log()
     # Each connection holds a descriptor; the soft limit (often 1,024) is the first to go.
     raise_open_file_limit()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -61,9 +62,11 @@ class _Window:
 class Monitor:
     """The rolling windows of one served model (`model.reference` must be set)."""
 
-    def __init__(self, model, window: int, threshold: float, metrics):
+    def __init__(self, model, window: int, threshold: float, metrics, rate: float = 0):
         self.version, self.reference = model.version, model.reference
         self.window, self.threshold, self.metrics = window, threshold, metrics
+        # Images a second counted at most (a token bucket of one second's worth); 0: all.
+        self.rate, self._tokens, self._filled = rate, float(rate), time.monotonic()
         self.windows = {name: _Window(window, len(counts))
                         for name, counts in self.reference.counts.items()}
         self.outputs = self.reference.output_images > 0
@@ -76,8 +79,16 @@ class Monitor:
 
     def record(self, pixels: np.ndarray, sizes, probs: np.ndarray) -> None:
         """Keeps a request's model-input pixels, decoded sizes and probabilities; they are
-        counted with the next `BATCH` images."""
+        counted with the next `BATCH` images. Beyond `rate` images a second, a request is
+        passed over (its images are not counted): the window then samples the traffic."""
         with self._lock:
+            if self.rate:
+                now = time.monotonic()
+                self._tokens = min(self.rate, self._tokens + (now - self._filled) * self.rate)
+                self._filled = now
+                if self._tokens < 1:
+                    return
+                self._tokens -= len(pixels)
             self._pending.append((pixels, list(sizes), probs))
             self._pending_images += len(pixels)
             if self._pending_images < BATCH:
@@ -148,10 +159,12 @@ class DriftWatch:
         window: Images in each rolling window; `0` turns the watch off.
         threshold: The PSI over which a statistic is warned about.
         metrics: The app's `ServingMetrics`.
+        rate: Images a second each version counts at most; beyond it requests are sampled,
+            so the watch's cost stays bounded under load. `0` counts every image.
     """
 
-    def __init__(self, window: int, threshold: float, metrics):
-        self.window, self.threshold, self.metrics = window, threshold, metrics
+    def __init__(self, window: int, threshold: float, metrics, rate: float = 0):
+        self.window, self.threshold, self.metrics, self.rate = window, threshold, metrics, rate
         self._monitors: dict[tuple[str, str], Monitor] = {}
         self._unwatched: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -173,7 +186,7 @@ class DriftWatch:
                          "drift_reference (export it again with this version of vgg-mobile)")
                 return None
             monitor = self._monitors[key] = Monitor(model, self.window, self.threshold,
-                                                    self.metrics)
+                                                    self.metrics, self.rate)
             return monitor
 
     def record(self, model, pixels: np.ndarray, sizes, probs: np.ndarray) -> None:
@@ -205,7 +218,7 @@ class DriftWatch:
             return None
         monitor = self._monitors.get((model.version, model.sha256))
         reference = model.reference
-        return {"window": self.window, "threshold": self.threshold,
+        return {"window": self.window, "threshold": self.threshold, "max_rate": self.rate,
                 "watched": reference is not None,
                 "reference_images": reference.images if reference else None,
                 "images": min(monitor.seen, self.window) if monitor else 0,
