@@ -247,8 +247,8 @@ def read_reference(section, artifact_section, classes, where: str) -> Reference 
                             f"({clip(repr(section), 80)})")
     if section.get("schema") != SCHEMA:
         raise IncompatibleReference(f"{where}: drift_reference schema "
-                            f"{clip(repr(section.get('schema') if isinstance(section, dict) else section), 80)}"
-                            f" is not {SCHEMA}: export the model again")
+                                    f"{clip(repr(section.get('schema')), 80)} is not {SCHEMA}: "
+                                    "export the model again")
     images = _images(section, where)
     statistics = section.get("statistics") or {}
     counts = {name: _counts(statistics.get(name), name, images, classes, where)
